@@ -1,0 +1,80 @@
+//! Types shared by the bindguard eBPF programs and the userspace loader.
+//!
+//! Everything here is `#[repr(C)]` plain data: the kernel copies it between map values and the
+//! programs, and the userspace side reads the same bytes back from pinned maps.
+#![no_std]
+
+/// Bumped whenever [`Policy`] or [`Counters`] change layout, so a newer loader never
+/// misreads pins left by an older one.
+pub const ABI_VERSION: u32 = 1;
+
+/// Maximum interface name length in bytes, without the NUL (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// The policy's `flags`.
+pub mod flags {
+    /// Write `Policy::mark` into every new socket's SO_MARK.
+    pub const SET_MARK: u32 = 1 << 0;
+    /// Write `Policy::priority` into every new socket's SO_PRIORITY.
+    pub const SET_PRIORITY: u32 = 1 << 1;
+    /// Strict mode: the guards are attached as well.
+    pub const STRICT: u32 = 1 << 2;
+    /// Strict mode lets traffic over the loopback device through.
+    pub const ALLOW_LOOPBACK: u32 = 1 << 3;
+}
+
+/// The whole policy of one binding; the single value of its `policy` array map.
+///
+/// A zero `ifindex` or a zero `netns_cookie` never matches a real socket, so an all-zero
+/// policy refuses every socket: that is what the programs see if the map was never filled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Cookie of the network namespace the interface lives in (bpf_get_netns_cookie).
+    pub netns_cookie: u64,
+    /// Inode of that namespace; userspace uses it to find the namespace again for `status`.
+    pub netns_ino: u64,
+    /// [`ABI_VERSION`] of the loader that wrote this policy.
+    pub abi: u32,
+    /// The interface every socket is bound to, in the namespace above.
+    pub ifindex: u32,
+    pub mark: u32,
+    pub priority: u32,
+    pub flags: u32,
+    pub _pad: u32,
+    /// The interface's name when the binding was made, NUL-padded.
+    pub ifname: [u8; 16],
+}
+
+impl Policy {
+    #[inline(always)]
+    pub const fn has(&self, flag: u32) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// Per-CPU counters of one binding; the single value of its `stats` per-CPU array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Sockets that sock_create bound to the interface.
+    pub sockets_bound: u64,
+    /// Sockets refused because they were made in a network namespace other than the policy's.
+    pub sockets_refused_netns: u64,
+    /// setsockopt calls refused because they would change the binding (strict mode).
+    pub sockopt_refused: u64,
+    /// bind/connect/sendmsg calls refused because the socket's binding no longer matches.
+    pub addr_refused: u64,
+    /// Packets dropped leaving by another interface (strict mode).
+    pub egress_dropped: u64,
+    /// Packets dropped arriving by another interface (strict mode).
+    pub ingress_dropped: u64,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: both are repr(C), contain only integers and have no padding the kernel could
+    // leave uninitialised (Policy's padding is an explicit field).
+    unsafe impl aya::Pod for super::Policy {}
+    unsafe impl aya::Pod for super::Counters {}
+}

@@ -1,0 +1,213 @@
+//! cgroup v2: finding the mount, resolving user paths to cgroups, cgroup ids.
+//!
+//! A cgroup's id (what bpf_get_current_cgroup_id() and bpf_link_info report) is the inode
+//! number of its directory on cgroup2.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Component, Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use nix::sys::statfs::{CGROUP2_SUPER_MAGIC, statfs};
+
+use crate::Error;
+
+/// One cgroup v2 directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    /// Absolute path, symlinks resolved.
+    pub path: PathBuf,
+    /// Inode number of the directory = the kernel's cgroup id.
+    pub id: u64,
+}
+
+impl Cgroup {
+    pub fn open_dir(&self) -> anyhow::Result<fs::File> {
+        fs::File::open(&self.path)
+            .with_context(|| format!("opening cgroup {}", self.path.display()))
+    }
+}
+
+/// A mount as read from /proc/self/mountinfo: where, and what.
+#[derive(Debug, Clone)]
+struct Mount {
+    point: PathBuf,
+    fs_type: String,
+    /// Comma-joined super options; for cgroup v1 these name the controllers.
+    options: String,
+}
+
+fn mounts() -> anyhow::Result<Vec<Mount>> {
+    let infos = procfs::process::Process::myself()
+        .and_then(|p| p.mountinfo())
+        .context("reading /proc/self/mountinfo")?;
+    Ok(infos
+        .into_iter()
+        .map(|m| {
+            let mut options: Vec<String> = m
+                .super_options
+                .iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k.clone(),
+                })
+                .collect();
+            options.sort();
+            Mount {
+                point: m.mount_point,
+                fs_type: m.fs_type,
+                options: options.join(","),
+            }
+        })
+        .collect())
+}
+
+/// The first cgroup2 mount: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid.
+pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    mounts()?
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.point)
+        .ok_or_else(|| Error::NoCgroup2Mount.into())
+}
+
+/// Describes the filesystem `path` lives on, for the "not cgroup2" message.
+fn describe_fs(path: &Path) -> String {
+    let Ok(mounts) = mounts() else {
+        return "an unknown filesystem".into();
+    };
+    let best = mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.point))
+        .max_by_key(|m| m.point.components().count());
+    match best {
+        Some(m) if m.fs_type == "cgroup" => {
+            let controllers: Vec<&str> = m
+                .options
+                .split(',')
+                .filter(|o| !matches!(*o, "rw" | "ro") && !o.starts_with("release_agent"))
+                .collect();
+            format!("cgroup v1 '{}'", controllers.join(","))
+        }
+        Some(m) => format!("{} mounted at {}", m.fs_type, m.point.display()),
+        None => "an unknown filesystem".into(),
+    }
+}
+
+/// Joins a user-supplied cgroup path to the cgroup2 mount when it is relative. Refuses `..` so a
+/// relative path cannot climb out of the hierarchy.
+pub fn join_under_mount(mount: &Path, arg: &Path) -> Result<PathBuf, Error> {
+    if arg.as_os_str().is_empty() {
+        return Err(Error::InvalidInput {
+            what: "the cgroup path is empty; give a path such as /sys/fs/cgroup/mgmt or mgmt"
+                .into(),
+        });
+    }
+    if arg.is_absolute() {
+        return Ok(arg.to_path_buf());
+    }
+    if arg.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::InvalidInput {
+            what: format!(
+                "cgroup path '{}' contains '..'; give an absolute path or one relative to {}",
+                arg.display(),
+                mount.display()
+            ),
+        });
+    }
+    Ok(mount.join(arg))
+}
+
+/// Resolves `arg` (absolute, or relative to the cgroup2 mount) to an existing cgroup v2 directory.
+pub fn resolve(arg: &Path) -> anyhow::Result<Cgroup> {
+    let mount = cgroup2_mount()?;
+    let joined = join_under_mount(&mount, arg)?;
+    let path = match fs::canonicalize(&joined) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::CgroupMissing { path: joined }.into());
+        }
+        Err(e) => return Err(e).with_context(|| format!("resolving cgroup {}", joined.display())),
+    };
+    let fs = statfs(&path).with_context(|| format!("statfs {}", path.display()))?;
+    if fs.filesystem_type() != CGROUP2_SUPER_MAGIC {
+        return Err(Error::NotCgroup2 {
+            found: describe_fs(&path),
+            path,
+            mount,
+        }
+        .into());
+    }
+    let meta = fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+    if !meta.is_dir() {
+        return Err(Error::CgroupNotDirectory { path, mount }.into());
+    }
+    Ok(Cgroup {
+        path,
+        id: meta.ino(),
+    })
+}
+
+/// Every cgroup under the cgroup2 mount, by id. Used to name the cgroups of bindings: the
+/// kernel knows them only by id.
+pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, PathBuf> {
+    let mut found = std::collections::HashMap::new();
+    let mut stack = vec![mount.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        if let Ok(meta) = fs::metadata(&dir) {
+            found.insert(meta.ino(), dir.clone());
+        }
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+/// Moves the calling process into `cgroup` (writing 0 names the writer itself).
+pub fn enter(cgroup: &Path) -> std::io::Result<()> {
+    fs::write(cgroup.join("cgroup.procs"), b"0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_join_the_mount() {
+        let m = Path::new("/sys/fs/cgroup");
+        assert_eq!(
+            join_under_mount(m, Path::new("mgmt")).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/mgmt")
+        );
+        assert_eq!(
+            join_under_mount(m, Path::new("a/b")).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/a/b")
+        );
+    }
+
+    #[test]
+    fn absolute_paths_stay() {
+        let m = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(
+            join_under_mount(m, Path::new("/sys/fs/cgroup/unified/x")).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/unified/x")
+        );
+    }
+
+    #[test]
+    fn relative_paths_cannot_climb_out() {
+        let m = Path::new("/sys/fs/cgroup");
+        let err = join_under_mount(m, Path::new("../etc")).unwrap_err();
+        assert!(err.to_string().contains("'..'"), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        assert!(join_under_mount(m, Path::new("")).is_err());
+    }
+}

@@ -1,0 +1,349 @@
+//! Loading, filling, attaching and pinning one binding; changing and removing it.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{CgroupAttachMode, CgroupSock, links::FdLink},
+    util::KernelVersion,
+};
+use bindguard_common::{ABI_VERSION, Counters, Policy, flags};
+
+use crate::{
+    Error,
+    cgroup::Cgroup,
+    netdev::{self, Interface},
+    pins,
+};
+
+/// The eBPF object built from bindguard-ebpf by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindguard"));
+
+/// What a binding enforces beyond SO_BINDTODEVICE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Exactly SO_BINDTODEVICE semantics: new sockets are bound, nothing else.
+    #[default]
+    Bind,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Bind => "bind",
+        }
+    }
+
+    fn from_flags(_flags: u32) -> Self {
+        Mode::Bind
+    }
+
+    /// The programs this mode attaches, by pin name (`link_<name>`) and program name.
+    pub fn hooks(self) -> &'static [Hook] {
+        match self {
+            Mode::Bind => &[SOCK_CREATE],
+        }
+    }
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "bind" => Ok(Mode::Bind),
+            _ => Err(Error::InvalidInput {
+                what: format!("mode '{s}' is not known; use --mode bind"),
+            }),
+        }
+    }
+}
+
+/// One program of a binding and where its link is pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// Pinned as `link_<name>`.
+    pub name: &'static str,
+    /// The function name in bindguard-ebpf.
+    pub program: &'static str,
+}
+
+pub const SOCK_CREATE: Hook = Hook {
+    name: "sock_create",
+    program: "bind_sock_create",
+};
+
+/// The user's choices for a binding, before the interface is resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Options {
+    pub mark: Option<u32>,
+    pub priority: Option<u32>,
+    pub mode: Mode,
+    pub allow_loopback: bool,
+}
+
+/// The policy value the programs read for `iface` and `opts`.
+pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
+    let mut f = 0;
+    if opts.mark.is_some() {
+        f |= flags::SET_MARK;
+    }
+    if opts.priority.is_some() {
+        f |= flags::SET_PRIORITY;
+    }
+    if opts.allow_loopback {
+        f |= flags::ALLOW_LOOPBACK;
+    }
+    Policy {
+        netns_cookie: iface.netns_cookie,
+        netns_ino: iface.netns_ino,
+        abi: ABI_VERSION,
+        ifindex: iface.ifindex,
+        mark: opts.mark.unwrap_or(0),
+        priority: opts.priority.unwrap_or(0),
+        flags: f,
+        _pad: 0,
+        ifname: netdev::name_bytes(&iface.name),
+    }
+}
+
+/// What `attach` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attached {
+    /// A new binding was pinned at this directory.
+    Created(PathBuf),
+    /// The existing binding's policy was rewritten in place.
+    Updated(PathBuf),
+    /// The existing binding was replaced by a new set of programs (mode or namespace changed).
+    Replaced(PathBuf),
+}
+
+/// Refuses early, naming the capability, instead of failing deep inside bpf(2).
+pub fn require_privileges(action: &'static str) -> Result<(), Error> {
+    use caps::{CapSet, Capability};
+    let eff = caps::read(None, CapSet::Effective).unwrap_or_default();
+    let ok = eff.contains(&Capability::CAP_SYS_ADMIN)
+        || (eff.contains(&Capability::CAP_BPF) && eff.contains(&Capability::CAP_NET_ADMIN));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::MissingPrivilege {
+            action,
+            caps: "CAP_BPF and CAP_NET_ADMIN (or CAP_SYS_ADMIN)",
+        })
+    }
+}
+
+fn require_bpf_link() -> Result<(), Error> {
+    match KernelVersion::current() {
+        Ok(v) if v < KernelVersion::new(5, 7, 0) => Err(Error::KernelTooOld {
+            release: v.to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Binds every new socket of `cgroup` to `iface`. Re-attaching updates the binding without a
+/// moment in which new sockets are unbound.
+pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
+    require_privileges("attach")?;
+    require_bpf_link()?;
+    pins::ensure_bpffs()?;
+    let lock = pins::lock()?;
+    pins::sweep_abandoned(&lock);
+    let policy = policy_for(iface, opts);
+    let dir = pins::binding_dir(cgroup.id);
+    if !dir.exists() {
+        let staged = create(cgroup, &policy, opts.mode, &lock)?;
+        return Ok(Attached::Created(staged.publish()?));
+    }
+    let current = read_policy(&dir).map_err(|e| Error::DamagedBinding {
+        cgroup: cgroup.path.display().to_string(),
+        pins: dir.clone(),
+        why: format!("{e:#}"),
+    })?;
+    let same_programs = Mode::from_flags(current.flags) == opts.mode
+        && current.netns_cookie == policy.netns_cookie
+        && current.abi == ABI_VERSION;
+    if same_programs {
+        // One map write: each new socket sees the old policy or the new one.
+        write_policy(&dir, &policy)?;
+        return Ok(Attached::Updated(dir));
+    }
+    // Make before break: the new programs are attached before the old ones go, so every
+    // socket meets at least one binding (the later-attached program runs last and wins).
+    let staged = create(cgroup, &policy, opts.mode, &lock)?;
+    let old = staged.exchange()?;
+    pins::remove_dir(&old)?;
+    Ok(Attached::Replaced(dir))
+}
+
+/// Loads a fresh program instance for `policy`, attaches it to `cgroup` and pins it into a
+/// staging directory.
+fn create(
+    cgroup: &Cgroup,
+    policy: &Policy,
+    mode: Mode,
+    lock: &pins::Lock,
+) -> anyhow::Result<pins::Staging> {
+    let staging = pins::Staging::new(cgroup.id, lock)?;
+    let mut ebpf = EbpfLoader::new()
+        .load(EBPF_OBJECT)
+        .context("loading bindguard's eBPF object")?;
+    {
+        let mut map: Array<_, Policy> = Array::try_from(named_map(&mut ebpf, "POLICY")?)?;
+        map.set(0, policy, 0).context("writing the policy")?;
+    }
+    for (name, pin) in [("POLICY", pins::POLICY), ("STATS", pins::STATS)] {
+        let path = staging.dir.join(pin);
+        named_map(&mut ebpf, name)?
+            .pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+    }
+    let cgroup_fd = cgroup.open_dir()?;
+    for hook in mode.hooks() {
+        let program: &mut CgroupSock = ebpf
+            .program_mut(hook.program)
+            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading program {} (verifier)", hook.program))?;
+        let link_id = program
+            .attach(&cgroup_fd, CgroupAttachMode::Single)
+            .with_context(|| {
+                format!(
+                    "attaching {} to cgroup {}",
+                    hook.program,
+                    cgroup.path.display()
+                )
+            })?;
+        let link = program.take_link(link_id)?;
+        // Only a bpf_link can be pinned; aya falls back to legacy attach before 5.7.
+        let link = FdLink::try_from(link).map_err(|_| Error::KernelTooOld {
+            release: KernelVersion::current()
+                .map(|v| v.to_string())
+                .unwrap_or_default(),
+        })?;
+        let path = staging.dir.join(pins::link_name(hook.name));
+        link.pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+    }
+    Ok(staging)
+}
+
+fn named_map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {
+    ebpf.map_mut(name)
+        .with_context(|| format!("map {name} missing from the eBPF object"))
+}
+
+fn pinned_map(path: &Path) -> anyhow::Result<Map> {
+    let data =
+        MapData::from_pin(path).with_context(|| format!("opening pin {}", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("reading map {}", path.display()))
+}
+
+/// The policy pinned in a binding directory.
+pub fn read_policy(dir: &Path) -> anyhow::Result<Policy> {
+    let map: Array<_, Policy> = Array::try_from(pinned_map(&dir.join(pins::POLICY))?)?;
+    map.get(&0, 0).context("reading the policy")
+}
+
+fn write_policy(dir: &Path, policy: &Policy) -> anyhow::Result<()> {
+    let mut map: Array<_, Policy> = Array::try_from(pinned_map(&dir.join(pins::POLICY))?)?;
+    map.set(0, policy, 0).context("writing the policy")
+}
+
+/// The binding's counters, summed over CPUs.
+pub fn read_counters(dir: &Path) -> anyhow::Result<Counters> {
+    let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(pinned_map(&dir.join(pins::STATS))?)?;
+    let per_cpu = map.get(&0, 0).context("reading the counters")?;
+    Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
+        sum.sockets_bound += c.sockets_bound;
+        sum.sockets_refused_netns += c.sockets_refused_netns;
+        sum.sockopt_refused += c.sockopt_refused;
+        sum.addr_refused += c.addr_refused;
+        sum.egress_dropped += c.egress_dropped;
+        sum.ingress_dropped += c.ingress_dropped;
+        sum
+    }))
+}
+
+/// The mode recorded in a policy.
+pub fn mode_of(policy: &Policy) -> Mode {
+    Mode::from_flags(policy.flags)
+}
+
+/// What `detach` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detached {
+    /// The binding of the cgroup was removed.
+    Removed(PathBuf),
+    /// The cgroup no longer exists; this many bindings of deleted cgroups were cleaned up.
+    Stale(usize),
+}
+
+/// Removes the binding of the cgroup at `arg`. If that cgroup no longer exists, removes the
+/// leftovers of bindings whose cgroups were deleted (the kernel already detached them).
+pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
+    require_privileges("detach")?;
+    let cgroup = match crate::cgroup::resolve(arg) {
+        Ok(c) => c,
+        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
+            let removed = remove_stale()?;
+            return if removed > 0 {
+                Ok(Detached::Stale(removed))
+            } else {
+                Err(e)
+            };
+        }
+        Err(e) => return Err(e),
+    };
+    let dir = pins::binding_dir(cgroup.id);
+    if !pins::bpffs_mounted() || !dir.exists() {
+        return Err(Error::NotBound { path: cgroup.path }.into());
+    }
+    let _lock = pins::lock()?;
+    pins::remove_dir(&dir)?;
+    Ok(Detached::Removed(dir))
+}
+
+/// Removes every binding whose cgroup is gone; returns how many.
+pub fn remove_stale() -> anyhow::Result<usize> {
+    if !pins::bpffs_mounted() {
+        return Ok(0);
+    }
+    let lock = pins::lock()?;
+    pins::sweep_abandoned(&lock);
+    let mut removed = 0;
+    for (_, dir) in pins::list() {
+        if cgroup_gone(&dir) {
+            pins::remove_dir(&dir)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// A binding's cgroup is gone when the kernel has auto-detached its links.
+pub fn cgroup_gone(dir: &Path) -> bool {
+    let links: Vec<PathBuf> = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+        })
+        .collect();
+    !links.is_empty()
+        && links
+            .iter()
+            .all(|p| crate::link::pinned_state(p).is_ok_and(|s| s.cgroup_id.is_none()))
+}

@@ -1,0 +1,16 @@
+//! bindguard: pin every socket of a cgroup to one network interface, enforced in the kernel.
+//!
+//! One module per kernel concept: [`cgroup`] (cgroup v2 paths and ids), [`netns`] and
+//! [`netdev`] (namespaces, interfaces), [`pins`] (bpffs layout), [`link`] (bpf_link queries),
+//! [`enforcer`] (load, attach, pin, update, detach) and [`status`] (read it all back).
+
+pub mod cgroup;
+pub mod enforcer;
+pub mod error;
+pub mod link;
+pub mod netdev;
+pub mod netns;
+pub mod pins;
+pub mod status;
+
+pub use error::Error;

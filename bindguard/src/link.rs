@@ -1,0 +1,91 @@
+//! bpf_link queries aya does not expose: opening a pinned link and reading which cgroup it is
+//! attached to (0 once the cgroup was removed and the kernel auto-detached the link).
+
+use std::{
+    ffi::CString,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+use aya_obj::generated::{bpf_cmd, bpf_link_info};
+
+/// What the kernel says about one pinned link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkState {
+    pub link_id: u32,
+    pub program_id: u32,
+    /// The cgroup the link is attached to; None when the cgroup is gone (link auto-detached).
+    pub cgroup_id: Option<u64>,
+}
+
+#[repr(C)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+    path_fd: i32,
+    _pad: u32,
+}
+
+#[repr(C)]
+struct InfoByFdAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+fn sys_bpf<T>(cmd: bpf_cmd, attr: &mut T) -> std::io::Result<i64> {
+    // SAFETY: attr is a valid, fully initialised bpf_attr prefix for `cmd` of the size passed.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd as libc::c_int,
+            (attr as *mut T).cast::<libc::c_void>(),
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// BPF_OBJ_GET: an fd for the object pinned at `path`.
+pub fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    let fd = sys_bpf(bpf_cmd::BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Reads the state of the link pinned at `path`.
+pub fn pinned_state(path: &Path) -> std::io::Result<LinkState> {
+    let fd = open_pinned(path)?;
+    // SAFETY: bpf_link_info is plain data; all-zero is a valid value.
+    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFdAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_link_info>() as u32,
+        info: (&mut info as *mut bpf_link_info) as u64,
+    };
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: the kernel filled the cgroup member for cgroup links, the only kind we pin.
+    let cgroup_id = unsafe { info.__bindgen_anon_1.cgroup.cgroup_id };
+    Ok(LinkState {
+        link_id: info.id,
+        program_id: info.prog_id,
+        cgroup_id: (cgroup_id != 0).then_some(cgroup_id),
+    })
+}

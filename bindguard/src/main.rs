@@ -1,0 +1,184 @@
+//! The bindguard command line: parses arguments, calls the library, prints, maps exit codes.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use bindguard::{
+    cgroup,
+    enforcer::{self, Attached, Detached, Mode, Options},
+    error, netdev,
+    netns::Netns,
+    status,
+};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "bindguard",
+    version,
+    about = "Pin every socket of a cgroup to one network interface, enforced in the kernel with eBPF"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bind every new socket of a cgroup to an interface; the binding stays after bindguard exits.
+    Attach {
+        /// The cgroup: absolute, or relative to the cgroup2 mount (`mgmt`).
+        #[arg(long, value_name = "PATH")]
+        cgroup: PathBuf,
+        #[command(flatten)]
+        binding: BindingArgs,
+    },
+    /// Remove the binding of a cgroup.
+    Detach {
+        /// The cgroup: absolute, or relative to the cgroup2 mount.
+        #[arg(long, value_name = "PATH")]
+        cgroup: PathBuf,
+    },
+    /// List every binding with its policy, links, counters and problems.
+    Status {
+        /// Print the stable JSON document described in the README.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+struct BindingArgs {
+    /// The interface every socket is bound to (resolved in --netns).
+    #[arg(long, value_name = "IFNAME")]
+    dev: String,
+    /// Set SO_MARK on every new socket (decimal or 0x hex).
+    #[arg(long, value_name = "N", value_parser = parse_u32)]
+    mark: Option<u32>,
+    /// Set SO_PRIORITY on every new socket (decimal or 0x hex).
+    #[arg(long, value_name = "N", value_parser = parse_u32)]
+    priority: Option<u32>,
+    /// bind: exactly SO_BINDTODEVICE semantics.
+    #[arg(long, value_name = "MODE", default_value = "bind", value_parser = ["bind"])]
+    mode: String,
+    /// The network namespace the interface lives in (default: bindguard's own).
+    #[arg(long, value_name = "PATH")]
+    netns: Option<PathBuf>,
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse::<u32>(),
+    };
+    parsed.map_err(|_| format!("'{s}' is not a number from 0 to 4294967295"))
+}
+
+impl BindingArgs {
+    fn options(&self) -> anyhow::Result<Options> {
+        Ok(Options {
+            mark: self.mark,
+            priority: self.priority,
+            mode: self.mode.parse::<Mode>()?,
+            allow_loopback: false,
+        })
+    }
+
+    fn netns(&self) -> anyhow::Result<Netns> {
+        match &self.netns {
+            Some(p) => Netns::open(p),
+            None => Netns::current(),
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Attach { cgroup, binding } => {
+            let opts = binding.options()?;
+            netdev::validate_name(&binding.dev)?;
+            let cg = cgroup::resolve(&cgroup)?;
+            let ns = binding.netns()?;
+            let iface = netdev::resolve(&binding.dev, &ns)?;
+            let outcome = enforcer::attach(&cg, &iface, &opts).with_context(|| {
+                format!("attaching cgroup {} to {}", cg.path.display(), iface.name)
+            })?;
+            let verb = match outcome {
+                Attached::Created(_) => "bound",
+                Attached::Updated(_) => "re-bound (policy updated in place)",
+                Attached::Replaced(_) => "re-bound (programs replaced)",
+            };
+            println!(
+                "{verb} cgroup {} (id {}) to {} (ifindex {}), mode {}",
+                cg.path.display(),
+                cg.id,
+                iface.name,
+                iface.ifindex,
+                opts.mode.as_str()
+            );
+        }
+        Command::Detach { cgroup } => match enforcer::detach(&cgroup)? {
+            Detached::Removed(dir) => {
+                println!("detached {} (removed {})", cgroup.display(), dir.display())
+            }
+            Detached::Stale(n) => println!(
+                "cgroup {} no longer exists; removed {n} binding(s) of deleted cgroups",
+                cgroup.display()
+            ),
+        },
+        Command::Status { json } => {
+            let report = status::collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", status::render_table(&report));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return ExitCode::from(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                );
+            }
+            // One line: clap's first line names the problem; --help shows the rest.
+            let rendered = e.render().to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("bindguard: {first} (see `bindguard --help`)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bindguard: {}", one_line(&e));
+            ExitCode::from(error::exit_code(&e) as u8)
+        }
+    }
+}
+
+/// A typed error already says what to do; context only helps for the untyped ones.
+fn one_line(e: &anyhow::Error) -> String {
+    match e.chain().find_map(|c| c.downcast_ref::<bindguard::Error>()) {
+        Some(typed) => typed.to_string(),
+        None => format!("{e:#}"),
+    }
+}

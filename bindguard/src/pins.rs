@@ -1,0 +1,214 @@
+//! bpffs and the layout of bindguard's pins: the only place a binding's state lives.
+//!
+//! ```text
+//! /sys/fs/bpf/bindguard/<cgroup-id>/link_<hook>   one bpf_link per attached program
+//!                                   policy        1-entry array: what the programs enforce
+//!                                   stats         per-CPU counters
+//! ```
+//! A new binding is pinned into `new-<cgroup-id>-<pid>` and renamed into place, so a reader
+//! (or a kill at any moment) sees either a whole binding or none.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use nix::{
+    fcntl::{Flock, FlockArg},
+    mount::{MsFlags, mount},
+    sys::statfs::{BPF_FS_MAGIC, statfs},
+};
+
+use crate::Error;
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+pub const POLICY: &str = "policy";
+pub const STATS: &str = "stats";
+const ROOT: &str = "bindguard";
+// bpffs refuses names with a dot, so staging dirs are told apart by not being a number.
+const NEW_PREFIX: &str = "new-";
+
+/// Makes sure bpffs is mounted at /sys/fs/bpf, mounting it if needed.
+pub fn ensure_bpffs() -> anyhow::Result<()> {
+    let path = Path::new(BPFFS);
+    if statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC) {
+        return Ok(());
+    }
+    if !path.is_dir() {
+        fs::create_dir_all(path).map_err(|e| Error::BpffsMount {
+            path: path.into(),
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+    }
+    mount(
+        Some("bpf"),
+        path,
+        Some("bpf"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|source| Error::BpffsMount {
+        path: path.into(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Whether bpffs is mounted (read-only commands must not mount it).
+pub fn bpffs_mounted() -> bool {
+    statfs(Path::new(BPFFS)).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
+}
+
+/// /sys/fs/bpf/bindguard
+pub fn root() -> PathBuf {
+    Path::new(BPFFS).join(ROOT)
+}
+
+/// The pin directory of the binding of cgroup `id`.
+pub fn binding_dir(cgroup_id: u64) -> PathBuf {
+    root().join(cgroup_id.to_string())
+}
+
+/// The pin name of the link of one hook.
+pub fn link_name(hook: &str) -> String {
+    format!("link_{hook}")
+}
+
+/// Exclusive lock over all bindings, held while one is created, changed or removed, so two
+/// bindguard processes never interleave on one cgroup. Released when dropped.
+pub struct Lock(#[allow(dead_code)] Flock<fs::File>);
+
+pub fn lock() -> anyhow::Result<Lock> {
+    let root = root();
+    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let dir = fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+    let locked = Flock::lock(dir, FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .with_context(|| format!("locking {}", root.display()))?;
+    Ok(Lock(locked))
+}
+
+/// Every binding's (cgroup id, pin directory), sorted by id.
+pub fn list() -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = fs::read_dir(root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let id = e.file_name().to_str()?.parse::<u64>().ok()?;
+            Some((id, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A pin directory being filled for a new binding; removed (detaching what it holds) unless
+/// [`Staging::publish`] renames it into place.
+pub struct Staging {
+    pub dir: PathBuf,
+    target: PathBuf,
+    published: bool,
+}
+
+impl Staging {
+    pub fn new(cgroup_id: u64, _lock: &Lock) -> anyhow::Result<Self> {
+        let dir = root().join(format!("{NEW_PREFIX}{cgroup_id}-{}", std::process::id()));
+        if dir.exists() {
+            remove_dir(&dir)?;
+        }
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            target: binding_dir(cgroup_id),
+            published: false,
+        })
+    }
+
+    /// Renames the staged pins into place; fails if a binding already exists there.
+    pub fn publish(mut self) -> anyhow::Result<PathBuf> {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &self.dir,
+            nix::fcntl::AT_FDCWD,
+            &self.target,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        )
+        .with_context(|| {
+            format!(
+                "renaming {} to {}",
+                self.dir.display(),
+                self.target.display()
+            )
+        })?;
+        self.published = true;
+        Ok(self.target.clone())
+    }
+}
+
+impl Staging {
+    /// Atomically swaps the staged pins with the published binding; returns where the old
+    /// binding's pins now are (to be removed by the caller).
+    pub fn exchange(mut self) -> anyhow::Result<PathBuf> {
+        nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &self.dir,
+            nix::fcntl::AT_FDCWD,
+            &self.target,
+            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+        )
+        .with_context(|| {
+            format!(
+                "exchanging {} with {}",
+                self.dir.display(),
+                self.target.display()
+            )
+        })?;
+        self.published = true;
+        Ok(self.dir.clone())
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = remove_dir(&self.dir);
+        }
+    }
+}
+
+/// Removes a pin directory. Unpinning the last reference to a link detaches its program.
+pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+    // Links first, so the programs stop before their maps lose their pins.
+    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    entries.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+    });
+    for entry in entries {
+        fs::remove_file(&entry).with_context(|| format!("unpinning {}", entry.display()))?;
+    }
+    fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
+}
+
+/// Removes staging directories left by an attach that was killed before it published.
+/// Their programs were attached, but the attach never completed, so the cgroup's binding is
+/// whatever was published before.
+pub fn sweep_abandoned(_lock: &Lock) {
+    for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(NEW_PREFIX)) else {
+            continue;
+        };
+        let pid = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
+        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            let _ = remove_dir(&entry.path());
+        }
+    }
+}

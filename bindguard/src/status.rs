@@ -1,0 +1,271 @@
+//! `status`: every binding, read back from its pins, with what is wrong with it.
+
+use std::path::{Path, PathBuf};
+
+use bindguard_common::{Counters, Policy, flags};
+use serde::Serialize;
+
+use crate::{enforcer, link, netdev, netns, pins};
+
+/// Version of the JSON document `status --json` prints; bumped on incompatible changes.
+pub const JSON_VERSION: u32 = 1;
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub version: u32,
+    pub bindings: Vec<Binding>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Binding {
+    /// Path of the cgroup, or null if it was deleted.
+    pub cgroup: Option<PathBuf>,
+    pub cgroup_id: u64,
+    pub pins: PathBuf,
+    pub ifname: String,
+    pub ifindex: u32,
+    pub netns: NetnsInfo,
+    pub mark: Option<u32>,
+    pub priority: Option<u32>,
+    pub mode: String,
+    pub allow_loopback: bool,
+    pub links: Vec<LinkInfo>,
+    pub counters: CountersInfo,
+    /// Empty when the binding is healthy.
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NetnsInfo {
+    pub cookie: u64,
+    pub inode: u64,
+    /// A path that names the namespace now ("current" for bindguard's own), if one was found.
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LinkInfo {
+    pub hook: String,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+}
+
+#[derive(Debug, Serialize, Default)]
+pub struct CountersInfo {
+    pub sockets_bound: u64,
+    pub sockets_refused_netns: u64,
+    pub sockopt_refused: u64,
+    pub addr_refused: u64,
+    pub egress_dropped: u64,
+    pub ingress_dropped: u64,
+}
+
+impl From<Counters> for CountersInfo {
+    fn from(c: Counters) -> Self {
+        Self {
+            sockets_bound: c.sockets_bound,
+            sockets_refused_netns: c.sockets_refused_netns,
+            sockopt_refused: c.sockopt_refused,
+            addr_refused: c.addr_refused,
+            egress_dropped: c.egress_dropped,
+            ingress_dropped: c.ingress_dropped,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
+    /// pins-unreadable.
+    pub kind: &'static str,
+    pub message: String,
+}
+
+/// Reads every binding. Read-only: never mounts bpffs or changes a pin.
+pub fn collect() -> Report {
+    let mut bindings = Vec::new();
+    if pins::bpffs_mounted() {
+        let paths = crate::cgroup::cgroup2_mount()
+            .map(|m| crate::cgroup::paths_by_id(&m))
+            .unwrap_or_default();
+        for (id, dir) in pins::list() {
+            bindings.push(read_binding(id, &dir, paths.get(&id).cloned()));
+        }
+    }
+    Report {
+        version: JSON_VERSION,
+        bindings,
+    }
+}
+
+fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>) -> Binding {
+    let mut problems = Vec::new();
+    let policy = enforcer::read_policy(dir).unwrap_or_else(|e| {
+        problems.push(Problem {
+            kind: "pins-unreadable",
+            message: format!("policy cannot be read ({e:#})"),
+        });
+        Policy::default()
+    });
+    let counters = enforcer::read_counters(dir).unwrap_or_default();
+    let mode = enforcer::mode_of(&policy);
+    let mut links = Vec::new();
+    let mut detached = false;
+    for hook in mode.hooks() {
+        let path = dir.join(pins::link_name(hook.name));
+        match link::pinned_state(&path) {
+            Ok(s) => {
+                detached |= s.cgroup_id.is_none();
+                links.push(LinkInfo {
+                    hook: hook.name.into(),
+                    link_id: Some(s.link_id),
+                    program_id: Some(s.program_id),
+                });
+            }
+            Err(e) => {
+                problems.push(Problem {
+                    kind: "link-missing",
+                    message: format!(
+                        "{} cannot be opened ({e}): this hook is not enforced; re-attach",
+                        path.display()
+                    ),
+                });
+                links.push(LinkInfo {
+                    hook: hook.name.into(),
+                    link_id: None,
+                    program_id: None,
+                });
+            }
+        }
+    }
+    if detached || cgroup.is_none() {
+        problems.push(Problem {
+            kind: "cgroup-gone",
+            message: format!(
+                "cgroup {cgroup_id} was deleted; `bindguard detach --cgroup <its old path>` removes these pins"
+            ),
+        });
+    }
+    let ifname = netdev::name_from_bytes(&policy.ifname);
+    let ns = netns::find_by_ino(policy.netns_ino);
+    match &ns {
+        None => problems.push(Problem {
+            kind: "netns-gone",
+            message: format!(
+                "network namespace (inode {}) no longer exists: sockets are refused (fail-closed)",
+                policy.netns_ino
+            ),
+        }),
+        Some(ns) => match netdev::name_of(policy.ifindex, ns) {
+            Ok(None) => problems.push(Problem {
+                kind: "interface-missing",
+                message: format!(
+                    "interface {ifname} (ifindex {}) is gone: sends fail with ENODEV (fail-closed); re-attach to use a new interface",
+                    policy.ifindex
+                ),
+            }),
+            Ok(Some(now)) if now != ifname => problems.push(Problem {
+                kind: "interface-renamed",
+                message: format!(
+                    "ifindex {} is now named {now} (was {ifname}); sockets still use ifindex {}",
+                    policy.ifindex, policy.ifindex
+                ),
+            }),
+            _ => {}
+        },
+    }
+    Binding {
+        cgroup,
+        cgroup_id,
+        pins: dir.to_path_buf(),
+        ifname,
+        ifindex: policy.ifindex,
+        netns: NetnsInfo {
+            cookie: policy.netns_cookie,
+            inode: policy.netns_ino,
+            path: ns.map(|n| {
+                n.path
+                    .map_or_else(|| "current".to_string(), |p| p.display().to_string())
+            }),
+        },
+        mark: policy.has(flags::SET_MARK).then_some(policy.mark),
+        priority: policy.has(flags::SET_PRIORITY).then_some(policy.priority),
+        mode: mode.as_str().into(),
+        allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
+        links,
+        counters: counters.into(),
+        problems,
+    }
+}
+
+/// The table `status` prints for people: one row per binding.
+pub fn render_table(report: &Report) -> String {
+    use std::fmt::Write as _;
+    if report.bindings.is_empty() {
+        return "no bindings\n".into();
+    }
+    let mut rows = vec![
+        [
+            "CGROUP", "ID", "DEV", "IFINDEX", "NETNS", "MODE", "MARK", "PRIO", "LINKS", "BOUND",
+            "REFUSED", "PROBLEMS",
+        ]
+        .map(String::from),
+    ];
+    for b in &report.bindings {
+        let opt = |v: Option<u32>| v.map_or("-".into(), |v| v.to_string());
+        let links = b
+            .links
+            .iter()
+            .map(|l| match (l.link_id, l.program_id) {
+                (Some(link), Some(prog)) => format!("{}:{link}/{prog}", l.hook),
+                _ => format!("{}:missing", l.hook),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let refused =
+            b.counters.sockets_refused_netns + b.counters.sockopt_refused + b.counters.addr_refused;
+        let problems = if b.problems.is_empty() {
+            "ok".to_string()
+        } else {
+            b.problems
+                .iter()
+                .map(|p| p.kind)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        rows.push([
+            b.cgroup
+                .as_ref()
+                .map_or("(deleted)".into(), |p| p.display().to_string()),
+            b.cgroup_id.to_string(),
+            b.ifname.clone(),
+            b.ifindex.to_string(),
+            b.netns.path.clone().unwrap_or_else(|| "(gone)".into()),
+            b.mode.clone(),
+            opt(b.mark),
+            opt(b.priority),
+            links,
+            b.counters.sockets_bound.to_string(),
+            refused.to_string(),
+            problems,
+        ]);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    for b in report.bindings.iter().filter(|b| !b.problems.is_empty()) {
+        for p in &b.problems {
+            let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
+        }
+    }
+    out
+}
