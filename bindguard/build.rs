@@ -1,26 +1,62 @@
-//! Builds the eBPF object (bindguard-ebpf, nightly + bpf-linker) into OUT_DIR so the loader
-//! can embed it. `cargo xtask setup` installs what this needs.
-use std::path::Path;
+//! Builds the eBPF object (bindguard-ebpf: nightly, build-std=core, bpf-linker) into OUT_DIR so
+//! the loader can embed it. Quiet on success; on failure the inner build's output is the error.
+//! `cargo xtask setup` installs what this needs.
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-fn main() -> anyhow::Result<()> {
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
-    let workspace = Path::new(&manifest_dir).parent().expect("workspace root");
-    let ebpf_dir = workspace.join("bindguard-ebpf");
-    let common_dir = workspace.join("bindguard-common");
-    println!("cargo:rerun-if-changed={}", common_dir.display());
-    let ebpf_dir = ebpf_dir.to_str().expect("utf-8 path");
-    aya_build::build_ebpf(
-        [aya_build::Package {
-            name: "bindguard-ebpf",
-            root_dir: ebpf_dir,
-            ..Default::default()
-        }],
-        aya_build::Toolchain::default(),
-    )
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "building the eBPF programs failed ({e:#}); run `cargo xtask setup` to install \
-             nightly rust-src and bpf-linker"
-        )
-    })
+fn main() {
+    if let Err(e) = build() {
+        eprintln!("{e}");
+        std::process::exit(1);
+    }
+}
+
+fn build() -> Result<(), String> {
+    let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
+    let workspace = manifest_dir.parent().ok_or("no workspace root")?;
+    for dir in ["bindguard-ebpf", "bindguard-common"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
+    }
+    let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
+    let target = match env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() {
+        Ok("big") => "bpfeb-unknown-none",
+        _ => "bpfel-unknown-none",
+    };
+    let arch = env::var("CARGO_CFG_TARGET_ARCH").map_err(|e| e.to_string())?;
+    let target_dir = out_dir.join("ebpf-target");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", "nightly", "cargo", "build", "--quiet", "--release"])
+        .args(["--package", "bindguard-ebpf", "--bins", "--target", target])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(&target_dir)
+        .current_dir(workspace)
+        // BTF lets the kernel and bpftool show the maps' types.
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+        );
+    // The outer build's compiler settings must not leak into the nightly bpf build.
+    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER", "RUSTFLAGS", "RUSTUP_TOOLCHAIN"] {
+        cmd.env_remove(key);
+    }
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running `rustup run nightly cargo` failed ({e}); run `cargo xtask setup`"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "building the eBPF programs failed; run `cargo xtask setup` to install nightly rust-src and bpf-linker\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let built = target_dir.join(target).join("release/bindguard");
+    copy(&built, &out_dir.join("bindguard"))
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
 }

@@ -1,0 +1,238 @@
+//! Listeners in the peer namespaces: they record every UDP datagram and TCP stream that
+//! arrives, and count every packet addressed to the destination (SYNs and pings included), so
+//! a test can say which uplink traffic left by — and that nothing left by the other.
+
+use std::{
+    io::Read,
+    net::{Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use nix::sched::{CloneFlags, setns};
+
+use crate::topology::{DEST4, DEST6, NetnsGuard, Topology};
+
+/// The port every listener uses (each topology has its own namespaces, so no clashes).
+pub const PORT: u16 = 7000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Peer {
+    A,
+    B,
+}
+
+#[derive(Debug, Clone)]
+pub struct Hit {
+    pub peer: Peer,
+    pub proto: &'static str,
+    pub from: SocketAddr,
+    pub data: String,
+}
+
+/// Both peers' listeners; stopped and joined on drop.
+pub struct Listener {
+    hits: Arc<Mutex<Vec<Hit>>>,
+    packets_a: Arc<AtomicU64>,
+    packets_b: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Listener {
+    pub fn start(topo: &Topology) -> Self {
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let packets_a = Arc::new(AtomicU64::new(0));
+        let packets_b = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for (peer, ns, packets) in [
+            (Peer::A, &topo.peer_a, &packets_a),
+            (Peer::B, &topo.peer_b, &packets_b),
+        ] {
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let sockets = open_in(ns);
+            let hits = hits.clone();
+            let stop = stop.clone();
+            let packets = packets.clone();
+            threads.push(std::thread::spawn(move || {
+                let (udp, tcp, raw) = sockets;
+                let _ = ready_tx.send(());
+                serve(peer, udp, tcp, raw, &hits, &packets, &stop);
+            }));
+            ready_rx.recv().expect("listener thread started");
+        }
+        Self {
+            hits,
+            packets_a,
+            packets_b,
+            stop,
+            threads,
+        }
+    }
+
+    /// Peers that received `token`, waiting up to `timeout` for the first one.
+    pub fn wait_for(&self, token: &str, timeout: Duration) -> Vec<Peer> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.peers_with(token);
+            if !got.is_empty() || Instant::now() >= deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peers that have received `token` so far.
+    pub fn peers_with(&self, token: &str) -> Vec<Peer> {
+        let mut peers: Vec<Peer> = self
+            .hits
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.data.contains(token))
+            .map(|h| h.peer)
+            .collect();
+        peers.sort_by_key(|p| *p as u8);
+        peers.dedup();
+        peers
+    }
+
+    pub fn hits(&self) -> Vec<Hit> {
+        self.hits.lock().unwrap().clone()
+    }
+
+    /// Packets addressed to DEST4/DEST6 that reached a peer's eth0 (any protocol).
+    pub fn packets(&self, peer: Peer) -> u64 {
+        match peer {
+            Peer::A => self.packets_a.load(Ordering::SeqCst),
+            Peer::B => self.packets_b.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Opens the sockets on a thread that entered the peer's namespace; sockets keep the
+/// namespace they were made in.
+fn open_in(ns: &NetnsGuard) -> (UdpSocket, TcpListener, OwnedFd) {
+    let path = ns.path();
+    std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("open peer netns");
+        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns into peer");
+        // [::] with IPV6_V6ONLY off (the default) takes IPv4 as mapped addresses too.
+        let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT));
+        let udp = UdpSocket::bind(any).expect("bind udp");
+        udp.set_nonblocking(true).unwrap();
+        let tcp = TcpListener::bind(any).expect("bind tcp");
+        tcp.set_nonblocking(true).unwrap();
+        (udp, tcp, packet_socket("eth0"))
+    })
+    .join()
+    .expect("listener setup")
+}
+
+/// An AF_PACKET socket that sees every frame arriving on `ifname`.
+fn packet_socket(ifname: &str) -> OwnedFd {
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket(2) call.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            proto as i32,
+        )
+    };
+    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd was just returned to us.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ifindex = nix::net::if_::if_nametoindex(ifname).expect("peer eth0");
+    // SAFETY: sockaddr_ll is plain data.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: binding our fd to a valid sockaddr_ll of the size passed.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
+    fd
+}
+
+fn to_dest(frame: &[u8]) -> bool {
+    let dest4: std::net::Ipv4Addr = DEST4.parse().unwrap();
+    let dest6: Ipv6Addr = DEST6.parse().unwrap();
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.get(30..34) == Some(&dest4.octets()[..]),
+        Some([0x86, 0xdd]) => frame.get(38..54) == Some(&dest6.octets()[..]),
+        _ => false,
+    }
+}
+
+fn serve(
+    peer: Peer,
+    udp: UdpSocket,
+    tcp: TcpListener,
+    raw: OwnedFd,
+    hits: &Mutex<Vec<Hit>>,
+    packets: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let mut buf = vec![0u8; 65536];
+    let record = |proto, from, data: &[u8]| {
+        hits.lock().unwrap().push(Hit {
+            peer,
+            proto,
+            from,
+            data: String::from_utf8_lossy(data).into_owned(),
+        })
+    };
+    while !stop.load(Ordering::SeqCst) {
+        let mut idle = true;
+        loop {
+            // SAFETY: reading into our buffer from our fd.
+            let n = unsafe {
+                libc::recv(raw.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+            };
+            if n <= 0 {
+                break;
+            }
+            idle = false;
+            if to_dest(&buf[..n as usize]) {
+                packets.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            idle = false;
+            record("udp", from, &buf[..n]);
+        }
+        while let Ok((mut conn, from)) = tcp.accept() {
+            idle = false;
+            let _ = conn.set_nonblocking(false);
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut data = Vec::new();
+            let _ = conn.read_to_end(&mut data);
+            record("tcp", from, &data);
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Privileged tests never skip silently: under CI=true a missing privilege fails the test.
+
+/// Returns true when the test may run. Without root: panics under CI=true, otherwise prints
+/// why it skips and returns false.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if ci {
+        panic!("{test}: needs root (cgroups, bpffs, netns); CI=true so this is a failure");
+    }
+    eprintln!("SKIP {test}: needs root (cgroups, bpffs, netns)");
+    false
+}

@@ -1,0 +1,197 @@
+//! Running processes inside a test cgroup and namespace, optionally as an unprivileged user.
+
+use std::{
+    fs::{File, OpenOptions},
+    os::{
+        fd::AsRawFd,
+        unix::process::{CommandExt, ExitStatusExt},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use crate::topology::{NetnsGuard, TestCgroup};
+
+/// The bindguard CLI under test: $BINDGUARD_BIN, else the workspace's target/debug/bindguard.
+pub fn bindguard_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BINDGUARD_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/bindguard");
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build -p bindguard`, done by `cargo xtask test`)",
+        p.display()
+    );
+    p
+}
+
+/// The probe helper built from this package (src/bin/probe.rs).
+pub fn probe_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("BG_PROBE_BIN") {
+        return p.into();
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/bg-probe");
+    assert!(p.exists(), "{} is missing: build it first", p.display());
+    p
+}
+
+/// A command that joins a cgroup and a network namespace between fork and exec.
+pub struct Cmd {
+    cmd: Command,
+    cgroup_procs: Option<File>,
+    netns: Option<File>,
+}
+
+impl Cmd {
+    pub fn new(program: impl AsRef<std::ffi::OsStr>) -> Self {
+        let mut cmd = Command::new(program);
+        cmd.stdin(Stdio::null());
+        Self {
+            cmd,
+            cgroup_procs: None,
+            netns: None,
+        }
+    }
+
+    pub fn bindguard() -> Self {
+        Self::new(bindguard_bin())
+    }
+
+    pub fn probe() -> Self {
+        Self::new(probe_bin())
+    }
+
+    pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.arg(a);
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: impl AsRef<std::ffi::OsStr>) -> Self {
+        self.cmd.env(k, v);
+        self
+    }
+
+    /// The child moves itself into `cg` before exec: every socket it makes is the cgroup's.
+    pub fn in_cgroup(self, cg: &TestCgroup) -> Self {
+        self.in_cgroup_path(&cg.path)
+    }
+
+    pub fn in_cgroup_path(mut self, cg: &Path) -> Self {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(cg.join("cgroup.procs"))
+            .expect("open cgroup.procs");
+        self.cgroup_procs = Some(f);
+        self
+    }
+
+    /// The child enters `ns` before exec (setns, not `ip netns exec`, which remounts /sys).
+    pub fn in_netns(mut self, ns: &NetnsGuard) -> Self {
+        self.netns = Some(File::open(ns.path()).expect("open netns"));
+        self
+    }
+
+    /// Runs as uid/gid 65534 with no capabilities at all.
+    pub fn as_nobody(mut self) -> Self {
+        let program = self.cmd.get_program().to_owned();
+        let args: Vec<_> = self.cmd.get_args().map(|a| a.to_owned()).collect();
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null());
+        for (k, v) in self.cmd.get_envs() {
+            if let Some(v) = v {
+                cmd.env(k, v);
+            }
+        }
+        self.cmd = cmd;
+        self
+    }
+
+    fn prepare(&mut self) {
+        let procs = self.cgroup_procs.as_ref().map(|f| f.as_raw_fd());
+        let netns = self.netns.as_ref().map(|f| f.as_raw_fd());
+        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
+        unsafe {
+            self.cmd.pre_exec(move || {
+                if let Some(fd) = procs
+                    && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(fd) = netns
+                    && libc::setns(fd, libc::CLONE_NEWNET) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    pub fn spawn(mut self) -> Child {
+        self.prepare();
+        self.cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    }
+
+    /// Runs to completion (killed after 30 s) and returns its output.
+    pub fn output(self) -> Output {
+        let program = format!("{:?}", self.cmd.get_program());
+        let child = self.spawn();
+        wait_output(child, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{program} did not finish within 30 s"))
+    }
+
+    /// Runs and returns (exit code, stdout, stderr); code is 128+signal when killed.
+    pub fn run(self) -> (i32, String, String) {
+        let out = self.output();
+        let code = out
+            .status
+            .code()
+            .unwrap_or_else(|| 128 + out.status.signal().unwrap_or(0));
+        (
+            code,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Waits for `child` with a deadline; kills it and returns None if it overruns.
+pub fn wait_output(mut child: Child, timeout: Duration) -> Option<Output> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().ok(),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Network namespaces, the two-uplink topology and test cgroups, as guards.
+
+use std::{
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::unique;
+
+/// Where the peers live and what they own.
+pub const DEST4: &str = "203.0.113.10";
+pub const DEST6: &str = "2001:db8:ff::10";
+pub const HOST_A4: &str = "192.0.2.1";
+pub const PEER_A4: &str = "192.0.2.2";
+pub const HOST_B4: &str = "198.51.100.1";
+pub const PEER_B4: &str = "198.51.100.2";
+pub const HOST_A6: &str = "2001:db8:a::1";
+pub const PEER_A6: &str = "2001:db8:a::2";
+pub const HOST_B6: &str = "2001:db8:b::1";
+pub const PEER_B6: &str = "2001:db8:b::2";
+/// The host's uplinks (names are per namespace, so every topology can use the same ones).
+pub const UPLINK_A: &str = "upA";
+pub const UPLINK_B: &str = "upB";
+
+/// Runs a command and panics with its stderr if it fails (set-up must not half-succeed).
+pub fn sh(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A named network namespace (`ip netns add`), deleted on drop with everything in it.
+pub struct NetnsGuard {
+    pub name: String,
+}
+
+impl NetnsGuard {
+    pub fn new(prefix: &str) -> Self {
+        let name = unique(prefix);
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `ip -n NAME ...`
+    pub fn ip(&self, args: &[&str]) {
+        let mut full = vec!["-n", &self.name];
+        full.extend_from_slice(args);
+        sh("ip", &full);
+    }
+
+    /// Writes a sysctl inside the namespace (/proc/sys/net is per namespace of the opener).
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        sh(
+            "nsenter",
+            &[
+                &format!("--net={}", self.path().display()),
+                "sh",
+                "-c",
+                &format!("echo {value} > {path}"),
+            ],
+        );
+    }
+
+    pub fn ifindex(&self, ifname: &str) -> u32 {
+        let ns = bindguard::netns::Netns::open(&self.path()).expect("open netns");
+        bindguard::netdev::resolve(ifname, &ns)
+            .expect("interface exists")
+            .ifindex
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The seed scenario: `host` with uplinks upA (metric 10) and upB (metric 20), each to a peer
+/// that owns DEST4/DEST6 and routes back.
+pub struct Topology {
+    // Field order = drop order: peers go first, then the host.
+    pub peer_a: NetnsGuard,
+    pub peer_b: NetnsGuard,
+    pub host: NetnsGuard,
+}
+
+impl Topology {
+    pub fn new() -> Self {
+        let host = NetnsGuard::new("bgh");
+        let peer_a = NetnsGuard::new("bga");
+        let peer_b = NetnsGuard::new("bgb");
+        for (up, peer, host4, peer4, host6, peer6, metric) in [
+            (UPLINK_A, &peer_a, HOST_A4, PEER_A4, HOST_A6, PEER_A6, "10"),
+            (UPLINK_B, &peer_b, HOST_B4, PEER_B4, HOST_B6, PEER_B6, "20"),
+        ] {
+            host.ip(&[
+                "link", "add", up, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+            ]);
+            host.ip(&["addr", "add", &format!("{host4}/24"), "dev", up]);
+            host.ip(&["addr", "add", &format!("{host6}/64"), "dev", up, "nodad"]);
+            host.ip(&["link", "set", up, "up"]);
+            peer.ip(&["addr", "add", &format!("{peer4}/24"), "dev", "eth0"]);
+            peer.ip(&["addr", "add", &format!("{peer6}/64"), "dev", "eth0", "nodad"]);
+            peer.ip(&["addr", "add", &format!("{DEST4}/32"), "dev", "lo"]);
+            peer.ip(&["addr", "add", &format!("{DEST6}/128"), "dev", "lo"]);
+            peer.ip(&["link", "set", "eth0", "up"]);
+            peer.ip(&["route", "add", "default", "via", host4]);
+            peer.ip(&["-6", "route", "add", "default", "via", host6]);
+            // Replies and strays must not be dropped by reverse-path checks in the peers.
+            peer.sysctl("net.ipv4.conf.all.rp_filter", "0");
+            peer.sysctl("net.ipv4.conf.eth0.rp_filter", "0");
+            host.ip(&["route", "add", "default", "via", peer4, "dev", up, "metric", metric]);
+            host.ip(&["-6", "route", "add", "default", "via", peer6, "dev", up, "metric", metric]);
+        }
+        host.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        Self {
+            peer_a,
+            peer_b,
+            host,
+        }
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A cgroup made for one test; on drop its binding's pins are removed, its processes killed,
+/// and it is deleted.
+pub struct TestCgroup {
+    pub path: PathBuf,
+    pub id: u64,
+}
+
+impl TestCgroup {
+    pub fn new() -> Self {
+        let mount = bindguard::cgroup::cgroup2_mount().expect("a cgroup2 mount");
+        Self::create(mount.join(unique("bgt")))
+    }
+
+    /// A child cgroup of this one.
+    pub fn child(&self, name: &str) -> Self {
+        Self::create(self.path.join(name))
+    }
+
+    fn create(path: PathBuf) -> Self {
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        let id = fs::metadata(&path).expect("stat cgroup").ino();
+        Self { path, id }
+    }
+
+    pub fn procs(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    pub fn pins(&self) -> PathBuf {
+        bindguard::pins::binding_dir(self.id)
+    }
+}
+
+impl Default for TestCgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let pins = self.pins();
+        if pins.exists() {
+            let _ = bindguard::pins::remove_dir(&pins);
+        }
+        let _ = fs::write(self.path.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
