@@ -53,10 +53,10 @@ struct BindingArgs {
     #[arg(long, value_name = "IFNAME")]
     dev: String,
     /// Set SO_MARK on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = parse_u32)]
+    #[arg(long, value_name = "N", value_parser = parse_u32, allow_hyphen_values = true)]
     mark: Option<u32>,
     /// Set SO_PRIORITY on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = parse_u32)]
+    #[arg(long, value_name = "N", value_parser = parse_u32, allow_hyphen_values = true)]
     priority: Option<u32>,
     /// bind: exactly SO_BINDTODEVICE semantics.
     #[arg(long, value_name = "MODE", default_value = "bind", value_parser = ["bind"])]

@@ -18,10 +18,21 @@ pub fn bindguard_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BINDGUARD_BIN") {
         return p.into();
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/bindguard");
+    target_bin("bindguard")
+}
+
+/// A binary of this workspace: next to the running executable (target/<profile>/ for bins,
+/// target/<profile>/deps/ for tests), so a release bench uses release binaries.
+fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
     assert!(
         p.exists(),
-        "{} is missing: build it first (`cargo build -p bindguard`, done by `cargo xtask test`)",
+        "{} is missing: build it first (`cargo build --bins`, done by `cargo xtask test`)",
         p.display()
     );
     p
@@ -32,9 +43,7 @@ pub fn probe_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("BG_PROBE_BIN") {
         return p.into();
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/bg-probe");
-    assert!(p.exists(), "{} is missing: build it first", p.display());
-    p
+    target_bin("bg-probe")
 }
 
 /// A command that joins a cgroup and a network namespace between fork and exec.

@@ -1,1 +1,143 @@
-fn main() {}
+//! cargo xtask setup | demo | test | bench
+//!
+//! Every command first runs `setup`, which installs whatever is missing and is a no-op when
+//! everything is there, so a fresh machine needs nothing but these commands.
+
+mod setup;
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, bail};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(workspace());
+    c
+}
+
+/// Runs a command, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn require_root(what: &str) -> anyhow::Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask {what}` creates namespaces, cgroups and eBPF programs: run it as root");
+    }
+    Ok(())
+}
+
+fn build_bins(release: bool) -> anyhow::Result<()> {
+    let mut c = cargo();
+    c.args(["build", "--quiet", "--bins", "-p", "bindguard", "-p", "bindguard-tests"]);
+    if release {
+        c.arg("--release");
+    }
+    run(&mut c)
+}
+
+fn demo() -> anyhow::Result<()> {
+    require_root("demo")?;
+    setup::ensure()?;
+    build_bins(false)?;
+    run(cargo().args(["run", "--quiet", "-p", "bindguard-tests", "--bin", "bg-demo"]))
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    require_root("bench")?;
+    setup::ensure()?;
+    build_bins(true)?;
+    run(cargo()
+        .args(["run", "--quiet", "--release", "-p", "bindguard-tests", "--bin", "bg-bench", "--"])
+        .args(args))
+}
+
+/// The whole suite: formatting, clippy, unit tests and the privileged integration tests.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+    if !is_root() {
+        if ci {
+            bail!("CI=true but not running as root: the privileged tests cannot run");
+        }
+        eprintln!("note: not root, privileged tests will be skipped (each says why)");
+    }
+    setup::ensure()?;
+    run(cargo().args(["fmt", "--all", "--check"])).context("formatting: run `cargo fmt --all`")?;
+    run(cargo().args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]))?;
+    build_bins(false)?;
+    // Stream the output while tallying the per-binary results into one closing line.
+    let mut child = cargo()
+        .args(["test", "--workspace", "--no-fail-fast"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|p| p.trim().strip_suffix(key))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            passed += num(" passed");
+            failed += num(" failed");
+            ignored += num(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("bindguard suite: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() || failed > 0 {
+        bail!("the test suite failed");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::ensure(),
+        Some("demo") => demo(),
+        Some("test") => test(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask setup | demo | test [cargo test args] | bench");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

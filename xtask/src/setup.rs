@@ -1,0 +1,167 @@
+//! `cargo xtask setup`: idempotent installation of everything the build and tests need.
+//!
+//! - Debian packages the tests and demo use (busybox-static, iproute2, bpftool, util-linux);
+//! - nightly's rust-src (the eBPF crate builds core for the bpf target);
+//! - bpf-linker, built against the libLLVM that ships with rustc nightly (same LLVM major,
+//!   detected, never hard-coded).
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+
+use crate::run;
+
+/// Version of bpf-linker to install; it must offer an `llvm-<major>` feature for nightly's LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// (command that must exist, Debian package providing it)
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("bpftool", "bpftool"),
+    ("nsenter", "util-linux"),
+    ("setpriv", "util-linux"),
+    ("unshare", "util-linux"),
+];
+
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join(tool).is_file())
+}
+
+/// busybox-static, not a dynamically linked busybox: the static-binary tests rely on it.
+fn busybox_static_installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "busybox-static"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn ensure_packages() -> anyhow::Result<()> {
+    let mut missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(tool, _)| !on_path(tool))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !busybox_static_installed() {
+        missing.push("busybox-static");
+    }
+    missing.sort();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .context("installing Debian packages (needs root)")
+}
+
+fn ensure_rust_components() -> anyhow::Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("setup: installing the nightly toolchain");
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+    }
+    let installed = output(Command::new("rustup").args([
+        "component", "list", "--toolchain", "nightly", "--installed",
+    ]))?;
+    if !installed.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to nightly");
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    }
+    let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    for comp in ["clippy", "rustfmt"] {
+        if !stable.lines().any(|l| l.starts_with(comp)) {
+            run(Command::new("rustup").args(["component", "add", comp]))?;
+        }
+    }
+    Ok(())
+}
+
+/// The major version of the LLVM inside rustc nightly, e.g. 22.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let vv = output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+    vv.lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next()?.trim().parse().ok())
+        .context("rustc +nightly -vV names no LLVM version")
+}
+
+/// bpf-linker works if it starts in nightly's environment (where its libLLVM lives).
+fn bpf_linker_works() -> bool {
+    Command::new("rustup")
+        .args(["run", "nightly", "bpf-linker", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn ensure_bpf_linker(target_dir: &Path) -> anyhow::Result<()> {
+    if bpf_linker_works() {
+        return Ok(());
+    }
+    let major = nightly_llvm_major()?;
+    let sysroot = PathBuf::from(
+        output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?.trim(),
+    );
+    // nightly ships libLLVM.so.<major>.<minor>-rust-<version>; bpf-linker's build wants
+    // <prefix>/lib/libLLVM.so.
+    let libdir = sysroot.join("lib");
+    let lib = std::fs::read_dir(&libdir)
+        .with_context(|| format!("reading {}", libdir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        })
+        .with_context(|| format!("no libLLVM.so.{major}* in {}", libdir.display()))?;
+    let prefix = target_dir.join("llvm-prefix");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&lib, &link)?;
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major}); this takes a few minutes",
+        lib.display()
+    );
+    run(Command::new("cargo")
+        .args(["install", "--locked", "--force", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix))?;
+    if !bpf_linker_works() {
+        bail!("bpf-linker was installed but does not start under `rustup run nightly`");
+    }
+    Ok(())
+}
+
+/// Installs whatever is missing; quiet when nothing is.
+pub fn ensure() -> anyhow::Result<()> {
+    let target_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/xtask");
+    ensure_packages()?;
+    ensure_rust_components()?;
+    ensure_bpf_linker(&target_dir)?;
+    Ok(())
+}
