@@ -39,12 +39,18 @@ fn build() -> Result<(), String> {
             format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
         );
     // The outer build's compiler settings must not leak into the nightly bpf build.
-    for key in ["RUSTC", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER", "RUSTFLAGS", "RUSTUP_TOOLCHAIN"] {
+    for key in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_WRAPPER",
+        "RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+    ] {
         cmd.env_remove(key);
     }
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running `rustup run nightly cargo` failed ({e}); run `cargo xtask setup`"))?;
+    let out = cmd.output().map_err(|e| {
+        format!("running `rustup run nightly cargo` failed ({e}); run `cargo xtask setup`")
+    })?;
     if !out.status.success() {
         return Err(format!(
             "building the eBPF programs failed; run `cargo xtask setup` to install nightly rust-src and bpf-linker\n{}",

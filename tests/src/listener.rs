@@ -155,7 +155,11 @@ fn packet_socket(ifname: &str) -> OwnedFd {
             proto as i32,
         )
     };
-    assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: fd was just returned to us.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let ifindex = nix::net::if_::if_nametoindex(ifname).expect("peer eth0");
@@ -208,9 +212,7 @@ fn serve(
         let mut idle = true;
         loop {
             // SAFETY: reading into our buffer from our fd.
-            let n = unsafe {
-                libc::recv(raw.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-            };
+            let n = unsafe { libc::recv(raw.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n <= 0 {
                 break;
             }

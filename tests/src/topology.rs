@@ -119,7 +119,14 @@ impl Topology {
             host.ip(&["addr", "add", &format!("{host6}/64"), "dev", up, "nodad"]);
             host.ip(&["link", "set", up, "up"]);
             peer.ip(&["addr", "add", &format!("{peer4}/24"), "dev", "eth0"]);
-            peer.ip(&["addr", "add", &format!("{peer6}/64"), "dev", "eth0", "nodad"]);
+            peer.ip(&[
+                "addr",
+                "add",
+                &format!("{peer6}/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ]);
             peer.ip(&["addr", "add", &format!("{DEST4}/32"), "dev", "lo"]);
             peer.ip(&["addr", "add", &format!("{DEST6}/128"), "dev", "lo"]);
             peer.ip(&["link", "set", "eth0", "up"]);
@@ -128,8 +135,12 @@ impl Topology {
             // Replies and strays must not be dropped by reverse-path checks in the peers.
             peer.sysctl("net.ipv4.conf.all.rp_filter", "0");
             peer.sysctl("net.ipv4.conf.eth0.rp_filter", "0");
-            host.ip(&["route", "add", "default", "via", peer4, "dev", up, "metric", metric]);
-            host.ip(&["-6", "route", "add", "default", "via", peer6, "dev", up, "metric", metric]);
+            host.ip(&[
+                "route", "add", "default", "via", peer4, "dev", up, "metric", metric,
+            ]);
+            host.ip(&[
+                "-6", "route", "add", "default", "via", peer6, "dev", up, "metric", metric,
+            ]);
         }
         host.sysctl("net.ipv4.conf.all.rp_filter", "0");
         Self {

@@ -4,8 +4,9 @@
 use std::{fs, time::Duration};
 
 use bindguard_tests::{
-    Cmd, FLOWS, Peer, Proto, Scenario, TestCgroup, require_root,
+    Cmd, FLOWS, Peer, Proto, Scenario, TestCgroup,
     listener::PORT,
+    require_root,
     scenario::{attached_programs, dest, token},
     topology::{UPLINK_A, UPLINK_B},
 };
@@ -73,11 +74,21 @@ fn static_busybox_client_is_bound() {
         for (proto, in_cgroup) in [("tcp", true), ("udp", true), ("tcp", false), ("udp", false)] {
             let tok = token("busybox");
             let cmd = if proto == "tcp" {
-                Cmd::new("sh")
-                    .env("BB_TOKEN", &tok)
-                    .args(["-c", &format!("echo $BB_TOKEN | {busybox} nc -w1 {} {PORT}", dest(v6))])
+                Cmd::new("sh").env("BB_TOKEN", &tok).args([
+                    "-c",
+                    &format!("echo $BB_TOKEN | {busybox} nc -w1 {} {PORT}", dest(v6)),
+                ])
             } else {
-                Cmd::new(busybox).args(["tftp", "-g", "-r", &tok, "-l", "/dev/null", dest(v6), &PORT.to_string()])
+                Cmd::new(busybox).args([
+                    "tftp",
+                    "-g",
+                    "-r",
+                    &tok,
+                    "-l",
+                    "/dev/null",
+                    dest(v6),
+                    &PORT.to_string(),
+                ])
             };
             let cmd = if in_cgroup { cmd.in_cgroup(&s.cg) } else { cmd };
             // tftp waits for a reply that never comes; only the datagram matters.
@@ -112,7 +123,10 @@ fn binding_outlives_attacher_and_detach_restores_routing() {
             "{line}"
         );
     }
-    assert_eq!(s.delivered_to(s.probe_bound(), Proto::Udp, false), [Peer::B]);
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
     let bound_before = s.status_entry().unwrap()["counters"]["sockets_bound"]
         .as_u64()
         .unwrap();
@@ -144,7 +158,11 @@ fn retargeting_never_leaves_a_socket_unbound() {
     let mut retargets = 0;
     let start = std::time::Instant::now();
     while start.elapsed() < Duration::from_millis(2500) {
-        let dev = if retargets % 2 == 0 { UPLINK_A } else { UPLINK_B };
+        let dev = if retargets % 2 == 0 {
+            UPLINK_A
+        } else {
+            UPLINK_B
+        };
         s.attach(dev, &[]);
         retargets += 1;
     }
@@ -170,7 +188,11 @@ fn child_cgroup_inherits_the_binding() {
     let child: TestCgroup = s.cg.child("worker");
     for (proto, v6) in FLOWS {
         let probe = Cmd::probe().in_cgroup(&child).in_netns(&s.topo.host);
-        assert_eq!(s.delivered_to(probe, proto, v6), [Peer::B], "{proto:?} v6={v6}");
+        assert_eq!(
+            s.delivered_to(probe, proto, v6),
+            [Peer::B],
+            "{proto:?} v6={v6}"
+        );
     }
 }
 
@@ -186,7 +208,11 @@ fn socket_made_in_another_netns_is_refused() {
         .arg("sockinfo")
         .run();
     assert_eq!(code, 1, "{out}");
-    assert_eq!(out.matches("error errno=1").count(), 4, "all four EPERM: {out}");
+    assert_eq!(
+        out.matches("error errno=1").count(),
+        4,
+        "all four EPERM: {out}"
+    );
     let refused = s.status_entry().unwrap()["counters"]["sockets_refused_netns"]
         .as_u64()
         .unwrap();
@@ -205,12 +231,16 @@ fn deleted_interface_fails_closed() {
     for (proto, v6) in FLOWS {
         let (code, out, tok) = s.send(s.probe_bound(), proto, v6);
         assert_eq!(code, 1, "{proto:?} v6={v6} send must fail: {out}");
-        assert!(s.listener.wait_for(&tok, Duration::from_millis(300)).is_empty());
+        assert!(
+            s.listener
+                .wait_for(&tok, Duration::from_millis(300))
+                .is_empty()
+        );
     }
     // Even a new interface with the same name has a new ifindex: still closed.
-    s.topo
-        .host
-        .ip(&["link", "add", UPLINK_B, "type", "veth", "peer", "name", "stubB"]);
+    s.topo.host.ip(&[
+        "link", "add", UPLINK_B, "type", "veth", "peer", "name", "stubB",
+    ]);
     s.topo.host.ip(&["link", "set", UPLINK_B, "up"]);
     let (code, out, _) = s.send(s.probe_bound(), Proto::Udp, false);
     assert_eq!(code, 1, "still refused after re-creation: {out}");
@@ -236,8 +266,7 @@ fn deleted_cgroup_is_reported_and_cleaned_by_detach() {
         .run();
     assert_eq!(code, 0, "{out}{err}");
     fs::remove_dir(&cg.path).unwrap();
-    let entry = s
-        .status_json()["bindings"]
+    let entry = s.status_json()["bindings"]
         .as_array()
         .unwrap()
         .iter()
@@ -245,7 +274,10 @@ fn deleted_cgroup_is_reported_and_cleaned_by_detach() {
         .cloned()
         .expect("still listed");
     assert!(entry["cgroup"].is_null(), "{entry}");
-    assert!(entry["problems"].to_string().contains("cgroup-gone"), "{entry}");
+    assert!(
+        entry["problems"].to_string().contains("cgroup-gone"),
+        "{entry}"
+    );
     let (code, out, err) = Cmd::bindguard()
         .arg("detach")
         .arg("--cgroup")

@@ -21,8 +21,15 @@ fn refused(cg: &TestCgroup, cmd: Cmd, code: i32, needle: &str) {
     let (got, out, err) = cmd.run();
     assert_eq!(got, code, "exit code; stdout={out} stderr={err}");
     assert_eq!(err.lines().count(), 1, "one line: {err}");
-    assert!(err.contains(needle), "stderr names the problem ({needle}): {err}");
-    assert!(!cg.pins().exists(), "no pins were left for {}", cg.path.display());
+    assert!(
+        err.contains(needle),
+        "stderr names the problem ({needle}): {err}"
+    );
+    assert!(
+        !cg.pins().exists(),
+        "no pins were left for {}",
+        cg.path.display()
+    );
     assert!(
         !attached_programs(&cg.path).contains("sock_create"),
         "no program attached"
@@ -44,16 +51,28 @@ fn bad_input_exits_2_and_changes_nothing() {
     let netns = ns.path();
     let netns = netns.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["--dev", "nosuch0", "--netns", netns], "no interface named 'nosuch0'"),
+        (
+            &["--dev", "nosuch0", "--netns", netns],
+            "no interface named 'nosuch0'",
+        ),
         (&["--dev", "sixteen-bytes-xx"], "at most 15 bytes"),
         (&["--dev", "a/b"], "is invalid"),
         (&["--dev", "lo", "--mark", "abc"], "--mark"),
         (&["--dev", "lo", "--mark", "4294967296"], "--mark"),
         (&["--dev", "lo", "--priority", "-1"], "--priority"),
         (&["--dev", "lo", "--mode", "loose"], "--mode"),
-        (&["--dev", "lo", "--netns", "/etc/hostname"], "is not a network namespace"),
-        (&["--dev", "lo", "--netns", "/proc/self/ns/mnt"], "is not a network namespace"),
-        (&["--dev", "lo", "--netns", "/nonexistent/ns"], "is not a network namespace"),
+        (
+            &["--dev", "lo", "--netns", "/etc/hostname"],
+            "is not a network namespace",
+        ),
+        (
+            &["--dev", "lo", "--netns", "/proc/self/ns/mnt"],
+            "is not a network namespace",
+        ),
+        (
+            &["--dev", "lo", "--netns", "/nonexistent/ns"],
+            "is not a network namespace",
+        ),
         (&["--cgroup-typo", "x"], "--cgroup-typo"),
     ];
     for (args, needle) in cases {
@@ -67,9 +86,19 @@ fn bad_cgroups_exit_2() {
     let cg = TestCgroup::new();
     let missing = cg.path.join("does-not-exist");
     refused(&cg, attach(&missing, &["--dev", "lo"]), 2, "does not exist");
-    refused(&cg, attach("/etc".as_ref(), &["--dev", "lo"]), 2, "is not on a cgroup2 mount");
+    refused(
+        &cg,
+        attach("/etc".as_ref(), &["--dev", "lo"]),
+        2,
+        "is not on a cgroup2 mount",
+    );
     let file = cg.path.join("cgroup.procs");
-    refused(&cg, attach(&file, &["--dev", "lo"]), 2, "is not a directory");
+    refused(
+        &cg,
+        attach(&file, &["--dev", "lo"]),
+        2,
+        "is not a directory",
+    );
     refused(&cg, attach("../x".as_ref(), &["--dev", "lo"]), 2, "'..'");
     // A cgroup v1 hierarchy, where the host has one (hybrid layout).
     if let Some(v1) = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu"]
@@ -91,7 +120,12 @@ fn bad_cgroups_exit_2() {
 fn unprivileged_user_is_told_the_capability() {
     root_or_skip!();
     let cg = TestCgroup::new();
-    refused(&cg, attach(&cg.path, &["--dev", "lo"]).as_nobody(), 1, "CAP_BPF");
+    refused(
+        &cg,
+        attach(&cg.path, &["--dev", "lo"]).as_nobody(),
+        1,
+        "CAP_BPF",
+    );
     // status is read-only and works for anyone, reporting what it may see.
     let (code, _, err) = Cmd::bindguard().arg("status").as_nobody().run();
     assert_eq!(code, 0, "{err}");
@@ -109,7 +143,8 @@ fn bpffs_that_cannot_be_mounted_is_an_operational_error() {
         bindguard_tests::bindguard_bin().display(),
         cg.path.display()
     );
-    let cmd = Cmd::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let cmd =
+        Cmd::new("unshare").args(["--mount", "--propagation", "private", "sh", "-c", &script]);
     refused(&cg, cmd, 1, "bpffs is not mounted at /sys/fs/bpf");
 }
 
@@ -119,7 +154,10 @@ fn failed_reattach_keeps_the_old_binding() {
     let s = Scenario::new();
     s.attach(UPLINK_B, &[]);
     let before = s.status_entry().unwrap();
-    for (dev, needle) in [("nosuch0", "no interface"), ("sixteen-bytes-xx", "15 bytes")] {
+    for (dev, needle) in [
+        ("nosuch0", "no interface"),
+        ("sixteen-bytes-xx", "15 bytes"),
+    ] {
         let (code, _, err) = s.attach_result(dev, &[]);
         assert_eq!(code, 2, "{err}");
         assert!(err.contains(needle), "{err}");

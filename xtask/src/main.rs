@@ -51,7 +51,15 @@ fn require_root(what: &str) -> anyhow::Result<()> {
 
 fn build_bins(release: bool) -> anyhow::Result<()> {
     let mut c = cargo();
-    c.args(["build", "--quiet", "--bins", "-p", "bindguard", "-p", "bindguard-tests"]);
+    c.args([
+        "build",
+        "--quiet",
+        "--bins",
+        "-p",
+        "bindguard",
+        "-p",
+        "bindguard-tests",
+    ]);
     if release {
         c.arg("--release");
     }
@@ -62,7 +70,14 @@ fn demo() -> anyhow::Result<()> {
     require_root("demo")?;
     setup::ensure()?;
     build_bins(false)?;
-    run(cargo().args(["run", "--quiet", "-p", "bindguard-tests", "--bin", "bg-demo"]))
+    run(cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "bindguard-tests",
+        "--bin",
+        "bg-demo",
+    ]))
 }
 
 fn bench(args: &[String]) -> anyhow::Result<()> {
@@ -70,7 +85,16 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
     setup::ensure()?;
     build_bins(true)?;
     run(cargo()
-        .args(["run", "--quiet", "--release", "-p", "bindguard-tests", "--bin", "bg-bench", "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "bindguard-tests",
+            "--bin",
+            "bg-bench",
+            "--",
+        ])
         .args(args))
 }
 

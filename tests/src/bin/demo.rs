@@ -27,11 +27,21 @@ fn show(cmd: &str, (code, out, err): (i32, String, String)) {
 fn client(s: &Scenario, in_cgroup: bool, udp: bool, v6: bool) -> Vec<Peer> {
     let tok = token("demo");
     let cmd = if udp {
-        Cmd::new(BUSYBOX).args(["tftp", "-g", "-r", &tok, "-l", "/dev/null", dest(v6), &PORT.to_string()])
+        Cmd::new(BUSYBOX).args([
+            "tftp",
+            "-g",
+            "-r",
+            &tok,
+            "-l",
+            "/dev/null",
+            dest(v6),
+            &PORT.to_string(),
+        ])
     } else {
-        Cmd::new("sh")
-            .env("TOKEN", &tok)
-            .args(["-c", &format!("echo $TOKEN | {BUSYBOX} nc -w1 {} {PORT}", dest(v6))])
+        Cmd::new("sh").env("TOKEN", &tok).args([
+            "-c",
+            &format!("echo $TOKEN | {BUSYBOX} nc -w1 {} {PORT}", dest(v6)),
+        ])
     };
     let cmd = if in_cgroup { cmd.in_cgroup(&s.cg) } else { cmd };
     let child = cmd.in_netns(&s.topo.host).spawn();
@@ -41,7 +51,11 @@ fn client(s: &Scenario, in_cgroup: bool, udp: bool, v6: bool) -> Vec<Peer> {
         "busybox {} {:<16} {}",
         if udp { "tftp (UDP)" } else { "nc   (TCP)" },
         dest(v6),
-        if in_cgroup { "in the cgroup " } else { "outside it    " }
+        if in_cgroup {
+            "in the cgroup "
+        } else {
+            "outside it    "
+        }
     );
     println!("    {what} -> arrived at {}", describe(&got));
     got
@@ -61,7 +75,9 @@ fn main() {
     let bg = "bindguard";
     println!("bindguard demo");
     println!("  sandbox: namespace `host` with uplinks upA (default route, metric 10) and");
-    println!("  upB (default route, metric 20); peers A and B both answer 203.0.113.10 and 2001:db8:ff::10.");
+    println!(
+        "  upB (default route, metric 20); peers A and B both answer 203.0.113.10 and 2001:db8:ff::10."
+    );
     let s = Scenario::new();
     let host = s.topo.host.path();
     let cg = s.cg.path.display();
@@ -74,7 +90,10 @@ fn main() {
 
     println!("\n2. Pin the cgroup to upB:");
     show(
-        &format!("{bg} attach --cgroup {cg} --dev {UPLINK_B} --netns {}", host.display()),
+        &format!(
+            "{bg} attach --cgroup {cg} --dev {UPLINK_B} --netns {}",
+            host.display()
+        ),
         s.attach_result(UPLINK_B, &[]),
     );
 
@@ -85,7 +104,10 @@ fn main() {
     assert_eq!(client(&s, false, false, false), [Peer::A]);
 
     println!("\n4. The binding lives in the kernel (the attach process has exited):");
-    show(&format!("{bg} status"), Cmd::bindguard().arg("status").run());
+    show(
+        &format!("{bg} status"),
+        Cmd::bindguard().arg("status").run(),
+    );
 
     println!("\n5. Detach, and the routing table is back in charge:");
     show(&format!("{bg} detach --cgroup {cg}"), s.detach());

@@ -81,7 +81,10 @@ fn sockinfo() {
                 }
                 Err(e) => {
                     failed = true;
-                    println!("{fname} {tname} error errno={}", e.raw_os_error().unwrap_or(0));
+                    println!(
+                        "{fname} {tname} error errno={}",
+                        e.raw_os_error().unwrap_or(0)
+                    );
                 }
             }
         }
