@@ -71,10 +71,46 @@ pub struct Counters {
     pub ingress_dropped: u64,
 }
 
+/// Where a refusal happened; `Event::hook`.
+pub mod hook {
+    pub const SOCK_CREATE: u32 = 1;
+    pub const SETSOCKOPT: u32 = 2;
+    pub const BIND4: u32 = 3;
+    pub const BIND6: u32 = 4;
+    pub const CONNECT4: u32 = 5;
+    pub const CONNECT6: u32 = 6;
+    pub const SENDMSG4: u32 = 7;
+    pub const SENDMSG6: u32 = 8;
+    pub const EGRESS: u32 = 9;
+    pub const INGRESS: u32 = 10;
+}
+
+/// One refusal or drop, sent to user space through the binding's `events` ring buffer (only
+/// on the refusal path: allowed sockets and packets cost no event).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// bpf_ktime_get_ns() (CLOCK_MONOTONIC).
+    pub ktime_ns: u64,
+    /// cgroup of the current task (0 for packets received in softirq context).
+    pub cgroup_id: u64,
+    /// Thread-group id of the current task (0 when not in process context).
+    pub pid: u32,
+    /// One of [`hook`].
+    pub hook: u32,
+    /// sock_create: 0; setsockopt: the option; address hooks: the socket's bound ifindex;
+    /// packet filters: the interface the packet used.
+    pub value: u32,
+    pub _pad: u32,
+    /// The task's command name, NUL-padded.
+    pub comm: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: both are repr(C), contain only integers and have no padding the kernel could
     // leave uninitialised (Policy's padding is an explicit field).
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::Event {}
 }

@@ -2,6 +2,7 @@
 
 use std::{
     fs,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -9,9 +10,11 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray},
-    programs::{CgroupAttachMode, CgroupSock, links::FdLink},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program},
     util::KernelVersion,
 };
+use aya_obj::generated::bpf_attach_type::{self as A};
+use aya_obj::generated::bpf_attach_type;
 use bindguard_common::{ABI_VERSION, Counters, Policy, flags};
 
 use crate::{
@@ -28,26 +31,35 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// Exactly SO_BINDTODEVICE semantics: new sockets are bound, nothing else.
+    /// The binding plus guards that close the known escapes (README, "Escapes").
     #[default]
+    Strict,
+    /// Exactly SO_BINDTODEVICE semantics: new sockets are bound, nothing else.
     Bind,
 }
 
 impl Mode {
     pub fn as_str(self) -> &'static str {
         match self {
+            Mode::Strict => "strict",
             Mode::Bind => "bind",
         }
     }
 
-    fn from_flags(_flags: u32) -> Self {
-        Mode::Bind
+    fn from_flags(flags: u32) -> Self {
+        if flags & flags::STRICT != 0 {
+            Mode::Strict
+        } else {
+            Mode::Bind
+        }
     }
 
-    /// The programs this mode attaches, by pin name (`link_<name>`) and program name.
+    /// The programs this mode attaches, sock_create first so that a binding exists before the
+    /// guards that check it.
     pub fn hooks(self) -> &'static [Hook] {
         match self {
-            Mode::Bind => &[SOCK_CREATE],
+            Mode::Strict => HOOKS,
+            Mode::Bind => &HOOKS[..1],
         }
     }
 }
@@ -56,12 +68,22 @@ impl std::str::FromStr for Mode {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
         match s {
+            "strict" => Ok(Mode::Strict),
             "bind" => Ok(Mode::Bind),
             _ => Err(Error::InvalidInput {
-                what: format!("mode '{s}' is not known; use --mode bind"),
+                what: format!("mode '{s}' is not known; use --mode strict or --mode bind"),
             }),
         }
     }
+}
+
+/// Which aya program type loads a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sock,
+    Sockopt,
+    SockAddr,
+    Skb,
 }
 
 /// One program of a binding and where its link is pinned.
@@ -71,12 +93,37 @@ pub struct Hook {
     pub name: &'static str,
     /// The function name in bindguard-ebpf.
     pub program: &'static str,
+    pub kind: Kind,
+    pub attach_type: bpf_attach_type,
 }
 
-pub const SOCK_CREATE: Hook = Hook {
-    name: "sock_create",
-    program: "bind_sock_create",
-};
+const fn hook(
+    name: &'static str,
+    program: &'static str,
+    kind: Kind,
+    attach_type: bpf_attach_type,
+) -> Hook {
+    Hook {
+        name,
+        program,
+        kind,
+        attach_type,
+    }
+}
+
+/// Every program, in attach order.
+pub const HOOKS: &[Hook] = &[
+    hook("sock_create", "bind_sock_create", Kind::Sock, A::BPF_CGROUP_INET_SOCK_CREATE),
+    hook("setsockopt", "guard_setsockopt", Kind::Sockopt, A::BPF_CGROUP_SETSOCKOPT),
+    hook("connect4", "guard_connect4", Kind::SockAddr, A::BPF_CGROUP_INET4_CONNECT),
+    hook("connect6", "guard_connect6", Kind::SockAddr, A::BPF_CGROUP_INET6_CONNECT),
+    hook("bind4", "guard_bind4", Kind::SockAddr, A::BPF_CGROUP_INET4_BIND),
+    hook("bind6", "guard_bind6", Kind::SockAddr, A::BPF_CGROUP_INET6_BIND),
+    hook("sendmsg4", "guard_sendmsg4", Kind::SockAddr, A::BPF_CGROUP_UDP4_SENDMSG),
+    hook("sendmsg6", "guard_sendmsg6", Kind::SockAddr, A::BPF_CGROUP_UDP6_SENDMSG),
+    hook("egress", "filter_egress", Kind::Skb, A::BPF_CGROUP_INET_EGRESS),
+    hook("ingress", "filter_ingress", Kind::Skb, A::BPF_CGROUP_INET_INGRESS),
+];
 
 /// The user's choices for a binding, before the interface is resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -85,6 +132,19 @@ pub struct Options {
     pub priority: Option<u32>,
     pub mode: Mode,
     pub allow_loopback: bool,
+}
+
+impl Options {
+    /// Combinations that cannot mean what the user asked for.
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.allow_loopback && self.mode == Mode::Bind {
+            return Err(Error::InvalidInput {
+                what: "--allow-loopback needs --mode strict (its hooks move loopback connections to lo)"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// The policy value the programs read for `iface` and `opts`.
@@ -98,6 +158,9 @@ pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
     }
     if opts.allow_loopback {
         f |= flags::ALLOW_LOOPBACK;
+    }
+    if opts.mode == Mode::Strict {
+        f |= flags::STRICT;
     }
     Policy {
         netns_cookie: iface.netns_cookie,
@@ -151,6 +214,7 @@ fn require_bpf_link() -> Result<(), Error> {
 /// Binds every new socket of `cgroup` to `iface`. Re-attaching updates the binding without a
 /// moment in which new sockets are unbound.
 pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
+    opts.validate()?;
     require_privileges("attach")?;
     require_bpf_link()?;
     pins::ensure_bpffs()?;
@@ -199,7 +263,11 @@ fn create(
         let mut map: Array<_, Policy> = Array::try_from(named_map(&mut ebpf, "POLICY")?)?;
         map.set(0, policy, 0).context("writing the policy")?;
     }
-    for (name, pin) in [("POLICY", pins::POLICY), ("STATS", pins::STATS)] {
+    for (name, pin) in [
+        ("POLICY", pins::POLICY),
+        ("STATS", pins::STATS),
+        ("EVENTS", pins::EVENTS),
+    ] {
         let path = staging.dir.join(pin);
         named_map(&mut ebpf, name)?
             .pin(&path)
@@ -207,34 +275,44 @@ fn create(
     }
     let cgroup_fd = cgroup.open_dir()?;
     for hook in mode.hooks() {
-        let program: &mut CgroupSock = ebpf
+        let program = ebpf
             .program_mut(hook.program)
-            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?
-            .try_into()?;
-        program
-            .load()
-            .with_context(|| format!("loading program {} (verifier)", hook.program))?;
-        let link_id = program
-            .attach(&cgroup_fd, CgroupAttachMode::Single)
-            .with_context(|| {
-                format!(
-                    "attaching {} to cgroup {}",
-                    hook.program,
-                    cgroup.path.display()
-                )
-            })?;
-        let link = program.take_link(link_id)?;
-        // Only a bpf_link can be pinned; aya falls back to legacy attach before 5.7.
-        let link = FdLink::try_from(link).map_err(|_| Error::KernelTooOld {
-            release: KernelVersion::current()
-                .map(|v| v.to_string())
-                .unwrap_or_default(),
+            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?;
+        let link = attach_program(program, hook, &cgroup_fd).with_context(|| {
+            format!(
+                "attaching {} to cgroup {}",
+                hook.program,
+                cgroup.path.display()
+            )
         })?;
         let path = staging.dir.join(pins::link_name(hook.name));
-        link.pin(&path)
+        crate::link::pin(link.as_fd(), &path)
             .with_context(|| format!("pinning {}", path.display()))?;
     }
     Ok(staging)
+}
+
+/// Loads `program` and attaches it to the cgroup with a bpf_link (never a legacy attach).
+fn attach_program(
+    program: &mut Program,
+    hook: &Hook,
+    cgroup_fd: &fs::File,
+) -> anyhow::Result<OwnedFd> {
+    macro_rules! load {
+        ($ty:ty) => {{
+            let p: &mut $ty = program.try_into()?;
+            p.load().context("loading (verifier)")?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }};
+    }
+    let prog_fd = match hook.kind {
+        Kind::Sock => load!(CgroupSock),
+        Kind::Sockopt => load!(CgroupSockopt),
+        Kind::SockAddr => load!(CgroupSockAddr),
+        Kind::Skb => load!(CgroupSkb),
+    };
+    crate::link::create_cgroup_link(prog_fd.as_fd(), cgroup_fd.as_fd(), hook.attach_type)
+        .context("BPF_LINK_CREATE")
 }
 
 fn named_map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {

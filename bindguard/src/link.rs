@@ -1,5 +1,8 @@
-//! bpf_link queries aya does not expose: opening a pinned link and reading which cgroup it is
-//! attached to (0 once the cgroup was removed and the kernel auto-detached the link).
+//! bpf_link calls made directly: creating cgroup links (always BPF_LINK_CREATE, never the
+//! legacy BPF_PROG_ATTACH that unprivileged processes can detach on 6.5+), pinning them, and
+//! reading which cgroup a pinned link is attached to (none once the cgroup was removed and
+//! the kernel auto-detached it). aya 0.14 cannot pin every cgroup link type and hides the
+//! link's cgroup id.
 
 use std::{
     ffi::CString,
@@ -10,7 +13,9 @@ use std::{
     path::Path,
 };
 
-use aya_obj::generated::{bpf_cmd, bpf_link_info};
+use std::os::fd::BorrowedFd;
+
+use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_link_info};
 
 /// What the kernel says about one pinned link.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,10 +59,53 @@ fn sys_bpf<T>(cmd: bpf_cmd, attr: &mut T) -> std::io::Result<i64> {
     }
 }
 
+#[repr(C)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_fd: u32,
+    attach_type: u32,
+    flags: u32,
+}
+
+/// BPF_LINK_CREATE: attaches `prog` to `cgroup` at `attach_type`; detached when the last
+/// reference (fd or pin) goes.
+pub fn create_cgroup_link(
+    prog: BorrowedFd<'_>,
+    cgroup: BorrowedFd<'_>,
+    attach_type: bpf_attach_type,
+) -> std::io::Result<OwnedFd> {
+    let mut attr = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: attach_type as u32,
+        flags: 0,
+    };
+    let fd = sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr)?;
+    // SAFETY: the kernel returned a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn c_path(path: &Path) -> std::io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+}
+
+/// BPF_OBJ_PIN: pins the object behind `fd` at `path` on bpffs.
+pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    let c = c_path(path)?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    sys_bpf(bpf_cmd::BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
 /// BPF_OBJ_GET: an fd for the object pinned at `path`.
 pub fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let c = c_path(path)?;
     let mut attr = ObjGetAttr {
         pathname: c.as_ptr() as u64,
         bpf_fd: 0,

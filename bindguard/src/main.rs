@@ -58,9 +58,14 @@ struct BindingArgs {
     /// Set SO_PRIORITY on every new socket (decimal or 0x hex).
     #[arg(long, value_name = "N", value_parser = parse_u32, allow_hyphen_values = true)]
     priority: Option<u32>,
-    /// bind: exactly SO_BINDTODEVICE semantics.
-    #[arg(long, value_name = "MODE", default_value = "bind", value_parser = ["bind"])]
+    /// strict: the binding plus guards that close the known escapes; bind: exactly
+    /// SO_BINDTODEVICE semantics.
+    #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "bind"])]
     mode: String,
+    /// Strict mode: let TCP and UDP to 127.0.0.0/8 and ::1 work (the socket is moved to lo
+    /// for that connection); everything else stays on --dev.
+    #[arg(long)]
+    allow_loopback: bool,
     /// The network namespace the interface lives in (default: bindguard's own).
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
@@ -80,7 +85,7 @@ impl BindingArgs {
             mark: self.mark,
             priority: self.priority,
             mode: self.mode.parse::<Mode>()?,
-            allow_loopback: false,
+            allow_loopback: self.allow_loopback,
         })
     }
 
@@ -96,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attach { cgroup, binding } => {
             let opts = binding.options()?;
+            opts.validate()?;
             netdev::validate_name(&binding.dev)?;
             let cg = cgroup::resolve(&cgroup)?;
             let ns = binding.netns()?;

@@ -4,6 +4,7 @@
 //! /sys/fs/bpf/bindguard/<cgroup-id>/link_<hook>   one bpf_link per attached program
 //!                                   policy        1-entry array: what the programs enforce
 //!                                   stats         per-CPU counters
+//!                                   events        ring buffer of refusals (`monitor`)
 //! ```
 //! A new binding is pinned into `new-<cgroup-id>-<pid>` and renamed into place, so a reader
 //! (or a kill at any moment) sees either a whole binding or none.
@@ -25,6 +26,7 @@ use crate::Error;
 pub const BPFFS: &str = "/sys/fs/bpf";
 pub const POLICY: &str = "policy";
 pub const STATS: &str = "stats";
+pub const EVENTS: &str = "events";
 const ROOT: &str = "bindguard";
 // bpffs refuses names with a dot, so staging dirs are told apart by not being a number.
 const NEW_PREFIX: &str = "new-";

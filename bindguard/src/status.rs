@@ -207,21 +207,14 @@ pub fn render_table(report: &Report) -> String {
     let mut rows = vec![
         [
             "CGROUP", "ID", "DEV", "IFINDEX", "NETNS", "MODE", "MARK", "PRIO", "LINKS", "BOUND",
-            "REFUSED", "PROBLEMS",
+            "REFUSED", "DROPPED", "PROBLEMS",
         ]
         .map(String::from),
     ];
     for b in &report.bindings {
         let opt = |v: Option<u32>| v.map_or("-".into(), |v| v.to_string());
-        let links = b
-            .links
-            .iter()
-            .map(|l| match (l.link_id, l.program_id) {
-                (Some(link), Some(prog)) => format!("{}:{link}/{prog}", l.hook),
-                _ => format!("{}:missing", l.hook),
-            })
-            .collect::<Vec<_>>()
-            .join(",");
+        let up = b.links.iter().filter(|l| l.link_id.is_some()).count();
+        let links = format!("{up}/{}", b.links.len());
         let refused =
             b.counters.sockets_refused_netns + b.counters.sockopt_refused + b.counters.addr_refused;
         let problems = if b.problems.is_empty() {
@@ -247,6 +240,7 @@ pub fn render_table(report: &Report) -> String {
             links,
             b.counters.sockets_bound.to_string(),
             refused.to_string(),
+            (b.counters.egress_dropped + b.counters.ingress_dropped).to_string(),
             problems,
         ]);
     }
@@ -262,7 +256,21 @@ pub fn render_table(report: &Report) -> String {
             .collect();
         let _ = writeln!(out, "{}", line.join("  ").trim_end());
     }
-    for b in report.bindings.iter().filter(|b| !b.problems.is_empty()) {
+    for b in &report.bindings {
+        let links: Vec<String> = b
+            .links
+            .iter()
+            .map(|l| match (l.link_id, l.program_id) {
+                (Some(link), Some(prog)) => format!("{}={link}/{prog}", l.hook),
+                _ => format!("{}=MISSING", l.hook),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "cgroup {} links (link/program): {}",
+            b.cgroup_id,
+            links.join(" ")
+        );
         for p in &b.problems {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
         }

@@ -109,7 +109,7 @@ fn binding_outlives_attacher_and_detach_restores_routing() {
     // The attaching process has exited; the kernel keeps the binding through the pinned link.
     let entry = s.status_entry().expect("status lists the binding");
     assert_eq!(entry["ifname"], UPLINK_B);
-    assert_eq!(entry["mode"], "bind");
+    assert_eq!(entry["mode"], "strict", "strict is the default");
     assert_eq!(entry["mark"], 42);
     assert_eq!(entry["priority"], 3);
     assert_eq!(entry["problems"].as_array().unwrap().len(), 0, "{entry}");
