@@ -6,7 +6,7 @@
 
 /// Bumped whenever [`Policy`] or [`Counters`] change layout, so a newer loader never
 /// misreads pins left by an older one.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Maximum interface name length in bytes, without the NUL (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -34,6 +34,9 @@ pub struct Policy {
     pub netns_cookie: u64,
     /// Inode of that namespace; userspace uses it to find the namespace again for `status`.
     pub netns_ino: u64,
+    /// Hash of the eBPF object the programs were loaded from: a re-attach by a bindguard with
+    /// other programs replaces them instead of only rewriting the policy.
+    pub object_hash: u64,
     /// [`ABI_VERSION`] of the loader that wrote this policy.
     pub abi: u32,
     /// The interface every socket is bound to, in the namespace above.

@@ -13,7 +13,8 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns, generated::{bpf_get_netns_cookie, bpf_setsockopt},
+        bpf_ktime_get_ns,
+        generated::{bpf_get_netns_cookie, bpf_setsockopt},
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
     maps::{Array, PerCpuArray, RingBuf},
@@ -93,7 +94,12 @@ pub fn bind_sock_create(ctx: SockContext) -> i32 {
         return REFUSE;
     }
     unsafe {
-        (*sk).bound_dev_if = policy.ifindex;
+        // With --allow-loopback the address hooks pin the socket on first use instead, to lo
+        // or to the interface by destination: the kernel lets an unbound socket be bound
+        // without CAP_NET_RAW, but not a bound one be moved.
+        if !policy.has(flags::ALLOW_LOOPBACK) {
+            (*sk).bound_dev_if = policy.ifindex;
+        }
         if policy.has(flags::SET_MARK) {
             (*sk).mark = policy.mark;
         }
@@ -167,6 +173,36 @@ fn same_name(start: *const u8, end: *const u8, optlen: i32, want: &[u8; 16]) -> 
     true
 }
 
+/// What an address hook's address is, as far as pinning is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Addr {
+    Loopback,
+    Wildcard,
+    Other,
+}
+
+#[inline(always)]
+fn classify4(ip_be: u32) -> Addr {
+    if ip_be == 0 {
+        Addr::Wildcard
+    } else if loopback4(ip_be) {
+        Addr::Loopback
+    } else {
+        Addr::Other
+    }
+}
+
+#[inline(always)]
+fn classify6(ip: [u32; 4]) -> Addr {
+    if ip == [0; 4] {
+        Addr::Wildcard
+    } else if loopback6(ip) {
+        Addr::Loopback
+    } else {
+        Addr::Other
+    }
+}
+
 /// Loopback destinations: 127.0.0.0/8 (network byte order in the context).
 #[inline(always)]
 fn loopback4(ip_be: u32) -> bool {
@@ -177,16 +213,22 @@ fn loopback4(ip_be: u32) -> bool {
 #[inline(always)]
 fn loopback6(ip: [u32; 4]) -> bool {
     let [a, b, c, d] = ip;
-    a == 0 && b == 0 && ((c == 0 && u32::from_be(d) == 1) || (u32::from_be(c) == 0xffff && loopback4(d)))
+    a == 0
+        && b == 0
+        && ((c == 0 && u32::from_be(d) == 1) || (u32::from_be(c) == 0xffff && loopback4(d)))
 }
 
 /// Shared by the address hooks: the socket must still be bound to the policy's interface.
 ///
-/// With `--allow-loopback`, connect and bind to a loopback address re-bind the socket to `lo`
-/// (and a later connect elsewhere re-binds it back), so local services work while nothing
-/// else can leave by any interface but the policy's.
+/// With `--allow-loopback`, sockets start unbound and the first connect, bind or sendto pins
+/// them: to `lo` for 127.0.0.0/8 and ::1, to the policy's interface for everything else. A
+/// socket already pinned cannot be moved (the kernel wants CAP_NET_RAW for that, also from
+/// BPF), so such an attempt is refused. For a first unconnected sendto the kernel has already
+/// routed that datagram when this hook runs: it leaves only if the route is the interface
+/// (the egress filter drops it otherwise); later datagrams use the pin.
 #[inline(always)]
-fn guard_address(ctx: &SockAddrContext, which: u32, to_loopback: bool, may_rebind: bool) -> i32 {
+fn guard_address(ctx: &SockAddrContext, which: u32, addr: Addr) -> i32 {
+    let to_loopback = addr == Addr::Loopback;
     let Some(policy) = POLICY.get(0) else {
         return REFUSE;
     };
@@ -198,12 +240,16 @@ fn guard_address(ctx: &SockAddrContext, which: u32, to_loopback: bool, may_rebin
     } else {
         policy.ifindex
     };
-    if bound == want {
+    // Without --allow-loopback the packet filters would drop loopback traffic anyway; refusing
+    // here gives the program EPERM at once instead of a connect that times out.
+    if bound == want && (allow_lo || !to_loopback) {
         return ALLOW;
     }
-    // Only a binding bindguard itself moved to lo (or the policy's own) may be re-pinned.
-    let ours = bound == policy.ifindex || (allow_lo && bound == LOOPBACK_IFINDEX);
-    if may_rebind && allow_lo && ours {
+    if allow_lo && bound == 0 {
+        // bind(0.0.0.0 / ::) says nothing about where traffic goes: pin at connect or send.
+        if addr == Addr::Wildcard {
+            return ALLOW;
+        }
         let mut ifindex = want as i32;
         let rc = unsafe {
             bpf_setsockopt(
@@ -231,38 +277,38 @@ fn user_ip6(ctx: &SockAddrContext) -> [u32; 4] {
 
 #[cgroup_sock_addr(connect4)]
 pub fn guard_connect4(ctx: SockAddrContext) -> i32 {
-    let lo = loopback4(unsafe { (*ctx.sock_addr).user_ip4 });
-    guard_address(&ctx, hook::CONNECT4, lo, true)
+    let lo = classify4(unsafe { (*ctx.sock_addr).user_ip4 });
+    guard_address(&ctx, hook::CONNECT4, lo)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn guard_connect6(ctx: SockAddrContext) -> i32 {
-    let lo = loopback6(user_ip6(&ctx));
-    guard_address(&ctx, hook::CONNECT6, lo, true)
+    let lo = classify6(user_ip6(&ctx));
+    guard_address(&ctx, hook::CONNECT6, lo)
 }
 
 #[cgroup_sock_addr(bind4)]
 pub fn guard_bind4(ctx: SockAddrContext) -> i32 {
-    let lo = loopback4(unsafe { (*ctx.sock_addr).user_ip4 });
-    guard_address(&ctx, hook::BIND4, lo, true)
+    let lo = classify4(unsafe { (*ctx.sock_addr).user_ip4 });
+    guard_address(&ctx, hook::BIND4, lo)
 }
 
 #[cgroup_sock_addr(bind6)]
 pub fn guard_bind6(ctx: SockAddrContext) -> i32 {
-    let lo = loopback6(user_ip6(&ctx));
-    guard_address(&ctx, hook::BIND6, lo, true)
+    let lo = classify6(user_ip6(&ctx));
+    guard_address(&ctx, hook::BIND6, lo)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
-    let lo = loopback4(unsafe { (*ctx.sock_addr).user_ip4 });
-    guard_address(&ctx, hook::SENDMSG4, lo, false)
+    let lo = classify4(unsafe { (*ctx.sock_addr).user_ip4 });
+    guard_address(&ctx, hook::SENDMSG4, lo)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
-    let lo = loopback6(user_ip6(&ctx));
-    guard_address(&ctx, hook::SENDMSG6, lo, false)
+    let lo = classify6(user_ip6(&ctx));
+    guard_address(&ctx, hook::SENDMSG6, lo)
 }
 
 /// The backstop for every escape the hooks above cannot see (IP_PKTINFO, IPv6 scope ids,

@@ -13,8 +13,8 @@ use aya::{
     programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program},
     util::KernelVersion,
 };
-use aya_obj::generated::bpf_attach_type::{self as A};
 use aya_obj::generated::bpf_attach_type;
+use aya_obj::generated::bpf_attach_type::{self as A};
 use bindguard_common::{ABI_VERSION, Counters, Policy, flags};
 
 use crate::{
@@ -26,6 +26,13 @@ use crate::{
 
 /// The eBPF object built from bindguard-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindguard"));
+
+/// FNV-1a of [`EBPF_OBJECT`]: identifies the programs a binding runs.
+pub fn object_hash() -> u64 {
+    EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
 
 /// What a binding enforces beyond SO_BINDTODEVICE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -113,16 +120,66 @@ const fn hook(
 
 /// Every program, in attach order.
 pub const HOOKS: &[Hook] = &[
-    hook("sock_create", "bind_sock_create", Kind::Sock, A::BPF_CGROUP_INET_SOCK_CREATE),
-    hook("setsockopt", "guard_setsockopt", Kind::Sockopt, A::BPF_CGROUP_SETSOCKOPT),
-    hook("connect4", "guard_connect4", Kind::SockAddr, A::BPF_CGROUP_INET4_CONNECT),
-    hook("connect6", "guard_connect6", Kind::SockAddr, A::BPF_CGROUP_INET6_CONNECT),
-    hook("bind4", "guard_bind4", Kind::SockAddr, A::BPF_CGROUP_INET4_BIND),
-    hook("bind6", "guard_bind6", Kind::SockAddr, A::BPF_CGROUP_INET6_BIND),
-    hook("sendmsg4", "guard_sendmsg4", Kind::SockAddr, A::BPF_CGROUP_UDP4_SENDMSG),
-    hook("sendmsg6", "guard_sendmsg6", Kind::SockAddr, A::BPF_CGROUP_UDP6_SENDMSG),
-    hook("egress", "filter_egress", Kind::Skb, A::BPF_CGROUP_INET_EGRESS),
-    hook("ingress", "filter_ingress", Kind::Skb, A::BPF_CGROUP_INET_INGRESS),
+    hook(
+        "sock_create",
+        "bind_sock_create",
+        Kind::Sock,
+        A::BPF_CGROUP_INET_SOCK_CREATE,
+    ),
+    hook(
+        "setsockopt",
+        "guard_setsockopt",
+        Kind::Sockopt,
+        A::BPF_CGROUP_SETSOCKOPT,
+    ),
+    hook(
+        "connect4",
+        "guard_connect4",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET4_CONNECT,
+    ),
+    hook(
+        "connect6",
+        "guard_connect6",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET6_CONNECT,
+    ),
+    hook(
+        "bind4",
+        "guard_bind4",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET4_BIND,
+    ),
+    hook(
+        "bind6",
+        "guard_bind6",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET6_BIND,
+    ),
+    hook(
+        "sendmsg4",
+        "guard_sendmsg4",
+        Kind::SockAddr,
+        A::BPF_CGROUP_UDP4_SENDMSG,
+    ),
+    hook(
+        "sendmsg6",
+        "guard_sendmsg6",
+        Kind::SockAddr,
+        A::BPF_CGROUP_UDP6_SENDMSG,
+    ),
+    hook(
+        "egress",
+        "filter_egress",
+        Kind::Skb,
+        A::BPF_CGROUP_INET_EGRESS,
+    ),
+    hook(
+        "ingress",
+        "filter_ingress",
+        Kind::Skb,
+        A::BPF_CGROUP_INET_INGRESS,
+    ),
 ];
 
 /// The user's choices for a binding, before the interface is resolved.
@@ -165,6 +222,7 @@ pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
     Policy {
         netns_cookie: iface.netns_cookie,
         netns_ino: iface.netns_ino,
+        object_hash: object_hash(),
         abi: ABI_VERSION,
         ifindex: iface.ifindex,
         mark: opts.mark.unwrap_or(0),
@@ -226,14 +284,14 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
         let staged = create(cgroup, &policy, opts.mode, &lock)?;
         return Ok(Attached::Created(staged.publish()?));
     }
-    let current = read_policy(&dir).map_err(|e| Error::DamagedBinding {
-        cgroup: cgroup.path.display().to_string(),
-        pins: dir.clone(),
-        why: format!("{e:#}"),
-    })?;
-    let same_programs = Mode::from_flags(current.flags) == opts.mode
-        && current.netns_cookie == policy.netns_cookie
-        && current.abi == ABI_VERSION;
+    // A policy that cannot be read (pins damaged, or written by a bindguard with another
+    // layout) is repaired by replacing the whole binding.
+    let same_programs = read_policy(&dir).is_ok_and(|current| {
+        Mode::from_flags(current.flags) == opts.mode
+            && current.netns_cookie == policy.netns_cookie
+            && current.abi == ABI_VERSION
+            && current.object_hash == policy.object_hash
+    });
     if same_programs {
         // One map write: each new socket sees the old policy or the new one.
         write_policy(&dir, &policy)?;

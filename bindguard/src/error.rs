@@ -64,15 +64,6 @@ pub enum Error {
         "kernel {release} cannot attach cgroup programs with bpf_link (needs Linux 5.7 or newer)"
     )]
     KernelTooOld { release: String },
-
-    #[error(
-        "the binding of cgroup {cgroup} at {pins} is incomplete ({why}); run `bindguard detach --cgroup {cgroup}` and attach again"
-    )]
-    DamagedBinding {
-        cgroup: String,
-        pins: PathBuf,
-        why: String,
-    },
 }
 
 impl Error {
@@ -91,8 +82,7 @@ impl Error {
             Error::NotBound { .. }
             | Error::MissingPrivilege { .. }
             | Error::BpffsMount { .. }
-            | Error::KernelTooOld { .. }
-            | Error::DamagedBinding { .. } => 1,
+            | Error::KernelTooOld { .. } => 1,
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod cgroup;
 pub mod enforcer;
 pub mod error;
 pub mod link;
+pub mod monitor;
 pub mod netdev;
 pub mod netns;
 pub mod pins;

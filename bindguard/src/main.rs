@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use bindguard::{
     cgroup,
     enforcer::{self, Attached, Detached, Mode, Options},
-    error, netdev,
+    error, monitor, netdev,
     netns::Netns,
     status,
 };
@@ -38,6 +38,15 @@ enum Command {
         /// The cgroup: absolute, or relative to the cgroup2 mount.
         #[arg(long, value_name = "PATH")]
         cgroup: PathBuf,
+    },
+    /// Stream every refusal and drop of every binding as it happens (Ctrl-C to stop).
+    Monitor {
+        /// One JSON object per line (schema in the README).
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        duration: Option<u64>,
     },
     /// List every binding with its policy, links, counters and problems.
     Status {
@@ -132,6 +141,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cgroup.display()
             ),
         },
+        Command::Monitor { json, duration } => {
+            enforcer::require_privileges("monitor")?;
+            monitor::run(
+                json,
+                duration.map(std::time::Duration::from_secs),
+                &mut std::io::stdout().lock(),
+            )?;
+        }
         Command::Status { json } => {
             let report = status::collect();
             if json {

@@ -76,7 +76,7 @@ impl From<Counters> for CountersInfo {
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
-    /// pins-unreadable.
+    /// pins-unreadable, programs-outdated.
     pub kind: &'static str,
     pub message: String,
 }
@@ -144,6 +144,12 @@ fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>) -> Binding 
             message: format!(
                 "cgroup {cgroup_id} was deleted; `bindguard detach --cgroup <its old path>` removes these pins"
             ),
+        });
+    }
+    if policy.object_hash != enforcer::object_hash() && problems.is_empty() {
+        problems.push(Problem {
+            kind: "programs-outdated",
+            message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
         });
     }
     let ifname = netdev::name_from_bytes(&policy.ifname);

@@ -1,5 +1,5 @@
 //! Listeners in the peer namespaces: they record every UDP datagram and TCP stream that
-//! arrives, and count every packet addressed to the destination (SYNs and pings included), so
+//! arrives, and count every TCP/UDP packet sent to their port (SYNs included), so
 //! a test can say which uplink traffic left by — and that nothing left by the other.
 
 use std::{
@@ -16,7 +16,7 @@ use std::{
 
 use nix::sched::{CloneFlags, setns};
 
-use crate::topology::{DEST4, DEST6, NetnsGuard, Topology};
+use crate::topology::{NetnsGuard, Topology};
 
 /// The port every listener uses (each topology has its own namespaces, so no clashes).
 pub const PORT: u16 = 7000;
@@ -107,7 +107,7 @@ impl Listener {
         self.hits.lock().unwrap().clone()
     }
 
-    /// Packets addressed to DEST4/DEST6 that reached a peer's eth0 (any protocol).
+    /// TCP/UDP packets to the listeners' port that reached a peer's eth0, to any address.
     pub fn packets(&self, peer: Peer) -> u64 {
         match peer {
             Peer::A => self.packets_a.load(Ordering::SeqCst),
@@ -180,14 +180,18 @@ fn packet_socket(ifname: &str) -> OwnedFd {
     fd
 }
 
-fn to_dest(frame: &[u8]) -> bool {
-    let dest4: std::net::Ipv4Addr = DEST4.parse().unwrap();
-    let dest6: Ipv6Addr = DEST6.parse().unwrap();
-    match frame.get(12..14) {
-        Some([0x08, 0x00]) => frame.get(30..34) == Some(&dest4.octets()[..]),
-        Some([0x86, 0xdd]) => frame.get(38..54) == Some(&dest6.octets()[..]),
-        _ => false,
-    }
+/// Whether a frame carries TCP or UDP to the listeners' port, to any address (SYNs, datagrams
+/// to link-local addresses and escapes by odd routes all count).
+fn to_listener_port(frame: &[u8]) -> bool {
+    let (proto, l4) = match frame.get(12..14) {
+        Some([0x08, 0x00]) => {
+            let ihl = usize::from(frame.get(14).map_or(5, |b| b & 0x0f)) * 4;
+            (frame.get(23).copied(), 14 + ihl)
+        }
+        Some([0x86, 0xdd]) => (frame.get(20).copied(), 54),
+        _ => return false,
+    };
+    matches!(proto, Some(6 | 17)) && frame.get(l4 + 2..l4 + 4) == Some(&PORT.to_be_bytes()[..])
 }
 
 fn serve(
@@ -217,7 +221,7 @@ fn serve(
                 break;
             }
             idle = false;
-            if to_dest(&buf[..n as usize]) {
+            if to_listener_port(&buf[..n as usize]) {
                 packets.fetch_add(1, Ordering::SeqCst);
             }
         }
@@ -235,6 +239,98 @@ fn serve(
         }
         if idle {
             std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// TCP and UDP listeners on 127.0.0.1/::1 (one dual-stack [::] socket each) inside `ns`, for
+/// the loopback tests. UDP datagrams are echoed back so connected clients see a reply.
+pub struct LoopbackListener {
+    hits: Arc<Mutex<Vec<Hit>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+pub const LOOPBACK_PORT: u16 = 7001;
+
+impl LoopbackListener {
+    pub fn start(ns: &NetnsGuard) -> Self {
+        let path = ns.path();
+        let (udp, tcp) = std::thread::spawn(move || {
+            let f = std::fs::File::open(&path).expect("open netns");
+            setns(f.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, LOOPBACK_PORT));
+            let udp = UdpSocket::bind(any).expect("bind udp");
+            udp.set_nonblocking(true).unwrap();
+            let tcp = TcpListener::bind(any).expect("bind tcp");
+            tcp.set_nonblocking(true).unwrap();
+            (udp, tcp)
+        })
+        .join()
+        .expect("loopback listener setup");
+        let hits = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (h, st) = (hits.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            while !st.load(Ordering::SeqCst) {
+                while let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                    h.lock().unwrap().push(Hit {
+                        peer: Peer::A,
+                        proto: "udp",
+                        from,
+                        data: String::from_utf8_lossy(&buf[..n]).into_owned(),
+                    });
+                }
+                while let Ok((mut conn, from)) = tcp.accept() {
+                    let _ = conn.set_nonblocking(false);
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut data = Vec::new();
+                    let _ = conn.read_to_end(&mut data);
+                    h.lock().unwrap().push(Hit {
+                        peer: Peer::A,
+                        proto: "tcp",
+                        from,
+                        data: String::from_utf8_lossy(&data).into_owned(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self {
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Whether `token` arrived, waiting up to `timeout`.
+    pub fn got(&self, token: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self
+                .hits
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|h| h.data.contains(token))
+            {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for LoopbackListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
 }

@@ -113,7 +113,7 @@ impl Cmd {
 
     /// Runs as uid/gid 65534 with no capabilities at all.
     pub fn as_nobody(mut self) -> Self {
-        let program = self.cmd.get_program().to_owned();
+        let program = world_executable(Path::new(self.cmd.get_program()));
         let args: Vec<_> = self.cmd.get_args().map(|a| a.to_owned()).collect();
         let mut cmd = Command::new("setpriv");
         cmd.args([
@@ -187,6 +187,39 @@ impl Cmd {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
+}
+
+/// `program`, or a copy of it that uid 65534 can execute: the workspace may live under a
+/// directory only root can enter (a clone in /root). Copies live in one directory per test
+/// process, removed when the process exits.
+fn world_executable(program: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    if !program.starts_with(Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()) {
+        return program.to_path_buf();
+    }
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("bindguard-tests-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        extern "C" fn cleanup() {
+            let dir = std::env::temp_dir().join(format!("bindguard-tests-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        // SAFETY: registering a plain extern "C" fn with no captured state.
+        unsafe { libc::atexit(cleanup) };
+        dir
+    });
+    let copy = dir.join(program.file_name().expect("file name"));
+    static COPYING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = COPYING.lock().unwrap_or_else(|e| e.into_inner());
+    if !copy.exists() {
+        let tmp = copy.with_extension("tmp");
+        std::fs::copy(program, &tmp).expect("copy program");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &copy).expect("rename copy");
+    }
+    copy
 }
 
 /// Waits for `child` with a deadline; kills it and returns None if it overruns.

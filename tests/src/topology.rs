@@ -49,6 +49,9 @@ impl NetnsGuard {
         let name = unique(prefix);
         sh("ip", &["netns", "add", &name]);
         let ns = Self { name };
+        // Link-local addresses must be usable at once, not after seconds of DAD.
+        ns.sysctl("net.ipv6.conf.all.accept_dad", "0");
+        ns.sysctl("net.ipv6.conf.default.accept_dad", "0");
         ns.ip(&["link", "set", "lo", "up"]);
         ns
     }

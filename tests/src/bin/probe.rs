@@ -1,8 +1,18 @@
 //! bg-probe: a tiny client the tests run inside a cgroup and namespace.
 //!
-//!   bg-probe send udp|tcp ADDR PORT TOKEN   send TOKEN; prints `ok` or `error errno=N ...`
+//!   bg-probe send udp|udp2|udpc|tcp ADDR PORT TOKEN  send TOKEN (udpc: connected, waits for
+//!                                           the echo; udp2: two datagrams from one socket);
+//!                                           prints `ok` or `error errno=N ...`
 //!   bg-probe sockinfo                       per family/type: the new socket's ifindex, mark, priority
 //!   bg-probe loop SECONDS                   make sockets in a tight loop; count their bindings
+//!   bg-probe escape KIND ADDR PORT TOKEN [ARG]  try one known escape from a binding, then send
+//!       unspec          UDP connect, connect(AF_UNSPEC) (resets the binding), sendto
+//!       pktinfo IFINDEX IPv4 UDP sendmsg with IP_PKTINFO naming another interface
+//!       llbind IFINDEX  IPv6 bind to fe80::1%IFINDEX (overwrites the binding), sendto
+//!       scope IFINDEX   IPv6 UDP sendto ADDR%IFINDEX (the scope id picks the device)
+//!       sockopt IFNAME  setsockopt(SO_BINDTODEVICE, IFNAME; "" clears it), sendto
+//!       ifindex IFINDEX setsockopt(SO_BINDTOIFINDEX, IFINDEX), sendto
+//!       tcp-sockopt IFNAME  the same over TCP: setsockopt, connect, write
 //!
 //! Exit status: 0 when the operation succeeded, 1 when the kernel refused it.
 
@@ -50,11 +60,38 @@ fn send(proto: &str, addr: &str, port: &str, token: &str) {
                 .unwrap();
             UdpSocket::bind(any).and_then(|s| s.send_to(token.as_bytes(), dest).map(|_| ()))
         }
+        // Two unconnected datagrams from one socket: TOKEN-1 then TOKEN-2; ok if the second
+        // was sent (the first is reported on its own line).
+        "udp2" => {
+            let any: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .unwrap();
+            UdpSocket::bind(any).and_then(|s| {
+                match s.send_to(format!("{token}-1").as_bytes(), dest) {
+                    Ok(_) => println!("first: ok"),
+                    Err(e) => println!("first: error errno={} {e}", e.raw_os_error().unwrap_or(0)),
+                }
+                s.send_to(format!("{token}-2").as_bytes(), dest).map(|_| ())
+            })
+        }
+        // Connected UDP that waits for the echo (the loopback listener answers).
+        "udpc" => {
+            let any: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+                .parse()
+                .unwrap();
+            UdpSocket::bind(any).and_then(|s| {
+                s.connect(dest)?;
+                s.send(token.as_bytes())?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut buf = [0u8; 512];
+                s.recv(&mut buf).map(|_| ())
+            })
+        }
         "tcp" => TcpStream::connect_timeout(&dest, Duration::from_secs(3)).and_then(|mut s| {
             s.write_all(token.as_bytes())?;
             s.shutdown(std::net::Shutdown::Write)
         }),
-        _ => panic!("proto must be udp or tcp"),
+        _ => panic!("proto must be udp, udpc or tcp"),
     };
     match result {
         Ok(()) => println!("ok"),
@@ -113,6 +150,180 @@ fn tight_loop(seconds: f64) {
     );
 }
 
+/// A sockaddr for `ip:port` with an optional IPv6 scope id, as raw bytes for libc.
+fn sockaddr(ip: IpAddr, port: u16, scope: u32) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: port.to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(v4).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        IpAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: port.to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.octets(),
+                },
+                sin6_scope_id: scope,
+            };
+            // SAFETY: sockaddr_storage is larger than sockaddr_in6.
+            unsafe { std::ptr::write((&mut ss as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// Prints the outcome of one step; returns whether it succeeded.
+fn step(name: &str, rc: libc::c_long) -> bool {
+    if rc < 0 {
+        let e = std::io::Error::last_os_error();
+        println!("{name}: error errno={} {e}", e.raw_os_error().unwrap_or(0));
+        false
+    } else {
+        println!("{name}: ok");
+        true
+    }
+}
+
+fn escape(kind: &str, addr: &str, port: &str, token: &str, arg: Option<&str>) {
+    let ip: IpAddr = addr.parse().expect("ADDR");
+    let port: u16 = port.parse().expect("PORT");
+    let family = if ip.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let stream = kind == "tcp-sockopt";
+    let sock = new_socket(
+        family,
+        if stream {
+            libc::SOCK_STREAM
+        } else {
+            libc::SOCK_DGRAM
+        },
+    )
+    .unwrap_or_else(|e| report(&e));
+    let fd = sock.as_raw_fd();
+    let arg_u32 = || arg.expect("ARG").parse::<u32>().expect("ARG is a number");
+    let mut scope = 0;
+    let msg = token.as_bytes();
+    // SAFETY (all blocks below): libc calls on our own fd with correctly sized arguments.
+    match kind {
+        "unspec" => {
+            let (sa, len) = sockaddr(ip, port, 0);
+            step("connect", unsafe {
+                libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len)
+            } as _);
+            let mut unspec: libc::sockaddr = unsafe { std::mem::zeroed() };
+            unspec.sa_family = libc::AF_UNSPEC as u16;
+            step("connect(AF_UNSPEC)", unsafe {
+                libc::connect(fd, &unspec, std::mem::size_of::<libc::sockaddr>() as u32)
+            } as _);
+        }
+        "pktinfo" => {
+            let (sa, len) = sockaddr(ip, port, 0);
+            let mut iov = libc::iovec {
+                iov_base: msg.as_ptr() as *mut _,
+                iov_len: msg.len(),
+            };
+            let info = libc::in_pktinfo {
+                ipi_ifindex: arg_u32() as i32,
+                ipi_spec_dst: libc::in_addr { s_addr: 0 },
+                ipi_addr: libc::in_addr { s_addr: 0 },
+            };
+            let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::in_pktinfo>() as u32) };
+            let mut cbuf = vec![0u8; space as usize];
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = (&sa as *const libc::sockaddr_storage) as *mut _;
+            hdr.msg_namelen = len;
+            hdr.msg_iov = &mut iov;
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = cbuf.as_mut_ptr().cast();
+            hdr.msg_controllen = space as usize;
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&hdr);
+                (*c).cmsg_level = libc::IPPROTO_IP;
+                (*c).cmsg_type = libc::IP_PKTINFO;
+                (*c).cmsg_len =
+                    libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
+                std::ptr::write(libc::CMSG_DATA(c).cast(), info);
+            }
+            let sent = step("sendmsg(IP_PKTINFO)", unsafe { libc::sendmsg(fd, &hdr, 0) }
+                as _);
+            std::process::exit(i32::from(!sent));
+        }
+        "llbind" => {
+            let (sa, len) = sockaddr("fe80::1".parse().unwrap(), 0, arg_u32());
+            step("bind(fe80::1%other)", unsafe {
+                libc::bind(fd, (&sa as *const libc::sockaddr_storage).cast(), len)
+            } as _);
+        }
+        "scope" => scope = arg_u32(),
+        "sockopt" | "tcp-sockopt" => {
+            let name = arg.unwrap_or("");
+            step("setsockopt(SO_BINDTODEVICE)", unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTODEVICE,
+                    name.as_ptr().cast(),
+                    name.len() as u32,
+                )
+            } as _);
+        }
+        "ifindex" => {
+            let idx = arg_u32() as i32;
+            step("setsockopt(SO_BINDTOIFINDEX)", unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTOIFINDEX,
+                    (&idx as *const i32).cast(),
+                    4,
+                )
+            } as _);
+        }
+        _ => panic!("unknown escape {kind}"),
+    }
+    let (sa, len) = sockaddr(ip, port, scope);
+    let sent = if stream {
+        step("connect", unsafe {
+            libc::connect(fd, (&sa as *const libc::sockaddr_storage).cast(), len)
+        } as _)
+            && step(
+                "write",
+                unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) } as _,
+            )
+    } else {
+        step("sendto", unsafe {
+            libc::sendto(
+                fd,
+                msg.as_ptr().cast(),
+                msg.len(),
+                0,
+                (&sa as *const libc::sockaddr_storage).cast(),
+                len,
+            )
+        } as _)
+    };
+    // Give a TCP stream's bytes time to leave before the socket closes.
+    std::thread::sleep(Duration::from_millis(100));
+    std::process::exit(i32::from(!sent));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -120,6 +331,8 @@ fn main() {
         ["send", proto, addr, port, token] => send(proto, addr, port, token),
         ["sockinfo"] => sockinfo(),
         ["loop", secs] => tight_loop(secs.parse().expect("SECONDS")),
+        ["escape", kind, addr, port, token] => escape(kind, addr, port, token, None),
+        ["escape", kind, addr, port, token, arg] => escape(kind, addr, port, token, Some(arg)),
         _ => {
             eprintln!("usage: bg-probe send udp|tcp ADDR PORT TOKEN | sockinfo | loop SECONDS");
             std::process::exit(2);

@@ -1,0 +1,237 @@
+//! `monitor`: streams every refusal and drop of every binding as it happens.
+//!
+//! Each binding's programs write an [`Event`] to its pinned `events` ring buffer, only on the
+//! refusal path. The monitor waits on all of them at once (tokio, one task per buffer), picks
+//! up bindings created while it runs, and prints a line (or a JSON object) per event.
+
+use std::{
+    collections::HashSet,
+    io::Write,
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime},
+};
+
+use anyhow::Context as _;
+use aya::maps::{Map, MapData, RingBuf};
+use bindguard_common::{Event, hook};
+use serde::Serialize;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+
+use crate::{enforcer, netdev, pins};
+
+/// One event as `monitor --json` prints it (one object per line).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    /// RFC 3339, UTC.
+    pub time: String,
+    /// The binding (cgroup id) whose program refused.
+    pub binding: u64,
+    /// The cgroup of the task, when the event happened in a task (0 for received packets).
+    pub cgroup_id: u64,
+    /// Path of that cgroup (or of the binding's cgroup when the task's is unknown).
+    pub cgroup: Option<PathBuf>,
+    pub pid: u32,
+    pub command: String,
+    /// sock_create, setsockopt, bind4, bind6, connect4, connect6, sendmsg4, sendmsg6, egress,
+    /// ingress.
+    pub hook: &'static str,
+    pub reason: String,
+}
+
+fn hook_name(h: u32) -> &'static str {
+    match h {
+        hook::SOCK_CREATE => "sock_create",
+        hook::SETSOCKOPT => "setsockopt",
+        hook::BIND4 => "bind4",
+        hook::BIND6 => "bind6",
+        hook::CONNECT4 => "connect4",
+        hook::CONNECT6 => "connect6",
+        hook::SENDMSG4 => "sendmsg4",
+        hook::SENDMSG6 => "sendmsg6",
+        hook::EGRESS => "egress",
+        hook::INGRESS => "ingress",
+        _ => "unknown",
+    }
+}
+
+fn option_name(opt: u32) -> String {
+    match opt as i32 {
+        libc::SO_BINDTODEVICE => "SO_BINDTODEVICE".into(),
+        libc::SO_BINDTOIFINDEX => "SO_BINDTOIFINDEX".into(),
+        libc::SO_MARK => "SO_MARK".into(),
+        libc::SO_PRIORITY => "SO_PRIORITY".into(),
+        other => format!("option {other}"),
+    }
+}
+
+/// Says why `event` happened, for a binding to `dev` (ifindex `ifindex`).
+pub fn reason(event: &Event, dev: &str, ifindex: u32) -> String {
+    match event.hook {
+        hook::SOCK_CREATE => "socket created in another network namespace: refused (EPERM)".into(),
+        hook::SETSOCKOPT => format!(
+            "setsockopt({}) would change the binding to {dev}: refused (EPERM)",
+            option_name(event.value)
+        ),
+        hook::EGRESS => format!(
+            "packet leaving by ifindex {} instead of {dev} (ifindex {ifindex}): dropped",
+            event.value
+        ),
+        hook::INGRESS => format!(
+            "packet arriving on ifindex {} instead of {dev} (ifindex {ifindex}): dropped",
+            event.value
+        ),
+        _ if event.value == ifindex => {
+            format!(
+                "{} to loopback without --allow-loopback: refused (EPERM)",
+                hook_name(event.hook)
+            )
+        }
+        _ if event.value == 0 => format!(
+            "{}: the socket's binding to {dev} was reset (connect(AF_UNSPEC)?): refused (EPERM)",
+            hook_name(event.hook)
+        ),
+        _ => format!(
+            "{}: the socket is bound to ifindex {} instead of {dev}: refused (EPERM)",
+            hook_name(event.hook),
+            event.value
+        ),
+    }
+}
+
+fn monotonic_now() -> Duration {
+    let ts =
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+    Duration::new(ts.tv_sec() as u64, ts.tv_nsec() as u32)
+}
+
+/// Turns bpf_ktime_get_ns() into wall-clock time.
+fn wall_time(ktime_ns: u64) -> SystemTime {
+    let age = monotonic_now().saturating_sub(Duration::from_nanos(ktime_ns));
+    SystemTime::now() - age
+}
+
+struct Binding {
+    id: u64,
+    dev: String,
+    ifindex: u32,
+    ring: RingBuf<MapData>,
+}
+
+fn open_binding(id: u64, dir: &Path) -> anyhow::Result<Binding> {
+    let policy = enforcer::read_policy(dir)?;
+    let path = dir.join(pins::EVENTS);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let ring = RingBuf::try_from(Map::from_map_data(data)?)?;
+    Ok(Binding {
+        id,
+        dev: netdev::name_from_bytes(&policy.ifname),
+        ifindex: policy.ifindex,
+        ring,
+    })
+}
+
+/// Drains one binding's ring buffer forever, forwarding events newer than `since`.
+async fn watch(b: Binding, since: u64, tx: mpsc::UnboundedSender<(u64, String, u32, Event)>) {
+    let Binding {
+        id,
+        dev,
+        ifindex,
+        ring,
+    } = b;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
+    let Ok(mut fd) =
+        (unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) })
+    else {
+        return;
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            if item.len() < std::mem::size_of::<Event>() {
+                continue;
+            }
+            // SAFETY: the programs write exactly one Event per record; read_unaligned copes
+            // with the ring's 8-byte alignment.
+            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if event.ktime_ns >= since && tx.send((id, dev.clone(), ifindex, event)).is_err() {
+                return;
+            }
+        }
+        guard.clear_ready();
+    }
+}
+
+/// Streams events to `out` until interrupted (SIGINT/SIGTERM) or `duration` passes.
+pub fn run(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(stream(json, duration, out))
+}
+
+async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> anyhow::Result<()> {
+    let since = monotonic_now().as_nanos() as u64;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watched = HashSet::new();
+    let scan = |watched: &mut HashSet<u64>| -> usize {
+        for (id, dir) in pins::list() {
+            if !watched.contains(&id)
+                && let Ok(b) = open_binding(id, &dir)
+            {
+                watched.insert(id);
+                tokio::spawn(watch(b, since, tx.clone()));
+            }
+        }
+        watched.len()
+    };
+    let n = scan(&mut watched);
+    eprintln!("bindguard monitor: watching {n} binding(s); new ones are picked up as they appear");
+    let mut paths = crate::cgroup::cgroup2_mount()
+        .map(|m| crate::cgroup::paths_by_id(&m))
+        .unwrap_or_default();
+    let mut rescan = tokio::time::interval(Duration::from_secs(1));
+    let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
+    tokio::pin!(deadline);
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            Some((binding, dev, ifindex, event)) = rx.recv() => {
+                let cgroup_id = if event.cgroup_id != 0 { event.cgroup_id } else { binding };
+                if !paths.contains_key(&cgroup_id)
+                    && let Ok(m) = crate::cgroup::cgroup2_mount()
+                {
+                    paths = crate::cgroup::paths_by_id(&m);
+                }
+                let record = Record {
+                    time: humantime::format_rfc3339_millis(wall_time(event.ktime_ns)).to_string(),
+                    binding,
+                    cgroup_id: event.cgroup_id,
+                    cgroup: paths.get(&cgroup_id).cloned(),
+                    pid: event.pid,
+                    command: netdev::name_from_bytes(&event.comm),
+                    hook: hook_name(event.hook),
+                    reason: reason(&event, &dev, ifindex),
+                };
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                } else {
+                    let cg = record.cgroup.as_ref().map_or("?".into(), |p| p.display().to_string());
+                    writeln!(
+                        out,
+                        "{} cgroup={} pid={} comm={} hook={} {}",
+                        record.time, cg, record.pid, record.command, record.hook, record.reason
+                    )?;
+                }
+                out.flush()?;
+            }
+            _ = rescan.tick() => { scan(&mut watched); }
+            _ = &mut deadline => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,384 @@
+//! Strict mode closes the escapes a plain binding leaves open (shared/kernel-notes.md, "Escapes").
+//! Listeners in peer A count every TCP/UDP packet to their port: under strict mode nothing
+//! may arrive there. The same escapes under `--mode bind` do reach A, so these tests can fail.
+
+use std::time::Duration;
+
+use bindguard_tests::{
+    Cmd, Peer, Scenario,
+    listener::{LOOPBACK_PORT, LoopbackListener, PORT},
+    require_root,
+    scenario::{dest, token},
+    topology::{NetnsGuard, UPLINK_A, UPLINK_B},
+};
+
+macro_rules! root_or_skip {
+    () => {
+        if !require_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// The link-local address of a namespace's interface.
+fn link_local(ns: &NetnsGuard, dev: &str) -> String {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n", &ns.name, "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("no link-local address on {dev}: {text}"))
+        .to_string()
+}
+
+struct Attempt {
+    kind: &'static str,
+    addr: String,
+    arg: Option<String>,
+    /// Run as root with CAP_NET_RAW instead of uid 65534.
+    privileged: bool,
+}
+
+/// Every escape of the table, aimed from a socket bound to upB at peer A.
+fn escapes(s: &Scenario) -> Vec<Attempt> {
+    let ifa = s.topo.host.ifindex(UPLINK_A).to_string();
+    let peer_a_ll = link_local(&s.topo.peer_a, "eth0");
+    let mut v = Vec::new();
+    let mut add = |kind, addr: &str, arg: Option<&str>, privileged| {
+        v.push(Attempt {
+            kind,
+            addr: addr.into(),
+            arg: arg.map(Into::into),
+            privileged,
+        })
+    };
+    for v6 in [false, true] {
+        add("unspec", dest(v6), None, false); // 2: connect(AF_UNSPEC) resets the binding
+        add("sockopt", dest(v6), Some(UPLINK_A), true); // 1: CAP_NET_RAW re-binds
+        add("sockopt", dest(v6), Some(""), true); // 1: CAP_NET_RAW clears the binding
+        add("ifindex", dest(v6), Some(&ifa), true); // 1: SO_BINDTOIFINDEX
+        add("tcp-sockopt", dest(v6), Some(UPLINK_A), true);
+    }
+    add("pktinfo", dest(false), Some(&ifa), false); // 3: IP_PKTINFO picks upA
+    add("llbind", dest(true), Some(&ifa), false); // 4: bind fe80::1%upA overwrites it
+    add("scope", &peer_a_ll, Some(&ifa), false); // 5: sendto fe80::x%upA
+    v
+}
+
+/// Runs one attempt; returns (probe output, token, whether peer A received anything of it).
+fn attempt(s: &Scenario, a: &Attempt) -> (String, String, bool) {
+    let tok = token(a.kind);
+    let mut cmd = s
+        .probe_bound()
+        .args(["escape", a.kind, &a.addr, &PORT.to_string(), &tok]);
+    if let Some(arg) = &a.arg {
+        cmd = cmd.arg(arg);
+    }
+    if !a.privileged {
+        cmd = cmd.as_nobody();
+    }
+    let (_, out, err) = cmd.run();
+    let at_a = s
+        .listener
+        .wait_for(&tok, Duration::from_millis(400))
+        .contains(&Peer::A);
+    (format!("{out}{err}"), tok, at_a)
+}
+
+#[test]
+fn strict_mode_stops_every_escape() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    for a in escapes(&s) {
+        let before = s.listener.packets(Peer::A);
+        let (out, _, at_a) = attempt(&s, &a);
+        assert!(
+            !at_a,
+            "{} {:?} reached peer A under strict mode:\n{out}",
+            a.kind, a.arg
+        );
+        assert_eq!(
+            s.listener.packets(Peer::A),
+            before,
+            "{} {:?}: a packet reached peer A:\n{out}",
+            a.kind,
+            a.arg
+        );
+        eprintln!(
+            "strict: {} {} {:?}: {}",
+            a.kind,
+            a.addr,
+            a.arg,
+            out.replace('\n', "; ")
+        );
+    }
+    let counters = s.status_entry().unwrap()["counters"].clone();
+    assert!(
+        counters["sockopt_refused"].as_u64().unwrap() >= 8,
+        "{counters}"
+    );
+    assert!(
+        counters["addr_refused"].as_u64().unwrap() >= 2,
+        "{counters}"
+    );
+    assert!(
+        counters["egress_dropped"].as_u64().unwrap() >= 2,
+        "{counters}"
+    );
+}
+
+#[test]
+fn bind_mode_lets_the_escapes_through() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &["--mode", "bind"]);
+    let mut leaked = Vec::new();
+    for a in escapes(&s) {
+        let (out, _, at_a) = attempt(&s, &a);
+        if at_a {
+            leaked.push(a.kind);
+        }
+        eprintln!(
+            "bind: {} {:?} at_a={at_a}: {}",
+            a.kind,
+            a.arg,
+            out.replace('\n', "; ")
+        );
+    }
+    // Each unprivileged escape of the table, and the CAP_NET_RAW override, leaks in bind mode.
+    for kind in [
+        "unspec",
+        "pktinfo",
+        "llbind",
+        "scope",
+        "sockopt",
+        "ifindex",
+        "tcp-sockopt",
+    ] {
+        assert!(
+            leaked.contains(&kind),
+            "{kind} did not reach A in bind mode: {leaked:?}"
+        );
+    }
+}
+
+#[test]
+fn unprivileged_setsockopt_cannot_rebind_in_either_mode() {
+    root_or_skip!();
+    for mode in ["strict", "bind"] {
+        let s = Scenario::new();
+        s.attach(UPLINK_B, &["--mode", mode]);
+        let a = Attempt {
+            kind: "sockopt",
+            addr: dest(false).into(),
+            arg: Some(UPLINK_A.into()),
+            privileged: false,
+        };
+        let (out, tok, at_a) = attempt(&s, &a);
+        assert!(
+            out.contains("setsockopt(SO_BINDTODEVICE): error errno=1"),
+            "{mode}: {out}"
+        );
+        assert!(!at_a, "{mode}: {out}");
+        assert_eq!(
+            s.receivers(&tok),
+            [Peer::B],
+            "{mode}: still bound to B: {out}"
+        );
+    }
+}
+
+#[test]
+fn setting_the_same_interface_again_is_allowed() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let a = Attempt {
+        kind: "sockopt",
+        addr: dest(false).into(),
+        arg: Some(UPLINK_B.into()),
+        privileged: true,
+    };
+    let (out, tok, _) = attempt(&s, &a);
+    assert!(out.contains("setsockopt(SO_BINDTODEVICE): ok"), "{out}");
+    assert_eq!(s.receivers(&tok), [Peer::B], "{out}");
+}
+
+#[test]
+fn new_user_and_net_namespace_gets_no_socket() {
+    root_or_skip!();
+    for mode in ["strict", "bind"] {
+        let s = Scenario::new();
+        s.attach(UPLINK_B, &["--mode", mode]);
+        // Unprivileged: a new user namespace, and in it a new network namespace.
+        let (code, out, err) = Cmd::new("unshare")
+            .args(["--user", "--map-root-user", "--net", "--"])
+            .arg(bindguard_tests::probe_bin())
+            .arg("sockinfo")
+            .in_cgroup(&s.cg)
+            .in_netns(&s.topo.host)
+            .as_nobody()
+            .run();
+        assert_eq!(code, 1, "{mode}: {out}{err}");
+        assert_eq!(
+            out.matches("error errno=1").count(),
+            4,
+            "{mode}: all EPERM: {out}{err}"
+        );
+        assert_eq!(s.listener.packets(Peer::A), 0);
+    }
+}
+
+#[test]
+fn allow_loopback_lets_local_traffic_through_and_nothing_else() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let lo = LoopbackListener::start(&s.topo.host);
+    let port = LOOPBACK_PORT.to_string();
+    // Without the flag, loopback is refused at once.
+    s.attach(UPLINK_B, &[]);
+    for addr in ["127.0.0.1", "::1"] {
+        let tok = token("noloop");
+        let (code, out, _) = s
+            .probe_bound()
+            .args(["send", "tcp", addr, &port, &tok])
+            .run();
+        assert_eq!(code, 1, "{addr}: {out}");
+        assert!(out.contains("errno=1"), "EPERM, not a timeout: {out}");
+        assert!(!lo.got(&tok, Duration::from_millis(200)));
+    }
+    s.attach(UPLINK_B, &["--allow-loopback"]);
+    for addr in ["127.0.0.1", "::1"] {
+        for proto in ["tcp", "udpc"] {
+            let tok = token("loop");
+            let (code, out, _) = s
+                .probe_bound()
+                .as_nobody()
+                .args(["send", proto, addr, &port, &tok])
+                .run();
+            assert_eq!(code, 0, "{proto} {addr}: {out}");
+            assert!(
+                lo.got(&tok, Duration::from_secs(2)),
+                "{proto} {addr} arrived"
+            );
+        }
+    }
+    // External traffic still leaves by B only, and the escapes stay closed.
+    for v6 in [false, true] {
+        assert_eq!(
+            s.delivered_to(s.probe_bound(), bindguard_tests::Proto::Tcp, v6),
+            [Peer::B],
+            "tcp v6={v6}"
+        );
+        // Sockets are pinned on first use. The very first unconnected sendto is routed by the
+        // table before any hook can pin it (here: via A, metric 10): it must be dropped, not
+        // leak; the socket's next datagram leaves by B.
+        let tok = token("udp2");
+        let (code, out, _) = s
+            .probe_bound()
+            .as_nobody()
+            .args(["send", "udp2", dest(v6), &PORT.to_string(), &tok])
+            .run();
+        assert_eq!(code, 0, "v6={v6}: {out}");
+        assert_eq!(
+            s.receivers(&format!("{tok}-2")),
+            [Peer::B],
+            "v6={v6}: {out}"
+        );
+        assert!(
+            !s.listener
+                .peers_with(&format!("{tok}-1"))
+                .contains(&Peer::A),
+            "first datagram leaked to A: {out}"
+        );
+        assert!(
+            out.contains("first: error errno=1"),
+            "first datagram refused by the egress filter: {out}"
+        );
+    }
+    assert_eq!(s.listener.packets(Peer::A), 0, "nothing reached peer A");
+    for a in escapes(&s) {
+        let (out, _, at_a) = attempt(&s, &a);
+        assert!(!at_a, "{} leaked with --allow-loopback: {out}", a.kind);
+    }
+    assert_eq!(s.status_entry().unwrap()["allow_loopback"], true);
+}
+
+#[test]
+fn allow_loopback_needs_strict_mode() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let (code, _, err) = s.attach_result(UPLINK_B, &["--mode", "bind", "--allow-loopback"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("--allow-loopback needs --mode strict"),
+        "{err}"
+    );
+    assert!(!s.cg.pins().exists());
+}
+
+#[test]
+fn monitor_reports_each_refusal() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let mut monitor = Cmd::bindguard()
+        .args(["monitor", "--json", "--duration", "30"])
+        .spawn();
+    // Wait until it watches the binding.
+    let mut stderr = std::io::BufReader::new(monitor.stderr.take().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut ready).unwrap();
+    assert!(ready.contains("watching"), "{ready}");
+    let ifa = s.topo.host.ifindex(UPLINK_A).to_string();
+    let tries: [(&str, &str, Option<&str>, bool); 3] = [
+        ("unspec", dest(false), None, false),
+        ("pktinfo", dest(false), Some(&ifa), false),
+        ("sockopt", dest(false), Some(UPLINK_A), true),
+    ];
+    for (kind, addr, arg, privileged) in tries {
+        let a = Attempt {
+            kind,
+            addr: addr.into(),
+            arg: arg.map(Into::into),
+            privileged,
+        };
+        attempt(&s, &a);
+    }
+    // And a socket from another namespace.
+    let _ = Cmd::probe()
+        .in_cgroup(&s.cg)
+        .in_netns(&s.topo.peer_a)
+        .arg("sockinfo")
+        .run();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = bindguard_tests::run::wait_output(monitor, Duration::from_secs(5)).unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .filter(|e: &serde_json::Value| e["binding"] == s.cg.id)
+        .collect();
+    for hook in ["sendmsg4", "egress", "setsockopt", "sock_create"] {
+        let e = events
+            .iter()
+            .find(|e| e["hook"] == hook)
+            .unwrap_or_else(|| panic!("no {hook} event in:\n{lines}"));
+        assert!(e["pid"].as_u64().unwrap() > 0, "{e}");
+        assert_eq!(e["command"], "bg-probe", "{e}");
+        assert_eq!(e["cgroup"], s.cg.path.to_str().unwrap(), "{e}");
+        assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+        assert!(!e["reason"].as_str().unwrap().is_empty());
+    }
+}
