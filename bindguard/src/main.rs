@@ -71,8 +71,8 @@ struct BindingArgs {
     /// SO_BINDTODEVICE semantics.
     #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "bind"])]
     mode: String,
-    /// Strict mode: let TCP and UDP to 127.0.0.0/8 and ::1 work (the socket is moved to lo
-    /// for that connection); everything else stays on --dev.
+    /// Strict mode: let TCP and UDP to 127.0.0.0/8 and ::1 work (sockets are pinned on first
+    /// use: to lo for loopback, to --dev for everything else).
     #[arg(long)]
     allow_loopback: bool,
     /// The network namespace the interface lives in (default: bindguard's own).
