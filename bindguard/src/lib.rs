@@ -4,6 +4,7 @@
 //! [`netdev`] (namespaces, interfaces), [`pins`] (bpffs layout), [`link`] (bpf_link queries),
 //! [`enforcer`] (load, attach, pin, update, detach) and [`status`] (read it all back).
 
+pub mod audit;
 pub mod cgroup;
 pub mod enforcer;
 pub mod error;
@@ -13,5 +14,6 @@ pub mod netdev;
 pub mod netns;
 pub mod pins;
 pub mod status;
+pub mod verify;
 
 pub use error::Error;

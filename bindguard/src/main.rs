@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use bindguard::{
     cgroup,
     enforcer::{self, Attached, Detached, Mode, Options},
-    error, monitor, netdev,
+    error, monitor, netdev, verify,
     netns::Netns,
     status,
 };
@@ -48,6 +48,22 @@ enum Command {
         #[arg(long, value_name = "SECONDS")]
         duration: Option<u64>,
     },
+    /// Prove a binding: a probe inside the cgroup checked against SO_BINDTODEVICE, and an
+    /// audit of the sockets the cgroup's processes already hold. Exit 0 only if all pass.
+    Verify {
+        /// The cgroup: absolute, or relative to the cgroup2 mount.
+        #[arg(long, value_name = "PATH")]
+        cgroup: PathBuf,
+        /// Compare the route to this address (default: 203.0.113.1 and 2001:db8::1). Nothing
+        /// is sent: a UDP connect() only looks the route up.
+        #[arg(long, value_name = "ADDR")]
+        to: Option<std::net::IpAddr>,
+        /// Print the JSON report described in the README.
+        #[arg(long)]
+        json: bool,
+    },
+    #[command(name = "__verify-probe", hide = true)]
+    VerifyProbe,
     /// List every binding with its policy, links, counters and problems.
     Status {
         /// Print the stable JSON document described in the README.
@@ -149,6 +165,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &mut std::io::stdout().lock(),
             )?;
         }
+        Command::Verify { cgroup, to, json } => {
+            let report = verify::verify(&cgroup, to)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", verify::render(&report));
+            }
+            if !report.ok {
+                return Err(VerifyFailed.into());
+            }
+        }
+        Command::VerifyProbe => {
+            let input: verify::ProbeInput = serde_json::from_reader(std::io::stdin().lock())?;
+            println!("{}", serde_json::to_string(&verify::probe(&input))?);
+        }
         Command::Status { json } => {
             let report = status::collect();
             if json {
@@ -160,6 +191,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// verify already printed why; exit 1 without another line.
+#[derive(Debug, thiserror::Error)]
+#[error("")]
+struct VerifyFailed;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -191,6 +227,7 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<VerifyFailed>() => ExitCode::from(1),
         Err(e) => {
             eprintln!("bindguard: {}", one_line(&e));
             ExitCode::from(error::exit_code(&e) as u8)

@@ -4,6 +4,7 @@
 //!                                           the echo; udp2: two datagrams from one socket);
 //!                                           prints `ok` or `error errno=N ...`
 //!   bg-probe sockinfo                       per family/type: the new socket's ifindex, mark, priority
+//!   bg-probe hold PORT SECONDS              hold a UDP socket and a TCP listener on PORT
 //!   bg-probe loop SECONDS                   make sockets in a tight loop; count their bindings
 //!   bg-probe escape KIND ADDR PORT TOKEN [ARG]  try one known escape from a binding, then send
 //!       unspec          UDP connect, connect(AF_UNSPEC) (resets the binding), sendto
@@ -324,12 +325,23 @@ fn escape(kind: &str, addr: &str, port: &str, token: &str, arg: Option<&str>) {
     std::process::exit(i32::from(!sent));
 }
 
+/// Holds a UDP socket and a TCP listener on PORT for SECONDS (sockets made now, before any
+/// binding a test adds later).
+fn hold(port: &str, seconds: &str) {
+    let any: SocketAddr = format!("0.0.0.0:{port}").parse().expect("PORT");
+    let _udp = UdpSocket::bind(any).unwrap_or_else(|e| report(&e));
+    let _tcp = std::net::TcpListener::bind(any).unwrap_or_else(|e| report(&e));
+    println!("ready");
+    std::thread::sleep(Duration::from_secs_f64(seconds.parse().expect("SECONDS")));
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
         ["send", proto, addr, port, token] => send(proto, addr, port, token),
         ["sockinfo"] => sockinfo(),
+        ["hold", port, secs] => hold(port, secs),
         ["loop", secs] => tight_loop(secs.parse().expect("SECONDS")),
         ["escape", kind, addr, port, token] => escape(kind, addr, port, token, None),
         ["escape", kind, addr, port, token, arg] => escape(kind, addr, port, token, Some(arg)),
