@@ -15,7 +15,9 @@ use std::{
 
 use anyhow::Context as _;
 use bindguard_common::{Policy, flags};
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{
+    NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
 use netlink_packet_sock_diag::{
     SockDiagMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP},
@@ -84,7 +86,8 @@ fn socket_owners(pids: &[i32]) -> HashMap<u64, (i32, String)> {
 
 /// Dumps the TCP and UDP sockets (IPv4 and IPv6) of the calling thread's namespace.
 pub fn dump_inet_sockets() -> anyhow::Result<Vec<DiagSocket>> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
     socket.bind_auto()?;
     socket.connect(&SocketAddr::new(0, 0))?;
     let mut out = Vec::new();
@@ -98,7 +101,11 @@ pub fn dump_inet_sockets() -> anyhow::Result<Vec<DiagSocket>> {
             };
             let mut header = NetlinkHeader::default();
             header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-            let socket_id = if v6 { SocketId::new_v6() } else { SocketId::new_v4() };
+            let socket_id = if v6 {
+                SocketId::new_v6()
+            } else {
+                SocketId::new_v4()
+            };
             let mut packet = NetlinkMessage::new(
                 header,
                 SockDiagMessage::InetRequest(InetRequest {
@@ -113,17 +120,25 @@ pub fn dump_inet_sockets() -> anyhow::Result<Vec<DiagSocket>> {
             packet.finalize();
             let mut buf = vec![0; packet.buffer_len()];
             packet.serialize(&mut buf);
-            socket.send(&buf, 0).context("sending the sock_diag request")?;
+            socket
+                .send(&buf, 0)
+                .context("sending the sock_diag request")?;
             receive(&socket, name, &mut out)?;
         }
     }
     Ok(out)
 }
 
-fn receive(socket: &Socket, protocol: &'static str, out: &mut Vec<DiagSocket>) -> anyhow::Result<()> {
+fn receive(
+    socket: &Socket,
+    protocol: &'static str,
+    out: &mut Vec<DiagSocket>,
+) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let size = socket.recv(&mut &mut buf[..], 0).context("reading sock_diag replies")?;
+        let size = socket
+            .recv(&mut &mut buf[..], 0)
+            .context("reading sock_diag replies")?;
         let mut offset = 0;
         while offset < size {
             let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&buf[offset..size])
@@ -170,7 +185,11 @@ fn unspecified(ip: IpAddr) -> bool {
 }
 
 /// The sockets of `cgroup`'s processes (in `netns`) that do not obey `policy`.
-pub fn unbound_sockets(cgroup: &Path, policy: &Policy, netns: &Netns) -> anyhow::Result<Vec<UnboundSocket>> {
+pub fn unbound_sockets(
+    cgroup: &Path,
+    policy: &Policy,
+    netns: &Netns,
+) -> anyhow::Result<Vec<UnboundSocket>> {
     let owners = socket_owners(&pids(cgroup));
     if owners.is_empty() {
         return Ok(Vec::new());
@@ -224,7 +243,10 @@ mod tests {
         let lo = policy(7, flags::STRICT | flags::ALLOW_LOOPBACK);
         assert!(conforms(&lo, 1, &peer), "pinned to lo");
         assert!(conforms(&lo, 0, &any), "not used yet");
-        assert!(!conforms(&lo, 0, &peer), "connected yet unpinned: predates the binding");
+        assert!(
+            !conforms(&lo, 0, &peer),
+            "connected yet unpinned: predates the binding"
+        );
         assert!(!conforms(&lo, 3, &peer));
     }
 }

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod cgroup;
 pub mod enforcer;
 pub mod error;
+pub mod exec;
 pub mod link;
 pub mod monitor;
 pub mod netdev;

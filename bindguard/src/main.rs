@@ -6,9 +6,9 @@ use anyhow::Context as _;
 use bindguard::{
     cgroup,
     enforcer::{self, Attached, Detached, Mode, Options},
-    error, monitor, netdev, verify,
+    error, exec, monitor, netdev,
     netns::Netns,
-    status,
+    status, verify,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -32,6 +32,15 @@ enum Command {
         cgroup: PathBuf,
         #[command(flatten)]
         binding: BindingArgs,
+    },
+    /// Run a command with every socket bound to an interface, in a transient cgroup that is
+    /// removed when the command ends. Exits with the command's status.
+    Exec {
+        #[command(flatten)]
+        binding: BindingArgs,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<std::ffi::OsString>,
     },
     /// Remove the binding of a cgroup.
     Detach {
@@ -122,8 +131,13 @@ impl BindingArgs {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Exec { binding, command } => {
+            let opts = binding.options()?;
+            let code = exec::exec(&binding.dev, binding.netns.as_deref(), &opts, &command)?;
+            return Ok(ExitCode::from(code.clamp(0, 255) as u8));
+        }
         Command::Attach { cgroup, binding } => {
             let opts = binding.options()?;
             opts.validate()?;
@@ -173,7 +187,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", verify::render(&report));
             }
             if !report.ok {
-                return Err(VerifyFailed.into());
+                return Ok(ExitCode::from(1));
             }
         }
         Command::VerifyProbe => {
@@ -189,13 +203,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
-
-/// verify already printed why; exit 1 without another line.
-#[derive(Debug, thiserror::Error)]
-#[error("")]
-struct VerifyFailed;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -217,17 +226,22 @@ fn main() -> ExitCode {
                     },
                 );
             }
-            // One line: clap's first line names the problem; --help shows the rest.
+            // One line: clap's message up to its usage block; --help shows the rest.
             let rendered = e.render().to_string();
-            let first = rendered.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("bindguard: {first} (see `bindguard --help`)");
+            let message = rendered
+                .split("\n\n")
+                .next()
+                .unwrap_or("invalid arguments")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            eprintln!("bindguard: {message} (see `bindguard --help`)");
             return ExitCode::from(2);
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<VerifyFailed>() => ExitCode::from(1),
+        Ok(code) => code,
         Err(e) => {
             eprintln!("bindguard: {}", one_line(&e));
             ExitCode::from(error::exit_code(&e) as u8)

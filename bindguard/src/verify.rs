@@ -133,7 +133,13 @@ fn get_int(fd: i32, opt: i32) -> std::io::Result<u32> {
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: valid fd, pointer and length for an int option.
     let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len)
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut v as *mut i32).cast(),
+            &mut len,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
@@ -144,7 +150,13 @@ fn get_int(fd: i32, opt: i32) -> std::io::Result<u32> {
 fn set_bindtodevice(fd: i32, name: &str) -> std::io::Result<()> {
     // SAFETY: valid fd; name's bytes and length.
     let rc = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, name.as_ptr().cast(), name.len() as u32)
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            name.as_ptr().cast(),
+            name.len() as u32,
+        )
     };
     if rc != 0 {
         return Err(std::io::Error::last_os_error());
@@ -154,14 +166,21 @@ fn set_bindtodevice(fd: i32, name: &str) -> std::io::Result<()> {
 
 /// UDP connect() to `target` (port 9, discard) on `sock`; nothing is sent.
 fn route_of(sock: &UdpSocket, target: IpAddr) -> Route {
-    match sock.connect(SocketAddr::new(target, 9)).and_then(|()| sock.local_addr()) {
+    match sock
+        .connect(SocketAddr::new(target, 9))
+        .and_then(|()| sock.local_addr())
+    {
         Ok(local) => Route::Source(local.ip()),
         Err(e) => Route::Errno(e.raw_os_error().unwrap_or(0)),
     }
 }
 
 fn udp_socket_for(target: IpAddr) -> std::io::Result<UdpSocket> {
-    UdpSocket::bind(if target.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })
+    UdpSocket::bind(if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
 }
 
 /// The reference: a socket bound the classic way, in the binding's namespace, outside the cgroup.
@@ -179,7 +198,11 @@ pub fn reference_route(ifname: &str, target: IpAddr) -> Route {
 /// Runs inside the cgroup and namespace (`bindguard __verify-probe`).
 pub fn probe(input: &ProbeInput) -> ProbeOutput {
     let mut checks = Vec::new();
-    let at_create = if input.allow_loopback { 0 } else { input.ifindex };
+    let at_create = if input.allow_loopback {
+        0
+    } else {
+        input.ifindex
+    };
     let kinds: [(&str, i32, i32, i32); 8] = [
         ("udp", libc::AF_INET, libc::SOCK_DGRAM, 0),
         ("tcp", libc::AF_INET, libc::SOCK_STREAM, 0),
@@ -188,13 +211,21 @@ pub fn probe(input: &ProbeInput) -> ProbeOutput {
         ("raw", libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP),
         ("raw6", libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6),
         ("ping", libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP),
-        ("ping6", libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_ICMPV6),
+        (
+            "ping6",
+            libc::AF_INET6,
+            libc::SOCK_DGRAM,
+            libc::IPPROTO_ICMPV6,
+        ),
     ];
     for (name, family, kind, proto) in kinds {
         let check = format!("{name} socket");
         match new_socket(family, kind, proto) {
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT))
-                && (proto != 0) =>
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EPROTONOSUPPORT | libc::EAFNOSUPPORT)
+                ) && (proto != 0) =>
             {
                 checks.push(Check::skip(check, format!("not permitted here ({e})")));
             }
@@ -275,7 +306,10 @@ pub fn probe(input: &ProbeInput) -> ProbeOutput {
             },
         ));
     } else {
-        checks.push(Check::skip("setsockopt guard", "bind mode has none (see the escape table)"));
+        checks.push(Check::skip(
+            "setsockopt guard",
+            "bind mode has none (see the escape table)",
+        ));
     }
     // Last: this process leaves the binding's namespace for good.
     // SAFETY: unshare affects only this (single-threaded) probe process.
@@ -295,7 +329,10 @@ pub fn probe(input: &ProbeInput) -> ProbeOutput {
             },
         ));
     } else {
-        checks.push(Check::skip("other network namespace", "unshare(CLONE_NEWNET) not permitted"));
+        checks.push(Check::skip(
+            "other network namespace",
+            "unshare(CLONE_NEWNET) not permitted",
+        ));
     }
     ProbeOutput { checks, routes }
 }
@@ -311,7 +348,10 @@ fn binding_of(cg: &Cgroup) -> anyhow::Result<(PathBuf, u64, PathBuf)> {
             return Ok((dir, id, pins));
         }
         if dir == mount || !dir.pop() || !dir.starts_with(&mount) {
-            return Err(Error::NotBound { path: cg.path.clone() }.into());
+            return Err(Error::NotBound {
+                path: cg.path.clone(),
+            }
+            .into());
         }
     }
 }
@@ -323,7 +363,11 @@ fn run_probe(cg: &Cgroup, ns: &Netns, input: &ProbeInput) -> anyhow::Result<Prob
         .open(cg.path.join("cgroup.procs"))
         .with_context(|| format!("opening {}/cgroup.procs", cg.path.display()))?;
     let procs_fd = procs.as_raw_fd();
-    let ns_file = std::fs::File::open(ns.path.clone().unwrap_or_else(|| "/proc/self/ns/net".into()))?;
+    let ns_file = std::fs::File::open(
+        ns.path
+            .clone()
+            .unwrap_or_else(|| "/proc/self/ns/net".into()),
+    )?;
     let ns_fd = ns_file.as_raw_fd();
     let mut cmd = Command::new(exe);
     cmd.arg("__verify-probe")
@@ -364,7 +408,11 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
     let policy: Policy = match enforcer::read_policy(&dir) {
         Ok(p) => p,
         Err(e) => {
-            checks.push(Check::new("pins", false, format!("policy unreadable: {e:#}")));
+            checks.push(Check::new(
+                "pins",
+                false,
+                format!("policy unreadable: {e:#}"),
+            ));
             Policy::default()
         }
     };
@@ -384,23 +432,43 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
         "links",
         link_problems.is_empty(),
         if link_problems.is_empty() {
-            format!("{} program(s) attached with pinned bpf_links", mode.hooks().len())
+            format!(
+                "{} program(s) attached with pinned bpf_links",
+                mode.hooks().len()
+            )
         } else {
             format!("not enforced: {}", link_problems.join("; "))
         },
     ));
     let Some(ns) = netns::find_by_ino(policy.netns_ino) else {
-        checks.push(Check::new("network namespace", false, "the binding's namespace is gone"));
-        return Ok(finish(cg, binding_cgroup, &policy, mode, checks, Vec::new(), started));
+        checks.push(Check::new(
+            "network namespace",
+            false,
+            "the binding's namespace is gone",
+        ));
+        return Ok(finish(
+            cg,
+            binding_cgroup,
+            &policy,
+            mode,
+            checks,
+            Vec::new(),
+            started,
+        ));
     };
     let iface = netdev::name_of(policy.ifindex, &ns)?;
     checks.push(Check::new(
         "interface",
         iface.as_deref() == Some(ifname.as_str()),
         match &iface {
-            Some(n) if *n == ifname => format!("{ifname} is ifindex {} in {}", policy.ifindex, ns.label),
+            Some(n) if *n == ifname => {
+                format!("{ifname} is ifindex {} in {}", policy.ifindex, ns.label)
+            }
             Some(n) => format!("ifindex {} is now named {n}, not {ifname}", policy.ifindex),
-            None => format!("{ifname} (ifindex {}) no longer exists: sends fail (ENODEV)", policy.ifindex),
+            None => format!(
+                "{ifname} (ifindex {}) no longer exists: sends fail (ENODEV)",
+                policy.ifindex
+            ),
         },
     ));
     let targets: Vec<IpAddr> = match to {
@@ -438,10 +506,21 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
         if unbound.is_empty() {
             "no process in the cgroup holds a socket outside the binding".to_string()
         } else {
-            format!("{} socket(s) not bound to {ifname} (listed below)", unbound.len())
+            format!(
+                "{} socket(s) not bound to {ifname} (listed below)",
+                unbound.len()
+            )
         },
     ));
-    Ok(finish(cg, binding_cgroup, &policy, mode, checks, unbound, started))
+    Ok(finish(
+        cg,
+        binding_cgroup,
+        &policy,
+        mode,
+        checks,
+        unbound,
+        started,
+    ))
 }
 
 fn finish(
@@ -503,7 +582,11 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "{} in {} ms",
-        if report.ok { "verified" } else { "NOT verified" },
+        if report.ok {
+            "verified"
+        } else {
+            "NOT verified"
+        },
         report.elapsed_ms
     );
     out

@@ -21,15 +21,26 @@ fn verify(s: &Scenario, extra: &[&str]) -> (i32, String, String) {
 #[test]
 fn verify_passes_on_a_good_binding() {
     root_or_skip!();
-    for mode in [&["--mode", "strict"][..], &["--mode", "bind", "--mark", "9"], &["--allow-loopback"]] {
+    for mode in [
+        &["--mode", "strict"][..],
+        &["--mode", "bind", "--mark", "9"],
+        &["--allow-loopback"],
+    ] {
         let s = Scenario::new();
         s.attach(UPLINK_B, mode);
         let (code, out, err) = verify(&s, &[]);
         assert_eq!(code, 0, "{mode:?}:\n{out}{err}");
         assert!(!out.contains("FAIL"), "{out}");
-        for check in ["PASS links", "PASS interface", "PASS udp socket", "PASS tcp6 socket",
-            "PASS route to 203.0.113.1", "PASS route to 2001:db8::1", "PASS existing sockets",
-            "PASS other network namespace"] {
+        for check in [
+            "PASS links",
+            "PASS interface",
+            "PASS udp socket",
+            "PASS tcp6 socket",
+            "PASS route to 203.0.113.1",
+            "PASS route to 2001:db8::1",
+            "PASS existing sockets",
+            "PASS other network namespace",
+        ] {
             assert!(out.contains(check), "{mode:?}: missing {check}:\n{out}");
         }
         // With a route only via B the source is B's address; the classic way agrees.
@@ -40,8 +51,13 @@ fn verify_passes_on_a_good_binding() {
         assert_eq!(code, 0, "{json}");
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["ok"], true);
-        assert!(v["checks"].as_array().unwrap().iter().any(|c| c["name"] == "route to 2001:db8:ff::10"
-            && c["outcome"] == "pass"));
+        assert!(
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|c| c["name"] == "route to 2001:db8:ff::10" && c["outcome"] == "pass")
+        );
     }
 }
 
@@ -91,7 +107,10 @@ fn verify_fails_on_a_socket_opened_before_the_attach() {
         );
     }
     let (_, text, _) = verify(&s, &[]);
-    assert!(text.contains("FAIL existing sockets: 2 socket(s) not bound to upB"), "{text}");
+    assert!(
+        text.contains("FAIL existing sockets: 2 socket(s) not bound to upB"),
+        "{text}"
+    );
     eprintln!("{text}");
     let _ = holder.kill();
     let _ = holder.wait();

@@ -1,0 +1,163 @@
+//! `bindguard exec`: one command bound, its status and signals passed through, nothing left.
+
+use std::{path::PathBuf, time::Duration};
+
+use bindguard_tests::{
+    Cmd, Peer, Scenario,
+    listener::PORT,
+    require_root,
+    run::wait_output,
+    scenario::{dest, token},
+    topology::UPLINK_B,
+};
+use nix::{sys::signal::Signal, unistd::Pid};
+
+macro_rules! root_or_skip {
+    () => {
+        if !require_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+fn exec(s: &Scenario, command: &[&str]) -> Cmd {
+    Cmd::bindguard()
+        .args(["exec", "--dev", UPLINK_B, "--netns"])
+        .arg(s.topo.host.path())
+        .arg("--")
+        .args(command)
+}
+
+/// The transient cgroup of the `bindguard exec` with this pid.
+fn transient(pid: u32) -> PathBuf {
+    bindguard::cgroup::cgroup2_mount()
+        .unwrap()
+        .join(format!("bindguard-exec-{pid}"))
+}
+
+/// Waits until the transient cgroup holds a process; returns the cgroup and that process.
+fn wait_started(pid: u32) -> (PathBuf, i32) {
+    let cg = transient(pid);
+    for _ in 0..200 {
+        if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs"))
+            && let Some(p) = procs.lines().next()
+        {
+            return (cg, p.trim().parse().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} never got a process", cg.display());
+}
+
+fn assert_cleaned(cg: &std::path::Path, id_hint: Option<u64>) {
+    assert!(!cg.exists(), "{} left behind", cg.display());
+    if let Some(id) = id_hint {
+        assert!(
+            !bindguard::pins::binding_dir(id).exists(),
+            "pins left behind"
+        );
+    }
+}
+
+#[test]
+fn exec_binds_a_static_client_and_cleans_up() {
+    root_or_skip!();
+    let s = Scenario::new();
+    for (v6, udp) in [(false, false), (true, false), (false, true), (true, true)] {
+        let tok = token("exec");
+        let cmd = if udp {
+            exec(
+                &s,
+                &[
+                    "/bin/busybox",
+                    "tftp",
+                    "-g",
+                    "-r",
+                    &tok,
+                    "-l",
+                    "/dev/null",
+                    dest(v6),
+                    &PORT.to_string(),
+                ],
+            )
+        } else {
+            exec(
+                &s,
+                &[
+                    "sh",
+                    "-c",
+                    &format!("echo {tok} | /bin/busybox nc -w1 {} {PORT}", dest(v6)),
+                ],
+            )
+        };
+        let child = cmd.spawn();
+        let pid = child.id();
+        assert_eq!(s.receivers(&tok), [Peer::B], "v6={v6} udp={udp}");
+        // busybox tftp waits for an answer that never comes; stop it like a user would.
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        wait_output(child, Duration::from_secs(10)).expect("exec ended");
+        assert_cleaned(&transient(pid), None);
+    }
+}
+
+#[test]
+fn exec_exits_with_the_command_status() {
+    root_or_skip!();
+    let s = Scenario::new();
+    for (script, want) in [("exit 0", 0), ("exit 7", 7), ("kill -9 $$", 137)] {
+        let (code, out, err) = exec(&s, &["sh", "-c", script]).run();
+        assert_eq!(code, want, "{script}: {out}{err}");
+    }
+    let (code, _, err) = exec(&s, &["/nonexistent/cmd"]).run();
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("command not found"), "{err}");
+    let (code, _, err) = Cmd::bindguard()
+        .args(["exec", "--dev", "nosuch0", "--", "true"])
+        .run();
+    assert_eq!(code, 2, "{err}");
+}
+
+#[test]
+fn exec_forwards_signals_and_cleans_up() {
+    root_or_skip!();
+    let s = Scenario::new();
+    // SIGTERM to bindguard reaches the command, which reports it by its exit status.
+    let child = exec(&s, &["sh", "-c", "trap 'exit 3' TERM; sleep 30 & wait"]).spawn();
+    let pid = child.id();
+    let (cg, _) = wait_started(pid);
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
+    assert!(
+        bindguard::pins::binding_dir(id).exists(),
+        "bound while running"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let out = wait_output(child, Duration::from_secs(10)).expect("exec ended");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_cleaned(&cg, Some(id));
+
+    // SIGINT sent to bindguard: the command dies of it, bindguard reports 130.
+    let child = exec(&s, &["sleep", "30"]).spawn();
+    let pid = child.id();
+    let (cg, _) = wait_started(pid);
+    nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
+    let out = wait_output(child, Duration::from_secs(10)).expect("exec ended");
+    assert_eq!(out.status.code(), Some(130), "{out:?}");
+    assert_cleaned(&cg, None);
+}
+
+#[test]
+fn exec_cleans_up_after_sigkill_of_the_command() {
+    root_or_skip!();
+    let s = Scenario::new();
+    // The command leaves a background process in the cgroup; it goes too.
+    let child = exec(&s, &["sh", "-c", "sleep 60 & exec sleep 60"]).spawn();
+    let pid = child.id();
+    let (cg, command) = wait_started(pid);
+    let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
+    std::thread::sleep(Duration::from_millis(200));
+    nix::sys::signal::kill(Pid::from_raw(command), Signal::SIGKILL).unwrap();
+    let out = wait_output(child, Duration::from_secs(10)).expect("exec ended");
+    assert_eq!(out.status.code(), Some(137), "{out:?}");
+    assert_cleaned(&cg, Some(id));
+}
