@@ -182,6 +182,15 @@ pub const HOOKS: &[Hook] = &[
     ),
 ];
 
+/// Parses a mark or priority: decimal or 0x hex, 0 to 2^32-1.
+pub fn parse_u32(s: &str) -> Result<u32, String> {
+    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => s.parse::<u32>(),
+    };
+    parsed.map_err(|_| format!("'{s}' is not a number from 0 to 4294967295"))
+}
+
 /// The user's choices for a binding, before the interface is resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
@@ -450,15 +459,28 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
 }
 
 /// Removes every binding whose cgroup is gone; returns how many.
+///
+/// The kernel detaches a removed cgroup's links asynchronously (cgroup_bpf_release runs from a
+/// workqueue, ~10 ms here), so a binding whose cgroup directory has just disappeared is given
+/// up to 2 s to be detached. Only the kernel's word (detached links) removes pins.
 pub fn remove_stale() -> anyhow::Result<usize> {
     if !pins::bpffs_mounted() {
         return Ok(0);
     }
     let lock = pins::lock()?;
     pins::sweep_abandoned(&lock);
+    let live = crate::cgroup::cgroup2_mount()
+        .map(|m| crate::cgroup::paths_by_id(&m))
+        .unwrap_or_default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut removed = 0;
-    for (_, dir) in pins::list() {
-        if cgroup_gone(&dir) {
+    for (id, dir) in pins::list() {
+        let mut gone = cgroup_gone(&dir);
+        while !gone && !live.contains_key(&id) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            gone = cgroup_gone(&dir);
+        }
+        if gone {
             pins::remove_dir(&dir)?;
             removed += 1;
         }
@@ -482,4 +504,64 @@ pub fn cgroup_gone(dir: &Path) -> bool {
         && links
             .iter()
             .all(|p| crate::link::pinned_state(p).is_ok_and(|s| s.cgroup_id.is_none()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_decimal_or_hex() {
+        assert_eq!(parse_u32("42"), Ok(42));
+        assert_eq!(parse_u32("0x2a"), Ok(42));
+        assert_eq!(parse_u32("0X2A"), Ok(42));
+        assert_eq!(parse_u32("4294967295"), Ok(u32::MAX));
+        for bad in ["", "-1", "4294967296", "0x", "x", "1.5", "0x1g"] {
+            assert!(parse_u32(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn modes_parse_and_loopback_needs_strict() {
+        assert_eq!("strict".parse::<Mode>().unwrap(), Mode::Strict);
+        assert_eq!("bind".parse::<Mode>().unwrap(), Mode::Bind);
+        assert_eq!("loose".parse::<Mode>().unwrap_err().exit_code(), 2);
+        let opts = Options {
+            mode: Mode::Bind,
+            allow_loopback: true,
+            ..Options::default()
+        };
+        assert!(opts.validate().is_err());
+        assert!(Options::default().validate().is_ok());
+        assert_eq!(Mode::Strict.hooks().len(), HOOKS.len());
+        assert_eq!(Mode::Bind.hooks(), &HOOKS[..1]);
+    }
+
+    #[test]
+    fn policy_carries_the_options() {
+        let iface = Interface {
+            name: "eth3".into(),
+            ifindex: 7,
+            netns_cookie: 11,
+            netns_ino: 13,
+        };
+        let p = policy_for(
+            &iface,
+            &Options {
+                mark: Some(5),
+                priority: None,
+                mode: Mode::Strict,
+                allow_loopback: true,
+            },
+        );
+        assert_eq!(
+            (p.ifindex, p.netns_cookie, p.netns_ino, p.mark),
+            (7, 11, 13, 5)
+        );
+        assert!(p.has(flags::SET_MARK) && !p.has(flags::SET_PRIORITY));
+        assert!(p.has(flags::STRICT) && p.has(flags::ALLOW_LOOPBACK));
+        assert_eq!(mode_of(&p), Mode::Strict);
+        assert_eq!(netdev::name_from_bytes(&p.ifname), "eth3");
+        assert_eq!(p.object_hash, object_hash());
+    }
 }

@@ -13,6 +13,7 @@ pub mod link;
 pub mod monitor;
 pub mod netdev;
 pub mod netns;
+pub mod oci;
 pub mod pins;
 pub mod status;
 pub mod verify;

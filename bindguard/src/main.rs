@@ -8,7 +8,7 @@ use bindguard::{
     enforcer::{self, Attached, Detached, Mode, Options},
     error, exec, monitor, netdev,
     netns::Netns,
-    status, verify,
+    oci, status, verify,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -41,6 +41,14 @@ enum Command {
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
+    },
+    /// OCI runtime hook: reads the container state on stdin; binds containers annotated
+    /// io.bindguard.dev at createRuntime and removes their pins at poststop.
+    OciHook {
+        /// The stage (default: from the state's status: creating/created = createRuntime,
+        /// stopped = poststop).
+        #[arg(long, value_name = "STAGE")]
+        stage: Option<String>,
     },
     /// Remove the binding of a cgroup.
     Detach {
@@ -87,10 +95,10 @@ struct BindingArgs {
     #[arg(long, value_name = "IFNAME")]
     dev: String,
     /// Set SO_MARK on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = parse_u32, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = enforcer::parse_u32, allow_hyphen_values = true)]
     mark: Option<u32>,
     /// Set SO_PRIORITY on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = parse_u32, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = enforcer::parse_u32, allow_hyphen_values = true)]
     priority: Option<u32>,
     /// strict: the binding plus guards that close the known escapes; bind: exactly
     /// SO_BINDTODEVICE semantics.
@@ -103,14 +111,6 @@ struct BindingArgs {
     /// The network namespace the interface lives in (default: bindguard's own).
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
-}
-
-fn parse_u32(s: &str) -> Result<u32, String> {
-    let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => s.parse::<u32>(),
-    };
-    parsed.map_err(|_| format!("'{s}' is not a number from 0 to 4294967295"))
 }
 
 impl BindingArgs {
@@ -161,6 +161,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 iface.ifindex,
                 opts.mode.as_str()
             );
+        }
+        Command::OciHook { stage } => {
+            let stage = stage.map(|s| s.parse::<oci::Stage>()).transpose()?;
+            match oci::hook(std::io::stdin().lock(), stage)? {
+                oci::Outcome::NotAnnotated => {}
+                oci::Outcome::Bound { cgroup, dev } => {
+                    eprintln!(
+                        "bindguard: bound container cgroup {} to {dev}",
+                        cgroup.display()
+                    )
+                }
+                oci::Outcome::Cleaned { removed } => {
+                    eprintln!("bindguard: removed {removed} container binding(s)")
+                }
+            }
         }
         Command::Detach { cgroup } => match enforcer::detach(&cgroup)? {
             Detached::Removed(dir) => {

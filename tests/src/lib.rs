@@ -6,6 +6,7 @@
 //! routes (metric 0 via A, metric 1 via B); peers A and B each own the destination addresses,
 //! so *which peer received a datagram or connection* tells which interface it left by.
 
+pub mod container;
 pub mod listener;
 pub mod privilege;
 pub mod run;

@@ -166,6 +166,12 @@ impl Cmd {
             .expect("spawn")
     }
 
+    /// Spawns with a writable stdin (close it to signal EOF).
+    pub fn spawn_with_stdin(mut self) -> Child {
+        self.cmd.stdin(Stdio::piped());
+        self.spawn()
+    }
+
     /// Runs to completion (killed after 30 s) and returns its output.
     pub fn output(self) -> Output {
         let program = format!("{:?}", self.cmd.get_program());

@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: idempotent installation of everything the build and tests need.
 //!
-//! - Debian packages the tests and demo use (busybox-static, iproute2, bpftool, util-linux);
+//! - Debian packages the tests and demo use (busybox-static, iproute2, bpftool, util-linux,
+//!   runc);
 //! - nightly's rust-src (the eBPF crate builds core for the bpf target);
 //! - bpf-linker, built against the libLLVM that ships with rustc nightly (same LLVM major,
 //!   detected, never hard-coded).
@@ -24,6 +25,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
+    ("runc", "runc"),
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {

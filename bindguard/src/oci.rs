@@ -1,0 +1,320 @@
+//! `oci-hook`: binds a container at createRuntime and cleans up at poststop.
+//!
+//! The runtime passes the OCI state on stdin. Only containers annotated `io.bindguard.dev`
+//! are touched, so the hook can be installed for every container. At createRuntime the
+//! container's init process exists in its cgroup and namespaces but user code has not started:
+//! no socket can predate the binding. The interface is resolved inside the container's network
+//! namespace. Every failure is an error, so the runtime refuses to start a container that asked
+//! for a binding it cannot get.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use oci_spec::runtime::{ContainerState, Spec, State};
+
+use crate::{
+    Error,
+    cgroup::{self, Cgroup},
+    enforcer::{self, Mode, Options},
+    netdev,
+    netns::Netns,
+    pins,
+};
+
+pub const DEV: &str = "io.bindguard.dev";
+pub const MARK: &str = "io.bindguard.mark";
+pub const PRIORITY: &str = "io.bindguard.priority";
+pub const MODE: &str = "io.bindguard.mode";
+pub const ALLOW_LOOPBACK: &str = "io.bindguard.allow-loopback";
+
+/// Which half of the hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// createRuntime (also accepted: createContainer, prestart): attach.
+    Create,
+    /// poststop: remove the pins.
+    Poststop,
+}
+
+impl std::str::FromStr for Stage {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "createRuntime" | "createContainer" | "prestart" => Ok(Stage::Create),
+            "poststop" => Ok(Stage::Poststop),
+            _ => Err(invalid(format!(
+                "stage '{s}' is not one bindguard runs at; use createRuntime or poststop"
+            ))),
+        }
+    }
+}
+
+/// What the hook did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// No `io.bindguard.dev` annotation: nothing to do.
+    NotAnnotated,
+    Bound {
+        cgroup: PathBuf,
+        dev: String,
+    },
+    Cleaned {
+        removed: usize,
+    },
+}
+
+fn invalid(what: String) -> Error {
+    Error::InvalidInput { what }
+}
+
+/// The binding options an annotation set asks for.
+pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Error> {
+    let number = |key: &str| -> Result<Option<u32>, Error> {
+        annotations
+            .get(key)
+            .map(|v| {
+                enforcer::parse_u32(v.trim()).map_err(|e| invalid(format!("annotation {key}: {e}")))
+            })
+            .transpose()
+    };
+    let mode = match annotations.get(MODE) {
+        Some(m) => m
+            .trim()
+            .parse::<Mode>()
+            .map_err(|_| invalid(format!("annotation {MODE}: '{m}' is not strict or bind")))?,
+        None => Mode::default(),
+    };
+    let allow_loopback = match annotations.get(ALLOW_LOOPBACK).map(|v| v.trim()) {
+        None | Some("false" | "0" | "") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "annotation {ALLOW_LOOPBACK}: '{other}' is not true or false"
+            )));
+        }
+    };
+    let opts = Options {
+        mark: number(MARK)?,
+        priority: number(PRIORITY)?,
+        mode,
+        allow_loopback,
+    };
+    opts.validate()?;
+    Ok(opts)
+}
+
+/// The cgroup v2 path of `pid`, from /proc/PID/cgroup ("0::/path").
+fn cgroup_of(pid: i32) -> anyhow::Result<PathBuf> {
+    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|_| {
+        invalid(format!(
+            "container process {pid} is gone; the runtime must call the hook while it exists"
+        ))
+    })?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| invalid(format!("process {pid} is in no cgroup v2 hierarchy")))?;
+    let mount = cgroup::cgroup2_mount()?;
+    Ok(mount.join(rel.trim().trim_start_matches('/')))
+}
+
+/// Runs the hook on the state read from `input`.
+pub fn hook(mut input: impl Read, stage: Option<Stage>) -> anyhow::Result<Outcome> {
+    let mut text = String::new();
+    input
+        .read_to_string(&mut text)
+        .context("reading the OCI state from stdin")?;
+    let raw: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| invalid(format!("the OCI state on stdin is not valid JSON ({e})")))?;
+    let has_status = raw.get("status").is_some();
+    let state: State = serde_json::from_value(raw).map_err(|e| {
+        invalid(format!(
+            "the OCI state on stdin does not follow the runtime spec ({e})"
+        ))
+    })?;
+    let annotations = match state.annotations() {
+        Some(a) if a.contains_key(DEV) => a.clone(),
+        _ => bundle_annotations(state.bundle()),
+    };
+    let Some(dev) = annotations.get(DEV).map(|d| d.trim().to_string()) else {
+        return Ok(Outcome::NotAnnotated);
+    };
+    let stage = match stage {
+        Some(s) => s,
+        None if !has_status => {
+            return Err(invalid(
+                "the OCI state has no status, so the stage is unknown; pass --stage createRuntime or --stage poststop".into(),
+            )
+            .into());
+        }
+        None => match state.status() {
+            ContainerState::Creating | ContainerState::Created => Stage::Create,
+            ContainerState::Stopped => Stage::Poststop,
+            ContainerState::Running => {
+                return Err(invalid(
+                    "the container is already running: its processes may hold unbound sockets; run the hook at createRuntime".into(),
+                )
+                .into());
+            }
+        },
+    };
+    match stage {
+        Stage::Create => create(&state, &dev, &annotations),
+        Stage::Poststop => poststop(&state),
+    }
+}
+
+fn bundle_annotations(bundle: &Path) -> HashMap<String, String> {
+    Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.annotations().clone())
+        .unwrap_or_default()
+}
+
+fn create(
+    state: &State,
+    dev: &str,
+    annotations: &HashMap<String, String>,
+) -> anyhow::Result<Outcome> {
+    let opts = options_from(annotations)?;
+    netdev::validate_name(dev)?;
+    let pid = state.pid().filter(|p| *p > 0).ok_or_else(|| {
+        invalid(format!(
+            "the OCI state of container {} has no pid",
+            state.id()
+        ))
+    })?;
+    let path = cgroup_of(pid)?;
+    if cgroup_of(std::process::id() as i32).ok() == Some(path.clone()) {
+        return Err(invalid(format!(
+            "container {} has no cgroup v2 of its own (it shares the runtime's {}); refusing to bind the runtime",
+            state.id(),
+            path.display()
+        ))
+        .into());
+    }
+    let cg: Cgroup = cgroup::resolve(&path)?;
+    let ns = Netns::open(Path::new(&format!("/proc/{pid}/ns/net")))?;
+    let iface = netdev::resolve(dev, &ns)?;
+    enforcer::attach(&cg, &iface, &opts)
+        .with_context(|| format!("binding container {} to {dev}", state.id()))?;
+    Ok(Outcome::Bound {
+        cgroup: cg.path,
+        dev: dev.to_string(),
+    })
+}
+
+fn poststop(state: &State) -> anyhow::Result<Outcome> {
+    let mut removed = 0;
+    // The runtime may remove the container's cgroup before poststop (runc does): the kernel
+    // then detached the programs and the pins are leftovers, removed with every other such.
+    // If the cgroup still exists (named by linux.cgroupsPath, or runc's default /<id>), its
+    // binding is removed directly.
+    let config = Spec::load(state.bundle().join("config.json")).ok();
+    let cgroups_path = config
+        .as_ref()
+        .and_then(|c| c.linux().as_ref())
+        .and_then(|l| l.cgroups_path().clone())
+        .unwrap_or_else(|| PathBuf::from(state.id()));
+    if let Ok(mount) = cgroup::cgroup2_mount() {
+        let candidate = mount.join(cgroups_path.strip_prefix("/").unwrap_or(&cgroups_path));
+        if let Ok(cg) = cgroup::resolve(&candidate) {
+            let dir = pins::binding_dir(cg.id);
+            if dir.exists() {
+                let _lock = pins::lock()?;
+                pins::remove_dir(&dir)?;
+                removed += 1;
+            }
+        }
+    }
+    removed += enforcer::remove_stale()?;
+    Ok(Outcome::Cleaned { removed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn annotations_become_options() {
+        let o = options_from(&ann(&[
+            (DEV, "eth1"),
+            (MARK, "0x10"),
+            (PRIORITY, "6"),
+            (MODE, "strict"),
+            (ALLOW_LOOPBACK, "true"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            o,
+            Options {
+                mark: Some(16),
+                priority: Some(6),
+                mode: Mode::Strict,
+                allow_loopback: true
+            }
+        );
+        assert_eq!(
+            options_from(&ann(&[(DEV, "eth1")])).unwrap(),
+            Options::default()
+        );
+        for bad in [
+            (MARK, "x"),
+            (PRIORITY, "-1"),
+            (MODE, "loose"),
+            (ALLOW_LOOPBACK, "yes"),
+        ] {
+            let e = options_from(&ann(&[bad])).unwrap_err();
+            assert!(e.to_string().contains(bad.0), "{e}");
+            assert_eq!(e.exit_code(), 2);
+        }
+        assert!(options_from(&ann(&[(MODE, "bind"), (ALLOW_LOOPBACK, "1")])).is_err());
+    }
+
+    #[test]
+    fn unannotated_containers_are_left_alone() {
+        let state = r#"{"ociVersion":"1.0.2","id":"c1","status":"creating","pid":1,"bundle":"/nonexistent"}"#;
+        assert_eq!(hook(state.as_bytes(), None).unwrap(), Outcome::NotAnnotated);
+    }
+
+    #[test]
+    fn bad_state_is_refused() {
+        for (input, needle) in [
+            ("not json", "not valid JSON"),
+            (
+                r#"{"id":"c","bundle":"/x","annotations":{"io.bindguard.dev":"eth0"}}"#,
+                "no status",
+            ),
+            (
+                r#"{"id":"c","status":"creating","bundle":"/x","annotations":{"io.bindguard.dev":"eth0"}}"#,
+                "has no pid",
+            ),
+            (
+                r#"{"id":"c","status":"running","pid":1,"bundle":"/x","annotations":{"io.bindguard.dev":"eth0"}}"#,
+                "already running",
+            ),
+            (
+                r#"{"id":"c","status":"creating","pid":1,"bundle":"/x","annotations":{"io.bindguard.dev":"eth0","io.bindguard.mark":"z"}}"#,
+                "io.bindguard.mark",
+            ),
+        ] {
+            let e = hook(input.as_bytes(), None).unwrap_err();
+            assert!(format!("{e:#}").contains(needle), "{input}: {e:#}");
+            assert_eq!(crate::error::exit_code(&e), 2, "{input}");
+        }
+        assert!("poststop".parse::<Stage>().is_ok());
+        assert!("poststart".parse::<Stage>().is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! The OCI hook under a real runtime (Debian's runc): a static client in an annotated
+//! container leaves by the annotated interface; no annotation, no binding; a bad annotation
+//! stops the container before it runs; nothing is left after the container exits.
+
+use std::{os::unix::fs::MetadataExt, time::Duration};
+
+use bindguard_tests::{
+    Cmd, Peer, Scenario,
+    container::Container,
+    listener::PORT,
+    require_root,
+    run::wait_output,
+    scenario::{dest, token},
+    topology::UPLINK_B,
+};
+
+macro_rules! root_or_skip {
+    () => {
+        if !require_root(module_path!()) {
+            return;
+        }
+    };
+}
+
+/// Waits for the container's cgroup to appear; returns its id.
+fn cgroup_id(c: &Container) -> u64 {
+    for _ in 0..500 {
+        if let Ok(m) = std::fs::metadata(c.cgroup()) {
+            return m.ino();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("container cgroup {} never appeared", c.cgroup().display());
+}
+
+#[test]
+fn annotated_container_leaves_by_the_annotated_interface() {
+    root_or_skip!();
+    let s = Scenario::new();
+    for v6 in [false, true] {
+        let tok = token("oci");
+        let script = format!(
+            "echo {tok} | nc -w1 {} {PORT}; tftp -g -r {tok}-udp -l /dev/null {} {PORT} & sleep 1",
+            dest(v6),
+            dest(v6)
+        );
+        let c = Container::new(&s.topo.host, &script, &[("io.bindguard.dev", UPLINK_B)]);
+        let run = c.spawn();
+        let id = cgroup_id(&c);
+        assert_eq!(s.receivers(&tok), [Peer::B], "tcp v6={v6}");
+        assert_eq!(s.receivers(&format!("{tok}-udp")), [Peer::B], "udp v6={v6}");
+        assert!(
+            bindguard::pins::binding_dir(id).exists(),
+            "bound while running"
+        );
+        let out = wait_output(run, Duration::from_secs(30)).expect("runc run ended");
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            !bindguard::pins::binding_dir(id).exists(),
+            "poststop removed the pins of cgroup {id}"
+        );
+    }
+}
+
+#[test]
+fn unannotated_container_follows_the_routing_table() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let tok = token("oci-plain");
+    let c = Container::new(
+        &s.topo.host,
+        &format!("echo {tok} | nc -w1 {} {PORT}", dest(false)),
+        &[],
+    );
+    let run = c.spawn();
+    let id = cgroup_id(&c);
+    assert_eq!(s.receivers(&tok), [Peer::A]);
+    assert!(!bindguard::pins::binding_dir(id).exists(), "no binding");
+    let out = wait_output(run, Duration::from_secs(30)).expect("runc run ended");
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn container_asking_for_a_missing_interface_does_not_start() {
+    root_or_skip!();
+    let s = Scenario::new();
+    for annotations in [
+        &[("io.bindguard.dev", "nosuch0")][..],
+        &[
+            ("io.bindguard.dev", UPLINK_B),
+            ("io.bindguard.mark", "not-a-number"),
+        ],
+    ] {
+        let tok = token("oci-bad");
+        let c = Container::new(
+            &s.topo.host,
+            &format!("echo {tok} | nc -w1 {} {PORT}", dest(false)),
+            annotations,
+        );
+        let out = wait_output(c.spawn(), Duration::from_secs(30)).expect("runc run ended");
+        assert!(!out.status.success(), "runc must refuse: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("createRuntime") || err.contains("hook"),
+            "{err}"
+        );
+        assert!(
+            s.listener
+                .wait_for(&tok, Duration::from_millis(500))
+                .is_empty(),
+            "nothing was sent"
+        );
+        assert_eq!(s.listener.packets(Peer::A), 0);
+        assert!(!c.cgroup().exists(), "runc removed the container");
+    }
+}
+
+#[test]
+fn hook_refuses_malformed_state() {
+    root_or_skip!();
+    for (input, needle) in [
+        ("{", "not valid JSON"),
+        (
+            r#"{"ociVersion":"1.0.2","id":"x","status":"creating","bundle":"/nonexistent","annotations":{"io.bindguard.dev":"lo"}}"#,
+            "has no pid",
+        ),
+        (
+            r#"{"ociVersion":"1.0.2","id":"x","status":"creating","pid":999999999,"bundle":"/nonexistent","annotations":{"io.bindguard.dev":"lo"}}"#,
+            "is gone",
+        ),
+    ] {
+        let mut child = Cmd::bindguard().arg("oci-hook").spawn_with_stdin();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), input.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let out = wait_output(child, Duration::from_secs(10)).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{input}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(needle), "{input}: {err}");
+    }
+}
