@@ -59,6 +59,7 @@ impl Policy {
 /// Per-CPU counters of one binding; the single value of its `stats` per-CPU array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize))]
 pub struct Counters {
     /// Sockets that sock_create bound to the interface.
     pub sockets_bound: u64,
@@ -72,6 +73,17 @@ pub struct Counters {
     pub egress_dropped: u64,
     /// Packets dropped arriving by another interface (strict mode).
     pub ingress_dropped: u64,
+}
+
+impl core::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Self) {
+        self.sockets_bound += o.sockets_bound;
+        self.sockets_refused_netns += o.sockets_refused_netns;
+        self.sockopt_refused += o.sockopt_refused;
+        self.addr_refused += o.addr_refused;
+        self.egress_dropped += o.egress_dropped;
+        self.ingress_dropped += o.ingress_dropped;
+    }
 }
 
 /// Where a refusal happened; `Event::hook`.

@@ -27,10 +27,13 @@ use crate::{
 /// The eBPF object built from bindguard-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindguard"));
 
-/// FNV-1a of [`EBPF_OBJECT`]: identifies the programs a binding runs.
+/// FNV-1a of [`EBPF_OBJECT`]: identifies the programs a binding runs (computed once).
 pub fn object_hash() -> u64 {
-    EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| {
+        EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        })
     })
 }
 
@@ -409,12 +412,7 @@ pub fn read_counters(dir: &Path) -> anyhow::Result<Counters> {
     let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(pinned_map(&dir.join(pins::STATS))?)?;
     let per_cpu = map.get(&0, 0).context("reading the counters")?;
     Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
-        sum.sockets_bound += c.sockets_bound;
-        sum.sockets_refused_netns += c.sockets_refused_netns;
-        sum.sockopt_refused += c.sockopt_refused;
-        sum.addr_refused += c.addr_refused;
-        sum.egress_dropped += c.egress_dropped;
-        sum.ingress_dropped += c.ingress_dropped;
+        sum += *c;
         sum
     }))
 }

@@ -30,7 +30,7 @@ pub struct Binding {
     pub mode: String,
     pub allow_loopback: bool,
     pub links: Vec<LinkInfo>,
-    pub counters: CountersInfo,
+    pub counters: Counters,
     /// Empty when the binding is healthy.
     pub problems: Vec<Problem>,
 }
@@ -48,29 +48,6 @@ pub struct LinkInfo {
     pub hook: String,
     pub link_id: Option<u32>,
     pub program_id: Option<u32>,
-}
-
-#[derive(Debug, Serialize, Default)]
-pub struct CountersInfo {
-    pub sockets_bound: u64,
-    pub sockets_refused_netns: u64,
-    pub sockopt_refused: u64,
-    pub addr_refused: u64,
-    pub egress_dropped: u64,
-    pub ingress_dropped: u64,
-}
-
-impl From<Counters> for CountersInfo {
-    fn from(c: Counters) -> Self {
-        Self {
-            sockets_bound: c.sockets_bound,
-            sockets_refused_netns: c.sockets_refused_netns,
-            sockopt_refused: c.sockopt_refused,
-            addr_refused: c.addr_refused,
-            egress_dropped: c.egress_dropped,
-            ingress_dropped: c.ingress_dropped,
-        }
-    }
 }
 
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
@@ -199,7 +176,7 @@ fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>) -> Binding 
         mode: mode.as_str().into(),
         allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
         links,
-        counters: counters.into(),
+        counters,
         problems,
     }
 }

@@ -13,3 +13,13 @@ pub fn require_root(test: &str) -> bool {
     eprintln!("SKIP {test}: needs root (cgroups, bpffs, netns)");
     false
 }
+
+/// Returns from the test (after saying why) when it may not run; see [`require_root`].
+#[macro_export]
+macro_rules! root_or_skip {
+    () => {
+        if !$crate::require_root(module_path!()) {
+            return;
+        }
+    };
+}

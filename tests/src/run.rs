@@ -8,7 +8,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::topology::{NetnsGuard, TestCgroup};
@@ -70,6 +70,17 @@ impl Cmd {
 
     pub fn probe() -> Self {
         Self::new(probe_bin())
+    }
+
+    /// The command line, for messages.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![self.cmd.get_program().to_string_lossy().into_owned()];
+        parts.extend(
+            self.cmd
+                .get_args()
+                .map(|a| a.to_string_lossy().into_owned()),
+        );
+        parts.join(" ")
     }
 
     pub fn arg(mut self, a: impl AsRef<std::ffi::OsStr>) -> Self {
@@ -174,10 +185,10 @@ impl Cmd {
 
     /// Runs to completion (killed after 30 s) and returns its output.
     pub fn output(self) -> Output {
-        let program = format!("{:?}", self.cmd.get_program());
+        let what = self.describe();
         let child = self.spawn();
         wait_output(child, Duration::from_secs(30))
-            .unwrap_or_else(|| panic!("{program} did not finish within 30 s"))
+            .unwrap_or_else(|| panic!("`{what}` did not finish within 30 s"))
     }
 
     /// Runs and returns (exit code, stdout, stderr); code is 128+signal when killed.
@@ -228,18 +239,20 @@ fn world_executable(program: &Path) -> PathBuf {
     copy
 }
 
-/// Waits for `child` with a deadline; kills it and returns None if it overruns.
-pub fn wait_output(mut child: Child, timeout: Duration) -> Option<Output> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return child.wait_with_output().ok(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            _ => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return None;
-            }
+/// Waits for `child` with a deadline, reading its output meanwhile (a child whose output
+/// fills the pipe would otherwise never finish); kills it and returns None if it overruns.
+pub fn wait_output(child: Child, timeout: Duration) -> Option<Output> {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.ok(),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = rx.recv_timeout(Duration::from_secs(5));
+            None
         }
     }
 }

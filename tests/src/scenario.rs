@@ -55,6 +55,34 @@ pub fn token(what: &str) -> String {
     )
 }
 
+/// The argv of a statically linked client nobody here wrote, sending `tok` to the peers:
+/// busybox nc over TCP, or busybox tftp over UDP (its read request carries `tok` as the file
+/// name; it then waits for an answer that never comes).
+pub fn busybox_client(tok: &str, udp: bool, v6: bool) -> Vec<String> {
+    let port = PORT.to_string();
+    if udp {
+        [
+            "/bin/busybox",
+            "tftp",
+            "-g",
+            "-r",
+            tok,
+            "-l",
+            "/dev/null",
+            dest(v6),
+            &port,
+        ]
+        .map(String::from)
+        .to_vec()
+    } else {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("echo {tok} | /bin/busybox nc -w1 {} {port}", dest(v6)),
+        ]
+    }
+}
+
 impl Scenario {
     pub fn new() -> Self {
         let topo = Topology::new();
@@ -127,6 +155,24 @@ impl Scenario {
         let (code, out, tok) = self.send(probe, proto, v6);
         assert_eq!(code, 0, "{proto:?} v6={v6} send failed: {out}");
         self.receivers(&tok)
+    }
+
+    /// Runs the busybox client (inside the cgroup or not) in the host namespace and returns
+    /// who received its token.
+    pub fn busybox_delivered(&self, in_cgroup: bool, udp: bool, v6: bool) -> Vec<Peer> {
+        let tok = token("busybox");
+        let argv = busybox_client(&tok, udp, v6);
+        let cmd = Cmd::new(&argv[0]).args(&argv[1..]);
+        let cmd = if in_cgroup {
+            cmd.in_cgroup(&self.cg)
+        } else {
+            cmd
+        };
+        let child = cmd.in_netns(&self.topo.host).spawn();
+        let got = self.receivers(&tok);
+        // tftp is still waiting for its answer: only the datagram mattered.
+        let _ = crate::run::wait_output(child, Duration::from_secs(1));
+        got
     }
 
     pub fn status_json(&self) -> serde_json::Value {

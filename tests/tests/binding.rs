@@ -4,20 +4,10 @@
 use std::{fs, time::Duration};
 
 use bindguard_tests::{
-    Cmd, FLOWS, Peer, Proto, Scenario, TestCgroup,
-    listener::PORT,
-    require_root,
-    scenario::{attached_programs, dest, token},
+    Cmd, FLOWS, Peer, Proto, Scenario, TestCgroup, root_or_skip,
+    scenario::attached_programs,
     topology::{UPLINK_A, UPLINK_B},
 };
-
-macro_rules! root_or_skip {
-    () => {
-        if !require_root(module_path!()) {
-            return;
-        }
-    };
-}
 
 #[test]
 fn bound_sockets_leave_by_b_unbound_by_a_despite_metric() {
@@ -72,29 +62,7 @@ fn static_busybox_client_is_bound() {
     for v6 in [false, true] {
         // TCP: busybox nc; UDP: busybox tftp, whose read request carries the token as filename.
         for (proto, in_cgroup) in [("tcp", true), ("udp", true), ("tcp", false), ("udp", false)] {
-            let tok = token("busybox");
-            let cmd = if proto == "tcp" {
-                Cmd::new("sh").env("BB_TOKEN", &tok).args([
-                    "-c",
-                    &format!("echo $BB_TOKEN | {busybox} nc -w1 {} {PORT}", dest(v6)),
-                ])
-            } else {
-                Cmd::new(busybox).args([
-                    "tftp",
-                    "-g",
-                    "-r",
-                    &tok,
-                    "-l",
-                    "/dev/null",
-                    dest(v6),
-                    &PORT.to_string(),
-                ])
-            };
-            let cmd = if in_cgroup { cmd.in_cgroup(&s.cg) } else { cmd };
-            // tftp waits for a reply that never comes; only the datagram matters.
-            let child = cmd.in_netns(&s.topo.host).spawn();
-            let got = s.receivers(&tok);
-            let _ = bindguard_tests::run::wait_output(child, Duration::from_secs(1));
+            let got = s.busybox_delivered(in_cgroup, proto == "udp", v6);
             let want = if in_cgroup { Peer::B } else { Peer::A };
             assert_eq!(got, [want], "busybox {proto} v6={v6} in_cgroup={in_cgroup}");
         }

@@ -2,18 +2,10 @@
 //! (operation), and nothing changed — no pins, no program on the cgroup, the old policy kept.
 
 use bindguard_tests::{
-    Cmd, Scenario, TestCgroup, require_root,
+    Cmd, Scenario, TestCgroup, root_or_skip,
     scenario::attached_programs,
     topology::{NetnsGuard, UPLINK_A, UPLINK_B},
 };
-
-macro_rules! root_or_skip {
-    () => {
-        if !require_root(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Runs bindguard with `args`; asserts the exit code, a single stderr line containing
 /// `needle`, and that `cg` has neither pins nor programs afterwards.

@@ -3,22 +3,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use bindguard_tests::{
-    Cmd, Peer, Scenario,
-    listener::PORT,
-    require_root,
+    Cmd, Peer, Scenario, root_or_skip,
     run::wait_output,
-    scenario::{dest, token},
+    scenario::{busybox_client, token},
     topology::UPLINK_B,
 };
 use nix::{sys::signal::Signal, unistd::Pid};
-
-macro_rules! root_or_skip {
-    () => {
-        if !require_root(module_path!()) {
-            return;
-        }
-    };
-}
 
 fn exec(s: &Scenario, command: &[&str]) -> Cmd {
     Cmd::bindguard()
@@ -65,31 +55,9 @@ fn exec_binds_a_static_client_and_cleans_up() {
     let s = Scenario::new();
     for (v6, udp) in [(false, false), (true, false), (false, true), (true, true)] {
         let tok = token("exec");
-        let cmd = if udp {
-            exec(
-                &s,
-                &[
-                    "/bin/busybox",
-                    "tftp",
-                    "-g",
-                    "-r",
-                    &tok,
-                    "-l",
-                    "/dev/null",
-                    dest(v6),
-                    &PORT.to_string(),
-                ],
-            )
-        } else {
-            exec(
-                &s,
-                &[
-                    "sh",
-                    "-c",
-                    &format!("echo {tok} | /bin/busybox nc -w1 {} {PORT}", dest(v6)),
-                ],
-            )
-        };
+        let argv = busybox_client(&tok, udp, v6);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let cmd = exec(&s, &argv);
         let child = cmd.spawn();
         let pid = child.id();
         assert_eq!(s.receivers(&tok), [Peer::B], "v6={v6} udp={udp}");

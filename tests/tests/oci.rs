@@ -8,19 +8,11 @@ use bindguard_tests::{
     Cmd, Peer, Scenario,
     container::Container,
     listener::PORT,
-    require_root,
+    root_or_skip,
     run::wait_output,
     scenario::{dest, token},
     topology::UPLINK_B,
 };
-
-macro_rules! root_or_skip {
-    () => {
-        if !require_root(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// Waits for the container's cgroup to appear; returns its id.
 fn cgroup_id(c: &Container) -> u64 {

@@ -7,18 +7,10 @@ use std::time::Duration;
 use bindguard_tests::{
     Cmd, Peer, Scenario,
     listener::{LOOPBACK_PORT, LoopbackListener, PORT},
-    require_root,
+    root_or_skip,
     scenario::{dest, token},
     topology::{NetnsGuard, UPLINK_A, UPLINK_B},
 };
-
-macro_rules! root_or_skip {
-    () => {
-        if !require_root(module_path!()) {
-            return;
-        }
-    };
-}
 
 /// The link-local address of a namespace's interface.
 fn link_local(ns: &NetnsGuard, dev: &str) -> String {

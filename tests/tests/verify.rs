@@ -1,14 +1,6 @@
 //! `verify` proves a good binding and fails, naming the reason, on a broken one.
 
-use bindguard_tests::{Cmd, Scenario, require_root, topology::UPLINK_B};
-
-macro_rules! root_or_skip {
-    () => {
-        if !require_root(module_path!()) {
-            return;
-        }
-    };
-}
+use bindguard_tests::{Cmd, Scenario, root_or_skip, topology::UPLINK_B};
 
 fn verify(s: &Scenario, extra: &[&str]) -> (i32, String, String) {
     Cmd::bindguard()

@@ -4,16 +4,9 @@
 //! (busybox) follows the routing table until its cgroup is bound, then leaves by the pinned
 //! interface. Everything is removed at the end, also on failure.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use bindguard_tests::{
-    Cmd, Peer, Scenario,
-    listener::PORT,
-    scenario::{dest, token},
-    topology::UPLINK_B,
-};
-
-const BUSYBOX: &str = "/bin/busybox";
+use bindguard_tests::{Cmd, Peer, Scenario, scenario::dest, topology::UPLINK_B};
 
 fn show(cmd: &str, (code, out, err): (i32, String, String)) {
     println!("  $ {cmd}");
@@ -25,28 +18,7 @@ fn show(cmd: &str, (code, out, err): (i32, String, String)) {
 
 /// Sends one token with busybox (TCP via nc, UDP via tftp) and says which peer got it.
 fn client(s: &Scenario, in_cgroup: bool, udp: bool, v6: bool) -> Vec<Peer> {
-    let tok = token("demo");
-    let cmd = if udp {
-        Cmd::new(BUSYBOX).args([
-            "tftp",
-            "-g",
-            "-r",
-            &tok,
-            "-l",
-            "/dev/null",
-            dest(v6),
-            &PORT.to_string(),
-        ])
-    } else {
-        Cmd::new("sh").env("TOKEN", &tok).args([
-            "-c",
-            &format!("echo $TOKEN | {BUSYBOX} nc -w1 {} {PORT}", dest(v6)),
-        ])
-    };
-    let cmd = if in_cgroup { cmd.in_cgroup(&s.cg) } else { cmd };
-    let child = cmd.in_netns(&s.topo.host).spawn();
-    let got = s.receivers(&tok);
-    let _ = bindguard_tests::run::wait_output(child, Duration::from_secs(1));
+    let got = s.busybox_delivered(in_cgroup, udp, v6);
     let what = format!(
         "busybox {} {:<16} {}",
         if udp { "tftp (UDP)" } else { "nc   (TCP)" },

@@ -4,6 +4,8 @@
 //!                                           the echo; udp2: two datagrams from one socket);
 //!                                           prints `ok` or `error errno=N ...`
 //!   bg-probe sockinfo                       per family/type: the new socket's ifindex, mark, priority
+//!   bg-probe bench-socket 4|6 udp|tcp N [DEV]  time socket()(+SO_BINDTODEVICE)+close()
+//!   bg-probe bench-send ADDR PORT N         time unconnected UDP sendto()
 //!   bg-probe hold PORT SECONDS              hold a UDP socket and a TCP listener on PORT
 //!   bg-probe loop SECONDS                   make sockets in a tight loop; count their bindings
 //!   bg-probe escape KIND ADDR PORT TOKEN [ARG]  try one known escape from a binding, then send
@@ -335,6 +337,63 @@ fn hold(port: &str, seconds: &str) {
     std::thread::sleep(Duration::from_secs_f64(seconds.parse().expect("SECONDS")));
 }
 
+/// socket()+close() (optionally with setsockopt(SO_BINDTODEVICE, DEV) in between) N times;
+/// prints the mean nanoseconds per iteration.
+fn bench_socket(family: &str, kind: &str, n: &str, bind_dev: Option<&str>) {
+    let family = if family == "6" {
+        libc::AF_INET6
+    } else {
+        libc::AF_INET
+    };
+    let kind = if kind == "tcp" {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let n: u64 = n.parse().expect("N");
+    let start = Instant::now();
+    for _ in 0..n {
+        // SAFETY: plain socket/setsockopt/close on the fd just made.
+        unsafe {
+            let fd = libc::socket(family, kind, 0);
+            if fd < 0 {
+                report(&std::io::Error::last_os_error());
+            }
+            if let Some(dev) = bind_dev {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_BINDTODEVICE,
+                    dev.as_ptr().cast(),
+                    dev.len() as u32,
+                );
+            }
+            libc::close(fd);
+        }
+    }
+    println!("{:.1}", start.elapsed().as_nanos() as f64 / n as f64);
+}
+
+/// N unconnected UDP sendto()s of 64 bytes from one socket; prints ns per datagram.
+fn bench_send(addr: &str, port: &str, n: &str) {
+    let dest = SocketAddr::new(addr.parse().expect("ADDR"), port.parse().expect("PORT"));
+    let sock = UdpSocket::bind(if dest.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    })
+    .unwrap_or_else(|e| report(&e));
+    let n: u64 = n.parse().expect("N");
+    let payload = [0x5au8; 64];
+    let start = Instant::now();
+    for _ in 0..n {
+        if let Err(e) = sock.send_to(&payload, dest) {
+            report(&e);
+        }
+    }
+    println!("{:.1}", start.elapsed().as_nanos() as f64 / n as f64);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -342,6 +401,9 @@ fn main() {
         ["send", proto, addr, port, token] => send(proto, addr, port, token),
         ["sockinfo"] => sockinfo(),
         ["hold", port, secs] => hold(port, secs),
+        ["bench-socket", family, kind, n] => bench_socket(family, kind, n, None),
+        ["bench-socket", family, kind, n, dev] => bench_socket(family, kind, n, Some(dev)),
+        ["bench-send", addr, port, n] => bench_send(addr, port, n),
         ["loop", secs] => tight_loop(secs.parse().expect("SECONDS")),
         ["escape", kind, addr, port, token] => escape(kind, addr, port, token, None),
         ["escape", kind, addr, port, token, arg] => escape(kind, addr, port, token, Some(arg)),

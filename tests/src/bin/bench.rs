@@ -1,0 +1,550 @@
+//! bg-bench (run by `cargo xtask bench`): what bindguard costs, measured against the classic
+//! approaches in one run. Every comparison is interleaved (each round runs every variant once,
+//! in a rotating order) and reported as median (p25–p75) with ratios. Results go to stdout and
+//! between the markers of BENCHMARKS.md.
+//!
+//!   bg-bench [--quick] [--no-write]
+
+use std::{
+    fmt::Write as _,
+    fs,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use bindguard_tests::{
+    Cmd, Scenario, TestCgroup,
+    topology::{PEER_B4, UPLINK_A, UPLINK_B},
+};
+
+const BEGIN: &str = "<!-- bench:begin -->";
+const END: &str = "<!-- bench:end -->";
+
+#[derive(Clone, Copy)]
+struct Stats {
+    median: f64,
+    p25: f64,
+    p75: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    assert!(!v.is_empty());
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stats {
+        median: at(0.5),
+        p25: at(0.25),
+        p75: at(0.75),
+    }
+}
+
+impl std::fmt::Display for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let prec = if self.median >= 100.0 { 0 } else { 1 };
+        write!(
+            f,
+            "{:.prec$} ({:.prec$}–{:.prec$})",
+            self.median, self.p25, self.p75
+        )
+    }
+}
+
+/// Runs a probe and parses the single number it prints.
+fn measure(cmd: Cmd) -> f64 {
+    let (code, out, err) = cmd.run();
+    assert_eq!(code, 0, "probe failed: {out}{err}");
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("not a number: {out}"))
+}
+
+/// Times a whole command (wall clock, ms); it must succeed.
+fn timed(cmd: Cmd) -> f64 {
+    let start = Instant::now();
+    let what = cmd.describe();
+    let out = bindguard_tests::run::wait_output(cmd.spawn(), Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("{what} did not finish within 60 s"));
+    let (code, out, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(code, 0, "{what}: {out}{err}");
+    ms
+}
+
+fn phase(name: &str, started: Instant) {
+    eprintln!(
+        "bg-bench: [{:>4.0} s] {name}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn attach_cmd(cg: &Path, dev: &str, netns: &Path, extra: &[&str]) -> Cmd {
+    Cmd::bindguard()
+        .args(["attach", "--cgroup"])
+        .arg(cg)
+        .args(["--dev", dev, "--netns"])
+        .arg(netns)
+        .args(extra)
+}
+
+/// The classic LD_PRELOAD approach: a socket() wrapper that binds every INET socket.
+fn build_preload(dir: &Path) -> PathBuf {
+    let src = dir.join("bindpreload.c");
+    fs::write(
+        &src,
+        r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+static int (*real_socket)(int, int, int);
+static const char *dev;
+
+int socket(int domain, int type, int protocol) {
+    if (!real_socket) {
+        real_socket = (int (*)(int, int, int))dlsym(RTLD_NEXT, "socket");
+        dev = getenv("BIND_DEV");
+    }
+    int fd = real_socket(domain, type, protocol);
+    if (fd >= 0 && dev && (domain == AF_INET || domain == AF_INET6))
+        setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, strlen(dev));
+    return fd;
+}
+"#,
+    )
+    .unwrap();
+    let lib = dir.join("bindpreload.so");
+    let out = Command::new("cc")
+        .args(["-O2", "-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("cc");
+    assert!(
+        out.status.success(),
+        "building the LD_PRELOAD library: {out:?}"
+    );
+    lib
+}
+
+/// bpftool's JSON about one program or map.
+fn bpftool(kind: &str, id: u64) -> serde_json::Value {
+    let out = Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string(), "-j"])
+        .output()
+        .expect("bpftool");
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
+}
+
+fn status_entry(cg_id: u64) -> serde_json::Value {
+    let (_, out, _) = Cmd::bindguard().args(["status", "--json"]).run();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cgroup_id"] == cg_id)
+        .cloned()
+        .expect("binding listed")
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_kb: u64 = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cores} × {cpu}, {:.0} GiB RAM, Linux {}",
+        mem_kb as f64 / 1048576.0,
+        kernel.trim()
+    )
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let write = !args.iter().any(|a| a == "--no-write");
+    assert!(
+        bindguard_tests::require_root("bg-bench"),
+        "the benchmarks need root"
+    );
+    let started = Instant::now();
+    let (rounds, socket_n, send_n, latency_n, scale) = if quick {
+        (3, 2_000, 2_000, 3, 50)
+    } else {
+        (15, 20_000, 50_000, 15, 1000)
+    };
+    let mut report = String::new();
+    let _ = writeln!(report, "Machine: {}", machine());
+    let _ = writeln!(
+        report,
+        "Command: `cargo xtask bench{}` (release build), {} rounds interleaved; median (p25–p75).\n",
+        if quick { " --quick" } else { "" },
+        rounds
+    );
+
+    let s = Scenario::new();
+    let host = s.topo.host.path();
+    let cg_none = TestCgroup::new();
+    let cg_bind = TestCgroup::new();
+    let cg_strict = TestCgroup::new();
+    timed(attach_cmd(
+        &cg_bind.path,
+        UPLINK_B,
+        &host,
+        &["--mode", "bind"],
+    ));
+    timed(attach_cmd(&cg_strict.path, UPLINK_B, &host, &[]));
+    let tmp = std::env::temp_dir().join(format!("bindguard-bench-{}", std::process::id()));
+    fs::create_dir_all(&tmp).unwrap();
+    let preload = build_preload(&tmp);
+
+    // 1. socket() + close()
+    phase("socket()+close()", started);
+    let _ = writeln!(report, "### 1. socket() + close(), ns per call\n");
+    let _ = writeln!(
+        report,
+        "| socket | no binding | `--mode bind` | `--mode strict` | setsockopt(SO_BINDTODEVICE) | LD_PRELOAD socket() hook |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|---|");
+    let mut added = Vec::new();
+    for (fam, kind) in [("4", "udp"), ("4", "tcp"), ("6", "udp"), ("6", "tcp")] {
+        let n = socket_n.to_string();
+        let variant = |i: usize| -> Cmd {
+            let base = || Cmd::probe().in_netns(&s.topo.host);
+            let args = ["bench-socket", fam, kind, &n];
+            match i {
+                0 => base().in_cgroup(&cg_none).args(args),
+                1 => base().in_cgroup(&cg_bind).args(args),
+                2 => base().in_cgroup(&cg_strict).args(args),
+                3 => base().in_cgroup(&cg_none).args(args).arg(UPLINK_B),
+                _ => base()
+                    .in_cgroup(&cg_none)
+                    .args(args)
+                    .env("LD_PRELOAD", &preload)
+                    .env("BIND_DEV", UPLINK_B),
+            }
+        };
+        let mut samples = vec![Vec::new(); 5];
+        for round in 0..rounds {
+            for k in 0..5 {
+                let i = (round + k) % 5;
+                samples[i].push(measure(variant(i)));
+            }
+        }
+        let st: Vec<Stats> = samples.into_iter().map(stats).collect();
+        let _ = writeln!(
+            report,
+            "| {kind}{} | {} | {} | {} | {} | {} |",
+            if fam == "6" { "6" } else { "" },
+            st[0],
+            st[1],
+            st[2],
+            st[3],
+            st[4]
+        );
+        added.push((format!("{kind}{}", if fam == "6" { "6" } else { "" }), st));
+    }
+    let _ = writeln!(
+        report,
+        "\nAdded cost over no binding (median difference) and ratios:\n"
+    );
+    let _ = writeln!(
+        report,
+        "| socket | bind: +ns (% of socket+close) | strict: +ns (%) | setsockopt: +ns (× bindguard's) | LD_PRELOAD: +ns (× bindguard's) |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    for (name, st) in &added {
+        let base = st[0].median;
+        let d = |i: usize| st[i].median - base;
+        let times = |x: f64| {
+            if d(1) > 1.0 {
+                format!("{:.1}×", x / d(1))
+            } else {
+                "bindguard's is within noise".into()
+            }
+        };
+        let _ = writeln!(
+            report,
+            "| {name} | {:+.0} ({:+.1} %) | {:+.0} ({:+.1} %) | {:+.0} ({}) | {:+.0} ({}) |",
+            d(1),
+            100.0 * d(1) / base,
+            d(2),
+            100.0 * d(2) / base,
+            d(3),
+            times(d(3)),
+            d(4),
+            times(d(4))
+        );
+    }
+
+    // 2. per packet
+    phase("UDP send", started);
+    let sink_port = 9000u16;
+    let _sink = {
+        let path = s.topo.peer_b.path();
+        std::thread::spawn(move || {
+            let f = fs::File::open(&path).unwrap();
+            nix::sched::setns(
+                std::os::fd::AsFd::as_fd(&f),
+                nix::sched::CloneFlags::CLONE_NEWNET,
+            )
+            .unwrap();
+            // Never read: datagrams are queued then dropped, no ICMP comes back.
+            std::net::UdpSocket::bind(("0.0.0.0", sink_port)).unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    let _ = writeln!(
+        report,
+        "\n### 2. UDP sendto() over veth, ns per 64-byte datagram (to peer B)\n"
+    );
+    let _ = writeln!(
+        report,
+        "| no binding | `--mode bind` | `--mode strict` | strict vs bind | strict vs none |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|---|");
+    let cgs = [&cg_none, &cg_bind, &cg_strict];
+    let mut samples = vec![Vec::new(); 3];
+    for round in 0..rounds.min(9) {
+        for k in 0..3 {
+            let i = (round + k) % 3;
+            let cmd = Cmd::probe().in_netns(&s.topo.host).in_cgroup(cgs[i]).args([
+                "bench-send",
+                PEER_B4,
+                &sink_port.to_string(),
+                &send_n.to_string(),
+            ]);
+            samples[i].push(measure(cmd));
+        }
+    }
+    let st: Vec<Stats> = samples.into_iter().map(stats).collect();
+    let _ = writeln!(
+        report,
+        "| {} | {} | {} | {:.3}× | {:.3}× |",
+        st[0],
+        st[1],
+        st[2],
+        st[2].median / st[1].median,
+        st[2].median / st[0].median
+    );
+
+    // 3. run time of each program in the kernel
+    phase("program run time", started);
+    let prev = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or("0".into());
+    fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
+    for cg in [&cg_bind, &cg_strict] {
+        measure(Cmd::probe().in_netns(&s.topo.host).in_cgroup(cg).args([
+            "bench-socket",
+            "4",
+            "udp",
+            "20000",
+        ]));
+        measure(Cmd::probe().in_netns(&s.topo.host).in_cgroup(cg).args([
+            "bench-send",
+            PEER_B4,
+            &sink_port.to_string(),
+            "20000",
+        ]));
+    }
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", prev.trim());
+    let _ = writeln!(
+        report,
+        "\n### 3. Program run time in the kernel (kernel.bpf_stats_enabled: run_time_ns / run_cnt)\n"
+    );
+    let _ = writeln!(report, "| binding | program | runs | ns per run |");
+    let _ = writeln!(report, "|---|---|---|---|");
+    let mut memlock = Vec::new();
+    for (label, cg) in [("bind", &cg_bind), ("strict", &cg_strict)] {
+        let entry = status_entry(cg.id);
+        let mut bytes = 0u64;
+        let mut maps = std::collections::BTreeSet::new();
+        for l in entry["links"].as_array().unwrap() {
+            let id = l["program_id"].as_u64().unwrap();
+            let p = bpftool("prog", id);
+            bytes += p["bytes_memlock"].as_u64().unwrap_or(0);
+            for m in p["map_ids"].as_array().into_iter().flatten() {
+                maps.insert(m.as_u64().unwrap());
+            }
+            let runs = p["run_cnt"].as_u64().unwrap_or(0);
+            let ns = p["run_time_ns"].as_u64().unwrap_or(0);
+            if runs > 0 {
+                let _ = writeln!(
+                    report,
+                    "| {label} | {} | {runs} | {:.1} |",
+                    l["hook"].as_str().unwrap(),
+                    ns as f64 / runs as f64
+                );
+            }
+        }
+        for m in maps {
+            bytes += bpftool("map", m)["bytes_memlock"].as_u64().unwrap_or(0);
+        }
+        memlock.push((label, bytes));
+    }
+
+    // 4. whole-process latencies
+    phase("latencies", started);
+    let _ = writeln!(
+        report,
+        "\n### 4. Whole-process latency (ms, wall clock, incl. process start)\n"
+    );
+    let mut attach_ms = Vec::new();
+    let mut retarget_ms = Vec::new();
+    let mut detach_ms = Vec::new();
+    for _ in 0..latency_n {
+        let cg = TestCgroup::new();
+        attach_ms.push(timed(attach_cmd(&cg.path, UPLINK_B, &host, &[])));
+        retarget_ms.push(timed(attach_cmd(&cg.path, UPLINK_A, &host, &[])));
+        detach_ms.push(timed(
+            Cmd::bindguard().args(["detach", "--cgroup"]).arg(&cg.path),
+        ));
+    }
+    let mut hook_create = Vec::new();
+    let mut hook_stop = Vec::new();
+    let mount = bindguard::cgroup::cgroup2_mount().unwrap();
+    for n in 0..latency_n {
+        let id = format!("bgbench{}x{n}", std::process::id());
+        let path = mount.join(&id);
+        fs::create_dir(&path).unwrap();
+        let cg = TestCgroup {
+            id: fs::metadata(&path).unwrap().ino(),
+            path,
+        };
+        let mut sleeper = Cmd::new("sleep")
+            .arg("30")
+            .in_cgroup(&cg)
+            .in_netns(&s.topo.host)
+            .spawn();
+        let state = |status: &str| {
+            format!(
+                r#"{{"ociVersion":"1.0.2","id":"{id}","status":"{status}","pid":{},"bundle":"/nonexistent","annotations":{{"io.bindguard.dev":"{UPLINK_B}"}}}}"#,
+                sleeper.id()
+            )
+        };
+        for (phase, out) in [("creating", &mut hook_create), ("stopped", &mut hook_stop)] {
+            let start = Instant::now();
+            let mut child = Cmd::bindguard().arg("oci-hook").spawn_with_stdin();
+            std::io::Write::write_all(child.stdin.as_mut().unwrap(), state(phase).as_bytes())
+                .unwrap();
+            drop(child.stdin.take());
+            let o = bindguard_tests::run::wait_output(child, Duration::from_secs(30)).unwrap();
+            assert!(o.status.success(), "oci-hook {phase}: {o:?}");
+            out.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
+    let _ = writeln!(report, "| operation | ms |");
+    let _ = writeln!(report, "|---|---|");
+    for (name, v) in [
+        (
+            "attach (strict, new binding: load + verify 10 programs, pin)",
+            attach_ms,
+        ),
+        (
+            "re-target (attach again to another interface: policy rewritten in place)",
+            retarget_ms,
+        ),
+        ("detach", detach_ms),
+        ("oci-hook createRuntime (strict)", hook_create),
+        ("oci-hook poststop", hook_stop),
+    ] {
+        let _ = writeln!(report, "| {name} | {} |", stats(v));
+    }
+    let _ = writeln!(
+        report,
+        "\nKernel memory (memlock) per binding, programs + maps:\n"
+    );
+    for (label, bytes) in memlock {
+        let _ = writeln!(
+            report,
+            "- `--mode {label}`: {:.1} KiB",
+            bytes as f64 / 1024.0
+        );
+    }
+
+    // Scale: attach time as bindings grow, and status over them.
+    phase("scale", started);
+    let parent = TestCgroup::new();
+    let mut many = Vec::with_capacity(scale);
+    let mut by_bucket: Vec<(usize, Vec<f64>)> = Vec::new();
+    let bucket = (scale / 5).max(1);
+    for i in 0..scale {
+        let cg = parent.child(&format!("b{i}"));
+        let ms = timed(
+            Cmd::bindguard()
+                .args(["attach", "--mode", "bind", "--dev", "lo", "--cgroup"])
+                .arg(&cg.path),
+        );
+        if i % bucket == 0 {
+            by_bucket.push((i, Vec::new()));
+        }
+        by_bucket.last_mut().unwrap().1.push(ms);
+        many.push(cg);
+    }
+    let _ = writeln!(
+        report,
+        "\nAttach time as bindings grow (`--mode bind`, ms):\n"
+    );
+    let _ = writeln!(report, "| bindings already present | attach ms |");
+    let _ = writeln!(report, "|---|---|");
+    for (from, v) in by_bucket {
+        let _ = writeln!(report, "| {from}–{} | {} |", from + bucket - 1, stats(v));
+    }
+    phase("status over all bindings", started);
+    let total = bindguard::pins::list().len();
+    let mut status_ms = Vec::new();
+    for _ in 0..5 {
+        status_ms.push(timed(Cmd::bindguard().args(["status", "--json"])));
+    }
+    let _ = writeln!(
+        report,
+        "\n`bindguard status --json` over {total} bindings: {} ms",
+        stats(status_ms)
+    );
+    // Cleanup of the scale test: children before the parent.
+    while let Some(cg) = many.pop() {
+        drop(cg);
+    }
+    drop(parent);
+    let _ = fs::remove_dir_all(&tmp);
+    let _ = writeln!(
+        report,
+        "\nWhole run: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+
+    println!("{report}");
+    if write {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+        let old = fs::read_to_string(&path).unwrap_or_default();
+        let block = format!("{BEGIN}\n{report}{END}");
+        let new = match (old.find(BEGIN), old.find(END)) {
+            (Some(a), Some(b)) if a < b => format!("{}{block}{}", &old[..a], &old[b + END.len()..]),
+            _ => format!("# Benchmarks\n\n{block}\n"),
+        };
+        fs::write(&path, new).expect("write BENCHMARKS.md");
+        println!("updated {}", path.canonicalize().unwrap().display());
+    }
+}
