@@ -155,6 +155,23 @@ fn status_entry(cg_id: u64) -> serde_json::Value {
         .expect("binding listed")
 }
 
+/// The bench's scratch directory (the LD_PRELOAD library), removed on drop, also on panic.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("bindguard-bench-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -214,9 +231,8 @@ fn main() {
         &["--mode", "bind"],
     ));
     timed(attach_cmd(&cg_strict.path, UPLINK_B, &host, &[]));
-    let tmp = std::env::temp_dir().join(format!("bindguard-bench-{}", std::process::id()));
-    fs::create_dir_all(&tmp).unwrap();
-    let preload = build_preload(&tmp);
+    let tmp = TempDir::new();
+    let preload = build_preload(&tmp.0);
 
     // 1. socket() + close()
     phase("socket()+close()", started);
@@ -528,7 +544,7 @@ fn main() {
         drop(cg);
     }
     drop(parent);
-    let _ = fs::remove_dir_all(&tmp);
+    drop(tmp);
     let _ = writeln!(
         report,
         "\nWhole run: {:.0} s.",
