@@ -74,7 +74,14 @@ fn ensure_packages() -> anyhow::Result<()> {
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends", "-o", "Dpkg::Use-Pty=0"])
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "-o",
+            "Dpkg::Use-Pty=0",
+        ])
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive"))
     .context("installing Debian packages (needs root)")
