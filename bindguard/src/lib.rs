@@ -15,6 +15,7 @@ pub mod netdev;
 pub mod netns;
 pub mod oci;
 pub mod pins;
+pub mod sockopt;
 pub mod status;
 pub mod verify;
 

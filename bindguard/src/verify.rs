@@ -9,10 +9,7 @@
 use std::{
     io::Write,
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::process::CommandExt,
-    },
+    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Instant,
@@ -29,6 +26,7 @@ use crate::{
     enforcer, link, netdev,
     netns::{self, Netns},
     pins,
+    sockopt::{get_int, new_socket, set_bindtodevice},
 };
 
 /// Destinations whose routes are compared when `--to` is not given (documentation ranges; a
@@ -116,52 +114,6 @@ pub struct Report {
     pub unbound_sockets: Vec<UnboundSocket>,
     pub ok: bool,
     pub elapsed_ms: u64,
-}
-
-fn new_socket(family: i32, kind: i32, proto: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: we own the new fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn get_int(fd: i32, opt: i32) -> std::io::Result<u32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd, pointer and length for an int option.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&mut v as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(v as u32)
-}
-
-fn set_bindtodevice(fd: i32, name: &str) -> std::io::Result<()> {
-    // SAFETY: valid fd; name's bytes and length.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            name.as_ptr().cast(),
-            name.len() as u32,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// UDP connect() to `target` (port 9, discard) on `sock`; nothing is sent.

@@ -19,33 +19,17 @@
 //!
 //! Exit status: 0 when the operation succeeded, 1 when the kernel refused it.
 
+use bindguard::sockopt::{get_int, set_bindtodevice};
 use std::{
     collections::BTreeMap,
     io::Write,
     net::{IpAddr, SocketAddr, TcpStream, UdpSocket},
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::{AsRawFd, OwnedFd},
     time::{Duration, Instant},
 };
 
-fn getsockopt_int(fd: i32, level: i32, opt: i32) -> std::io::Result<i32> {
-    let mut v: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: valid fd, pointer and length for an int option.
-    let rc = unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut i32).cast(), &mut len) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(v)
-}
-
 fn new_socket(family: i32, kind: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain socket(2).
-    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: we own the new fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    bindguard::sockopt::new_socket(family, kind, 0)
 }
 
 fn report(e: &std::io::Error) -> ! {
@@ -102,6 +86,11 @@ fn send(proto: &str, addr: &str, port: &str, token: &str) {
     }
 }
 
+/// An option's value, or -1 when it cannot be read.
+fn show(v: std::io::Result<u32>) -> String {
+    v.map_or("-1".into(), |v| v.to_string())
+}
+
 fn sockinfo() {
     let mut failed = false;
     for (fname, family) in [("inet", libc::AF_INET), ("inet6", libc::AF_INET6)] {
@@ -109,14 +98,14 @@ fn sockinfo() {
             match new_socket(family, kind) {
                 Ok(s) => {
                     let fd = s.as_raw_fd();
-                    let idx = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX);
-                    let mark = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_MARK);
-                    let prio = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_PRIORITY);
+                    let idx = get_int(fd, libc::SO_BINDTOIFINDEX);
+                    let mark = get_int(fd, libc::SO_MARK);
+                    let prio = get_int(fd, libc::SO_PRIORITY);
                     println!(
                         "{fname} {tname} ifindex={} mark={} priority={}",
-                        idx.unwrap_or(-1),
-                        mark.unwrap_or(-1),
-                        prio.unwrap_or(-1)
+                        show(idx),
+                        show(mark),
+                        show(prio)
                     );
                 }
                 Err(e) => {
@@ -134,12 +123,12 @@ fn sockinfo() {
 
 fn tight_loop(seconds: f64) {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
-    let mut by_ifindex: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut by_ifindex: BTreeMap<u32, u64> = BTreeMap::new();
     let (mut total, mut errors) = (0u64, 0u64);
     while Instant::now() < deadline {
         total += 1;
         match new_socket(libc::AF_INET, libc::SOCK_DGRAM)
-            .and_then(|s| getsockopt_int(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTOIFINDEX))
+            .and_then(|s| get_int(s.as_raw_fd(), libc::SO_BINDTOIFINDEX))
         {
             Ok(idx) => *by_ifindex.entry(idx).or_default() += 1,
             Err(_) => errors += 1,
@@ -277,15 +266,8 @@ fn escape(kind: &str, addr: &str, port: &str, token: &str, arg: Option<&str>) {
         "scope" => scope = arg_u32(),
         "sockopt" | "tcp-sockopt" => {
             let name = arg.unwrap_or("");
-            step("setsockopt(SO_BINDTODEVICE)", unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_BINDTODEVICE,
-                    name.as_ptr().cast(),
-                    name.len() as u32,
-                )
-            } as _);
+            let rc = set_bindtodevice(fd, name).map_or(-1, |()| 0);
+            step("setsockopt(SO_BINDTODEVICE)", rc);
         }
         "ifindex" => {
             let idx = arg_u32() as i32;
@@ -360,13 +342,7 @@ fn bench_socket(family: &str, kind: &str, n: &str, bind_dev: Option<&str>) {
                 report(&std::io::Error::last_os_error());
             }
             if let Some(dev) = bind_dev {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_BINDTODEVICE,
-                    dev.as_ptr().cast(),
-                    dev.len() as u32,
-                );
+                let _ = set_bindtodevice(fd, dev);
             }
             libc::close(fd);
         }
