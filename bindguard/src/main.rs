@@ -81,6 +81,13 @@ enum Command {
     },
     #[command(name = "__verify-probe", hide = true)]
     VerifyProbe,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `bindguard manpage > bindguard.1`.
+    Manpage,
     /// List every binding with its policy, links, counters and problems.
     Status {
         /// Print the stable JSON document described in the README.
@@ -145,6 +152,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cg = cgroup::resolve(&cgroup)?;
             let ns = binding.netns()?;
             let iface = netdev::resolve(&binding.dev, &ns)?;
+            if let Some(w) = netdev::rp_filter(&iface.name, &ns)
+                .ok()
+                .and_then(|v| netdev::rp_filter_warning(&iface.name, v))
+            {
+                eprintln!("bindguard: warning: {w}");
+            }
             let outcome = enforcer::attach(&cg, &iface, &opts).with_context(|| {
                 format!("attaching cgroup {} to {}", cg.path.display(), iface.name)
             })?;
@@ -209,6 +222,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let input: verify::ProbeInput = serde_json::from_reader(std::io::stdin().lock())?;
             println!("{}", serde_json::to_string(&verify::probe(&input))?);
         }
+        Command::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "bindguard",
+                &mut std::io::stdout(),
+            );
+        }
+        Command::Manpage => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
         Command::Status { json } => {
             let report = status::collect();
             if json {
@@ -222,6 +248,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn main() -> ExitCode {
+    // Like other filters, end quietly when the reader of stdout goes away (`status | head`);
+    // Rust's runtime ignores SIGPIPE, which turns that into errors and panics.
+    // SAFETY: setting a signal disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -83,6 +83,29 @@ pub fn name_of(ifindex: u32, netns: &Netns) -> anyhow::Result<Option<String>> {
         .with_context(|| format!("looking up ifindex {ifindex} in {}", netns.label))
 }
 
+/// The effective IPv4 reverse-path filter of `name` in `netns` (the larger of `all` and the
+/// device's own setting: 0 off, 1 strict, 2 loose).
+pub fn rp_filter(name: &str, netns: &Netns) -> anyhow::Result<u8> {
+    let dev = name.to_string();
+    netns.run(move || -> anyhow::Result<u8> {
+        let read = |which: &str| -> anyhow::Result<u8> {
+            let path = format!("/proc/sys/net/ipv4/conf/{which}/rp_filter");
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+            Ok(text.trim().parse().unwrap_or(0))
+        };
+        Ok(read("all")?.max(read(&dev)?))
+    })?
+}
+
+/// Why strict rp_filter matters for a binding, or None when it does not apply.
+pub fn rp_filter_warning(name: &str, value: u8) -> Option<String> {
+    (value == 1).then(|| {
+        format!(
+            "rp_filter is strict (1) on {name}: replies arriving on {name} are dropped when the best route back to their source points elsewhere; set net.ipv4.conf.{name}.rp_filter=2 (loose)"
+        )
+    })
+}
+
 /// `name` as the NUL-padded array a policy stores.
 pub fn name_bytes(name: &str) -> [u8; 16] {
     let mut out = [0u8; 16];

@@ -39,6 +39,8 @@ pub enum Outcome {
     Pass,
     Fail,
     Skip,
+    /// Works, but something nearby may break traffic; does not fail verify.
+    Warn,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -423,6 +425,19 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             ),
         },
     ));
+    if iface.is_some() {
+        match netdev::rp_filter(&ifname, &ns) {
+            Ok(v) => checks.push(match netdev::rp_filter_warning(&ifname, v) {
+                Some(w) => Check {
+                    name: "rp_filter".into(),
+                    outcome: Outcome::Warn,
+                    detail: w,
+                },
+                None => Check::new("rp_filter", true, format!("{v} on {ifname} (not strict)")),
+            }),
+            Err(e) => checks.push(Check::skip("rp_filter", format!("{e:#}"))),
+        }
+    }
     let targets: Vec<IpAddr> = match to {
         Some(t) => vec![t],
         None => DEFAULT_TARGETS.iter().map(|t| t.parse().unwrap()).collect(),
@@ -521,6 +536,7 @@ pub fn render(report: &Report) -> String {
             Outcome::Pass => "PASS",
             Outcome::Fail => "FAIL",
             Outcome::Skip => "SKIP",
+            Outcome::Warn => "WARN",
         };
         let _ = writeln!(out, "{tag} {}: {}", c.name, c.detail);
     }

@@ -164,3 +164,20 @@ fn failed_reattach_keeps_the_old_binding() {
         [bindguard_tests::Peer::B]
     );
 }
+
+#[test]
+fn completions_and_man_page_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, out, err) = Cmd::bindguard().args(["completions", shell]).run();
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("attach") && out.contains("verify"), "{shell}");
+    }
+    let (code, out, _) = Cmd::bindguard().arg("manpage").run();
+    assert_eq!(code, 0);
+    assert!(
+        out.starts_with(".ie") && out.contains(".TH bindguard 1"),
+        "{out}"
+    );
+    let (code, _, err) = Cmd::bindguard().args(["completions", "tcsh"]).run();
+    assert_eq!(code, 2, "{err}");
+}

@@ -133,3 +133,22 @@ fn verify_follows_the_binding_of_an_ancestor() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("inherited from"), "{out}");
 }
+
+#[test]
+fn strict_rp_filter_is_a_warning_not_a_failure() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.topo.host.sysctl("net.ipv4.conf.upB.rp_filter", "1");
+    let (code, _, err) = s.attach_result(UPLINK_B, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning: rp_filter is strict (1) on upB"),
+        "{err}"
+    );
+    let (code, out, _) = verify(&s, &[]);
+    assert_eq!(code, 0, "a warning does not fail verify:\n{out}");
+    assert!(out.contains("WARN rp_filter"), "{out}");
+    s.topo.host.sysctl("net.ipv4.conf.upB.rp_filter", "2");
+    let (_, out, _) = verify(&s, &[]);
+    assert!(out.contains("PASS rp_filter: 2 on upB"), "{out}");
+}
