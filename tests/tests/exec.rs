@@ -25,18 +25,26 @@ fn transient(pid: u32) -> PathBuf {
         .join(format!("bindguard-exec-{pid}"))
 }
 
-/// Waits until the transient cgroup holds a process; returns the cgroup and that process.
-fn wait_started(pid: u32) -> (PathBuf, i32) {
+/// Waits until the transient cgroup of `bindguard exec` (pid `pid`) holds at least `procs`
+/// processes; returns the cgroup and the command (bindguard's direct child).
+fn wait_started(pid: u32, procs: usize) -> (PathBuf, i32) {
     let cg = transient(pid);
-    for _ in 0..200 {
-        if let Ok(procs) = std::fs::read_to_string(cg.join("cgroup.procs"))
-            && let Some(p) = procs.lines().next()
+    for _ in 0..1000 {
+        let members = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+        let children =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let command = children
+            .split_whitespace()
+            .next()
+            .and_then(|c| c.parse().ok());
+        if let Some(command) = command
+            && members.lines().count() >= procs
         {
-            return (cg, p.trim().parse().unwrap());
+            return (cg, command);
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    panic!("{} never got a process", cg.display());
+    panic!("{} never got {procs} process(es)", cg.display());
 }
 
 fn assert_cleaned(cg: &std::path::Path, id_hint: Option<u64>) {
@@ -92,13 +100,13 @@ fn exec_forwards_signals_and_cleans_up() {
     // SIGTERM to bindguard reaches the command, which reports it by its exit status.
     let child = exec(&s, &["sh", "-c", "trap 'exit 3' TERM; sleep 30 & wait"]).spawn();
     let pid = child.id();
-    let (cg, _) = wait_started(pid);
+    // Two processes (sh and its background sleep): the trap is installed by then.
+    let (cg, _) = wait_started(pid, 2);
     let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
     assert!(
         bindguard::pins::binding_dir(id).exists(),
         "bound while running"
     );
-    std::thread::sleep(Duration::from_millis(200));
     nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
     let out = wait_output(child, Duration::from_secs(10)).expect("exec ended");
     assert_eq!(out.status.code(), Some(3), "{out:?}");
@@ -107,7 +115,7 @@ fn exec_forwards_signals_and_cleans_up() {
     // SIGINT sent to bindguard: the command dies of it, bindguard reports 130.
     let child = exec(&s, &["sleep", "30"]).spawn();
     let pid = child.id();
-    let (cg, _) = wait_started(pid);
+    let (cg, _) = wait_started(pid, 1);
     nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGINT).unwrap();
     let out = wait_output(child, Duration::from_secs(10)).expect("exec ended");
     assert_eq!(out.status.code(), Some(130), "{out:?}");
@@ -121,9 +129,8 @@ fn exec_cleans_up_after_sigkill_of_the_command() {
     // The command leaves a background process in the cgroup; it goes too.
     let child = exec(&s, &["sh", "-c", "sleep 60 & exec sleep 60"]).spawn();
     let pid = child.id();
-    let (cg, command) = wait_started(pid);
+    let (cg, command) = wait_started(pid, 2);
     let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
-    std::thread::sleep(Duration::from_millis(200));
     nix::sys::signal::kill(Pid::from_raw(command), Signal::SIGKILL).unwrap();
     let out = wait_output(child, Duration::from_secs(10)).expect("exec ended");
     assert_eq!(out.status.code(), Some(137), "{out:?}");
