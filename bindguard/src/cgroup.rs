@@ -171,11 +171,6 @@ pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, PathBuf> {
     found
 }
 
-/// Moves the calling process into `cgroup` (writing 0 names the writer itself).
-pub fn enter(cgroup: &Path) -> std::io::Result<()> {
-    fs::write(cgroup.join("cgroup.procs"), b"0")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,8 +13,7 @@ use aya::{
     programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program},
     util::KernelVersion,
 };
-use aya_obj::generated::bpf_attach_type;
-use aya_obj::generated::bpf_attach_type::{self as A};
+use aya_obj::generated::bpf_attach_type::{self, self as A};
 use bindguard_common::{ABI_VERSION, Counters, Policy, flags};
 
 use crate::{

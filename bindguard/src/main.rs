@@ -147,7 +147,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Attach { cgroup, binding } => {
             let opts = binding.options()?;
-            opts.validate()?;
             netdev::validate_name(&binding.dev)?;
             let cg = cgroup::resolve(&cgroup)?;
             let ns = binding.netns()?;

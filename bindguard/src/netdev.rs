@@ -1,7 +1,5 @@
 //! Network interfaces: validating names and resolving name <-> ifindex inside a namespace.
 
-use std::ffi::CString;
-
 use anyhow::Context as _;
 
 use crate::{Error, netns::Netns};
@@ -118,12 +116,6 @@ pub fn name_bytes(name: &str) -> [u8; 16] {
 pub fn name_from_bytes(bytes: &[u8; 16]) -> String {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
-
-/// CString of a validated name, for setsockopt(SO_BINDTODEVICE).
-pub fn c_name(name: &str) -> anyhow::Result<CString> {
-    validate_name(name)?;
-    Ok(CString::new(name)?)
 }
 
 #[cfg(test)]

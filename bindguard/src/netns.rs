@@ -87,11 +87,6 @@ impl Netns {
         self.run(cookie_of_current_thread)?
             .with_context(|| format!("reading the cookie of {}", self.label))
     }
-
-    /// Enters this namespace on the calling thread (for a child about to exec).
-    pub fn enter(&self) -> nix::Result<()> {
-        setns(self.file.as_fd(), CloneFlags::CLONE_NEWNET)
-    }
 }
 
 /// SO_NETNS_COOKIE of a socket made on this thread (Linux 5.14+). An AF_UNIX socket is used

@@ -129,46 +129,31 @@ impl Staging {
     }
 
     /// Renames the staged pins into place; fails if a binding already exists there.
-    pub fn publish(mut self) -> anyhow::Result<PathBuf> {
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            &self.dir,
-            nix::fcntl::AT_FDCWD,
-            &self.target,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        )
-        .with_context(|| {
-            format!(
-                "renaming {} to {}",
-                self.dir.display(),
-                self.target.display()
-            )
-        })?;
-        self.published = true;
-        Ok(self.target.clone())
+    pub fn publish(self) -> anyhow::Result<PathBuf> {
+        let target = self.target.clone();
+        self.rename(nix::fcntl::RenameFlags::RENAME_NOREPLACE, "renaming")?;
+        Ok(target)
     }
-}
 
-impl Staging {
     /// Atomically swaps the staged pins with the published binding; returns where the old
     /// binding's pins now are (to be removed by the caller).
-    pub fn exchange(mut self) -> anyhow::Result<PathBuf> {
+    pub fn exchange(self) -> anyhow::Result<PathBuf> {
+        let old = self.dir.clone();
+        self.rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE, "exchanging")?;
+        Ok(old)
+    }
+
+    fn rename(mut self, flags: nix::fcntl::RenameFlags, verb: &str) -> anyhow::Result<()> {
         nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             &self.dir,
             nix::fcntl::AT_FDCWD,
             &self.target,
-            nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+            flags,
         )
-        .with_context(|| {
-            format!(
-                "exchanging {} with {}",
-                self.dir.display(),
-                self.target.display()
-            )
-        })?;
+        .with_context(|| format!("{verb} {} to {}", self.dir.display(), self.target.display()))?;
         self.published = true;
-        Ok(self.dir.clone())
+        Ok(())
     }
 }
 

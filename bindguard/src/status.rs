@@ -65,8 +65,15 @@ pub fn collect() -> Report {
         let paths = crate::cgroup::cgroup2_mount()
             .map(|m| crate::cgroup::paths_by_id(&m))
             .unwrap_or_default();
+        // Bindings often share a namespace; each is looked up (a /proc scan) once.
+        let mut namespaces = std::collections::HashMap::new();
         for (id, dir) in pins::list() {
-            bindings.push(read_binding(id, &dir, paths.get(&id).cloned()));
+            bindings.push(read_binding(
+                id,
+                &dir,
+                paths.get(&id).cloned(),
+                &mut namespaces,
+            ));
         }
     }
     Report {
@@ -75,7 +82,12 @@ pub fn collect() -> Report {
     }
 }
 
-fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>) -> Binding {
+fn read_binding(
+    cgroup_id: u64,
+    dir: &Path,
+    cgroup: Option<PathBuf>,
+    namespaces: &mut std::collections::HashMap<u64, Option<netns::Netns>>,
+) -> Binding {
     let mut problems = Vec::new();
     let policy = enforcer::read_policy(dir).unwrap_or_else(|e| {
         problems.push(Problem {
@@ -130,8 +142,10 @@ fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>) -> Binding 
         });
     }
     let ifname = netdev::name_from_bytes(&policy.ifname);
-    let ns = netns::find_by_ino(policy.netns_ino);
-    match &ns {
+    let ns = namespaces
+        .entry(policy.netns_ino)
+        .or_insert_with(|| netns::find_by_ino(policy.netns_ino));
+    match &*ns {
         None => problems.push(Problem {
             kind: "netns-gone",
             message: format!(
@@ -166,8 +180,9 @@ fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>) -> Binding 
         netns: NetnsInfo {
             cookie: policy.netns_cookie,
             inode: policy.netns_ino,
-            path: ns.map(|n| {
+            path: ns.as_ref().map(|n| {
                 n.path
+                    .as_ref()
                     .map_or_else(|| "current".to_string(), |p| p.display().to_string())
             }),
         },

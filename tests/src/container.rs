@@ -4,7 +4,7 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
 };
 
@@ -76,10 +76,6 @@ impl Container {
     /// The container's cgroup v2 (runc's default: /<id> under the mount).
     pub fn cgroup(&self) -> PathBuf {
         bindguard::cgroup::cgroup2_mount().unwrap().join(&self.id)
-    }
-
-    pub fn config(&self) -> &Path {
-        &self.bundle
     }
 }
 

@@ -30,8 +30,6 @@ pub enum Peer {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub peer: Peer,
-    pub proto: &'static str,
-    pub from: SocketAddr,
     pub data: String,
 }
 
@@ -56,7 +54,10 @@ impl Listener {
             (Peer::B, &topo.peer_b, &packets_b),
         ] {
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-            let sockets = open_in(ns);
+            let sockets = open_in(ns, || {
+                let (udp, tcp) = bind_any(PORT);
+                (udp, tcp, packet_socket("eth0"))
+            });
             let hits = hits.clone();
             let stop = stop.clone();
             let packets = packets.clone();
@@ -103,10 +104,6 @@ impl Listener {
         peers
     }
 
-    pub fn hits(&self) -> Vec<Hit> {
-        self.hits.lock().unwrap().clone()
-    }
-
     /// TCP/UDP packets to the listeners' port that reached a peer's eth0, to any address.
     pub fn packets(&self, peer: Peer) -> u64 {
         match peer {
@@ -125,23 +122,55 @@ impl Drop for Listener {
     }
 }
 
-/// Opens the sockets on a thread that entered the peer's namespace; sockets keep the
-/// namespace they were made in.
-fn open_in(ns: &NetnsGuard) -> (UdpSocket, TcpListener, OwnedFd) {
+/// Runs `open` on a thread that entered `ns`; sockets keep the namespace they were made in.
+fn open_in<T: Send + 'static>(ns: &NetnsGuard, open: impl FnOnce() -> T + Send + 'static) -> T {
     let path = ns.path();
     std::thread::spawn(move || {
-        let f = std::fs::File::open(&path).expect("open peer netns");
-        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns into peer");
-        // [::] with IPV6_V6ONLY off (the default) takes IPv4 as mapped addresses too.
-        let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, PORT));
-        let udp = UdpSocket::bind(any).expect("bind udp");
-        udp.set_nonblocking(true).unwrap();
-        let tcp = TcpListener::bind(any).expect("bind tcp");
-        tcp.set_nonblocking(true).unwrap();
-        (udp, tcp, packet_socket("eth0"))
+        let f = std::fs::File::open(&path).expect("open netns");
+        setns(f.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+        open()
     })
     .join()
     .expect("listener setup")
+}
+
+/// Non-blocking UDP and TCP sockets on [::]:`port`; with IPV6_V6ONLY off (the default) they
+/// take IPv4 as mapped addresses too.
+fn bind_any(port: u16) -> (UdpSocket, TcpListener) {
+    let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+    let udp = UdpSocket::bind(any).expect("bind udp");
+    udp.set_nonblocking(true).unwrap();
+    let tcp = TcpListener::bind(any).expect("bind tcp");
+    tcp.set_nonblocking(true).unwrap();
+    (udp, tcp)
+}
+
+/// Takes every waiting datagram (echoed back when `echo`) and connection (read to its end),
+/// passing each payload to `record`; returns whether there was anything.
+fn drain(
+    udp: &UdpSocket,
+    tcp: &TcpListener,
+    echo: bool,
+    buf: &mut [u8],
+    record: impl Fn(&[u8]),
+) -> bool {
+    let mut busy = false;
+    while let Ok((n, from)) = udp.recv_from(buf) {
+        busy = true;
+        if echo {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+        record(&buf[..n]);
+    }
+    while let Ok((mut conn, _)) = tcp.accept() {
+        busy = true;
+        let _ = conn.set_nonblocking(false);
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut data = Vec::new();
+        let _ = conn.read_to_end(&mut data);
+        record(&data);
+    }
+    busy
 }
 
 /// An AF_PACKET socket that sees every frame arriving on `ifname`.
@@ -204,11 +233,9 @@ fn serve(
     stop: &AtomicBool,
 ) {
     let mut buf = vec![0u8; 65536];
-    let record = |proto, from, data: &[u8]| {
+    let record = |data: &[u8]| {
         hits.lock().unwrap().push(Hit {
             peer,
-            proto,
-            from,
             data: String::from_utf8_lossy(data).into_owned(),
         })
     };
@@ -225,18 +252,7 @@ fn serve(
                 packets.fetch_add(1, Ordering::SeqCst);
             }
         }
-        while let Ok((n, from)) = udp.recv_from(&mut buf) {
-            idle = false;
-            record("udp", from, &buf[..n]);
-        }
-        while let Ok((mut conn, from)) = tcp.accept() {
-            idle = false;
-            let _ = conn.set_nonblocking(false);
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut data = Vec::new();
-            let _ = conn.read_to_end(&mut data);
-            record("tcp", from, &data);
-        }
+        idle &= !drain(&udp, &tcp, false, &mut buf, record);
         if idle {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -246,7 +262,7 @@ fn serve(
 /// TCP and UDP listeners on 127.0.0.1/::1 (one dual-stack [::] socket each) inside `ns`, for
 /// the loopback tests. UDP datagrams are echoed back so connected clients see a reply.
 pub struct LoopbackListener {
-    hits: Arc<Mutex<Vec<Hit>>>,
+    payloads: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -255,51 +271,25 @@ pub const LOOPBACK_PORT: u16 = 7001;
 
 impl LoopbackListener {
     pub fn start(ns: &NetnsGuard) -> Self {
-        let path = ns.path();
-        let (udp, tcp) = std::thread::spawn(move || {
-            let f = std::fs::File::open(&path).expect("open netns");
-            setns(f.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
-            let any = SocketAddr::from((Ipv6Addr::UNSPECIFIED, LOOPBACK_PORT));
-            let udp = UdpSocket::bind(any).expect("bind udp");
-            udp.set_nonblocking(true).unwrap();
-            let tcp = TcpListener::bind(any).expect("bind tcp");
-            tcp.set_nonblocking(true).unwrap();
-            (udp, tcp)
-        })
-        .join()
-        .expect("loopback listener setup");
-        let hits = Arc::new(Mutex::new(Vec::new()));
+        let (udp, tcp) = open_in(ns, || bind_any(LOOPBACK_PORT));
+        let payloads = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (h, st) = (hits.clone(), stop.clone());
+        let (seen, st) = (payloads.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];
+            let record = |data: &[u8]| {
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(data).into_owned())
+            };
             while !st.load(Ordering::SeqCst) {
-                while let Ok((n, from)) = udp.recv_from(&mut buf) {
-                    let _ = udp.send_to(&buf[..n], from);
-                    h.lock().unwrap().push(Hit {
-                        peer: Peer::A,
-                        proto: "udp",
-                        from,
-                        data: String::from_utf8_lossy(&buf[..n]).into_owned(),
-                    });
+                if !drain(&udp, &tcp, true, &mut buf, record) {
+                    std::thread::sleep(Duration::from_millis(5));
                 }
-                while let Ok((mut conn, from)) = tcp.accept() {
-                    let _ = conn.set_nonblocking(false);
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                    let mut data = Vec::new();
-                    let _ = conn.read_to_end(&mut data);
-                    h.lock().unwrap().push(Hit {
-                        peer: Peer::A,
-                        proto: "tcp",
-                        from,
-                        data: String::from_utf8_lossy(&data).into_owned(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(5));
             }
         });
         Self {
-            hits,
+            payloads,
             stop,
             thread: Some(thread),
         }
@@ -310,11 +300,11 @@ impl LoopbackListener {
         let deadline = Instant::now() + timeout;
         loop {
             if self
-                .hits
+                .payloads
                 .lock()
                 .unwrap()
                 .iter()
-                .any(|h| h.data.contains(token))
+                .any(|p| p.contains(token))
             {
                 return true;
             }

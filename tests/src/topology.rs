@@ -184,14 +184,6 @@ impl TestCgroup {
         Self { path, id }
     }
 
-    pub fn procs(&self) -> Vec<i32> {
-        fs::read_to_string(self.path.join("cgroup.procs"))
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.trim().parse().ok())
-            .collect()
-    }
-
     pub fn pins(&self) -> PathBuf {
         bindguard::pins::binding_dir(self.id)
     }
