@@ -6,7 +6,7 @@
 
 /// Bumped whenever [`Policy`] or [`Counters`] change layout, so a newer loader never
 /// misreads pins left by an older one.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Maximum interface name length in bytes, without the NUL (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -21,12 +21,17 @@ pub mod flags {
     pub const STRICT: u32 = 1 << 2;
     /// Strict mode lets traffic over the loopback device through.
     pub const ALLOW_LOOPBACK: u32 = 1 << 3;
+    /// The binding was made from a config file (`apply`, `daemon`): only such bindings are
+    /// pruned when the config stops naming them.
+    pub const FROM_CONFIG: u32 = 1 << 4;
 }
 
 /// The whole policy of one binding; the single value of its `policy` array map.
 ///
 /// A zero `ifindex` or a zero `netns_cookie` never matches a real socket, so an all-zero
 /// policy refuses every socket: that is what the programs see if the map was never filled.
+/// A policy with a name but ifindex 0 is a *closed* binding: its interface does not exist
+/// (yet, or any more), and every new socket is refused until it is re-targeted.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Policy {
@@ -47,6 +52,9 @@ pub struct Policy {
     pub _pad: u32,
     /// The interface's name when the binding was made, NUL-padded.
     pub ifname: [u8; 16],
+    /// Strict mode: socket families beyond AF_UNIX, AF_NETLINK, AF_INET and AF_INET6 that the
+    /// cgroup may still create (bit N = address family N, `--allow-family`).
+    pub families: u64,
 }
 
 impl Policy {

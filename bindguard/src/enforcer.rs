@@ -193,6 +193,31 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
     parsed.map_err(|_| format!("'{s}' is not a number from 0 to 4294967295"))
 }
 
+/// What `attach` does with the sockets the cgroup's processes already hold (made before the
+/// binding, or before they were moved in): the programs never see those.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Existing {
+    /// Leave them; `verify` reports them.
+    #[default]
+    Keep,
+    /// Destroy (SOCK_DESTROY, as `ss -K`) every TCP/UDP socket not bound to the interface.
+    Destroy,
+}
+
+impl std::str::FromStr for Existing {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "keep" => Ok(Existing::Keep),
+            "destroy" => Ok(Existing::Destroy),
+            _ => Err(Error::InvalidInput {
+                what: format!("--existing '{s}' is not known; use keep or destroy"),
+            }),
+        }
+    }
+}
+
 /// The user's choices for a binding, before the interface is resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Options {
@@ -200,6 +225,11 @@ pub struct Options {
     pub priority: Option<u32>,
     pub mode: Mode,
     pub allow_loopback: bool,
+    /// Strict mode: extra socket families the cgroup may create (bit N = family N).
+    pub allow_families: u64,
+    pub existing: Existing,
+    /// The binding comes from a config file (recorded in the policy for `apply --prune`).
+    pub from_config: bool,
 }
 
 impl Options {
@@ -230,6 +260,9 @@ pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
     if opts.mode == Mode::Strict {
         f |= flags::STRICT;
     }
+    if opts.from_config {
+        f |= flags::FROM_CONFIG;
+    }
     Policy {
         netns_cookie: iface.netns_cookie,
         netns_ino: iface.netns_ino,
@@ -241,6 +274,7 @@ pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
         flags: f,
         _pad: 0,
         ifname: netdev::name_bytes(&iface.name),
+        families: opts.allow_families,
     }
 }
 
@@ -549,6 +583,7 @@ mod tests {
                 priority: None,
                 mode: Mode::Strict,
                 allow_loopback: true,
+                ..Options::default()
             },
         );
         assert_eq!(

@@ -127,6 +127,7 @@ impl BindingArgs {
             priority: self.priority,
             mode: self.mode.parse::<Mode>()?,
             allow_loopback: self.allow_loopback,
+            ..Options::default()
         })
     }
 

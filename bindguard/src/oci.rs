@@ -103,6 +103,7 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
         priority: number(PRIORITY)?,
         mode,
         allow_loopback,
+        ..Options::default()
     };
     opts.validate()?;
     Ok(opts)
@@ -263,7 +264,8 @@ mod tests {
                 mark: Some(16),
                 priority: Some(6),
                 mode: Mode::Strict,
-                allow_loopback: true
+                allow_loopback: true,
+                ..Options::default()
             }
         );
         assert_eq!(
