@@ -24,6 +24,8 @@ pub mod flags {
     /// The binding was made from a config file (`apply`, `daemon`): only such bindings are
     /// pruned when the config stops naming them.
     pub const FROM_CONFIG: u32 = 1 << 4;
+    /// Strict mode's BPF LSM programs are attached (the BPF LSM is active).
+    pub const LSM: u32 = 1 << 5;
 }
 
 /// The whole policy of one binding; the single value of its `policy` array map.
@@ -55,6 +57,9 @@ pub struct Policy {
     /// Strict mode: socket families beyond AF_UNIX, AF_NETLINK, AF_INET and AF_INET6 that the
     /// cgroup may still create (bit N = address family N, `--allow-family`).
     pub families: u64,
+    /// The bound cgroup's id: a socket received by a process of the cgroup is governed by the
+    /// binding only if it was made in this cgroup or below it.
+    pub cgroup_id: u64,
 }
 
 impl Policy {
@@ -81,6 +86,20 @@ pub struct Counters {
     pub egress_dropped: u64,
     /// Packets dropped arriving by another interface (strict mode).
     pub ingress_dropped: u64,
+    /// MPTCP sockets refused with EPROTONOSUPPORT (programs fall back to TCP).
+    pub mptcp_refused: u64,
+    /// socket() calls refused for their family (AF_PACKET, AF_XDP, ...; strict mode, BPF LSM).
+    pub families_refused: u64,
+    /// Socket fds from outside the cgroup refused on receipt (SCM_RIGHTS, pidfd_getfd; strict
+    /// mode, BPF LSM).
+    pub fds_refused: u64,
+    /// Multicast membership changes refused because they named another interface.
+    pub multicast_refused: u64,
+    /// Packets dropped because their mark differed from the policy's.
+    pub mark_dropped: u64,
+    /// Packets whose priority (changed by IP_TOS, IPV6_TCLASS or a cmsg) was set back to the
+    /// policy's.
+    pub priority_restored: u64,
 }
 
 impl core::ops::AddAssign for Counters {
@@ -91,6 +110,12 @@ impl core::ops::AddAssign for Counters {
         self.addr_refused += o.addr_refused;
         self.egress_dropped += o.egress_dropped;
         self.ingress_dropped += o.ingress_dropped;
+        self.mptcp_refused += o.mptcp_refused;
+        self.families_refused += o.families_refused;
+        self.fds_refused += o.fds_refused;
+        self.multicast_refused += o.multicast_refused;
+        self.mark_dropped += o.mark_dropped;
+        self.priority_restored += o.priority_restored;
     }
 }
 
@@ -106,6 +131,59 @@ pub mod hook {
     pub const SENDMSG6: u32 = 8;
     pub const EGRESS: u32 = 9;
     pub const INGRESS: u32 = 10;
+    /// sock_create refused an MPTCP socket (value: the protocol).
+    pub const MPTCP: u32 = 11;
+    /// BPF LSM socket_create refused a family (value: the family).
+    pub const SOCKET_FAMILY: u32 = 12;
+    /// BPF LSM file_receive refused a socket (value: its family).
+    pub const FILE_RECEIVE: u32 = 13;
+    /// A multicast membership change was refused (value: level << 16 | optname).
+    pub const MULTICAST: u32 = 14;
+    /// The egress filter dropped a packet with another mark (value: the packet's mark).
+    pub const MARK: u32 = 15;
+}
+
+/// Offsets into kernel structures, read from the running kernel's BTF when the programs are
+/// loaded (the BPF LSM programs follow pointers the context does not describe). A field the
+/// BTF does not have is [`KernelLayout::MISSING`]; the programs then fail closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelLayout {
+    pub file_f_inode: u32,
+    pub file_private_data: u32,
+    pub inode_i_mode: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    pub sock_bound_dev_if: u32,
+    pub sock_net: u32,
+    pub net_cookie: u32,
+    pub sock_cgroup: u32,
+    pub cgroup_level: u32,
+    pub cgroup_ancestors: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
+    /// Offset of the x86 `thread_info.status` word from the task_struct (TS_COMPAT lives there).
+    pub task_status: u32,
+}
+
+impl KernelLayout {
+    pub const MISSING: u32 = u32::MAX;
+    pub const UNKNOWN: Self = Self {
+        file_f_inode: Self::MISSING,
+        file_private_data: Self::MISSING,
+        inode_i_mode: Self::MISSING,
+        socket_sk: Self::MISSING,
+        sock_family: Self::MISSING,
+        sock_bound_dev_if: Self::MISSING,
+        sock_net: Self::MISSING,
+        net_cookie: Self::MISSING,
+        sock_cgroup: Self::MISSING,
+        cgroup_level: Self::MISSING,
+        cgroup_ancestors: Self::MISSING,
+        cgroup_kn: Self::MISSING,
+        kernfs_node_id: Self::MISSING,
+        task_status: Self::MISSING,
+    };
 }
 
 /// One refusal or drop, sent to user space through the binding's `events` ring buffer (only
@@ -136,4 +214,5 @@ mod user {
     unsafe impl aya::Pod for super::Policy {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::KernelLayout {}
 }

@@ -1,10 +1,16 @@
 //! The programs of one bindguard binding. Each attach loads a fresh instance of this object,
 //! so every binding has its own `POLICY`, `STATS` and `EVENTS` maps.
 //!
-//! - `bind_sock_create` (both modes): binds every new INET socket to the interface;
+//! - `bind_sock_create` (both modes): binds every new INET socket to the interface and refuses
+//!   MPTCP (its subflows are kernel sockets the hook never sees) with EPROTONOSUPPORT;
 //! - strict mode adds guards that close the escapes a plain binding leaves open:
-//!   `guard_setsockopt` (changing the binding), `guard_*` address hooks (a binding that was
-//!   reset or moved), and `filter_egress`/`filter_ingress` (any packet on another interface).
+//!   `guard_setsockopt` (changing the binding, multicast joins on another interface),
+//!   `guard_*` address hooks (a binding that was reset or moved), `filter_egress`/
+//!   `filter_ingress` (any packet on another interface, or with another mark), and three BPF
+//!   LSM programs that run in the *caller's* context, where the cgroup programs above (which
+//!   run for the socket's cgroup) cannot see: `lsm_socket_create` (AF_PACKET, AF_XDP, ...),
+//!   `lsm_file_receive` (sockets brought in by SCM_RIGHTS or pidfd_getfd) and
+//!   `lsm_socket_setsockopt` (32-bit setsockopt, which skips the cgroup sockopt hook).
 #![no_std]
 #![no_main]
 
@@ -13,14 +19,14 @@ use core::ffi::c_void;
 use aya_ebpf::{
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_ns,
-        generated::{bpf_get_netns_cookie, bpf_setsockopt},
+        bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task, bpf_get_netns_cookie, bpf_set_retval, bpf_setsockopt},
     },
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, map},
+    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map},
     maps::{Array, PerCpuArray, RingBuf},
-    programs::{SkBuffContext, SockAddrContext, SockContext, SockoptContext},
+    programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
-use bindguard_common::{Counters, Event, Policy, flags, hook};
+use bindguard_common::{Counters, Event, KernelLayout, Policy, flags, hook};
 
 /// Return values of cgroup programs: 1 lets the operation (or packet) through; 0 refuses it
 /// with EPERM (or drops the packet).
@@ -34,6 +40,44 @@ const SO_MARK: i32 = 36;
 const SO_BINDTOIFINDEX: i32 = 62;
 /// The loopback device has this ifindex in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
+
+const SOL_IP: i32 = 0;
+const SOL_IPV6: i32 = 41;
+const IP_ADD_MEMBERSHIP: i32 = 35;
+const IP_DROP_MEMBERSHIP: i32 = 36;
+const IP_ADD_SOURCE_MEMBERSHIP: i32 = 39;
+/// MCAST_JOIN_GROUP .. MCAST_MSFILTER (RFC 3678), at SOL_IP and SOL_IPV6 alike.
+const MCAST_FIRST: i32 = 42;
+const MCAST_LAST: i32 = 48;
+const IPV6_ADD_MEMBERSHIP: i32 = 20;
+const IPV6_DROP_MEMBERSHIP: i32 = 21;
+const IPV6_JOIN_ANYCAST: i32 = 27;
+const IPV6_LEAVE_ANYCAST: i32 = 28;
+
+const AF_UNIX: u32 = 1;
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+const AF_NETLINK: u32 = 16;
+const IPPROTO_MPTCP: u32 = 262;
+const EPROTONOSUPPORT: i32 = 93;
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+/// x86's thread_info.status bit for "this is a 32-bit syscall".
+const TS_COMPAT: u32 = 0x0002;
+/// Deepest cgroup nesting the file_receive check walks (the kernel allows far more, but a
+/// socket from deeper than this below the bound cgroup is refused: fail closed).
+const MAX_CGROUP_DEPTH: u32 = 32;
+
+/// Filled in by the loader from the running kernel's BTF (a read-only global, so the verifier
+/// sees constants). The sentinel keeps it in .rodata.
+#[unsafe(no_mangle)]
+static KERNEL: KernelLayout = KernelLayout::UNKNOWN;
+
+#[inline(always)]
+fn kernel() -> KernelLayout {
+    // SAFETY: a plain read of our own global; volatile so the loader's value is used.
+    unsafe { core::ptr::read_volatile(&KERNEL) }
+}
 
 #[map]
 static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
@@ -87,6 +131,15 @@ pub fn bind_sock_create(ctx: SockContext) -> i32 {
         return REFUSE;
     };
     let sk = ctx.sock;
+    if unsafe { (*sk).protocol } == IPPROTO_MPTCP {
+        // MPTCP's subflows are kernel sockets this hook never sees, so a binding written here
+        // would not reach them: refuse in a way programs treat as "no MPTCP here" and fall
+        // back to TCP.
+        unsafe { bpf_set_retval(-EPROTONOSUPPORT) };
+        count(|c| &mut c.mptcp_refused);
+        report(hook::MPTCP, IPPROTO_MPTCP, true);
+        return REFUSE;
+    }
     let cookie = unsafe { bpf_get_netns_cookie(sk.cast()) };
     if policy.ifindex == 0 || cookie != policy.netns_cookie {
         count(|c| &mut c.sockets_refused_netns);
@@ -114,9 +167,13 @@ pub fn bind_sock_create(ctx: SockContext) -> i32 {
 /// Refuses setsockopt calls that would move or clear the binding (SO_BINDTODEVICE,
 /// SO_BINDTOIFINDEX), or change the mark/priority the policy sets — even with CAP_NET_RAW.
 /// Setting the binding to the interface it already has stays allowed (`ping -I dev`).
+/// Multicast membership changes are kept on the bound interface (see [`guard_membership`]).
 #[cgroup_sockopt(setsockopt)]
 pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
     let opt = unsafe { &*ctx.sockopt };
+    if opt.level == SOL_IP || opt.level == SOL_IPV6 {
+        return guard_membership(&ctx);
+    }
     if opt.level != SOL_SOCKET {
         return ALLOW;
     }
@@ -140,6 +197,106 @@ pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
     count(|c| &mut c.sockopt_refused);
     report(hook::SETSOCKOPT, opt.optname as u32, true);
     REFUSE
+}
+
+/// Where a membership option names its interface.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    /// Not a membership change.
+    None,
+    /// ip_mreq / ip_mreqn: the index is at byte 8 of an ip_mreqn; an 8-byte ip_mreq (which
+    /// names the interface by address, or not at all) is extended to one.
+    Mreqn,
+    /// group_req, group_source_req, group_filter: a u32 index at byte 0.
+    Group,
+    /// ipv6_mreq: an int index at byte 16.
+    Ipv6Mreq,
+    /// ip_mreq_source (IP_ADD_SOURCE_MEMBERSHIP): an address only, and no room to add an
+    /// index; refused (MCAST_JOIN_SOURCE_GROUP with an interface index does the same job).
+    AddressOnly,
+}
+
+#[inline(always)]
+fn membership(level: i32, name: i32) -> Membership {
+    match (level, name) {
+        (SOL_IP, IP_ADD_MEMBERSHIP | IP_DROP_MEMBERSHIP) => Membership::Mreqn,
+        (SOL_IP, IP_ADD_SOURCE_MEMBERSHIP) => Membership::AddressOnly,
+        (SOL_IP | SOL_IPV6, MCAST_FIRST..=MCAST_LAST) => Membership::Group,
+        (
+            SOL_IPV6,
+            IPV6_ADD_MEMBERSHIP | IPV6_DROP_MEMBERSHIP | IPV6_JOIN_ANYCAST | IPV6_LEAVE_ANYCAST,
+        ) => Membership::Ipv6Mreq,
+        _ => Membership::None,
+    }
+}
+
+/// A multicast join makes the kernel send IGMP/MLD reports on the interface it names; no
+/// socket carries them, so the packet filters never see them. An option naming another
+/// interface is refused. One naming none (index 0, INADDR_ANY) would get the routing table's
+/// choice for the group — the socket's binding plays no part — so the bound interface's index
+/// is written into it. Removing or filtering memberships only acts on memberships the socket
+/// has, all of which are on the bound interface.
+#[inline(always)]
+fn guard_membership(ctx: &SockoptContext) -> i32 {
+    let opt = unsafe { &mut *ctx.sockopt };
+    let kind = membership(opt.level, opt.optname);
+    if kind == Membership::None {
+        return ALLOW;
+    }
+    let Some(policy) = POLICY.get(0) else {
+        return REFUSE;
+    };
+    let start = unsafe { opt.__bindgen_anon_2.optval } as *mut u8;
+    let end = unsafe { opt.__bindgen_anon_3.optval_end } as *mut u8;
+    // The kernel gives the program at most a page; for a longer option our rewrite would be
+    // ignored, so a rewrite that cannot take effect is a refusal.
+    let whole = (end as usize - start as usize) as i32 >= opt.optlen;
+    let ok = match kind {
+        Membership::Mreqn => {
+            if opt.optlen >= 12 {
+                pin_index::<8>(start, end, policy.ifindex, whole)
+            } else if opt.optlen >= 8 && unsafe { start.add(12) } <= end {
+                unsafe { (start.add(8) as *mut u32).write_unaligned(policy.ifindex) };
+                opt.optlen = 12;
+                true
+            } else {
+                // Too short: the kernel refuses it with EINVAL.
+                true
+            }
+        }
+        Membership::Group => pin_index::<0>(start, end, policy.ifindex, whole),
+        Membership::Ipv6Mreq => pin_index::<16>(start, end, policy.ifindex, whole),
+        Membership::AddressOnly | Membership::None => false,
+    };
+    if ok {
+        return ALLOW;
+    }
+    count(|c| &mut c.multicast_refused);
+    report(
+        hook::MULTICAST,
+        ((opt.level as u32) << 16) | opt.optname as u32,
+        true,
+    );
+    REFUSE
+}
+
+/// The interface index at byte `AT` of a membership option: another interface's is refused;
+/// 0 ("any") is replaced by the bound interface's.
+#[inline(always)]
+fn pin_index<const AT: usize>(start: *mut u8, end: *mut u8, ifindex: u32, whole: bool) -> bool {
+    let p = unsafe { start.add(AT) };
+    if unsafe { p.add(4) } > end {
+        // Shorter than the structure: the kernel refuses it with EINVAL.
+        return true;
+    }
+    match unsafe { (p as *const u32).read_unaligned() } {
+        i if i == ifindex => true,
+        0 if whole => {
+            unsafe { (p as *mut u32).write_unaligned(ifindex) };
+            true
+        }
+        _ => false,
+    }
 }
 
 #[inline(always)]
@@ -319,10 +476,30 @@ fn filter(ctx: &SkBuffContext, which: u32, in_task: bool) -> i32 {
     let Some(policy) = POLICY.get(0) else {
         return REFUSE;
     };
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let skb = ctx.skb.skb;
+    let ifindex = unsafe { (*skb).ifindex };
     if ifindex == policy.ifindex
         || (ifindex == LOOPBACK_IFINDEX && policy.has(flags::ALLOW_LOOPBACK))
     {
+        if !in_task {
+            return ALLOW;
+        }
+        // The mark is set at socket creation and guarded at setsockopt, but an SO_MARK cmsg
+        // (CAP_NET_ADMIN) or a 32-bit setsockopt bypasses those: such a packet was routed and
+        // filtered under another mark, so it does not leave.
+        let mark = unsafe { (*skb).mark };
+        if policy.has(flags::SET_MARK) && mark != policy.mark {
+            count(|c| &mut c.mark_dropped);
+            report(hook::MARK, mark, true);
+            return REFUSE;
+        }
+        // IP_TOS and IPV6_TCLASS (unprivileged; ssh sets them) rewrite the priority as a side
+        // effect. The priority matters to the qdisc and VLAN egress mapping, which run after
+        // this hook, so it is set back instead of dropping the packet.
+        if policy.has(flags::SET_PRIORITY) && unsafe { (*skb).priority } != policy.priority {
+            unsafe { (*skb).priority = policy.priority };
+            count(|c| &mut c.priority_restored);
+        }
         return ALLOW;
     }
     if in_task {
@@ -342,6 +519,140 @@ pub fn filter_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb(ingress)]
 pub fn filter_ingress(ctx: SkBuffContext) -> i32 {
     filter(&ctx, hook::INGRESS, false)
+}
+
+/// Whether the policy lets the cgroup hold sockets of `family`.
+#[inline(always)]
+fn family_allowed(policy: &Policy, family: u32) -> bool {
+    matches!(family, AF_UNIX | AF_INET | AF_INET6 | AF_NETLINK)
+        || (family < 64 && policy.families & (1u64 << family) != 0)
+}
+
+/// socket() of a family that reaches a device directly (AF_PACKET, AF_XDP, ...) or tunnels
+/// through kernel sockets no hook binds (AF_SMC, AF_RXRPC, AF_RDS, ...) is refused. Runs for the
+/// calling task's cgroup (the hook's first argument is not a socket).
+#[lsm_cgroup(hook = "socket_create")]
+pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
+    let family: i32 = ctx.arg(0);
+    let kern: i32 = ctx.arg(3);
+    if kern != 0 {
+        return ALLOW;
+    }
+    let Some(policy) = POLICY.get(0) else {
+        return REFUSE;
+    };
+    if family_allowed(policy, family as u32) {
+        return ALLOW;
+    }
+    count(|c| &mut c.families_refused);
+    report(hook::SOCKET_FAMILY, family as u32, true);
+    REFUSE
+}
+
+#[inline(always)]
+fn read_at<T>(base: u64, offset: u32) -> Option<T> {
+    if offset == KernelLayout::MISSING || base == 0 {
+        return None;
+    }
+    unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
+}
+
+/// Whether `sk` was made in the bound cgroup or below it (so this binding's programs govern it).
+#[inline(always)]
+fn made_in_binding(k: &KernelLayout, sk: u64, bound: u64) -> bool {
+    let Some(cgroup) = read_at::<u64>(sk, k.sock_cgroup) else {
+        return false;
+    };
+    let Some(level) = read_at::<i32>(cgroup, k.cgroup_level) else {
+        return false;
+    };
+    if k.cgroup_ancestors == KernelLayout::MISSING {
+        return false;
+    }
+    for i in 0..=MAX_CGROUP_DEPTH {
+        if i as i32 > level {
+            break;
+        }
+        let Some(ancestor) = read_at::<u64>(cgroup, k.cgroup_ancestors + i * 8) else {
+            return false;
+        };
+        let Some(kn) = read_at::<u64>(ancestor, k.cgroup_kn) else {
+            return false;
+        };
+        if read_at::<u64>(kn, k.kernfs_node_id) == Some(bound) {
+            return true;
+        }
+    }
+    false
+}
+
+/// A socket fd arriving from outside (SCM_RIGHTS, pidfd_getfd — both go through
+/// security_file_receive, which runs in the receiving task's context): the binding's programs
+/// never run for a socket made in another cgroup, so an INET socket is accepted only if it was
+/// made in the bound cgroup or below; other families as socket() would allow them.
+#[lsm_cgroup(hook = "file_receive")]
+pub fn lsm_file_receive(ctx: LsmContext) -> i32 {
+    let file: u64 = ctx.arg(0);
+    let k = kernel();
+    let Some(policy) = POLICY.get(0) else {
+        return REFUSE;
+    };
+    let Some(inode) = read_at::<u64>(file, k.file_f_inode) else {
+        return REFUSE;
+    };
+    let Some(mode) = read_at::<u16>(inode, k.inode_i_mode) else {
+        return REFUSE;
+    };
+    if mode & S_IFMT != S_IFSOCK {
+        return ALLOW;
+    }
+    // An O_PATH fd of a socket inode has no socket behind it and cannot carry traffic.
+    let socket = read_at::<u64>(file, k.file_private_data).unwrap_or(0);
+    if socket == 0 {
+        return ALLOW;
+    }
+    let sk = read_at::<u64>(socket, k.socket_sk).unwrap_or(0);
+    if sk == 0 {
+        return ALLOW;
+    }
+    let family = u32::from(read_at::<u16>(sk, k.sock_family).unwrap_or(u16::MAX));
+    let allowed = match family {
+        AF_UNIX | AF_NETLINK => true,
+        AF_INET | AF_INET6 => made_in_binding(&k, sk, policy.cgroup_id),
+        other => family_allowed(policy, other),
+    };
+    if allowed {
+        return ALLOW;
+    }
+    count(|c| &mut c.fds_refused);
+    report(hook::FILE_RECEIVE, family, true);
+    REFUSE
+}
+
+/// 32-bit setsockopt skips the cgroup sockopt hook (and with it [`guard_membership`]); this LSM
+/// hook runs for both, before it, but cannot read the option, so a 32-bit multicast membership
+/// change is refused outright.
+#[lsm_cgroup(hook = "socket_setsockopt")]
+pub fn lsm_socket_setsockopt(ctx: LsmContext) -> i32 {
+    let level: i32 = ctx.arg(1);
+    let optname: i32 = ctx.arg(2);
+    if membership(level, optname) == Membership::None {
+        return ALLOW;
+    }
+    let k = kernel();
+    let task = unsafe { bpf_get_current_task() };
+    // Unknown layout: treat as 32-bit (refuse), never as a call the sockopt hook will see.
+    let compat = read_at::<u32>(task, k.task_status).is_none_or(|s| s & TS_COMPAT != 0);
+    if !compat {
+        return ALLOW;
+    }
+    count(|c| &mut c.multicast_refused);
+    report(
+        hook::MULTICAST,
+        ((level as u32) << 16) | optname as u32,
+        true,
+    );
+    REFUSE
 }
 
 #[cfg(not(test))]

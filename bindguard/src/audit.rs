@@ -37,6 +37,10 @@ pub struct DiagSocket {
     pub remote: std::net::SocketAddr,
     /// idiag_if: the socket's bound device, 0 for none.
     pub bound_ifindex: u32,
+    /// What SOCK_DESTROY needs to name exactly this socket.
+    family: u8,
+    protocol_number: u8,
+    id: SocketId,
 }
 
 /// A socket held by a process of the cgroup that is not bound as the policy says.
@@ -68,7 +72,7 @@ pub fn pids(cgroup: &Path) -> Vec<i32> {
 }
 
 /// socket inode -> (pid, command) for every socket the processes hold.
-fn socket_owners(pids: &[i32]) -> HashMap<u64, (i32, String)> {
+fn socket_owners(pids: &[i32]) -> HashMap<u64, (i32, String, i32)> {
     let mut owners = HashMap::new();
     for &pid in pids {
         let Ok(proc) = procfs::process::Process::new(pid) else {
@@ -77,7 +81,7 @@ fn socket_owners(pids: &[i32]) -> HashMap<u64, (i32, String)> {
         let command = proc.stat().map(|s| s.comm).unwrap_or_default();
         for fd in proc.fd().into_iter().flatten().flatten() {
             if let procfs::process::FDTarget::Socket(inode) = fd.target {
-                owners.entry(inode).or_insert((pid, command.clone()));
+                owners.entry(inode).or_insert((pid, command.clone(), fd.fd));
             }
         }
     }
@@ -123,7 +127,7 @@ pub fn dump_inet_sockets() -> anyhow::Result<Vec<DiagSocket>> {
             socket
                 .send(&buf, 0)
                 .context("sending the sock_diag request")?;
-            receive(&socket, name, &mut out)?;
+            receive(&socket, name, (family, protocol), &mut out)?;
         }
     }
     Ok(out)
@@ -132,6 +136,7 @@ pub fn dump_inet_sockets() -> anyhow::Result<Vec<DiagSocket>> {
 fn receive(
     socket: &Socket,
     protocol: &'static str,
+    (family, protocol_number): (u8, u8),
     out: &mut Vec<DiagSocket>,
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
@@ -156,6 +161,9 @@ fn receive(
                             id.destination_port,
                         ),
                         bound_ifindex: id.interface_id,
+                        family,
+                        protocol_number,
+                        id: id.clone(),
                     });
                 }
                 NetlinkPayload::Done(_) => return Ok(()),
@@ -190,33 +198,174 @@ pub fn unbound_sockets(
     policy: &Policy,
     netns: &Netns,
 ) -> anyhow::Result<Vec<UnboundSocket>> {
+    Ok(unbound(cgroup, policy, netns)?
+        .into_iter()
+        .map(|(_, u, _)| u)
+        .collect())
+}
+
+/// What `--existing=destroy` did to one socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fate {
+    /// SOCK_DESTROY (as `ss -K`): the owner sees ECONNABORTED and must make a new socket,
+    /// which the binding governs.
+    Destroyed,
+    /// A UDP socket bound to a port: SOCK_DESTROY only reports an error on it and leaves it
+    /// usable, so it is bound to the interface instead (through a copy of the owner's fd,
+    /// pidfd_getfd).
+    Bound,
+}
+
+/// Ends every socket [`unbound_sockets`] finds: TCP ones destroyed, UDP ones bound to the
+/// policy's interface; returns them with what happened.
+pub fn destroy_unbound(
+    cgroup: &Path,
+    policy: &Policy,
+    netns: &Netns,
+) -> anyhow::Result<Vec<(UnboundSocket, Fate)>> {
+    let found = unbound(cgroup, policy, netns)?;
+    let mut out = Vec::new();
+    let mut tcp = Vec::new();
+    for (held, u, d) in found {
+        if u.protocol.starts_with("udp") {
+            bind_held(held, policy.ifindex).with_context(|| {
+                format!(
+                    "binding {} {} of pid {} to ifindex {}",
+                    u.protocol, u.local, u.pid, policy.ifindex
+                )
+            })?;
+            out.push((u, Fate::Bound));
+        } else {
+            tcp.push(d);
+            out.push((u, Fate::Destroyed));
+        }
+    }
+    netns.run(move || destroy(&tcp))??;
+    Ok(out)
+}
+
+/// SO_BINDTOIFINDEX on a socket another process holds, through a duplicate of its fd.
+fn bind_held(held: Held, ifindex: u32) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let sys = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            // SAFETY: the kernel returned a new fd we own.
+            Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
+        }
+    };
+    // SAFETY: plain syscalls; the fds they return are owned above.
+    let pidfd = sys(unsafe { libc::syscall(libc::SYS_pidfd_open, held.pid, 0) })?;
+    let sock = sys(unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), held.fd, 0) })?;
+    let idx = ifindex as libc::c_int;
+    // SAFETY: setsockopt with an int on the fd we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTOIFINDEX,
+            (&idx as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn destroy(sockets: &[DiagSocket]) -> anyhow::Result<()> {
+    use netlink_packet_core::NLM_F_ACK;
+    let mut socket =
+        Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    for s in sockets {
+        let mut packet = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            SockDiagMessage::InetRequest(InetRequest {
+                family: s.family,
+                protocol: s.protocol_number,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::all(),
+                socket_id: s.id.clone(),
+            })
+            .into(),
+        );
+        packet.finalize();
+        // The crate only builds SOCK_DIAG_BY_FAMILY requests; SOCK_DESTROY takes the same body.
+        packet.header.message_type = netlink_packet_sock_diag::constants::SOCK_DESTROY;
+        packet.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        socket.send(&buf, 0).context("sending SOCK_DESTROY")?;
+        let mut reply = vec![0u8; 8192];
+        let n = socket
+            .recv(&mut &mut reply[..], 0)
+            .context("reading the SOCK_DESTROY answer")?;
+        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[..n])
+            .context("parsing the SOCK_DESTROY answer")?;
+        if let NetlinkPayload::Error(e) = msg.payload
+            && let Some(code) = e.code
+            // ENOENT: the socket closed meanwhile.
+            && code.get() != -libc::ENOENT
+        {
+            anyhow::bail!(
+                "destroying {} socket {} -> {}: {}",
+                s.protocol,
+                s.local,
+                s.remote,
+                std::io::Error::from_raw_os_error(-code.get())
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Where a socket is held: process and fd number.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    pid: i32,
+    fd: i32,
+}
+
+fn unbound(
+    cgroup: &Path,
+    policy: &Policy,
+    netns: &Netns,
+) -> anyhow::Result<Vec<(Held, UnboundSocket, DiagSocket)>> {
     let owners = socket_owners(&pids(cgroup));
     if owners.is_empty() {
         return Ok(Vec::new());
     }
     let sockets = netns.run(dump_inet_sockets)??;
-    let mut found: Vec<UnboundSocket> = sockets
+    let mut found: Vec<(Held, UnboundSocket, DiagSocket)> = sockets
         .into_iter()
         .filter(|s| !conforms(policy, s.bound_ifindex, &s.remote))
         .filter_map(|s| {
-            let (pid, command) = owners.get(&u64::from(s.inode))?.clone();
+            let (pid, command, fd) = owners.get(&u64::from(s.inode))?.clone();
             let remote = if unspecified(s.remote.ip()) && s.remote.port() == 0 {
                 "*".to_string()
             } else {
                 s.remote.to_string()
             };
-            Some(UnboundSocket {
-                pid,
-                command,
-                protocol: s.protocol,
-                local: s.local.to_string(),
-                remote,
-                bound_ifindex: s.bound_ifindex,
-            })
+            Some((
+                Held { pid, fd },
+                UnboundSocket {
+                    pid,
+                    command,
+                    protocol: s.protocol,
+                    local: s.local.to_string(),
+                    remote,
+                    bound_ifindex: s.bound_ifindex,
+                },
+                s,
+            ))
         })
         .collect();
-    found.sort_by(|a, b| (a.pid, &a.local).cmp(&(b.pid, &b.local)));
-    found.dedup();
+    found.sort_by(|a, b| (a.1.pid, &a.1.local).cmp(&(b.1.pid, &b.1.local)));
+    found.dedup_by(|a, b| a.1 == b.1);
     Ok(found)
 }
 

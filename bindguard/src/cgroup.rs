@@ -120,14 +120,57 @@ pub fn join_under_mount(mount: &Path, arg: &Path) -> Result<PathBuf, Error> {
     Ok(mount.join(arg))
 }
 
+/// Linux's PATH_MAX: a longer path is bad input, not a failed operation.
+const PATH_MAX: usize = 4095;
+
+/// Refuses the root of a cgroup2 hierarchy: the real root (id 1), and the root of every
+/// cgroup2 mount this process sees (inside a cgroup namespace that is the namespace's root).
+pub fn refuse_root(cg: &Cgroup) -> Result<(), Error> {
+    let is_mount_root = || -> bool {
+        let Ok(here) = fs::metadata(&cg.path) else {
+            return false;
+        };
+        mounts().unwrap_or_default().iter().any(|m| {
+            m.fs_type == "cgroup2"
+                && fs::metadata(&m.point)
+                    .is_ok_and(|root| root.dev() == here.dev() && root.ino() == here.ino())
+        })
+    };
+    if cg.id == 1 || is_mount_root() {
+        return Err(Error::RootCgroup {
+            path: cg.path.clone(),
+        });
+    }
+    Ok(())
+}
+
 /// Resolves `arg` (absolute, or relative to the cgroup2 mount) to an existing cgroup v2 directory.
 pub fn resolve(arg: &Path) -> anyhow::Result<Cgroup> {
+    let len = arg.as_os_str().len();
+    if len > PATH_MAX {
+        return Err(Error::TooLong {
+            what: "the cgroup path",
+            value: arg.to_string_lossy().into_owned(),
+            len,
+            max: PATH_MAX,
+        }
+        .into());
+    }
     let mount = cgroup2_mount()?;
     let joined = join_under_mount(&mount, arg)?;
     let path = match fs::canonicalize(&joined) {
         Ok(p) => p,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Err(Error::CgroupMissing { path: joined }.into());
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENAMETOOLONG) => {
+            return Err(Error::InvalidInput {
+                what: format!(
+                    "cgroup path {} has a component longer than 255 bytes",
+                    crate::error::quote_path(&joined)
+                ),
+            }
+            .into());
         }
         Err(e) => return Err(e).with_context(|| format!("resolving cgroup {}", joined.display())),
     };

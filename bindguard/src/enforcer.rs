@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray},
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, Program},
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, Program},
     util::KernelVersion,
 };
 use aya_obj::generated::bpf_attach_type::{self, self as A};
@@ -64,11 +64,12 @@ impl Mode {
     }
 
     /// The programs this mode attaches, sock_create first so that a binding exists before the
-    /// guards that check it.
-    pub fn hooks(self) -> &'static [Hook] {
-        match self {
-            Mode::Strict => HOOKS,
-            Mode::Bind => &HOOKS[..1],
+    /// guards that check it. `lsm`: whether the BPF LSM programs are part of it.
+    pub fn hooks(self, lsm: bool) -> &'static [Hook] {
+        match (self, lsm) {
+            (Mode::Strict, true) => HOOKS,
+            (Mode::Strict, false) => &HOOKS[..LSM_HOOKS_START],
+            (Mode::Bind, _) => &HOOKS[..1],
         }
     }
 }
@@ -93,6 +94,8 @@ pub enum Kind {
     Sockopt,
     SockAddr,
     Skb,
+    /// A BPF LSM program attached per cgroup (lsm_cgroup); the string is the LSM hook.
+    Lsm(&'static str),
 }
 
 /// One program of a binding and where its link is pinned.
@@ -182,7 +185,86 @@ pub const HOOKS: &[Hook] = &[
         Kind::Skb,
         A::BPF_CGROUP_INET_INGRESS,
     ),
+    // From here on: BPF LSM, attached only where the BPF LSM is active.
+    hook(
+        "lsm_socket_create",
+        "lsm_socket_create",
+        Kind::Lsm("socket_create"),
+        A::BPF_LSM_CGROUP,
+    ),
+    hook(
+        "lsm_file_receive",
+        "lsm_file_receive",
+        Kind::Lsm("file_receive"),
+        A::BPF_LSM_CGROUP,
+    ),
+    hook(
+        "lsm_setsockopt",
+        "lsm_socket_setsockopt",
+        Kind::Lsm("socket_setsockopt"),
+        A::BPF_LSM_CGROUP,
+    ),
 ];
+
+/// Index of the first BPF LSM hook in [`HOOKS`].
+pub const LSM_HOOKS_START: usize = 10;
+
+/// Socket families `--allow-family` knows by name (include/linux/socket.h).
+pub const FAMILIES: &[(&str, u32)] = &[
+    ("ax25", 3),
+    ("ipx", 4),
+    ("appletalk", 5),
+    ("x25", 9),
+    ("key", 15),
+    ("packet", 17),
+    ("rds", 21),
+    ("llc", 26),
+    ("can", 29),
+    ("tipc", 30),
+    ("bluetooth", 31),
+    ("rxrpc", 33),
+    ("ieee802154", 36),
+    ("alg", 38),
+    ("vsock", 40),
+    ("kcm", 41),
+    ("qipcrtr", 42),
+    ("smc", 43),
+    ("xdp", 44),
+    ("mctp", 45),
+];
+
+/// Parses one `--allow-family` value: a name from [`FAMILIES`] or a number from 1 to 63.
+pub fn parse_family(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let family = match FAMILIES.iter().find(|(n, _)| n.eq_ignore_ascii_case(s)) {
+        Some((_, f)) => *f,
+        None => match s.parse::<u32>() {
+            Ok(n) if (1..64).contains(&n) => n,
+            _ => {
+                let names: Vec<&str> = FAMILIES.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "'{}' is not a socket family; use one of {} or a number from 1 to 63",
+                    crate::error::quote(s),
+                    names.join(", ")
+                ));
+            }
+        },
+    };
+    Ok(1u64 << family)
+}
+
+/// The names of the families in a `--allow-family` mask, for status.
+pub fn family_names(mask: u64) -> Vec<String> {
+    (0..64u32)
+        .filter(|f| mask & (1u64 << f) != 0)
+        .map(|f| {
+            FAMILIES
+                .iter()
+                .find(|(_, n)| *n == f)
+                .map_or_else(|| f.to_string(), |(n, _)| (*n).to_string())
+        })
+        .collect()
+}
 
 /// Parses a mark or priority: decimal or 0x hex, 0 to 2^32-1.
 pub fn parse_u32(s: &str) -> Result<u32, String> {
@@ -245,8 +327,9 @@ impl Options {
     }
 }
 
-/// The policy value the programs read for `iface` and `opts`.
-pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
+/// The policy value the programs read for `iface` and `opts` on the cgroup with id `cgroup_id`.
+/// `lsm`: the BPF LSM programs are attached too.
+pub fn policy_for(iface: &Interface, opts: &Options, cgroup_id: u64, lsm: bool) -> Policy {
     let mut f = 0;
     if opts.mark.is_some() {
         f |= flags::SET_MARK;
@@ -263,6 +346,9 @@ pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
     if opts.from_config {
         f |= flags::FROM_CONFIG;
     }
+    if lsm && opts.mode == Mode::Strict {
+        f |= flags::LSM;
+    }
     Policy {
         netns_cookie: iface.netns_cookie,
         netns_ino: iface.netns_ino,
@@ -275,6 +361,7 @@ pub fn policy_for(iface: &Interface, opts: &Options) -> Policy {
         _pad: 0,
         ifname: netdev::name_bytes(&iface.name),
         families: opts.allow_families,
+        cgroup_id,
     }
 }
 
@@ -318,25 +405,34 @@ fn require_bpf_link() -> Result<(), Error> {
 /// moment in which new sockets are unbound.
 pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
     opts.validate()?;
+    crate::cgroup::refuse_root(cgroup)?;
     require_privileges("attach")?;
     require_bpf_link()?;
     pins::ensure_bpffs()?;
     let lock = pins::lock()?;
     pins::sweep_abandoned(&lock);
-    let policy = policy_for(iface, opts);
     let dir = pins::binding_dir(cgroup.id);
+    // A re-attach that keeps the programs keeps their BPF LSM part as it is; only a new program
+    // set asks the kernel whether LSM programs load (a BTF read and a test load).
+    let current = read_policy(&dir).ok();
+    let lsm = match current {
+        Some(c) if dir.exists() && Mode::from_flags(c.flags) == opts.mode => c.has(flags::LSM),
+        _ => opts.mode == Mode::Strict && crate::lsm::usable(true),
+    };
+    let policy = policy_for(iface, opts, cgroup.id, lsm);
     if !dir.exists() {
         let staged = create(cgroup, &policy, opts.mode, &lock)?;
         return Ok(Attached::Created(staged.publish()?));
     }
     // A policy that cannot be read (pins damaged, or written by a bindguard with another
-    // layout) is repaired by replacing the whole binding.
-    let same_programs = read_policy(&dir).is_ok_and(|current| {
+    // layout) is repaired by replacing the whole binding; so is one missing a link (removed
+    // by hand, or by an interrupted command).
+    let same_programs = current.is_some_and(|current| {
         Mode::from_flags(current.flags) == opts.mode
             && current.netns_cookie == policy.netns_cookie
             && current.abi == ABI_VERSION
             && current.object_hash == policy.object_hash
-    });
+    }) && links_complete(&dir, cgroup.id, opts.mode.hooks(lsm));
     if same_programs {
         // One map write: each new socket sees the old policy or the new one.
         write_policy(&dir, &policy)?;
@@ -350,6 +446,37 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     Ok(Attached::Replaced(dir))
 }
 
+/// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
+pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[Hook]) -> bool {
+    hooks.iter().all(|h| {
+        crate::link::pinned_state(&dir.join(pins::link_name(h.name)))
+            .is_ok_and(|s| s.cgroup_id == Some(cgroup_id))
+    })
+}
+
+/// The kernel's type information the BPF LSM programs need, read once per process.
+struct KernelTypes {
+    btf: aya::Btf,
+    layout: bindguard_common::KernelLayout,
+}
+
+fn kernel_types() -> anyhow::Result<&'static KernelTypes> {
+    static TYPES: std::sync::OnceLock<KernelTypes> = std::sync::OnceLock::new();
+    if let Some(t) = TYPES.get() {
+        return Ok(t);
+    }
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for the LSM programs")?;
+    let layout = crate::btf::Btf::from_sys_fs()?.kernel_layout();
+    let missing = crate::btf::missing_fields(&layout);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the kernel's BTF lacks {} needed by the strict-mode LSM programs",
+            missing.join(", ")
+        );
+    }
+    Ok(TYPES.get_or_init(|| KernelTypes { btf, layout }))
+}
+
 /// Loads a fresh program instance for `policy`, attaches it to `cgroup` and pins it into a
 /// staging directory.
 fn create(
@@ -359,7 +486,11 @@ fn create(
     lock: &pins::Lock,
 ) -> anyhow::Result<pins::Staging> {
     let staging = pins::Staging::new(cgroup.id, lock)?;
+    let lsm = policy.has(flags::LSM);
+    let types = if lsm { Some(kernel_types()?) } else { None };
+    let layout = types.map_or(bindguard_common::KernelLayout::UNKNOWN, |t| t.layout);
     let mut ebpf = EbpfLoader::new()
+        .override_global("KERNEL", &layout, true)
         .load(EBPF_OBJECT)
         .context("loading bindguard's eBPF object")?;
     {
@@ -377,17 +508,19 @@ fn create(
             .with_context(|| format!("pinning {}", path.display()))?;
     }
     let cgroup_fd = cgroup.open_dir()?;
-    for hook in mode.hooks() {
+    for hook in mode.hooks(lsm) {
         let program = ebpf
             .program_mut(hook.program)
             .with_context(|| format!("program {} missing from the eBPF object", hook.program))?;
-        let link = attach_program(program, hook, &cgroup_fd).with_context(|| {
-            format!(
-                "attaching {} to cgroup {}",
-                hook.program,
-                cgroup.path.display()
-            )
-        })?;
+        let link = attach_program(program, hook, &cgroup_fd, types.map(|t| &t.btf)).with_context(
+            || {
+                format!(
+                    "attaching {} to cgroup {}",
+                    hook.program,
+                    cgroup.path.display()
+                )
+            },
+        )?;
         let path = staging.dir.join(pins::link_name(hook.name));
         crate::link::pin(link.as_fd(), &path)
             .with_context(|| format!("pinning {}", path.display()))?;
@@ -400,6 +533,7 @@ fn attach_program(
     program: &mut Program,
     hook: &Hook,
     cgroup_fd: &fs::File,
+    btf: Option<&aya::Btf>,
 ) -> anyhow::Result<OwnedFd> {
     macro_rules! load {
         ($ty:ty) => {{
@@ -413,6 +547,12 @@ fn attach_program(
         Kind::Sockopt => load!(CgroupSockopt),
         Kind::SockAddr => load!(CgroupSockAddr),
         Kind::Skb => load!(CgroupSkb),
+        Kind::Lsm(lsm_hook) => {
+            let p: &mut LsmCgroup = program.try_into()?;
+            let btf = btf.context("the LSM programs need the kernel's BTF")?;
+            p.load(lsm_hook, btf).context("loading (verifier)")?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
     };
     crate::link::create_cgroup_link(prog_fd.as_fd(), cgroup_fd.as_fd(), hook.attach_type)
         .context("BPF_LINK_CREATE")
@@ -481,11 +621,20 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
         Err(e) => return Err(e),
     };
     let dir = pins::binding_dir(cgroup.id);
-    if !pins::bpffs_mounted() || !dir.exists() {
+    if !pins::bpffs_mounted() {
         return Err(Error::NotBound { path: cgroup.path }.into());
     }
-    let _lock = pins::lock()?;
-    pins::remove_dir(&dir)?;
+    let lock = pins::lock()?;
+    // Finishes an earlier attach or detach that was killed half-way.
+    let interrupted = pins::abandoned().iter().any(|(id, _)| *id == cgroup.id);
+    pins::sweep_abandoned(&lock);
+    if !dir.exists() {
+        if interrupted {
+            return Ok(Detached::Removed(dir));
+        }
+        return Err(Error::NotBound { path: cgroup.path }.into());
+    }
+    pins::remove_binding(&dir, &lock)?;
     Ok(Detached::Removed(dir))
 }
 
@@ -553,6 +702,17 @@ mod tests {
     }
 
     #[test]
+    fn families_parse_by_name_or_number() {
+        assert_eq!(parse_family("packet"), Ok(1 << 17));
+        assert_eq!(parse_family("XDP"), Ok(1 << 44));
+        assert_eq!(parse_family("40"), Ok(1 << 40));
+        for bad in ["", "0", "64", "inet6x", "-1"] {
+            assert!(parse_family(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(family_names((1 << 17) | (1 << 50)), ["packet", "50"]);
+    }
+
+    #[test]
     fn modes_parse_and_loopback_needs_strict() {
         assert_eq!("strict".parse::<Mode>().unwrap(), Mode::Strict);
         assert_eq!("bind".parse::<Mode>().unwrap(), Mode::Bind);
@@ -564,8 +724,11 @@ mod tests {
         };
         assert!(opts.validate().is_err());
         assert!(Options::default().validate().is_ok());
-        assert_eq!(Mode::Strict.hooks().len(), HOOKS.len());
-        assert_eq!(Mode::Bind.hooks(), &HOOKS[..1]);
+        assert_eq!(Mode::Strict.hooks(true).len(), HOOKS.len());
+        assert_eq!(Mode::Strict.hooks(false).len(), LSM_HOOKS_START);
+        assert!(matches!(HOOKS[LSM_HOOKS_START].kind, Kind::Lsm(_)));
+        assert!(!matches!(HOOKS[LSM_HOOKS_START - 1].kind, Kind::Lsm(_)));
+        assert_eq!(Mode::Bind.hooks(true), &HOOKS[..1]);
     }
 
     #[test]
@@ -583,9 +746,14 @@ mod tests {
                 priority: None,
                 mode: Mode::Strict,
                 allow_loopback: true,
+                allow_families: parse_family("packet").unwrap(),
                 ..Options::default()
             },
+            99,
+            true,
         );
+        assert_eq!((p.cgroup_id, p.families), (99, 1 << 17));
+        assert!(p.has(flags::LSM));
         assert_eq!(
             (p.ifindex, p.netns_cookie, p.netns_ino, p.mark),
             (7, 11, 13, 5)

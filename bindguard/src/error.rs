@@ -12,12 +12,16 @@ pub enum Error {
     NoCgroup2Mount,
 
     #[error(
-        "cgroup {path} does not exist; create it with `mkdir {path}` or give an existing cgroup"
+        "cgroup {} does not exist; create it with `mkdir {}` or give an existing cgroup",
+        quote_path(path),
+        quote_path(path)
     )]
     CgroupMissing { path: PathBuf },
 
     #[error(
-        "cgroup {path} is not on a cgroup2 mount (found {found}); give a directory under {mount}"
+        "cgroup {} is not on a cgroup2 mount (found {found}); give a directory under {}",
+        quote_path(path),
+        mount.display()
     )]
     NotCgroup2 {
         path: PathBuf,
@@ -25,24 +29,56 @@ pub enum Error {
         mount: PathBuf,
     },
 
-    #[error("cgroup {path} is not a directory; give a cgroup directory under {mount}")]
+    #[error(
+        "cgroup {} is not a directory; give a cgroup directory under {}",
+        quote_path(path),
+        mount.display()
+    )]
     CgroupNotDirectory { path: PathBuf, mount: PathBuf },
 
     #[error(
-        "interface name '{name}' is {len} bytes long; Linux interface names are at most 15 bytes"
+        "interface name '{}' is {len} bytes long; Linux interface names are at most 15 bytes",
+        quote(name)
     )]
     IfnameTooLong { name: String, len: usize },
 
-    #[error("interface name '{name}' is invalid: {why}")]
+    #[error("interface name '{}' is invalid: {why}", quote(name))]
     IfnameInvalid { name: String, why: &'static str },
 
-    #[error("no interface named '{name}' in {netns}; list the interfaces there with `ip link`")]
+    #[error(
+        "no interface named '{}' in {netns}; list the interfaces there with `ip link`",
+        quote(name)
+    )]
     UnknownInterface { name: String, netns: String },
 
-    #[error("{path} is not a network namespace ({why}); give /run/netns/NAME or /proc/PID/ns/net")]
+    #[error(
+        "cgroup {} is the root of a cgroup2 hierarchy: binding it would bind every process there; give a child cgroup (e.g. {}/mgmt)",
+        quote_path(path),
+        quote_path(path)
+    )]
+    RootCgroup { path: PathBuf },
+
+    #[error(
+        "{what} is {len} bytes long, more than the {max} allowed: '{}'",
+        quote(value)
+    )]
+    TooLong {
+        what: &'static str,
+        value: String,
+        len: usize,
+        max: usize,
+    },
+
+    #[error(
+        "{} is not a network namespace ({why}); give /run/netns/NAME or /proc/PID/ns/net",
+        quote_path(path)
+    )]
     NotNetns { path: PathBuf, why: String },
 
-    #[error("cgroup {path} has no bindguard binding; `bindguard status` lists the bindings")]
+    #[error(
+        "cgroup {} has no bindguard binding; `bindguard status` lists the bindings",
+        quote_path(path)
+    )]
     NotBound { path: PathBuf },
 
     #[error("{what}")]
@@ -78,6 +114,8 @@ impl Error {
             | Error::IfnameInvalid { .. }
             | Error::UnknownInterface { .. }
             | Error::NotNetns { .. }
+            | Error::RootCgroup { .. }
+            | Error::TooLong { .. }
             | Error::InvalidInput { .. } => 2,
             Error::NotBound { .. }
             | Error::MissingPrivilege { .. }
@@ -87,10 +125,55 @@ impl Error {
     }
 }
 
+/// At most this many bytes of user input are repeated in a message; an error line stays one
+/// readable line whatever was given.
+pub const QUOTE_MAX: usize = 96;
+
+/// `s`, cut to [`QUOTE_MAX`] bytes (on a character boundary) with its length said when cut.
+pub fn quote(s: &str) -> String {
+    if s.len() <= QUOTE_MAX {
+        return s.escape_debug().to_string();
+    }
+    let mut end = QUOTE_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...[{} bytes]", s[..end].escape_debug(), s.len())
+}
+
+/// A path as [`quote`] cuts it.
+pub fn quote_path(p: &std::path::Path) -> String {
+    quote(&p.to_string_lossy())
+}
+
 /// The exit code for any error that reached the edge: typed errors know theirs, anything else
 /// is an operation that failed.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     err.chain()
         .find_map(|e| e.downcast_ref::<Error>())
         .map_or(1, Error::exit_code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotes_are_capped_and_one_line() {
+        assert_eq!(quote("eth0"), "eth0");
+        let long = "x".repeat(100_000_000 / 1000);
+        let q = quote(&long);
+        assert!(q.len() < QUOTE_MAX + 32, "{}", q.len());
+        assert!(q.ends_with("[100000 bytes]"), "{q}");
+        assert_eq!(quote("a\nb"), "a\\nb");
+        assert_eq!(
+            quote(&"é".repeat(60)).chars().filter(|&c| c == 'é').count(),
+            48
+        );
+        let e = Error::IfnameTooLong {
+            name: long.clone(),
+            len: long.len(),
+        };
+        assert!(e.to_string().len() < 300);
+    }
 }

@@ -5,11 +5,13 @@
 //! [`enforcer`] (load, attach, pin, update, detach) and [`status`] (read it all back).
 
 pub mod audit;
+pub mod btf;
 pub mod cgroup;
 pub mod enforcer;
 pub mod error;
 pub mod exec;
 pub mod link;
+pub mod lsm;
 pub mod monitor;
 pub mod netdev;
 pub mod netns;

@@ -42,7 +42,7 @@ struct InfoByFdAttr {
     info: u64,
 }
 
-fn sys_bpf<T>(cmd: bpf_cmd, attr: &mut T) -> std::io::Result<i64> {
+pub(crate) fn sys_bpf<T>(cmd: bpf_cmd, attr: &mut T) -> std::io::Result<i64> {
     // SAFETY: attr is a valid, fully initialised bpf_attr prefix for `cmd` of the size passed.
     let rc = unsafe {
         libc::syscall(

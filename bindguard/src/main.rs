@@ -118,6 +118,15 @@ struct BindingArgs {
     /// The network namespace the interface lives in (default: bindguard's own).
     #[arg(long, value_name = "PATH")]
     netns: Option<PathBuf>,
+    /// Strict mode: let the cgroup create sockets of this family too (packet, xdp, vsock, ...;
+    /// repeatable). By default only unix, netlink, inet and inet6 sockets may be made.
+    #[arg(long, value_name = "FAMILY", value_parser = enforcer::parse_family)]
+    allow_family: Vec<u64>,
+    /// What to do with sockets the cgroup's processes already hold (made before the binding,
+    /// or before they moved in): keep them (verify lists them) or destroy those not bound to
+    /// the interface, as `ss -K` does.
+    #[arg(long, value_name = "WHAT", default_value = "keep", value_parser = ["keep", "destroy"])]
+    existing: String,
 }
 
 impl BindingArgs {
@@ -127,6 +136,8 @@ impl BindingArgs {
             priority: self.priority,
             mode: self.mode.parse::<Mode>()?,
             allow_loopback: self.allow_loopback,
+            allow_families: self.allow_family.iter().fold(0, |m, f| m | f),
+            existing: self.existing.parse()?,
             ..Options::default()
         })
     }
@@ -161,6 +172,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = enforcer::attach(&cg, &iface, &opts).with_context(|| {
                 format!("attaching cgroup {} to {}", cg.path.display(), iface.name)
             })?;
+            let policy = enforcer::read_policy(&bindguard::pins::binding_dir(cg.id))?;
+            if opts.mode == Mode::Strict && !policy.has(bindguard_common::flags::LSM) {
+                eprintln!("bindguard: warning: {}", bindguard::lsm::UNAVAILABLE);
+            }
+            if opts.existing == enforcer::Existing::Destroy {
+                let destroyed = bindguard::audit::destroy_unbound(&cg.path, &policy, &ns)
+                    .with_context(|| {
+                        format!("destroying the unbound sockets of {}", cg.path.display())
+                    })?;
+                for (s, fate) in &destroyed {
+                    let verb = match fate {
+                        bindguard::audit::Fate::Destroyed => "destroyed",
+                        bindguard::audit::Fate::Bound => format!("bound to {}", iface.name).leak(),
+                    };
+                    eprintln!(
+                        "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
+                        s.protocol, s.local, s.remote, s.pid, s.command, s.bound_ifindex
+                    );
+                }
+            }
             let verb = match outcome {
                 Attached::Created(_) => "bound",
                 Attached::Updated(_) => "re-bound (policy updated in place)",

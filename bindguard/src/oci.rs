@@ -31,6 +31,11 @@ pub const MARK: &str = "io.bindguard.mark";
 pub const PRIORITY: &str = "io.bindguard.priority";
 pub const MODE: &str = "io.bindguard.mode";
 pub const ALLOW_LOOPBACK: &str = "io.bindguard.allow-loopback";
+/// Comma-separated socket families the container may create beyond unix, netlink, inet and
+/// inet6 (strict mode), e.g. `packet`.
+pub const ALLOW_FAMILY: &str = "io.bindguard.allow-family";
+/// Larger state on stdin is refused: no runtime sends that much, and errors must not echo it.
+const STATE_MAX: u64 = 1 << 20;
 
 /// Which half of the hook runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +103,25 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
             )));
         }
     };
+    let mut allow_families = 0;
+    for family in annotations
+        .get(ALLOW_FAMILY)
+        .map(|v| {
+            v.split(',')
+                .filter(|f| !f.trim().is_empty())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+    {
+        allow_families |= enforcer::parse_family(family)
+            .map_err(|e| invalid(format!("annotation {ALLOW_FAMILY}: {e}")))?;
+    }
     let opts = Options {
         mark: number(MARK)?,
         priority: number(PRIORITY)?,
         mode,
         allow_loopback,
+        allow_families,
         ..Options::default()
     };
     opts.validate()?;
@@ -125,11 +144,18 @@ fn cgroup_of(pid: i32) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs the hook on the state read from `input`.
-pub fn hook(mut input: impl Read, stage: Option<Stage>) -> anyhow::Result<Outcome> {
+pub fn hook(input: impl Read, stage: Option<Stage>) -> anyhow::Result<Outcome> {
     let mut text = String::new();
     input
+        .take(STATE_MAX + 1)
         .read_to_string(&mut text)
         .context("reading the OCI state from stdin")?;
+    if text.len() as u64 > STATE_MAX {
+        return Err(invalid(format!(
+            "the OCI state on stdin is larger than {STATE_MAX} bytes; refusing it"
+        ))
+        .into());
+    }
     let raw: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| invalid(format!("the OCI state on stdin is not valid JSON ({e})")))?;
     let has_status = raw.get("status").is_some();
@@ -191,11 +217,16 @@ fn create(
         ))
     })?;
     let path = cgroup_of(pid)?;
-    if cgroup_of(std::process::id() as i32).ok() == Some(path.clone()) {
+    // The container's cgroup must be below the runtime's, never the runtime's own or one of
+    // its ancestors: binding that would bind the runtime (and whatever else lives there).
+    if let Ok(own) = cgroup_of(std::process::id() as i32)
+        && own.starts_with(&path)
+    {
         return Err(invalid(format!(
-            "container {} has no cgroup v2 of its own (it shares the runtime's {}); refusing to bind the runtime",
-            state.id(),
-            path.display()
+            "container {} has no cgroup v2 of its own ({} contains the runtime's {}); refusing to bind the runtime",
+            crate::error::quote(state.id()),
+            path.display(),
+            own.display()
         ))
         .into());
     }
@@ -277,6 +308,7 @@ mod tests {
             (PRIORITY, "-1"),
             (MODE, "loose"),
             (ALLOW_LOOPBACK, "yes"),
+            (ALLOW_FAMILY, "packet,nonsense"),
         ] {
             let e = options_from(&ann(&[bad])).unwrap_err();
             assert!(e.to_string().contains(bad.0), "{e}");

@@ -30,6 +30,10 @@ pub const EVENTS: &str = "events";
 const ROOT: &str = "bindguard";
 // bpffs refuses names with a dot, so staging dirs are told apart by not being a number.
 const NEW_PREFIX: &str = "new-";
+/// A binding being detached is first renamed to `dead-<cgroup-id>-<pid>`, so a detach killed
+/// half-way leaves a directory the next command finishes, never a half binding under the
+/// binding's own name.
+const DEAD_PREFIX: &str = "dead-";
 
 /// Makes sure bpffs is mounted at /sys/fs/bpf, mounting it if needed.
 pub fn ensure_bpffs() -> anyhow::Result<()> {
@@ -183,19 +187,46 @@ pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
-/// Removes staging directories left by an attach that was killed before it published.
-/// Their programs were attached, but the attach never completed, so the cgroup's binding is
-/// whatever was published before.
-pub fn sweep_abandoned(_lock: &Lock) {
+/// Detaches a published binding: renamed away first (atomic), then its pins removed.
+pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("binding directory without a name")?;
+    let dead = root().join(format!("{DEAD_PREFIX}{id}-{}", std::process::id()));
+    fs::rename(dir, &dead)
+        .with_context(|| format!("renaming {} to {}", dir.display(), dead.display()))?;
+    remove_dir(&dead)
+}
+
+/// A directory left by an attach (staging) or detach that was killed before it finished:
+/// the cgroup it concerns and its path.
+pub fn abandoned() -> Vec<(u64, PathBuf)> {
+    let mut out = Vec::new();
     for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(NEW_PREFIX)) else {
+        let Some(rest) = name.to_str().and_then(|n| {
+            n.strip_prefix(NEW_PREFIX)
+                .or_else(|| n.strip_prefix(DEAD_PREFIX))
+        }) else {
             continue;
         };
-        let pid = rest.rsplit('-').next().and_then(|p| p.parse::<i32>().ok());
+        let mut parts = rest.rsplitn(2, '-');
+        let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
+        let id = parts.next().and_then(|i| i.parse::<u64>().ok());
         let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if !alive {
-            let _ = remove_dir(&entry.path());
+        if let (Some(id), false) = (id, alive) {
+            out.push((id, entry.path()));
         }
+    }
+    out
+}
+
+/// Removes what [`abandoned`] finds. A staging directory's programs were attached but never
+/// published, so the cgroup's binding is whatever was published before; a dead one's detach
+/// is completed.
+pub fn sweep_abandoned(_lock: &Lock) {
+    for (_, dir) in abandoned() {
+        let _ = remove_dir(&dir);
     }
 }

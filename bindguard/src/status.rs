@@ -29,6 +29,10 @@ pub struct Binding {
     pub priority: Option<u32>,
     pub mode: String,
     pub allow_loopback: bool,
+    /// Socket families allowed beyond unix, netlink, inet and inet6 (`--allow-family`).
+    pub allow_families: Vec<String>,
+    /// Whether strict mode's BPF LSM programs are attached.
+    pub lsm: bool,
     pub links: Vec<LinkInfo>,
     pub counters: Counters,
     /// Empty when the binding is healthy.
@@ -53,7 +57,7 @@ pub struct LinkInfo {
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
-    /// pins-unreadable, programs-outdated.
+    /// pins-unreadable, programs-outdated, lsm-unavailable, stray-programs.
     pub kind: &'static str,
     pub message: String,
 }
@@ -74,6 +78,19 @@ pub fn collect() -> Report {
                 paths.get(&id).cloned(),
                 &mut namespaces,
             ));
+        }
+        // An attach or detach killed half-way on a cgroup with no binding (any more): its
+        // programs still run, so it is listed too.
+        let bound: std::collections::HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
+        for (id, dir) in pins::abandoned() {
+            if !bound.contains(&id) && attached_links(&dir, id) > 0 {
+                bindings.push(read_binding(
+                    id,
+                    &dir,
+                    paths.get(&id).cloned(),
+                    &mut namespaces,
+                ));
+            }
         }
     }
     Report {
@@ -100,7 +117,7 @@ fn read_binding(
     let mode = enforcer::mode_of(&policy);
     let mut links = Vec::new();
     let mut detached = false;
-    for hook in mode.hooks() {
+    for hook in mode.hooks(policy.has(flags::LSM)) {
         let path = dir.join(pins::link_name(hook.name));
         match link::pinned_state(&path) {
             Ok(s) => {
@@ -135,10 +152,38 @@ fn read_binding(
             ),
         });
     }
+    let stray: usize = pins::abandoned()
+        .iter()
+        .filter(|(id, _)| *id == cgroup_id)
+        .map(|(_, d)| attached_links(d, cgroup_id))
+        .sum();
+    // An orphaned directory listed on its own counts its links as stray, not as the binding's.
+    let stray = if dir
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().parse::<u64>().is_err())
+    {
+        stray.max(1)
+    } else {
+        stray
+    };
+    if stray > 0 {
+        problems.push(Problem {
+            kind: "stray-programs",
+            message: format!(
+                "{stray} program(s) left by an interrupted attach or detach are attached besides this binding's own; the next attach or detach removes them"
+            ),
+        });
+    }
     if policy.object_hash != enforcer::object_hash() && problems.is_empty() {
         problems.push(Problem {
             kind: "programs-outdated",
             message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
+        });
+    }
+    if mode == enforcer::Mode::Strict && !policy.has(flags::LSM) {
+        problems.push(Problem {
+            kind: "lsm-unavailable",
+            message: crate::lsm::UNAVAILABLE.into(),
         });
     }
     let ifname = netdev::name_from_bytes(&policy.ifname);
@@ -190,10 +235,22 @@ fn read_binding(
         priority: policy.has(flags::SET_PRIORITY).then_some(policy.priority),
         mode: mode.as_str().into(),
         allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
+        allow_families: enforcer::family_names(policy.families),
+        lsm: policy.has(flags::LSM),
         links,
         counters,
         problems,
     }
+}
+
+/// How many links pinned in `dir` are attached to cgroup `cgroup_id`.
+fn attached_links(dir: &Path, cgroup_id: u64) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| link::pinned_state(&e.path()).is_ok_and(|s| s.cgroup_id == Some(cgroup_id)))
+        .count()
 }
 
 /// The table `status` prints for people: one row per binding.

@@ -374,7 +374,8 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
     let ifname = netdev::name_from_bytes(&policy.ifname);
     // The kernel's side: every link pinned and attached to this cgroup.
     let mut link_problems = Vec::new();
-    for hook in mode.hooks() {
+    let hooks = mode.hooks(policy.has(flags::LSM));
+    for hook in hooks {
         let path = dir.join(pins::link_name(hook.name));
         match link::pinned_state(&path) {
             Ok(s) if s.cgroup_id == Some(binding_id) => {}
@@ -386,14 +387,18 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
         "links",
         link_problems.is_empty(),
         if link_problems.is_empty() {
-            format!(
-                "{} program(s) attached with pinned bpf_links",
-                mode.hooks().len()
-            )
+            format!("{} program(s) attached with pinned bpf_links", hooks.len())
         } else {
             format!("not enforced: {}", link_problems.join("; "))
         },
     ));
+    if mode == enforcer::Mode::Strict && !policy.has(flags::LSM) {
+        checks.push(Check {
+            name: "bpf lsm".into(),
+            outcome: Outcome::Warn,
+            detail: crate::lsm::UNAVAILABLE.into(),
+        });
+    }
     let Some(ns) = netns::find_by_ino(policy.netns_ino) else {
         checks.push(Check::new(
             "network namespace",

@@ -27,6 +27,9 @@ pub enum Peer {
     B,
 }
 
+/// Membership-report frames, by the peer that received them.
+type Reports = Mutex<Vec<(Peer, Vec<u8>)>>;
+
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub peer: Peer,
@@ -36,6 +39,8 @@ pub struct Hit {
 /// Both peers' listeners; stopped and joined on drop.
 pub struct Listener {
     hits: Arc<Mutex<Vec<Hit>>>,
+    /// IGMP and MLD frames (group membership reports) each peer received.
+    reports: Arc<Reports>,
     packets_a: Arc<AtomicU64>,
     packets_b: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -45,6 +50,7 @@ pub struct Listener {
 impl Listener {
     pub fn start(topo: &Topology) -> Self {
         let hits = Arc::new(Mutex::new(Vec::new()));
+        let reports = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let packets_a = Arc::new(AtomicU64::new(0));
         let packets_b = Arc::new(AtomicU64::new(0));
@@ -59,17 +65,19 @@ impl Listener {
                 (udp, tcp, packet_socket("eth0"))
             });
             let hits = hits.clone();
+            let reports = reports.clone();
             let stop = stop.clone();
             let packets = packets.clone();
             threads.push(std::thread::spawn(move || {
                 let (udp, tcp, raw) = sockets;
                 let _ = ready_tx.send(());
-                serve(peer, udp, tcp, raw, &hits, &packets, &stop);
+                serve(peer, udp, tcp, raw, &hits, &reports, &packets, &stop);
             }));
             ready_rx.recv().expect("listener thread started");
         }
         Self {
             hits,
+            reports,
             packets_a,
             packets_b,
             stop,
@@ -102,6 +110,28 @@ impl Listener {
         peers.sort_by_key(|p| *p as u8);
         peers.dedup();
         peers
+    }
+
+    /// Whether `peer` received an IGMP or MLD report naming `group` (its address bytes appear
+    /// in the frame), waiting up to `timeout`.
+    pub fn report_for(&self, peer: Peer, group: std::net::IpAddr, timeout: Duration) -> bool {
+        let bytes = match group {
+            std::net::IpAddr::V4(g) => g.octets().to_vec(),
+            std::net::IpAddr::V6(g) => g.octets().to_vec(),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self
+                .reports
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|(p, f)| *p == peer && f.windows(bytes.len()).any(|w| w == bytes));
+            if seen || Instant::now() >= deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// TCP/UDP packets to the listeners' port that reached a peer's eth0, to any address.
@@ -223,12 +253,23 @@ fn to_listener_port(frame: &[u8]) -> bool {
     matches!(proto, Some(6 | 17)) && frame.get(l4 + 2..l4 + 4) == Some(&PORT.to_be_bytes()[..])
 }
 
+/// IGMP (IPv4 protocol 2) and MLD (ICMPv6 behind a hop-by-hop header) frames.
+fn is_membership_report(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.get(23) == Some(&2),
+        Some([0x86, 0xdd]) => matches!(frame.get(20), Some(0 | 58)),
+        _ => false,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn serve(
     peer: Peer,
     udp: UdpSocket,
     tcp: TcpListener,
     raw: OwnedFd,
     hits: &Mutex<Vec<Hit>>,
+    reports: &Reports,
     packets: &AtomicU64,
     stop: &AtomicBool,
 ) {
@@ -248,8 +289,11 @@ fn serve(
                 break;
             }
             idle = false;
-            if to_listener_port(&buf[..n as usize]) {
+            let frame = &buf[..n as usize];
+            if to_listener_port(frame) {
                 packets.fetch_add(1, Ordering::SeqCst);
+            } else if is_membership_report(frame) {
+                reports.lock().unwrap().push((peer, frame.to_vec()));
             }
         }
         idle &= !drain(&udp, &tcp, false, &mut buf, record);

@@ -309,6 +309,132 @@ fn escape(kind: &str, addr: &str, port: &str, token: &str, arg: Option<&str>) {
     std::process::exit(i32::from(!sent));
 }
 
+/// Joins multicast `group` by one of the membership options (`how`), naming interface
+/// `ifindex` (0: none), prints `join: ok` or `join: error errno=N`, holds it for 600 ms so the
+/// kernel's IGMP/MLD reports go out, then leaves by exiting.
+fn mcast(how: &str, group: &str, ifindex: &str) {
+    let group: IpAddr = group.parse().expect("GROUP");
+    let ifindex: u32 = ifindex.parse().expect("IFINDEX");
+    let family = if group.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let sock = new_socket(family, libc::SOCK_DGRAM).unwrap_or_else(|e| report(&e));
+    let fd = sock.as_raw_fd();
+    let mut buf = [0u8; 264];
+    let (level, name, len) = match (how, group) {
+        // struct ip_mreqn { group, address, ifindex }
+        ("mreqn", IpAddr::V4(g)) => {
+            buf[..4].copy_from_slice(&g.octets());
+            buf[8..12].copy_from_slice(&ifindex.to_ne_bytes());
+            (libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, 12)
+        }
+        // struct ip_mreq { group, INADDR_ANY }: the interface is left to the kernel
+        ("mreq", IpAddr::V4(g)) => {
+            buf[..4].copy_from_slice(&g.octets());
+            (libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, 8)
+        }
+        // struct ip_mreq_source { group, interface address, source }
+        ("source", IpAddr::V4(g)) => {
+            buf[..4].copy_from_slice(&g.octets());
+            buf[8..12].copy_from_slice(&[192, 0, 2, 99]);
+            (libc::IPPROTO_IP, libc::IP_ADD_SOURCE_MEMBERSHIP, 12)
+        }
+        // struct group_req { u32 interface; sockaddr_storage group (at 8) }
+        ("group", g) => {
+            buf[..4].copy_from_slice(&ifindex.to_ne_bytes());
+            let (sa, _) = sockaddr(g, 0, 0);
+            // SAFETY: sockaddr_storage is plain data of 128 bytes.
+            let raw: [u8; 128] = unsafe { std::mem::transmute(sa) };
+            buf[8..136].copy_from_slice(&raw);
+            let level = if g.is_ipv4() {
+                libc::IPPROTO_IP
+            } else {
+                libc::IPPROTO_IPV6
+            };
+            (level, libc::MCAST_JOIN_GROUP, 136)
+        }
+        // struct ipv6_mreq { in6_addr group; int ifindex }
+        ("mreq6", IpAddr::V6(g)) => {
+            buf[..16].copy_from_slice(&g.octets());
+            buf[16..20].copy_from_slice(&ifindex.to_ne_bytes());
+            (libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, 20)
+        }
+        _ => panic!("unknown membership option {how} for {group}"),
+    };
+    // SAFETY: setsockopt on our own fd with a buffer of at least `len` bytes.
+    step(
+        "join",
+        unsafe { libc::setsockopt(fd, level, name, buf.as_ptr().cast(), len) } as _,
+    );
+    std::thread::sleep(Duration::from_millis(600));
+}
+
+/// socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP): prints `socket: ok` or the errno.
+fn mptcp() {
+    // SAFETY: plain socket(2) call; the fd is closed at exit.
+    step(
+        "socket(IPPROTO_MPTCP)",
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 262) } as _,
+    );
+}
+
+/// One UDP datagram carrying `token`, after `how`: `somark N` (an SO_MARK cmsg, needs
+/// CAP_NET_ADMIN) or `tos N` (setsockopt IP_TOS, unprivileged; it also sets the priority).
+fn send_marked(how: &str, value: &str, addr: &str, port: &str, token: &str) {
+    let value: u32 = value.parse().expect("VALUE");
+    let ip: IpAddr = addr.parse().expect("ADDR");
+    let sock = new_socket(libc::AF_INET, libc::SOCK_DGRAM).unwrap_or_else(|e| report(&e));
+    let fd = sock.as_raw_fd();
+    let (sa, len) = sockaddr(ip, port.parse().expect("PORT"), 0);
+    let msg = token.as_bytes();
+    let mut iov = libc::iovec {
+        iov_base: msg.as_ptr() as *mut _,
+        iov_len: msg.len(),
+    };
+    // SAFETY: plain data, filled below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = (&sa as *const libc::sockaddr_storage) as *mut _;
+    hdr.msg_namelen = len;
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    // SAFETY: CMSG_SPACE is a pure computation.
+    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let mut cbuf = vec![0u8; space];
+    match how {
+        "somark" => {
+            hdr.msg_control = cbuf.as_mut_ptr().cast();
+            hdr.msg_controllen = space;
+            // SAFETY: the control buffer holds one cmsg with 4 bytes of data.
+            unsafe {
+                let c = libc::CMSG_FIRSTHDR(&hdr);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SO_MARK;
+                (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+                std::ptr::write(libc::CMSG_DATA(c).cast(), value);
+            }
+        }
+        "tos" => {
+            let tos = value as i32;
+            // SAFETY: setsockopt on our own fd with an int.
+            step("setsockopt(IP_TOS)", unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::IPPROTO_IP,
+                    libc::IP_TOS,
+                    (&tos as *const i32).cast(),
+                    4,
+                )
+            } as _);
+        }
+        _ => panic!("unknown marking {how}"),
+    }
+    // SAFETY: sendmsg on our own fd with the header built above.
+    let sent = step("sendmsg", unsafe { libc::sendmsg(fd, &hdr, 0) } as _);
+    std::process::exit(i32::from(!sent));
+}
+
 /// Holds a UDP socket and a TCP listener on PORT for SECONDS (sockets made now, before any
 /// binding a test adds later).
 fn hold(port: &str, seconds: &str) {
@@ -382,6 +508,9 @@ fn main() {
         ["bench-send", addr, port, n] => bench_send(addr, port, n),
         ["loop", secs] => tight_loop(secs.parse().expect("SECONDS")),
         ["escape", kind, addr, port, token] => escape(kind, addr, port, token, None),
+        ["mcast", how, group, ifindex] => mcast(how, group, ifindex),
+        ["mptcp"] => mptcp(),
+        ["marked", how, value, addr, port, token] => send_marked(how, value, addr, port, token),
         ["escape", kind, addr, port, token, arg] => escape(kind, addr, port, token, Some(arg)),
         _ => {
             eprintln!("usage: bg-probe send udp|tcp ADDR PORT TOKEN | sockinfo | loop SECONDS");

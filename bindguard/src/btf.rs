@@ -1,0 +1,345 @@
+//! The running kernel's type information (/sys/kernel/btf/vmlinux): where the fields the BPF
+//! LSM programs follow live in this build of the kernel.
+//!
+//! Hand-written because the two parsers at hand do not fit: aya-obj keeps struct members
+//! crate-private, and btf-rs is LGPL. Only what [`KernelLayout`] needs is read: struct
+//! members by name, looking through anonymous structs and unions.
+
+use std::collections::HashMap;
+
+use anyhow::{Context as _, bail};
+use bindguard_common::KernelLayout;
+
+pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xeb9f;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_TYPE_TAG: u32 = 18;
+
+#[derive(Debug, Clone)]
+struct Member {
+    name: u32,
+    ty: u32,
+    /// Offset in bits from the start of the enclosing struct.
+    bits: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Type {
+    name: u32,
+    kind: u32,
+    /// The referenced type for modifiers and typedefs.
+    ty: u32,
+    members: Vec<Member>,
+}
+
+/// The parsed type section: enough to find member offsets.
+pub struct Btf {
+    types: Vec<Type>,
+    strings: Vec<u8>,
+    structs_by_name: HashMap<String, u32>,
+}
+
+fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
+    let bytes = b
+        .get(at..at + 4)
+        .context("BTF is truncated")?
+        .try_into()
+        .expect("4 bytes");
+    Ok(u32::from_le_bytes(bytes))
+}
+
+impl Btf {
+    pub fn parse(data: &[u8]) -> anyhow::Result<Self> {
+        if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
+            bail!("not little-endian BTF (bad magic)");
+        }
+        let hdr_len = u32_at(data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let types_raw = data
+            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .context("BTF type section out of bounds")?;
+        let strings = data
+            .get(hdr_len + str_off..hdr_len + str_off + str_len)
+            .context("BTF string section out of bounds")?
+            .to_vec();
+        // Type id 0 is void.
+        let mut types = vec![Type {
+            name: 0,
+            kind: 0,
+            ty: 0,
+            members: Vec::new(),
+        }];
+        let mut at = 0;
+        while at < types_raw.len() {
+            let name = u32_at(types_raw, at)?;
+            let info = u32_at(types_raw, at + 4)?;
+            let size_or_type = u32_at(types_raw, at + 8)?;
+            at += 12;
+            let kind = (info >> 24) & 0x1f;
+            let vlen = (info & 0xffff) as usize;
+            let bitfields = info >> 31 == 1;
+            let mut members = Vec::new();
+            // Bytes that follow the common header, by kind (include/uapi/linux/btf.h).
+            let extra = match kind {
+                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
+                3 => 12,          // ARRAY
+                KIND_STRUCT | KIND_UNION => {
+                    for i in 0..vlen {
+                        let m = at + i * 12;
+                        let offset = u32_at(types_raw, m + 8)?;
+                        members.push(Member {
+                            name: u32_at(types_raw, m)?,
+                            ty: u32_at(types_raw, m + 4)?,
+                            bits: if bitfields {
+                                offset & 0x00ff_ffff
+                            } else {
+                                offset
+                            },
+                        });
+                    }
+                    vlen * 12
+                }
+                6 | 13 => vlen * 8,        // ENUM, FUNC_PROTO
+                15 | 19 => vlen * 12,      // DATASEC, ENUM64
+                2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
+                other => bail!("unknown BTF kind {other}"),
+            };
+            at += extra;
+            types.push(Type {
+                name,
+                kind,
+                ty: size_or_type,
+                members,
+            });
+        }
+        let mut btf = Self {
+            types,
+            strings,
+            structs_by_name: HashMap::new(),
+        };
+        for id in 1..btf.types.len() as u32 {
+            let t = &btf.types[id as usize];
+            // Forward declarations and empty duplicates are skipped: the first full one wins.
+            if t.kind == KIND_STRUCT && !t.members.is_empty() {
+                let name = btf.string(t.name).to_string();
+                btf.structs_by_name.entry(name).or_insert(id);
+            }
+        }
+        Ok(btf)
+    }
+
+    pub fn from_sys_fs() -> anyhow::Result<Self> {
+        let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
+        Self::parse(&data).with_context(|| format!("parsing {VMLINUX}"))
+    }
+
+    fn string(&self, off: u32) -> &str {
+        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        std::str::from_utf8(&rest[..end]).unwrap_or("")
+    }
+
+    /// Skips typedefs and qualifiers.
+    fn resolve(&self, mut id: u32) -> u32 {
+        for _ in 0..32 {
+            match self.types.get(id as usize) {
+                Some(t)
+                    if matches!(
+                        t.kind,
+                        KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
+                    ) =>
+                {
+                    id = t.ty
+                }
+                _ => break,
+            }
+        }
+        id
+    }
+
+    /// Byte offset of `name` inside the struct or union `id`, searching anonymous members.
+    fn find_member(&self, id: u32, name: &str, depth: u32) -> Option<(u32, u32)> {
+        let t = self.types.get(self.resolve(id) as usize)?;
+        if depth > 8 || !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
+            return None;
+        }
+        for m in &t.members {
+            if m.name != 0 && self.string(m.name) == name {
+                return Some((m.bits / 8, m.ty));
+            }
+        }
+        for m in t.members.iter().filter(|m| m.name == 0) {
+            if let Some((off, ty)) = self.find_member(m.ty, name, depth + 1) {
+                return Some((m.bits / 8 + off, ty));
+            }
+        }
+        None
+    }
+
+    /// Byte offset of a dotted member path (`__sk_common.skc_family`) in `struct name`.
+    pub fn offset(&self, strukt: &str, path: &str) -> Option<u32> {
+        let mut id = *self.structs_by_name.get(strukt)?;
+        let mut total = 0;
+        for part in path.split('.') {
+            let (off, ty) = self.find_member(id, part, 0)?;
+            total += off;
+            id = ty;
+        }
+        Some(total)
+    }
+
+    /// The type id of the function `name` (kind FUNC), as BPF_PROG_LOAD's attach_btf_id.
+    pub fn func_id(&self, name: &str) -> Option<u32> {
+        (1..self.types.len() as u32).find(|&id| {
+            self.types[id as usize].kind == 12 && self.string(self.types[id as usize].name) == name
+        })
+    }
+
+    /// Where the fields the LSM programs read live in this kernel. A missing field stays
+    /// [`KernelLayout::MISSING`] (the programs then refuse: fail closed).
+    pub fn kernel_layout(&self) -> KernelLayout {
+        let get = |s: &str, p: &str| self.offset(s, p).unwrap_or(KernelLayout::MISSING);
+        // x86: thread_info is embedded in task_struct (CONFIG_THREAD_INFO_IN_TASK).
+        let task_status = match (
+            self.offset("task_struct", "thread_info"),
+            self.offset("thread_info", "status"),
+        ) {
+            (Some(a), Some(b)) => a + b,
+            _ => KernelLayout::MISSING,
+        };
+        KernelLayout {
+            file_f_inode: get("file", "f_inode"),
+            file_private_data: get("file", "private_data"),
+            inode_i_mode: get("inode", "i_mode"),
+            socket_sk: get("socket", "sk"),
+            sock_family: get("sock", "__sk_common.skc_family"),
+            sock_bound_dev_if: get("sock", "__sk_common.skc_bound_dev_if"),
+            sock_net: get("sock", "__sk_common.skc_net"),
+            net_cookie: get("net", "net_cookie"),
+            sock_cgroup: get("sock", "sk_cgrp_data.cgroup"),
+            cgroup_level: get("cgroup", "level"),
+            cgroup_ancestors: get("cgroup", "ancestors"),
+            cgroup_kn: get("cgroup", "kn"),
+            kernfs_node_id: get("kernfs_node", "id"),
+            task_status,
+        }
+    }
+}
+
+/// The fields the LSM programs need that this kernel's BTF does not have.
+pub fn missing_fields(k: &KernelLayout) -> Vec<&'static str> {
+    let fields = [
+        ("file.f_inode", k.file_f_inode),
+        ("file.private_data", k.file_private_data),
+        ("inode.i_mode", k.inode_i_mode),
+        ("socket.sk", k.socket_sk),
+        ("sock.skc_family", k.sock_family),
+        ("sock.sk_cgrp_data.cgroup", k.sock_cgroup),
+        ("cgroup.level", k.cgroup_level),
+        ("cgroup.ancestors", k.cgroup_ancestors),
+        ("cgroup.kn", k.cgroup_kn),
+        ("kernfs_node.id", k.kernfs_node_id),
+    ];
+    fields
+        .iter()
+        .filter(|(_, v)| *v == KernelLayout::MISSING)
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny BTF blob: struct inner { int a; int b; }; struct outer { int x; union { struct
+    /// inner in; }; } — the anonymous union must be looked through.
+    fn blob() -> Vec<u8> {
+        let strings = b"\0int\0inner\0a\0b\0outer\0x\0in\0".to_vec();
+        let s = |name: &str| -> u32 {
+            let needle = format!("\0{name}\0");
+            strings
+                .windows(needle.len())
+                .position(|w| w == needle.as_bytes())
+                .unwrap() as u32
+                + 1
+        };
+        let mut t = Vec::new();
+        let mut push = |v: u32| t.extend_from_slice(&v.to_le_bytes());
+        // 1: int
+        push(s("int"));
+        push(1 << 24);
+        push(4);
+        push(32);
+        // 2: struct inner { a@0, b@32 }
+        push(s("inner"));
+        push((4 << 24) | 2);
+        push(8);
+        push(s("a"));
+        push(1);
+        push(0);
+        push(s("b"));
+        push(1);
+        push(32);
+        // 3: union { in: inner }
+        push(0);
+        push((5 << 24) | 1);
+        push(8);
+        push(s("in"));
+        push(2);
+        push(0);
+        // 4: struct outer { x@0, <anon>@64 }
+        push(s("outer"));
+        push((4 << 24) | 2);
+        push(16);
+        push(s("x"));
+        push(1);
+        push(0);
+        push(0);
+        push(3);
+        push(64);
+        let mut out = Vec::new();
+        out.extend_from_slice(&MAGIC.to_le_bytes());
+        out.extend_from_slice(&[1, 0]);
+        for v in [
+            24u32,
+            0,
+            t.len() as u32,
+            t.len() as u32,
+            strings.len() as u32,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&t);
+        out.extend_from_slice(&strings);
+        out
+    }
+
+    #[test]
+    fn members_are_found_through_anonymous_unions() {
+        let btf = Btf::parse(&blob()).unwrap();
+        assert_eq!(btf.offset("outer", "x"), Some(0));
+        assert_eq!(btf.offset("outer", "in"), Some(8));
+        assert_eq!(btf.offset("outer", "in.b"), Some(12));
+        assert_eq!(btf.offset("outer", "nope"), None);
+        assert_eq!(btf.offset("nope", "x"), None);
+        assert!(Btf::parse(b"not btf at all, not at all").is_err());
+    }
+
+    #[test]
+    fn the_running_kernel_has_every_field() {
+        let Ok(btf) = Btf::from_sys_fs() else {
+            eprintln!("SKIP: no {VMLINUX}");
+            return;
+        };
+        let k = btf.kernel_layout();
+        assert_eq!(missing_fields(&k), Vec::<&str>::new(), "{k:?}");
+        assert_eq!(k.task_status % 4, 0, "{k:?}");
+    }
+}

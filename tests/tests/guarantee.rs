@@ -1,0 +1,519 @@
+//! Strict means strict (issue 9): each escape an attacker found, in the two-uplink topology,
+//! proved by what peer A's sniffer sees. Where bind mode is meant to leak, the same attempt is
+//! shown leaking there, so these tests can fail.
+
+use std::{io::Write, net::IpAddr, time::Duration};
+
+use bindguard_tests::{
+    Cmd, Peer, Scenario, TestCgroup,
+    listener::PORT,
+    root_or_skip,
+    scenario::{attached_programs, dest, token},
+    topology::{UPLINK_A, UPLINK_B},
+};
+
+fn counter(s: &Scenario, name: &str) -> u64 {
+    s.status_entry().expect("binding in status")["counters"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no counter {name}"))
+}
+
+fn problems(s: &Scenario) -> Vec<String> {
+    s.status_entry().expect("binding in status")["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .filter(|k| k != "lsm-unavailable")
+        .collect()
+}
+
+fn program_count(cg: &std::path::Path) -> usize {
+    attached_programs(cg)
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count()
+}
+
+#[test]
+fn the_root_cgroup_is_refused_in_every_spelling() {
+    root_or_skip!();
+    // Inside a cgroup namespace rooted at a test cgroup, with cgroup2 mounted afresh: there
+    // the mount's root is the test cgroup, so a missing guard binds that, never the host.
+    let cg = TestCgroup::new();
+    let sub = cg.child("sub");
+    let mount = bindguard::cgroup::cgroup2_mount().unwrap();
+    let m = mount.display().to_string();
+    let link = std::env::temp_dir().join(bindguard_tests::unique("bgln"));
+    let bg = bindguard_tests::bindguard_bin();
+    let spellings = [
+        m.clone(),
+        format!("{m}/"),
+        format!("{m}/."),
+        ".".into(),
+        format!("/proc/self/root{m}"),
+        format!("{m}/sub/.."),
+        link.display().to_string(),
+    ];
+    // The host's mount is replaced by one showing the namespace (set -e: no attach runs if
+    // that fails); the root's inode printed first proves it is not the host's root (1).
+    let mut script = format!(
+        "set -e\numount -l {m}\nmount -t cgroup2 none {m}\nstat -c 'root=%i' {m}\nln -s {m} {}\nset +e\n",
+        link.display()
+    );
+    for sp in &spellings {
+        script += &format!(
+            "{} attach --cgroup '{sp}' --dev lo 2>&1; echo \"=> $?\"\n",
+            bg.display()
+        );
+    }
+    script += &format!("rm -f {}\n", link.display());
+    let (code, out, err) = Cmd::new("unshare")
+        .args([
+            "--mount",
+            "--cgroup",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .in_cgroup(&cg)
+        .run();
+    let _ = std::fs::remove_file(&link);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains(&format!("root={}\n", cg.id)),
+        "the namespace's cgroup2 root is not the test cgroup:\n{out}{err}"
+    );
+    let results: Vec<&str> = out.lines().filter(|l| l.starts_with("=> ")).collect();
+    assert_eq!(results.len(), spellings.len(), "{out}");
+    for (sp, r) in spellings.iter().zip(&results) {
+        assert_eq!(*r, "=> 2", "{sp} was not refused as bad input:\n{out}");
+    }
+    assert_eq!(
+        out.matches("is the root of a cgroup2 hierarchy").count(),
+        spellings.len(),
+        "{out}"
+    );
+    // Nothing changed: no binding, no program on the namespace's root cgroup.
+    assert!(!cg.pins().exists());
+    assert_eq!(
+        program_count(&cg.path),
+        0,
+        "{}",
+        attached_programs(&cg.path)
+    );
+    drop(sub);
+}
+
+#[test]
+fn oci_hook_refuses_the_runtimes_cgroup_and_its_ancestors() {
+    root_or_skip!();
+    let outer = TestCgroup::new();
+    let runtime = outer.child("run");
+    // The "container" process lives in `outer`, an ancestor of the runtime's cgroup.
+    let mut sleeper = Cmd::new("sleep").arg("30").in_cgroup(&outer).spawn();
+    for runtime_cg in [&runtime.path, &outer.path] {
+        let state = serde_json::json!({
+            "ociVersion": "1.0.2", "id": "bgtest", "status": "creating",
+            "pid": sleeper.id(), "bundle": "/nonexistent",
+            "annotations": {"io.bindguard.dev": "lo"}
+        });
+        let mut child = Cmd::bindguard()
+            .arg("oci-hook")
+            .in_cgroup_path(runtime_cg)
+            .spawn_with_stdin();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(state.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        assert!(err.contains("refusing to bind the runtime"), "{err}");
+        assert!(!outer.pins().exists(), "the runtime's ancestor was bound");
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+/// A group address no other test uses.
+fn group(v6: bool, n: u32) -> IpAddr {
+    let p = std::process::id() % 250;
+    if v6 {
+        format!("ff15::77:{p:x}:{n:x}").parse().unwrap()
+    } else {
+        format!("239.77.{p}.{}", n % 250).parse().unwrap()
+    }
+}
+
+/// Joins `g` with membership option `how` naming `ifindex`, as uid 65534 with no
+/// capabilities; returns the probe's output.
+fn join(s: &Scenario, how: &str, g: IpAddr, ifindex: u32) -> String {
+    let (_, out, err) = s
+        .probe_bound()
+        .args(["mcast", how, &g.to_string(), &ifindex.to_string()])
+        .as_nobody()
+        .run();
+    format!("{out}{err}")
+}
+
+#[test]
+fn multicast_joins_stay_on_the_bound_interface() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let a = s.topo.host.ifindex(UPLINK_A);
+    let wait = Duration::from_millis(800);
+    let mut n = 0;
+    let mut next = |v6| {
+        n += 1;
+        group(v6, n)
+    };
+    // Naming the other interface: refused, and no report leaves by it.
+    for (how, v6) in [
+        ("mreqn", false),
+        ("group", false),
+        ("group", true),
+        ("mreq6", true),
+    ] {
+        let g = next(v6);
+        let out = join(&s, how, g, a);
+        assert!(out.contains("join: error errno=1"), "{how} on upA: {out}");
+        assert!(
+            !s.listener.report_for(Peer::A, g, wait),
+            "{how}: a report for {g} reached peer A"
+        );
+    }
+    // Naming no interface: the kernel would take the routing table's choice (upA); the guard
+    // puts the membership on the bound interface.
+    for (how, v6) in [("mreq", false), ("group", false), ("mreq6", true)] {
+        let g = next(v6);
+        let out = join(&s, how, g, 0);
+        assert!(out.contains("join: ok"), "{how} any: {out}");
+        assert!(
+            s.listener.report_for(Peer::B, g, Duration::from_secs(3)),
+            "{how} any: no report for {g} on upB: {out}"
+        );
+        assert!(
+            !s.listener.report_for(Peer::A, g, wait),
+            "{how} any: a report for {g} reached peer A"
+        );
+    }
+    // An interface named only by address cannot be pinned: refused.
+    let g = next(false);
+    let out = join(&s, "source", g, 0);
+    assert!(out.contains("join: error errno=1"), "source: {out}");
+    assert!(counter(&s, "multicast_refused") >= 5);
+}
+
+#[test]
+fn multicast_joins_leak_in_bind_mode() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &["--mode", "bind"]);
+    let a = s.topo.host.ifindex(UPLINK_A);
+    for (i, (how, ifindex)) in [("mreqn", a), ("mreq", 0)].into_iter().enumerate() {
+        let g = group(false, 100 + i as u32);
+        let out = join(&s, how, g, ifindex);
+        assert!(out.contains("join: ok"), "{how}: {out}");
+        assert!(
+            s.listener.report_for(Peer::A, g, Duration::from_secs(3)),
+            "{how}: bind mode was expected to send the report for {g} by upA: {out}"
+        );
+    }
+}
+
+#[test]
+fn mptcp_is_refused_with_eprotonosupport_in_both_modes() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let (code, out, _) = s.probe_bound().arg("mptcp").as_nobody().run();
+    assert_eq!(code, 0, "MPTCP works without a binding here: {out}");
+    assert!(out.contains("socket(IPPROTO_MPTCP): ok"), "{out}");
+    for mode in ["strict", "bind"] {
+        s.attach(UPLINK_B, &["--mode", mode]);
+        let (_, out, _) = s.probe_bound().arg("mptcp").as_nobody().run();
+        assert!(
+            out.contains("socket(IPPROTO_MPTCP): error errno=93"),
+            "{mode}: {out}"
+        );
+        assert!(counter(&s, "mptcp_refused") >= 1, "{mode}");
+        // TCP, the fallback, still leaves bound.
+        assert_eq!(
+            s.delivered_to(
+                s.probe_bound().as_nobody(),
+                bindguard_tests::Proto::Tcp,
+                false
+            ),
+            [Peer::B],
+            "{mode}"
+        );
+    }
+}
+
+fn send_marked(s: &Scenario, how: &str, value: &str, nobody: bool) -> (String, Vec<Peer>) {
+    let tok = token(how);
+    let mut cmd =
+        s.probe_bound()
+            .args(["marked", how, value, dest(false), &PORT.to_string(), &tok]);
+    if nobody {
+        cmd = cmd.as_nobody();
+    }
+    let (_, out, err) = cmd.run();
+    let got = s.listener.wait_for(&tok, Duration::from_millis(800));
+    (format!("{out}{err}"), got)
+}
+
+#[test]
+fn a_changed_mark_is_dropped_and_a_changed_priority_restored() {
+    root_or_skip!();
+    let s = Scenario::new();
+    // Without --mark the cmsg's mark is the packet's business: it leaves (the test can fail).
+    s.attach(UPLINK_B, &[]);
+    let (out, got) = send_marked(&s, "somark", "9", false);
+    assert_eq!(got, [Peer::B], "{out}");
+    s.attach(UPLINK_B, &["--mark", "7", "--priority", "3"]);
+    // An SO_MARK cmsg (CAP_NET_ADMIN) bypasses the setsockopt guard: dropped at egress.
+    let before = s.listener.packets(Peer::A) + s.listener.packets(Peer::B);
+    let (out, got) = send_marked(&s, "somark", "9", false);
+    assert!(got.is_empty(), "a packet with mark 9 left: {got:?} {out}");
+    assert_eq!(
+        s.listener.packets(Peer::A) + s.listener.packets(Peer::B),
+        before,
+        "{out}"
+    );
+    assert!(counter(&s, "mark_dropped") >= 1);
+    // The policy's own mark passes.
+    let (out, got) = send_marked(&s, "somark", "7", false);
+    assert_eq!(got, [Peer::B], "{out}");
+    // IP_TOS (unprivileged) also sets the priority: the packet leaves with the policy's.
+    let (out, got) = send_marked(&s, "tos", "16", true);
+    assert!(out.contains("setsockopt(IP_TOS): ok"), "{out}");
+    assert_eq!(got, [Peer::B], "{out}");
+    assert!(counter(&s, "priority_restored") >= 1);
+}
+
+/// Sockets on PORT in the host namespace (ss), to see whether they still exist.
+fn sockets_on_port(s: &Scenario) -> String {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", s.topo.host.path().display()))
+        .args(["ss", "-Hantu", &format!("sport = :{}", PORT + 50)])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn existing_sockets_are_kept_or_destroyed_on_request() {
+    root_or_skip!();
+    for existing in ["keep", "destroy"] {
+        let s = Scenario::new();
+        let mut holder = s
+            .probe_bound()
+            .args(["hold", &(PORT + 50).to_string(), "30"])
+            .spawn();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "ready");
+        assert_eq!(
+            sockets_on_port(&s).lines().count(),
+            2,
+            "{}",
+            sockets_on_port(&s)
+        );
+        let (code, out, err) = s.attach_result(UPLINK_B, &["--existing", existing]);
+        assert_eq!(code, 0, "{out}{err}");
+        let left = sockets_on_port(&s);
+        if existing == "keep" {
+            assert_eq!(left.lines().count(), 2, "{left}");
+        } else {
+            // TCP: gone. UDP (SOCK_DESTROY leaves a port-bound one usable): now bound to upB.
+            assert_eq!(
+                left.lines().count(),
+                1,
+                "the TCP socket remains:\n{left}\n{err}"
+            );
+            assert!(
+                left.contains("udp") && left.contains(&format!("%{UPLINK_B}")),
+                "{left}"
+            );
+            assert_eq!(err.matches("bindguard: destroyed: tcp").count(), 1, "{err}");
+            assert_eq!(
+                err.matches("bindguard: bound to upB: udp").count(),
+                1,
+                "{err}"
+            );
+        }
+        let _ = holder.kill();
+        let _ = holder.wait();
+    }
+}
+
+#[test]
+fn attach_restores_a_binding_that_lost_links() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let full = program_count(&s.cg.path);
+    assert!(full >= 10);
+    std::fs::remove_file(s.cg.pins().join("link_sock_create")).unwrap();
+    assert_eq!(program_count(&s.cg.path), full - 1);
+    assert!(problems(&s).contains(&"link-missing".to_string()));
+    let (code, out, err) = s.attach_result(UPLINK_B, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("programs replaced"), "{out}");
+    assert_eq!(program_count(&s.cg.path), full);
+    assert_eq!(problems(&s), Vec::<String>::new());
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), bindguard_tests::Proto::Udp, false),
+        [Peer::B]
+    );
+}
+
+#[test]
+fn killed_commands_never_leave_silent_extras() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let modes = ["bind", "strict"];
+    for i in 0..24u64 {
+        // Alternate modes so each attach replaces the whole program set, or detach.
+        let args: Vec<String> = if i % 3 == 2 {
+            vec![
+                "detach".into(),
+                "--cgroup".into(),
+                s.cg.path.display().to_string(),
+            ]
+        } else {
+            let mut a = vec![
+                "attach".into(),
+                "--cgroup".into(),
+                s.cg.path.display().to_string(),
+                "--dev".into(),
+                UPLINK_B.into(),
+                "--netns".into(),
+                s.topo.host.path().display().to_string(),
+            ];
+            a.extend(["--mode".into(), modes[(i % 2) as usize].into()]);
+            a
+        };
+        let mut child = Cmd::bindguard().args(&args).spawn();
+        std::thread::sleep(Duration::from_millis(5 + (i * 7919) % 60));
+        let _ = child.kill();
+        let _ = child.wait();
+        let attached = program_count(&s.cg.path);
+        let entry = s.status_entry();
+        let pinned = entry.as_ref().map_or(0, |e| {
+            e["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|l| !l["link_id"].is_null())
+                .count()
+        });
+        let kinds: Vec<String> = entry.as_ref().map_or(vec![], |e| {
+            e["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["kind"].as_str().unwrap().to_string())
+                .collect()
+        });
+        if attached > pinned {
+            assert!(
+                kinds.contains(&"stray-programs".to_string()),
+                "round {i}: {attached} programs attached, {pinned} pinned, status says {kinds:?}"
+            );
+        }
+    }
+    // The next commands finish whatever was interrupted.
+    s.attach(UPLINK_B, &[]);
+    assert_eq!(program_count(&s.cg.path), 10);
+    assert_eq!(problems(&s), Vec::<String>::new());
+    let (code, _, err) = s.detach();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        program_count(&s.cg.path),
+        0,
+        "{}",
+        attached_programs(&s.cg.path)
+    );
+}
+
+#[test]
+fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let (code, _, err) = Cmd::bindguard()
+        .env("BINDGUARD_LSM_LIST", "lockdown,capability")
+        .arg("attach")
+        .arg("--cgroup")
+        .arg(&s.cg.path)
+        .args(["--dev", UPLINK_B, "--netns"])
+        .arg(s.topo.host.path())
+        .run();
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("warning: the BPF LSM is not usable"), "{err}");
+    assert!(err.contains("lsm="), "{err}");
+    let entry = s.status_entry().unwrap();
+    assert_eq!(entry["lsm"], false);
+    assert!(
+        entry["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "lsm-unavailable"
+                && p["message"].as_str().unwrap().contains("AF_PACKET")),
+        "{entry}"
+    );
+    let (_, out, _) = Cmd::bindguard()
+        .arg("verify")
+        .arg("--cgroup")
+        .arg(&s.cg.path)
+        .run();
+    assert!(out.contains("WARN") && out.contains("bpf lsm"), "{out}");
+    // The rest of strict mode is attached and enforcing.
+    assert_eq!(
+        s.delivered_to(
+            s.probe_bound().as_nobody(),
+            bindguard_tests::Proto::Udp,
+            true
+        ),
+        [Peer::B]
+    );
+}
+
+#[test]
+fn over_long_input_is_bad_input_and_not_echoed() {
+    root_or_skip!();
+    let long = "x".repeat(5000);
+    let (code, _, err) = Cmd::bindguard()
+        .args(["attach", "--cgroup", &long, "--dev", "lo"])
+        .run();
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.lines().count(), 1);
+    assert!(err.len() < 400, "{} bytes", err.len());
+    // A 16 MB annotation: refused, one short line.
+    let big = "y".repeat(16 << 20);
+    let state = format!(
+        r#"{{"ociVersion":"1.0.2","id":"c","status":"creating","pid":1,"bundle":"/x","annotations":{{"io.bindguard.dev":"{big}"}}}}"#
+    );
+    let mut child = Cmd::bindguard().arg("oci-hook").spawn_with_stdin();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(state.as_bytes());
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", &err[..err.len().min(300)]);
+    assert!(err.len() < 400, "{} bytes", err.len());
+    let _ = UPLINK_B;
+}
