@@ -5,8 +5,6 @@
 //! crate-private, and btf-rs is LGPL. Only what [`KernelLayout`] needs is read: struct
 //! members by name, looking through anonymous structs and unions.
 
-use std::collections::HashMap;
-
 use anyhow::{Context as _, bail};
 use bindguard_common::KernelLayout;
 
@@ -29,20 +27,33 @@ struct Member {
     bits: u32,
 }
 
-#[derive(Debug, Clone)]
+/// One type's header; members are decoded from `data` only when asked for.
+#[derive(Debug, Clone, Copy)]
 struct Type {
     name: u32,
-    kind: u32,
+    info: u32,
     /// The referenced type for modifiers and typedefs.
     ty: u32,
-    members: Vec<Member>,
+    /// Where the kind-specific data after the header starts, in the type section.
+    extra: usize,
 }
 
-/// The parsed type section: enough to find member offsets.
+impl Type {
+    fn kind(&self) -> u32 {
+        (self.info >> 24) & 0x1f
+    }
+    fn vlen(&self) -> usize {
+        (self.info & 0xffff) as usize
+    }
+}
+
+/// The parsed type section: an index of every type, enough to find member offsets.
 pub struct Btf {
+    data: Vec<u8>,
+    /// Byte ranges of the type and string sections in `data`.
+    types_at: usize,
+    strings_at: (usize, usize),
     types: Vec<Type>,
-    strings: Vec<u8>,
-    structs_by_name: HashMap<String, u32>,
 }
 
 fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
@@ -56,92 +67,94 @@ fn u32_at(b: &[u8], at: usize) -> anyhow::Result<u32> {
 
 impl Btf {
     pub fn parse(data: &[u8]) -> anyhow::Result<Self> {
+        Self::index(data.to_vec())
+    }
+
+    fn index(data: Vec<u8>) -> anyhow::Result<Self> {
         if data.len() < 24 || u16::from_le_bytes([data[0], data[1]]) != MAGIC {
             bail!("not little-endian BTF (bad magic)");
         }
-        let hdr_len = u32_at(data, 4)? as usize;
-        let (type_off, type_len) = (u32_at(data, 8)? as usize, u32_at(data, 12)? as usize);
-        let (str_off, str_len) = (u32_at(data, 16)? as usize, u32_at(data, 20)? as usize);
+        let hdr_len = u32_at(&data, 4)? as usize;
+        let (type_off, type_len) = (u32_at(&data, 8)? as usize, u32_at(&data, 12)? as usize);
+        let (str_off, str_len) = (u32_at(&data, 16)? as usize, u32_at(&data, 20)? as usize);
+        let types_at = hdr_len + type_off;
         let types_raw = data
-            .get(hdr_len + type_off..hdr_len + type_off + type_len)
+            .get(types_at..types_at + type_len)
             .context("BTF type section out of bounds")?;
-        let strings = data
-            .get(hdr_len + str_off..hdr_len + str_off + str_len)
-            .context("BTF string section out of bounds")?
-            .to_vec();
+        let strings_at = (hdr_len + str_off, hdr_len + str_off + str_len);
+        data.get(strings_at.0..strings_at.1)
+            .context("BTF string section out of bounds")?;
         // Type id 0 is void.
         let mut types = vec![Type {
             name: 0,
-            kind: 0,
+            info: 0,
             ty: 0,
-            members: Vec::new(),
+            extra: 0,
         }];
         let mut at = 0;
         while at < types_raw.len() {
-            let name = u32_at(types_raw, at)?;
-            let info = u32_at(types_raw, at + 4)?;
-            let size_or_type = u32_at(types_raw, at + 8)?;
-            at += 12;
-            let kind = (info >> 24) & 0x1f;
-            let vlen = (info & 0xffff) as usize;
-            let bitfields = info >> 31 == 1;
-            let mut members = Vec::new();
+            let t = Type {
+                name: u32_at(types_raw, at)?,
+                info: u32_at(types_raw, at + 4)?,
+                ty: u32_at(types_raw, at + 8)?,
+                extra: at + 12,
+            };
             // Bytes that follow the common header, by kind (include/uapi/linux/btf.h).
-            let extra = match kind {
-                1 | 14 | 17 => 4, // INT, VAR, DECL_TAG
-                3 => 12,          // ARRAY
-                KIND_STRUCT | KIND_UNION => {
-                    for i in 0..vlen {
-                        let m = at + i * 12;
-                        let offset = u32_at(types_raw, m + 8)?;
-                        members.push(Member {
-                            name: u32_at(types_raw, m)?,
-                            ty: u32_at(types_raw, m + 4)?,
-                            bits: if bitfields {
-                                offset & 0x00ff_ffff
-                            } else {
-                                offset
-                            },
-                        });
-                    }
-                    vlen * 12
-                }
-                6 | 13 => vlen * 8,        // ENUM, FUNC_PROTO
-                15 | 19 => vlen * 12,      // DATASEC, ENUM64
+            let extra = match t.kind() {
+                1 | 14 | 17 => 4,                                    // INT, VAR, DECL_TAG
+                3 => 12,                                             // ARRAY
+                KIND_STRUCT | KIND_UNION | 15 | 19 => t.vlen() * 12, // + DATASEC, ENUM64
+                6 | 13 => t.vlen() * 8,                              // ENUM, FUNC_PROTO
                 2 | 7..=12 | 16 | 18 => 0, // PTR, FWD, TYPEDEF, modifiers, FUNC, FLOAT, TYPE_TAG
                 other => bail!("unknown BTF kind {other}"),
             };
-            at += extra;
-            types.push(Type {
-                name,
-                kind,
-                ty: size_or_type,
-                members,
-            });
+            at = t.extra + extra;
+            types.push(t);
         }
-        let mut btf = Self {
+        Ok(Self {
+            data,
+            types_at,
+            strings_at,
             types,
-            strings,
-            structs_by_name: HashMap::new(),
-        };
-        for id in 1..btf.types.len() as u32 {
-            let t = &btf.types[id as usize];
-            // Forward declarations and empty duplicates are skipped: the first full one wins.
-            if t.kind == KIND_STRUCT && !t.members.is_empty() {
-                let name = btf.string(t.name).to_string();
-                btf.structs_by_name.entry(name).or_insert(id);
-            }
-        }
-        Ok(btf)
+        })
+    }
+
+    fn members(&self, t: &Type) -> Vec<Member> {
+        let raw = &self.data[self.types_at..];
+        let bitfields = t.info >> 31 == 1;
+        (0..t.vlen())
+            .filter_map(|i| {
+                let m = t.extra + i * 12;
+                let offset = u32_at(raw, m + 8).ok()?;
+                Some(Member {
+                    name: u32_at(raw, m).ok()?,
+                    ty: u32_at(raw, m + 4).ok()?,
+                    bits: if bitfields {
+                        offset & 0x00ff_ffff
+                    } else {
+                        offset
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// The first struct called `name` that has members (forward declarations are skipped).
+    fn struct_named(&self, name: &str) -> Option<u32> {
+        (1..self.types.len() as u32).find(|&id| {
+            let t = &self.types[id as usize];
+            t.kind() == KIND_STRUCT && t.vlen() > 0 && self.string(t.name) == name
+        })
     }
 
     pub fn from_sys_fs() -> anyhow::Result<Self> {
         let data = std::fs::read(VMLINUX).with_context(|| format!("reading {VMLINUX}"))?;
-        Self::parse(&data).with_context(|| format!("parsing {VMLINUX}"))
+        Self::index(data).with_context(|| format!("parsing {VMLINUX}"))
     }
 
     fn string(&self, off: u32) -> &str {
-        let rest = self.strings.get(off as usize..).unwrap_or_default();
+        let strings = &self.data[self.strings_at.0..self.strings_at.1];
+        let rest = strings.get(off as usize..).unwrap_or_default();
         let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
         std::str::from_utf8(&rest[..end]).unwrap_or("")
     }
@@ -152,7 +165,7 @@ impl Btf {
             match self.types.get(id as usize) {
                 Some(t)
                     if matches!(
-                        t.kind,
+                        t.kind(),
                         KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG
                     ) =>
                 {
@@ -167,15 +180,16 @@ impl Btf {
     /// Byte offset of `name` inside the struct or union `id`, searching anonymous members.
     fn find_member(&self, id: u32, name: &str, depth: u32) -> Option<(u32, u32)> {
         let t = self.types.get(self.resolve(id) as usize)?;
-        if depth > 8 || !matches!(t.kind, KIND_STRUCT | KIND_UNION) {
+        if depth > 8 || !matches!(t.kind(), KIND_STRUCT | KIND_UNION) {
             return None;
         }
-        for m in &t.members {
+        let members = self.members(t);
+        for m in &members {
             if m.name != 0 && self.string(m.name) == name {
                 return Some((m.bits / 8, m.ty));
             }
         }
-        for m in t.members.iter().filter(|m| m.name == 0) {
+        for m in members.iter().filter(|m| m.name == 0) {
             if let Some((off, ty)) = self.find_member(m.ty, name, depth + 1) {
                 return Some((m.bits / 8 + off, ty));
             }
@@ -185,7 +199,7 @@ impl Btf {
 
     /// Byte offset of a dotted member path (`__sk_common.skc_family`) in `struct name`.
     pub fn offset(&self, strukt: &str, path: &str) -> Option<u32> {
-        let mut id = *self.structs_by_name.get(strukt)?;
+        let mut id = self.struct_named(strukt)?;
         let mut total = 0;
         for part in path.split('.') {
             let (off, ty) = self.find_member(id, part, 0)?;
@@ -198,7 +212,8 @@ impl Btf {
     /// The type id of the function `name` (kind FUNC), as BPF_PROG_LOAD's attach_btf_id.
     pub fn func_id(&self, name: &str) -> Option<u32> {
         (1..self.types.len() as u32).find(|&id| {
-            self.types[id as usize].kind == 12 && self.string(self.types[id as usize].name) == name
+            self.types[id as usize].kind() == 12
+                && self.string(self.types[id as usize].name) == name
         })
     }
 

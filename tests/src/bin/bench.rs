@@ -365,6 +365,8 @@ fn main() {
         st[2].median / st[0].median
     );
 
+    strict_guards(&mut report, &s, [&cg_none, &cg_strict], rounds, socket_n);
+
     // 3. run time of each program in the kernel
     phase("program run time", started);
     let prev = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or("0".into());
@@ -562,5 +564,62 @@ fn main() {
         };
         fs::write(&path, new).expect("write BENCHMARKS.md");
         println!("updated {}", path.canonicalize().unwrap().display());
+    }
+}
+
+/// Section 2b: what strict mode's guards add where they run — a multicast join+leave (the
+/// setsockopt guard reads and rewrites the option) and an fd passed by SCM_RIGHTS (the BPF LSM
+/// file_receive guard, where the kernel lets it run).
+fn strict_guards(
+    report: &mut String,
+    s: &Scenario,
+    [none, strict]: [&TestCgroup; 2],
+    rounds: usize,
+    n: u64,
+) {
+    let lsm = status_entry(strict.id)["lsm"].as_bool().unwrap_or(false);
+    let _ = writeln!(
+        report,
+        "\n### 2b. Strict-mode guards, ns per operation (BPF LSM programs attached: {})\n",
+        if lsm {
+            "yes"
+        } else {
+            "no — the kernel refuses them, so fd passing runs no guard here"
+        }
+    );
+    let _ = writeln!(
+        report,
+        "| operation | no binding | `--mode strict` | strict vs none |"
+    );
+    let _ = writeln!(report, "|---|---|---|---|");
+    let n = (n / 4).to_string();
+    for (label, args) in [
+        (
+            "IP_ADD_MEMBERSHIP + IP_DROP_MEMBERSHIP",
+            ["bench-join", n.as_str()],
+        ),
+        (
+            "SCM_RIGHTS pass of a UDP socket",
+            ["bench-passfd", n.as_str()],
+        ),
+    ] {
+        let mut samples = vec![Vec::new(); 2];
+        for round in 0..rounds.min(9) {
+            for k in 0..2 {
+                let i = (round + k) % 2;
+                let cg = [none, strict][i];
+                samples[i].push(measure(
+                    Cmd::probe().in_netns(&s.topo.host).in_cgroup(cg).args(args),
+                ));
+            }
+        }
+        let st: Vec<Stats> = samples.into_iter().map(stats).collect();
+        let _ = writeln!(
+            report,
+            "| {label} | {} | {} | {:.3}× |",
+            st[0],
+            st[1],
+            st[1].median / st[0].median
+        );
     }
 }

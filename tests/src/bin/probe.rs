@@ -476,6 +476,80 @@ fn bench_socket(family: &str, kind: &str, n: &str, bind_dev: Option<&str>) {
     println!("{:.1}", start.elapsed().as_nanos() as f64 / n as f64);
 }
 
+/// Passes a UDP socket to itself over an AF_UNIX socketpair (SCM_RIGHTS) N times, closing each
+/// received copy; prints ns per pass (what the file_receive guard adds to, where it runs).
+fn bench_passfd(n: &str) {
+    let n: u64 = n.parse().expect("N");
+    let (a, b) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::Datagram,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair");
+    let udp = UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| report(&e));
+    let fds = [udp.as_raw_fd()];
+    let start = Instant::now();
+    for _ in 0..n {
+        let iov = [std::io::IoSlice::new(b"x")];
+        let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        nix::sys::socket::sendmsg::<()>(
+            a.as_raw_fd(),
+            &iov,
+            &cmsg,
+            nix::sys::socket::MsgFlags::empty(),
+            None,
+        )
+        .expect("sendmsg");
+        let mut buf = [0u8; 1];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = nix::sys::socket::recvmsg::<()>(
+            b.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            nix::sys::socket::MsgFlags::empty(),
+        )
+        .expect("recvmsg");
+        for c in msg.cmsgs().expect("cmsgs") {
+            if let nix::sys::socket::ControlMessageOwned::ScmRights(got) = c {
+                for fd in got {
+                    // SAFETY: closing the fd we were just given.
+                    unsafe { libc::close(fd) };
+                }
+            }
+        }
+    }
+    println!("{:.1}", start.elapsed().as_nanos() as f64 / n as f64);
+}
+
+/// IP_ADD_MEMBERSHIP + IP_DROP_MEMBERSHIP (ip_mreq, no interface named) N times on one socket;
+/// prints ns per join+leave (what the membership guard adds to).
+fn bench_join(n: &str) {
+    let n: u64 = n.parse().expect("N");
+    let sock = new_socket(libc::AF_INET, libc::SOCK_DGRAM).unwrap_or_else(|e| report(&e));
+    let mreq: [u8; 8] = [239, 1, 1, 1, 0, 0, 0, 0];
+    let start = Instant::now();
+    for _ in 0..n {
+        for opt in [libc::IP_ADD_MEMBERSHIP, libc::IP_DROP_MEMBERSHIP] {
+            // SAFETY: setsockopt on our own fd with an 8-byte ip_mreq.
+            let rc = unsafe {
+                libc::setsockopt(
+                    sock.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    opt,
+                    mreq.as_ptr().cast(),
+                    8,
+                )
+            };
+            if rc != 0 {
+                report(&std::io::Error::last_os_error());
+            }
+        }
+    }
+    println!("{:.1}", start.elapsed().as_nanos() as f64 / n as f64);
+}
+
 /// N unconnected UDP sendto()s of 64 bytes from one socket; prints ns per datagram.
 fn bench_send(addr: &str, port: &str, n: &str) {
     let dest = SocketAddr::new(addr.parse().expect("ADDR"), port.parse().expect("PORT"));
@@ -506,6 +580,8 @@ fn main() {
         ["bench-socket", family, kind, n] => bench_socket(family, kind, n, None),
         ["bench-socket", family, kind, n, dev] => bench_socket(family, kind, n, Some(dev)),
         ["bench-send", addr, port, n] => bench_send(addr, port, n),
+        ["bench-passfd", n] => bench_passfd(n),
+        ["bench-join", n] => bench_join(n),
         ["loop", secs] => tight_loop(secs.parse().expect("SECONDS")),
         ["escape", kind, addr, port, token] => escape(kind, addr, port, token, None),
         ["mcast", how, group, ifindex] => mcast(how, group, ifindex),
