@@ -317,6 +317,11 @@ pub struct Options {
 impl Options {
     /// Combinations that cannot mean what the user asked for.
     pub fn validate(&self) -> Result<(), Error> {
+        if self.allow_families != 0 && self.mode == Mode::Bind {
+            return Err(Error::InvalidInput {
+                what: "--allow-family needs --mode strict (bind mode refuses no family)".into(),
+            });
+        }
         if self.allow_loopback && self.mode == Mode::Bind {
             return Err(Error::InvalidInput {
                 what: "--allow-loopback needs --mode strict (its hooks move loopback connections to lo)"
