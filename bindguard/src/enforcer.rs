@@ -426,7 +426,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     };
     let policy = policy_for(iface, opts, cgroup.id, lsm);
     if !dir.exists() {
-        let staged = create(cgroup, &policy, opts.mode, &lock)?;
+        let staged = create_or_without_lsm(cgroup, policy, opts.mode, &lock)?;
         return Ok(Attached::Created(staged.publish()?));
     }
     // A policy that cannot be read (pins damaged, or written by a bindguard with another
@@ -445,7 +445,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     }
     // Make before break: the new programs are attached before the old ones go, so every
     // socket meets at least one binding (the later-attached program runs last and wins).
-    let staged = create(cgroup, &policy, opts.mode, &lock)?;
+    let staged = create_or_without_lsm(cgroup, policy, opts.mode, &lock)?;
     let old = staged.exchange()?;
     pins::remove_dir(&old)?;
     Ok(Attached::Replaced(dir))
@@ -480,6 +480,38 @@ fn kernel_types() -> anyhow::Result<&'static KernelTypes> {
         );
     }
     Ok(TYPES.get_or_init(|| KernelTypes { btf, layout }))
+}
+
+/// Why the BPF LSM programs were left out of the last binding this process made, if the kernel
+/// refused them although it loads LSM programs (see [`create_or_without_lsm`]).
+pub fn lsm_failure() -> Option<String> {
+    LSM_FAILURE.lock().ok()?.clone()
+}
+
+static LSM_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// [`create`], and if the BPF LSM programs are what failed, [`create`] again without them:
+/// a binding missing those guards (reported as `lsm-unavailable`, the reason kept for
+/// [`lsm_failure`]) protects more than no binding.
+fn create_or_without_lsm(
+    cgroup: &Cgroup,
+    mut policy: Policy,
+    mode: Mode,
+    lock: &pins::Lock,
+) -> anyhow::Result<pins::Staging> {
+    match create(cgroup, &policy, mode, lock) {
+        Err(e)
+            if policy.has(flags::LSM)
+                && (format!("{e:#}").contains("lsm_") || format!("{e:#}").contains("LSM")) =>
+        {
+            if let Ok(mut f) = LSM_FAILURE.lock() {
+                *f = Some(format!("{e:#}"));
+            }
+            policy.flags &= !flags::LSM;
+            create(cgroup, &policy, mode, lock)
+        }
+        other => other,
+    }
 }
 
 /// Loads a fresh program instance for `policy`, attaches it to `cgroup` and pins it into a

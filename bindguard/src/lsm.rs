@@ -17,6 +17,10 @@ pub const UNAVAILABLE: &str = "the BPF LSM is not usable, so strict mode cannot 
 /// BTF-attached program with EPERM). Mounts securityfs when `mount` is true and it is not
 /// mounted (read-only commands pass false).
 pub fn usable(mount: bool) -> bool {
+    if let Ok(forced) = std::env::var("BINDGUARD_LSM_LIST") {
+        // Tests: a list stands for what the kernel says, probe included.
+        return lists_bpf(&forced);
+    }
     bpf_lsm_active(mount) && probe_load().is_ok()
 }
 
@@ -63,10 +67,6 @@ fn bpf_lsm_active(mount: bool) -> bool {
                 | nix::mount::MsFlags::MS_NOEXEC,
             None::<&str>,
         );
-    }
-    if let Ok(forced) = std::env::var("BINDGUARD_LSM_LIST") {
-        // For testing the "not active" path on a kernel where it is active.
-        return lists_bpf(&forced);
     }
     std::fs::read_to_string(LSM_LIST).is_ok_and(|l| lists_bpf(&l))
 }

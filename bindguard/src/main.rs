@@ -174,7 +174,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             let policy = enforcer::read_policy(&bindguard::pins::binding_dir(cg.id))?;
             if opts.mode == Mode::Strict && !policy.has(bindguard_common::flags::LSM) {
-                eprintln!("bindguard: warning: {}", bindguard::lsm::UNAVAILABLE);
+                match enforcer::lsm_failure() {
+                    Some(why) => eprintln!(
+                        "bindguard: warning: the BPF LSM programs failed to load ({why}); strict mode is attached without them: {}",
+                        bindguard::lsm::UNAVAILABLE
+                    ),
+                    None => eprintln!("bindguard: warning: {}", bindguard::lsm::UNAVAILABLE),
+                }
             }
             if opts.existing == enforcer::Existing::Destroy {
                 let destroyed = bindguard::audit::destroy_unbound(&cg.path, &policy, &ns)

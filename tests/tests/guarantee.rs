@@ -517,3 +517,36 @@ fn over_long_input_is_bad_input_and_not_echoed() {
     assert!(err.len() < 400, "{} bytes", err.len());
     let _ = UPLINK_B;
 }
+
+#[test]
+fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
+    root_or_skip!();
+    // Claim the BPF LSM is usable: on a kernel that then refuses the programs (this one does,
+    // with EPERM) the binding is made without them, and says why.
+    let s = Scenario::new();
+    let (code, _, err) = Cmd::bindguard()
+        .env("BINDGUARD_LSM_LIST", "lockdown,capability,bpf")
+        .arg("attach")
+        .arg("--cgroup")
+        .arg(&s.cg.path)
+        .args(["--dev", UPLINK_B, "--netns"])
+        .arg(s.topo.host.path())
+        .run();
+    assert_eq!(code, 0, "{err}");
+    let entry = s.status_entry().unwrap();
+    if entry["lsm"] == true {
+        // A kernel that runs BPF LSM programs: nothing to fall back from.
+        assert!(!err.contains("failed to load"), "{err}");
+        return;
+    }
+    assert!(err.contains("the BPF LSM programs failed to load"), "{err}");
+    assert_eq!(program_count(&s.cg.path), 10);
+    assert_eq!(
+        s.delivered_to(
+            s.probe_bound().as_nobody(),
+            bindguard_tests::Proto::Tcp,
+            false
+        ),
+        [Peer::B]
+    );
+}
