@@ -33,7 +33,7 @@ pub struct Record {
     pub pid: u32,
     pub command: String,
     /// sock_create, setsockopt, bind4, bind6, connect4, connect6, sendmsg4, sendmsg6, egress,
-    /// ingress.
+    /// ingress, mptcp, socket_family, file_receive, multicast, mark.
     pub hook: &'static str,
     pub reason: String,
 }
@@ -50,6 +50,11 @@ fn hook_name(h: u32) -> &'static str {
         hook::SENDMSG6 => "sendmsg6",
         hook::EGRESS => "egress",
         hook::INGRESS => "ingress",
+        hook::MPTCP => "mptcp",
+        hook::SOCKET_FAMILY => "socket_family",
+        hook::FILE_RECEIVE => "file_receive",
+        hook::MULTICAST => "multicast",
+        hook::MARK => "mark",
         _ => "unknown",
     }
 }
@@ -78,6 +83,27 @@ pub fn reason(event: &Event, dev: &str, ifindex: u32) -> String {
         ),
         hook::INGRESS => format!(
             "packet arriving on ifindex {} instead of {dev} (ifindex {ifindex}): dropped",
+            event.value
+        ),
+        hook::MPTCP => {
+            "MPTCP socket refused with EPROTONOSUPPORT (its subflows cannot be bound; TCP works)"
+                .into()
+        }
+        hook::SOCKET_FAMILY => format!(
+            "socket() of family {} refused (EPERM); --allow-family allows it",
+            event.value
+        ),
+        hook::FILE_RECEIVE => format!(
+            "a family-{} socket made outside the cgroup was refused on receipt (SCM_RIGHTS or pidfd_getfd)",
+            event.value
+        ),
+        hook::MULTICAST => format!(
+            "multicast membership change (level {}, option {}) on an interface other than {dev}: refused (EPERM)",
+            event.value >> 16,
+            event.value & 0xffff
+        ),
+        hook::MARK => format!(
+            "packet with mark {} instead of the policy's: dropped",
             event.value
         ),
         _ if event.value == ifindex => {

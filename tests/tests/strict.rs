@@ -350,6 +350,12 @@ fn monitor_reports_each_refusal() {
         .in_netns(&s.topo.peer_a)
         .arg("sockinfo")
         .run();
+    // A multicast join on the other interface, and an MPTCP socket.
+    let _ = s
+        .probe_bound()
+        .args(["mcast", "mreqn", "239.1.2.3", &ifa])
+        .run();
+    let _ = s.probe_bound().arg("mptcp").run();
     std::thread::sleep(Duration::from_millis(500));
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(monitor.id() as i32),
@@ -362,7 +368,14 @@ fn monitor_reports_each_refusal() {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .filter(|e: &serde_json::Value| e["binding"] == s.cg.id)
         .collect();
-    for hook in ["sendmsg4", "egress", "setsockopt", "sock_create"] {
+    for hook in [
+        "sendmsg4",
+        "egress",
+        "setsockopt",
+        "sock_create",
+        "multicast",
+        "mptcp",
+    ] {
         let e = events
             .iter()
             .find(|e| e["hook"] == hook)
