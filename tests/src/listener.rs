@@ -41,6 +41,8 @@ pub struct Listener {
     hits: Arc<Mutex<Vec<Hit>>>,
     /// IGMP and MLD frames (group membership reports) each peer received.
     reports: Arc<Reports>,
+    /// Every frame carrying a test token (`bgtok-`), whatever its protocol (ICMP, raw IP, ...).
+    frames: Arc<Reports>,
     packets_a: Arc<AtomicU64>,
     packets_b: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
@@ -51,6 +53,7 @@ impl Listener {
     pub fn start(topo: &Topology) -> Self {
         let hits = Arc::new(Mutex::new(Vec::new()));
         let reports = Arc::new(Mutex::new(Vec::new()));
+        let frames = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let packets_a = Arc::new(AtomicU64::new(0));
         let packets_b = Arc::new(AtomicU64::new(0));
@@ -66,18 +69,26 @@ impl Listener {
             });
             let hits = hits.clone();
             let reports = reports.clone();
+            let frames = frames.clone();
             let stop = stop.clone();
             let packets = packets.clone();
             threads.push(std::thread::spawn(move || {
                 let (udp, tcp, raw) = sockets;
                 let _ = ready_tx.send(());
-                serve(peer, udp, tcp, raw, &hits, &reports, &packets, &stop);
+                let seen = Seen {
+                    hits: &hits,
+                    reports: &reports,
+                    frames: &frames,
+                    packets: &packets,
+                };
+                serve(peer, udp, tcp, raw, &seen, &stop);
             }));
             ready_rx.recv().expect("listener thread started");
         }
         Self {
             hits,
             reports,
+            frames,
             packets_a,
             packets_b,
             stop,
@@ -127,6 +138,22 @@ impl Listener {
                 .unwrap()
                 .iter()
                 .any(|(p, f)| *p == peer && f.windows(bytes.len()).any(|w| w == bytes));
+            if seen || Instant::now() >= deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether a frame carrying `token` (any protocol: ICMP echo, raw IP, a datagram no socket
+    /// took) reached `peer`'s eth0, waiting up to `timeout`.
+    pub fn frame_with(&self, peer: Peer, token: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen =
+                self.frames.lock().unwrap().iter().any(|(p, f)| {
+                    *p == peer && f.windows(token.len()).any(|w| w == token.as_bytes())
+                });
             if seen || Instant::now() >= deadline {
                 return seen;
             }
@@ -262,17 +289,28 @@ fn is_membership_report(frame: &[u8]) -> bool {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where one peer's listener records what it saw.
+struct Seen<'a> {
+    hits: &'a Mutex<Vec<Hit>>,
+    reports: &'a Reports,
+    frames: &'a Reports,
+    packets: &'a AtomicU64,
+}
+
 fn serve(
     peer: Peer,
     udp: UdpSocket,
     tcp: TcpListener,
     raw: OwnedFd,
-    hits: &Mutex<Vec<Hit>>,
-    reports: &Reports,
-    packets: &AtomicU64,
+    seen: &Seen,
     stop: &AtomicBool,
 ) {
+    let Seen {
+        hits,
+        reports,
+        frames,
+        packets,
+    } = *seen;
     let mut buf = vec![0u8; 65536];
     let record = |data: &[u8]| {
         hits.lock().unwrap().push(Hit {
@@ -290,6 +328,9 @@ fn serve(
             }
             idle = false;
             let frame = &buf[..n as usize];
+            if frame.windows(6).any(|w| w == b"bgtok-") {
+                frames.lock().unwrap().push((peer, frame.to_vec()));
+            }
             if to_listener_port(frame) {
                 packets.fetch_add(1, Ordering::SeqCst);
             } else if is_membership_report(frame) {

@@ -123,7 +123,17 @@ impl Cmd {
     }
 
     /// Runs as uid/gid 65534 with no capabilities at all.
-    pub fn as_nobody(mut self) -> Self {
+    pub fn as_nobody(self) -> Self {
+        self.drop_to_nobody("")
+    }
+
+    /// Runs as uid/gid 65534 with only capability `cap` (setpriv's name, e.g. `net_raw`),
+    /// kept across exec as an ambient capability.
+    pub fn as_nobody_with(self, cap: &str) -> Self {
+        self.drop_to_nobody(&format!(",+{cap}"))
+    }
+
+    fn drop_to_nobody(mut self, caps: &str) -> Self {
         let program = world_executable(Path::new(self.cmd.get_program()));
         let args: Vec<_> = self.cmd.get_args().map(|a| a.to_owned()).collect();
         let mut cmd = Command::new("setpriv");
@@ -131,8 +141,9 @@ impl Cmd {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
+            &format!("--inh-caps=-all{caps}"),
+            &format!("--ambient-caps=-all{caps}"),
+            &format!("--bounding-set=-all{caps}"),
             "--",
         ])
         .arg(program)

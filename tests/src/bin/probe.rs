@@ -16,8 +16,15 @@
 //!       sockopt IFNAME  setsockopt(SO_BINDTODEVICE, IFNAME; "" clears it), sendto
 //!       ifindex IFINDEX setsockopt(SO_BINDTOIFINDEX, IFINDEX), sendto
 //!       tcp-sockopt IFNAME  the same over TCP: setsockopt, connect, write
+//!   bg-probe mcast HOW GROUP IFINDEX        join GROUP by mreqn|mreq|source|group|mreq6|
+//!                                           source-group|msfilter|ip-msfilter (a
+//!                                           `-long` suffix passes optlen 8192), hold it 600 ms
+//!   bg-probe attack KIND ADDR PORT TOKEN [ARG...]  further attacks: see probe/attack.rs
 //!
 //! Exit status: 0 when the operation succeeded, 1 when the kernel refused it.
+
+#[path = "probe/attack.rs"]
+mod attack;
 
 use bindguard::sockopt::{get_int, set_bindtodevice};
 use std::{
@@ -322,7 +329,12 @@ fn mcast(how: &str, group: &str, ifindex: &str) {
     };
     let sock = new_socket(family, libc::SOCK_DGRAM).unwrap_or_else(|e| report(&e));
     let fd = sock.as_raw_fd();
-    let mut buf = [0u8; 264];
+    // `-long` variants pass optlen 8192: more than the page the sockopt program is shown.
+    let (how, long) = match how.strip_suffix("-long") {
+        Some(h) => (h, true),
+        None => (how, false),
+    };
+    let mut buf = vec![0u8; 8192];
     let (level, name, len) = match (how, group) {
         // struct ip_mreqn { group, address, ifindex }
         ("mreqn", IpAddr::V4(g)) => {
@@ -355,6 +367,52 @@ fn mcast(how: &str, group: &str, ifindex: &str) {
             };
             (level, libc::MCAST_JOIN_GROUP, 136)
         }
+        // struct group_source_req { u32 interface; sockaddr_storage group (at 8), source (at
+        // 136) }; the source is 192.0.2.99 / 2001:db8:a::99
+        ("source-group", g) => {
+            buf[..4].copy_from_slice(&ifindex.to_ne_bytes());
+            let src: IpAddr = if g.is_ipv4() {
+                "192.0.2.99".parse().unwrap()
+            } else {
+                "2001:db8:a::99".parse().unwrap()
+            };
+            for (at, a) in [(8, g), (136, src)] {
+                let (sa, _) = sockaddr(a, 0, 0);
+                // SAFETY: sockaddr_storage is plain data of 128 bytes.
+                let raw: [u8; 128] = unsafe { std::mem::transmute(sa) };
+                buf[at..at + 128].copy_from_slice(&raw);
+            }
+            let level = if g.is_ipv4() {
+                libc::IPPROTO_IP
+            } else {
+                libc::IPPROTO_IPV6
+            };
+            (level, libc::MCAST_JOIN_SOURCE_GROUP, 264)
+        }
+        // struct group_filter { u32 interface; sockaddr_storage group (at 8); u32 fmode (136);
+        // u32 numsrc (140); sockaddr_storage slist[1] (144) }: EXCLUDE nothing = join
+        ("msfilter", g) => {
+            buf[..4].copy_from_slice(&ifindex.to_ne_bytes());
+            let (sa, _) = sockaddr(g, 0, 0);
+            // SAFETY: sockaddr_storage is plain data of 128 bytes.
+            let raw: [u8; 128] = unsafe { std::mem::transmute(sa) };
+            buf[8..136].copy_from_slice(&raw);
+            buf[136..140].copy_from_slice(&(libc::MCAST_EXCLUDE as u32).to_ne_bytes());
+            let level = if g.is_ipv4() {
+                libc::IPPROTO_IP
+            } else {
+                libc::IPPROTO_IPV6
+            };
+            (level, libc::MCAST_MSFILTER, 272)
+        }
+        // struct ip_msfilter { group, interface address (upA's, 192.0.2.1), fmode, numsrc,
+        // slist[1] }: names the interface only by address
+        ("ip-msfilter", IpAddr::V4(g)) => {
+            buf[..4].copy_from_slice(&g.octets());
+            buf[4..8].copy_from_slice(&[192, 0, 2, 1]);
+            buf[8..12].copy_from_slice(&(libc::MCAST_EXCLUDE as u32).to_ne_bytes());
+            (libc::IPPROTO_IP, libc::IP_MSFILTER, 20)
+        }
         // struct ipv6_mreq { in6_addr group; int ifindex }
         ("mreq6", IpAddr::V6(g)) => {
             buf[..16].copy_from_slice(&g.octets());
@@ -364,6 +422,7 @@ fn mcast(how: &str, group: &str, ifindex: &str) {
         _ => panic!("unknown membership option {how} for {group}"),
     };
     // SAFETY: setsockopt on our own fd with a buffer of at least `len` bytes.
+    let len = if long { 8192 } else { len };
     step(
         "join",
         unsafe { libc::setsockopt(fd, level, name, buf.as_ptr().cast(), len) } as _,
@@ -588,6 +647,9 @@ fn main() {
         ["mptcp"] => mptcp(),
         ["marked", how, value, addr, port, token] => send_marked(how, value, addr, port, token),
         ["escape", kind, addr, port, token, arg] => escape(kind, addr, port, token, Some(arg)),
+        ["attack", kind, addr, port, token, rest @ ..] => {
+            attack::attack(kind, addr, port, token, rest)
+        }
         _ => {
             eprintln!("usage: bg-probe send udp|tcp ADDR PORT TOKEN | sockinfo | loop SECONDS");
             std::process::exit(2);
