@@ -164,6 +164,10 @@ pub struct KernelLayout {
     pub kernfs_node_id: u32,
     /// Offset of the x86 `thread_info.status` word from the task_struct (TS_COMPAT lives there).
     pub task_status: u32,
+    pub uring_cmd_op: u32,
+    pub uring_cmd_sqe: u32,
+    pub sqe_level: u32,
+    pub sqe_optname: u32,
 }
 
 impl KernelLayout {
@@ -183,6 +187,10 @@ impl KernelLayout {
         cgroup_kn: Self::MISSING,
         kernfs_node_id: Self::MISSING,
         task_status: Self::MISSING,
+        uring_cmd_op: Self::MISSING,
+        uring_cmd_sqe: Self::MISSING,
+        sqe_level: Self::MISSING,
+        sqe_optname: Self::MISSING,
     };
 }
 

@@ -62,6 +62,8 @@ const IPPROTO_MPTCP: u32 = 262;
 const EPROTONOSUPPORT: i32 = 93;
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
+/// io_uring_cmd.cmd_op for a socket setsockopt (include/uapi/linux/io_uring.h).
+const SOCKET_URING_OP_SETSOCKOPT: u32 = 3;
 /// x86's thread_info.status bit for "this is a 32-bit syscall".
 const TS_COMPAT: u32 = 0x0002;
 /// Deepest cgroup nesting the file_receive check walks (the kernel allows far more, but a
@@ -248,13 +250,23 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
     };
     let start = unsafe { opt.__bindgen_anon_2.optval } as *mut u8;
     let end = unsafe { opt.__bindgen_anon_3.optval_end } as *mut u8;
-    // The kernel gives the program at most a page; for a longer option our rewrite would be
-    // ignored, so a rewrite that cannot take effect is a refusal.
-    let whole = (end as usize - start as usize) as i32 >= opt.optlen;
+    // The kernel shows the program at most a page. For a longer option it ignores the
+    // program's buffer and copies the option from user memory again, where another thread can
+    // have changed the index meanwhile: such an option is refused whatever this copy says.
+    // (Real membership options are at most 264 bytes.)
+    if (end as usize - start as usize) < opt.optlen as usize {
+        count(|c| &mut c.multicast_refused);
+        report(
+            hook::MULTICAST,
+            ((opt.level as u32) << 16) | opt.optname as u32,
+            true,
+        );
+        return REFUSE;
+    }
     let ok = match kind {
         Membership::Mreqn => {
             if opt.optlen >= 12 {
-                pin_index::<8>(start, end, policy.ifindex, whole)
+                pin_index::<8>(start, end, policy.ifindex)
             } else if opt.optlen >= 8 && unsafe { start.add(12) } <= end {
                 unsafe { (start.add(8) as *mut u32).write_unaligned(policy.ifindex) };
                 opt.optlen = 12;
@@ -264,8 +276,8 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
                 true
             }
         }
-        Membership::Group => pin_index::<0>(start, end, policy.ifindex, whole),
-        Membership::Ipv6Mreq => pin_index::<16>(start, end, policy.ifindex, whole),
+        Membership::Group => pin_index::<0>(start, end, policy.ifindex),
+        Membership::Ipv6Mreq => pin_index::<16>(start, end, policy.ifindex),
         Membership::AddressOnly | Membership::None => false,
     };
     if ok {
@@ -283,7 +295,7 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
 /// The interface index at byte `AT` of a membership option: another interface's is refused;
 /// 0 ("any") is replaced by the bound interface's.
 #[inline(always)]
-fn pin_index<const AT: usize>(start: *mut u8, end: *mut u8, ifindex: u32, whole: bool) -> bool {
+fn pin_index<const AT: usize>(start: *mut u8, end: *mut u8, ifindex: u32) -> bool {
     let p = unsafe { start.add(AT) };
     if unsafe { p.add(4) } > end {
         // Shorter than the structure: the kernel refuses it with EINVAL.
@@ -291,7 +303,7 @@ fn pin_index<const AT: usize>(start: *mut u8, end: *mut u8, ifindex: u32, whole:
     }
     match unsafe { (p as *const u32).read_unaligned() } {
         i if i == ifindex => true,
-        0 if whole => {
+        0 => {
             unsafe { (p as *mut u32).write_unaligned(ifindex) };
             true
         }
@@ -644,6 +656,37 @@ pub fn lsm_socket_setsockopt(ctx: LsmContext) -> i32 {
     // Unknown layout: treat as 32-bit (refuse), never as a call the sockopt hook will see.
     let compat = read_at::<u32>(task, k.task_status).is_none_or(|s| s & TS_COMPAT != 0);
     if !compat {
+        return ALLOW;
+    }
+    count(|c| &mut c.multicast_refused);
+    report(
+        hook::MULTICAST,
+        ((level as u32) << 16) | optname as u32,
+        true,
+    );
+    REFUSE
+}
+
+/// io_uring's setsockopt (IORING_OP_URING_CMD, SOCKET_URING_OP_SETSOCKOPT) skips the cgroup
+/// sockopt hook on a ring set up by a 32-bit syscall, and the issuing task is then not in a
+/// 32-bit syscall, so [`lsm_socket_setsockopt`] cannot tell. Membership changes through
+/// io_uring are refused outright (nothing real needs them).
+#[lsm_cgroup(hook = "uring_cmd")]
+pub fn lsm_uring_cmd(ctx: LsmContext) -> i32 {
+    let cmd: u64 = ctx.arg(0);
+    let k = kernel();
+    let Some(op) = read_at::<u32>(cmd, k.uring_cmd_op) else {
+        return REFUSE;
+    };
+    if op != SOCKET_URING_OP_SETSOCKOPT {
+        return ALLOW;
+    }
+    let Some(sqe) = read_at::<u64>(cmd, k.uring_cmd_sqe) else {
+        return REFUSE;
+    };
+    let level = read_at::<u32>(sqe, k.sqe_level).unwrap_or(u32::MAX) as i32;
+    let optname = read_at::<u32>(sqe, k.sqe_optname).unwrap_or(u32::MAX) as i32;
+    if level != -1 && optname != -1 && membership(level, optname) == Membership::None {
         return ALLOW;
     }
     count(|c| &mut c.multicast_refused);

@@ -244,6 +244,10 @@ impl Btf {
             cgroup_kn: get("cgroup", "kn"),
             kernfs_node_id: get("kernfs_node", "id"),
             task_status,
+            uring_cmd_op: get("io_uring_cmd", "cmd_op"),
+            uring_cmd_sqe: get("io_uring_cmd", "sqe"),
+            sqe_level: get("io_uring_sqe", "level"),
+            sqe_optname: get("io_uring_sqe", "optname"),
         }
     }
 }
@@ -261,6 +265,10 @@ pub fn missing_fields(k: &KernelLayout) -> Vec<&'static str> {
         ("cgroup.ancestors", k.cgroup_ancestors),
         ("cgroup.kn", k.cgroup_kn),
         ("kernfs_node.id", k.kernfs_node_id),
+        ("io_uring_cmd.cmd_op", k.uring_cmd_op),
+        ("io_uring_cmd.sqe", k.uring_cmd_sqe),
+        ("io_uring_sqe.level", k.sqe_level),
+        ("io_uring_sqe.optname", k.sqe_optname),
     ];
     fields
         .iter()

@@ -204,6 +204,12 @@ pub const HOOKS: &[Hook] = &[
         Kind::Lsm("socket_setsockopt"),
         A::BPF_LSM_CGROUP,
     ),
+    hook(
+        "lsm_uring_cmd",
+        "lsm_uring_cmd",
+        Kind::Lsm("uring_cmd"),
+        A::BPF_LSM_CGROUP,
+    ),
 ];
 
 /// Index of the first BPF LSM hook in [`HOOKS`].
