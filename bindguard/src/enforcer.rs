@@ -350,6 +350,27 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     Ok(Attached::Replaced(dir))
 }
 
+/// Replaces the binding of `cgroup` by a complete new set of programs, make before break,
+/// even when its policy could simply be rewritten: the repair of a binding whose link pins
+/// were removed or whose links were detached. Creates the binding if there is none.
+pub fn replace(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
+    opts.validate()?;
+    require_privileges("attach")?;
+    require_bpf_link()?;
+    pins::ensure_bpffs()?;
+    let lock = pins::lock()?;
+    pins::sweep_abandoned(&lock);
+    let policy = policy_for(iface, opts);
+    let dir = pins::binding_dir(cgroup.id);
+    let staged = create(cgroup, &policy, opts.mode, &lock)?;
+    if !dir.exists() {
+        return Ok(Attached::Created(staged.publish()?));
+    }
+    let old = staged.exchange()?;
+    pins::remove_dir(&old)?;
+    Ok(Attached::Replaced(dir))
+}
+
 /// Loads a fresh program instance for `policy`, attaches it to `cgroup` and pins it into a
 /// staging directory.
 fn create(

@@ -48,6 +48,14 @@ pub enum Error {
     #[error("{what}")]
     InvalidInput { what: String },
 
+    /// A config file (`apply`, `daemon`) is wrong; nothing of it was applied.
+    #[error("{}:{line}: {why}; fix the config and run again (nothing was applied)", file.display())]
+    Config {
+        file: PathBuf,
+        line: usize,
+        why: String,
+    },
+
     // ---- operational failures: exit 1 ---------------------------------------------------------
     #[error("{action} needs {caps}; run bindguard as root")]
     MissingPrivilege {
@@ -78,7 +86,8 @@ impl Error {
             | Error::IfnameInvalid { .. }
             | Error::UnknownInterface { .. }
             | Error::NotNetns { .. }
-            | Error::InvalidInput { .. } => 2,
+            | Error::InvalidInput { .. }
+            | Error::Config { .. } => 2,
             Error::NotBound { .. }
             | Error::MissingPrivilege { .. }
             | Error::BpffsMount { .. }

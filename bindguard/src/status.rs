@@ -53,7 +53,7 @@ pub struct LinkInfo {
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
-    /// pins-unreadable, programs-outdated.
+    /// pins-unreadable, programs-outdated, waiting-for-interface (a closed binding).
     pub kind: &'static str,
     pub message: String,
 }
@@ -151,6 +151,12 @@ fn read_binding(
             message: format!(
                 "network namespace (inode {}) no longer exists: sockets are refused (fail-closed)",
                 policy.netns_ino
+            ),
+        }),
+        Some(_) if policy.ifindex == 0 && !ifname.is_empty() => problems.push(Problem {
+            kind: "waiting-for-interface",
+            message: format!(
+                "interface {ifname} does not exist: every new socket is refused (fail-closed) until it appears and the binding is re-targeted"
             ),
         }),
         Some(ns) => match netdev::name_of(policy.ifindex, ns) {
