@@ -72,11 +72,9 @@ enum Msg {
 /// What an inotify watch is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Watch {
-    /// An existing ancestor of one or more configured cgroups.
+    /// The nearest existing ancestor of configured cgroups.
     CgroupDir(PathBuf),
-    /// /sys/fs/bpf/bindguard
-    PinRoot,
-    /// A binding's pin directory.
+    /// A binding's pin directory (pins removed, the directory removed, bpffs unmounted).
     PinDir(u64),
 }
 
@@ -155,7 +153,7 @@ impl Daemon {
         // seen either by the apply or by an event afterwards.
         self.start_link_watchers();
         self.apply_all("start");
-        self.refresh_watches();
+        self.after_change();
         info!(
             "ready: {} (config: {})",
             self.counts(),
@@ -503,6 +501,11 @@ impl Daemon {
         for id in gone {
             self.held.remove(&id);
             let dir = pins::binding_dir(id);
+            // The kernel detaches a removed cgroup's links from a workqueue, moments later.
+            let deadline = Instant::now() + std::time::Duration::from_millis(500);
+            while dir.exists() && !enforcer::cgroup_gone(&dir) && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
             if dir.exists() && enforcer::cgroup_gone(&dir) {
                 let _lock = pins::lock();
                 match pins::remove_dir(&dir) {
@@ -525,6 +528,10 @@ impl Daemon {
     fn after_change(&mut self) {
         self.refresh_watches();
         self.publish_status();
+        // Loading programs parses the kernel's BTF (megabytes, freed at once): give that
+        // memory back so the resident size stays that of an idle daemon.
+        // SAFETY: malloc_trim only releases free heap memory.
+        unsafe { libc::malloc_trim(0) };
     }
 
     fn watch(&mut self, path: &Path, what: Watch, mask: WatchMask) {
@@ -536,14 +543,16 @@ impl Daemon {
         }
     }
 
-    /// Watches the nearest existing ancestor of every configured cgroup, and the pin root.
+    /// Watches the nearest existing ancestor of every configured cgroup: for its creation,
+    /// its removal (cgroupfs sends no IN_DELETE_SELF for a removed cgroup) and its
+    /// re-creation. Siblings coming and going wake the daemon for a name comparison only.
     fn refresh_watches(&mut self) {
-        let mut dirs: HashSet<PathBuf> = HashSet::new();
+        let mut want: HashMap<PathBuf, Watch> = HashMap::new();
         for b in &self.config.bindings {
             let mut dir = b.cgroup.parent().map(Path::to_path_buf);
             while let Some(d) = dir {
                 if d.is_dir() {
-                    dirs.insert(d);
+                    want.insert(d.clone(), Watch::CgroupDir(d));
                     break;
                 }
                 if d == self.mount {
@@ -555,26 +564,26 @@ impl Daemon {
         let stale: Vec<WatchDescriptor> = self
             .watched
             .iter()
-            .filter(|(_, w)| matches!(w, Watch::CgroupDir(d) if !dirs.contains(d)))
+            .filter(|(_, w)| match w {
+                Watch::CgroupDir(d) => want.get(d) != Some(*w),
+                Watch::PinDir(_) => false,
+            })
             .map(|(wd, _)| wd.clone())
             .collect();
         for wd in stale {
             self.watched.remove(&wd);
             let _ = self.watches.remove(wd);
         }
-        for d in dirs {
+        for (d, w) in want {
             self.watch(
                 &d,
-                Watch::CgroupDir(d.clone()),
+                w,
                 WatchMask::CREATE
                     | WatchMask::DELETE
                     | WatchMask::MOVED_TO
                     | WatchMask::MOVED_FROM
                     | WatchMask::ONLYDIR,
             );
-        }
-        if pins::root().is_dir() {
-            self.watch(&pins::root(), Watch::PinRoot, pin_dir_mask());
         }
     }
 
@@ -604,24 +613,17 @@ impl Daemon {
                     .filter(|&i| self.config.bindings[i].cgroup.starts_with(&child))
                     .collect()
             }
-            Watch::PinRoot => {
-                let Some(id) = name.as_deref().and_then(|n| n.parse::<u64>().ok()) else {
-                    return;
-                };
-                self.bindings_of(id)
-            }
             Watch::PinDir(id) => self.bindings_of(*id),
         };
         if affected.is_empty() {
             return;
         }
-        let cause = match (
-            &what,
-            mask.contains(EventMask::CREATE) || mask.contains(EventMask::MOVED_TO),
-        ) {
-            (Watch::CgroupDir(_), true) => "cgroup appeared",
-            (Watch::CgroupDir(_), false) => "cgroup removed",
-            _ => "pins changed",
+        let cause = match &what {
+            Watch::CgroupDir(_) if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) => {
+                "cgroup appeared"
+            }
+            Watch::CgroupDir(_) => "cgroup removed",
+            Watch::PinDir(_) => "pins changed",
         };
         let mut changed = false;
         for i in affected {
@@ -682,7 +684,7 @@ impl Daemon {
         }
         self.start_link_watchers();
         self.apply_all("reload");
-        self.refresh_watches();
+        self.after_change();
         info!("reloaded: {}", self.counts());
         notify(&[
             sd_notify::NotifyState::Ready,

@@ -792,3 +792,69 @@ fn which(tool: &str) -> Result<PathBuf, ()> {
         .find(|p| p.is_file())
         .ok_or(())
 }
+
+#[test]
+fn removed_pins_are_repaired_and_a_recreated_cgroup_is_bound_again() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let parent = TestCgroup::new();
+    let svc_path = parent.path.join("svc");
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "{}{}",
+            binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+            binding(&svc_path, UPLINK_B, &s.topo, "")
+        ),
+    );
+    let d = Daemon::start(&conf, &dir);
+    let before = link_ids(&entry(&s, s.cg.id).unwrap());
+    // One link pin removed by hand: the daemon still holds the link, and replaces the set.
+    fs::remove_file(s.cg.pins().join("link_egress")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| problems(&e).is_empty() && link_ids(&e) != before)),
+        "not repaired: {}",
+        d.log()
+    );
+    assert!(d.log().contains("links missing"), "{}", d.log());
+    // The whole pin directory removed: bound again.
+    bindguard::pins::remove_dir(&s.cg.pins()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| problems(&e).is_empty())),
+        "not re-pinned: {}",
+        d.log()
+    );
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+    // A cgroup removed and made again (a service restart) gets a new id and is bound again.
+    for round in 0..2 {
+        let svc = parent.child("svc");
+        assert!(
+            wait_until(Duration::from_secs(1), || svc.pins().exists()),
+            "round {round}: not bound: {}",
+            d.log()
+        );
+        assert_eq!(
+            first_delivery(&s, &svc, Duration::from_secs(1)).0,
+            [Peer::B]
+        );
+        // Removed as systemd removes a stopped service's cgroup: the daemon drops its pins.
+        let pins = svc.pins();
+        assert!(wait_until(Duration::from_secs(5), || fs::remove_dir(
+            &svc.path
+        )
+        .is_ok()));
+        assert!(
+            wait_until(Duration::from_secs(2), || !pins.exists()),
+            "pins of the removed cgroup left behind: {}",
+            d.log()
+        );
+        drop(svc);
+    }
+}
