@@ -67,15 +67,19 @@ enum Msg {
     },
     /// Events were lost (socket overrun) or the socket failed: re-read everything there.
     Resync(Option<PathBuf>),
+    /// A configured network namespace path appeared, went, or names another namespace.
+    NetnsChanged(PathBuf),
 }
 
 /// What an inotify watch is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Watch {
     /// The nearest existing ancestor of configured cgroups.
-    CgroupDir(PathBuf),
+    Cgroups(PathBuf),
     /// A binding's pin directory (pins removed, the directory removed, bpffs unmounted).
-    PinDir(u64),
+    Pins(u64),
+    /// The directory of configured network namespace paths (/run/netns).
+    Namespaces(PathBuf),
 }
 
 /// Where a configured binding stands.
@@ -113,7 +117,7 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             mount,
             config,
             namespaces: Namespaces::default(),
-            link_watchers: HashSet::new(),
+            link_watchers: HashMap::new(),
             tx,
             watches: stream.watches(),
             watched: HashMap::new(),
@@ -129,8 +133,8 @@ struct Daemon {
     mount: PathBuf,
     config: Config,
     namespaces: Namespaces,
-    /// Network namespaces (by config key) with a link watcher.
-    link_watchers: HashSet<Option<PathBuf>>,
+    /// Network namespaces (by config key) with a link watcher, and its tasks.
+    link_watchers: HashMap<Option<PathBuf>, Vec<tokio::task::AbortHandle>>,
     tx: mpsc::UnboundedSender<Msg>,
     watches: Watches,
     watched: HashMap<WatchDescriptor, Watch>,
@@ -220,12 +224,16 @@ impl Daemon {
             .map(|b| b.netns.clone())
             .collect();
         for key in keys {
-            if self.link_watchers.contains(&key) {
+            if self.link_watchers.contains_key(&key) {
+                continue;
+            }
+            if key.as_ref().is_some_and(|p| !p.exists()) {
+                // Its bindings are closed; watched for in its directory.
                 continue;
             }
             match self.spawn_link_watcher(key.clone()) {
-                Ok(()) => {
-                    self.link_watchers.insert(key);
+                Ok(tasks) => {
+                    self.link_watchers.insert(key, tasks);
                 }
                 Err(e) => error!(
                     "cannot watch the links of {}: {e:#}; its bindings are not followed",
@@ -237,7 +245,10 @@ impl Daemon {
 
     /// Opens an RTMGRP_LINK socket inside the namespace (on a thread that entered it) and
     /// reads it here.
-    fn spawn_link_watcher(&mut self, key: Option<PathBuf>) -> anyhow::Result<()> {
+    fn spawn_link_watcher(
+        &mut self,
+        key: Option<PathBuf>,
+    ) -> anyhow::Result<Vec<tokio::task::AbortHandle>> {
         let (ns, _) = self.namespaces.get(key.as_deref())?;
         let fd: OwnedFd = ns.run(|| -> std::io::Result<OwnedFd> {
             let mut s = Socket::new(NETLINK_ROUTE)?;
@@ -251,9 +262,9 @@ impl Daemon {
         // SAFETY: a netlink socket fd we own, handed over to the tokio socket.
         let socket = unsafe { TokioSocket::from_raw_fd(fd.into_raw_fd()) };
         let (conn, handle, mut messages) = rtnetlink::from_socket(socket);
-        tokio::spawn(conn);
+        let conn = tokio::spawn(conn).abort_handle();
         let tx = self.tx.clone();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let _handle = handle;
             while let Some((msg, _)) = messages.next().await {
                 let at = Instant::now();
@@ -288,7 +299,7 @@ impl Daemon {
             );
             let _ = tx.send(Msg::Resync(key));
         });
-        Ok(())
+        Ok(vec![conn, reader.abort_handle()])
     }
 
     fn on_msg(&mut self, msg: Msg) {
@@ -300,6 +311,7 @@ impl Daemon {
                 name,
                 at,
             } => self.on_link(&ns, new, index, &name, at),
+            Msg::NetnsChanged(path) => self.on_netns_changed(path),
             Msg::Resync(ns) => {
                 warn!(
                     "link events of {} were lost; re-reading its interfaces",
@@ -313,6 +325,43 @@ impl Daemon {
                 self.after_change();
             }
         }
+    }
+
+    /// A configured namespace path appeared or went: forget what it named, watch the links of
+    /// what it names now, and re-resolve its bindings (closed while it does not exist).
+    fn on_netns_changed(&mut self, path: PathBuf) {
+        let key = Some(path.clone());
+        let still = self.link_watchers.contains_key(&key)
+            && self.namespaces.get(Some(&path)).is_ok_and(|(ns, _)| {
+                fs::metadata(&path).is_ok_and(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    m.ino() == ns.ino
+                })
+            });
+        if still {
+            return;
+        }
+        if let Some(tasks) = self.link_watchers.remove(&key) {
+            for t in tasks {
+                t.abort();
+            }
+        }
+        self.namespaces.forget(Some(&path));
+        if path.exists() {
+            info!("network namespace {} appeared", path.display());
+        } else {
+            warn!(
+                "network namespace {} is gone: its bindings refuse every socket",
+                path.display()
+            );
+        }
+        self.start_link_watchers();
+        for i in 0..self.config.bindings.len() {
+            if self.config.bindings[i].netns == key {
+                self.ensure(i, None, "network namespace changed");
+            }
+        }
+        self.after_change();
     }
 
     fn on_link(&mut self, ns: &Option<PathBuf>, new: bool, index: u32, name: &str, at: Instant) {
@@ -404,11 +453,7 @@ impl Daemon {
         };
         let iface = match iface {
             Some(i) => i,
-            None => match self
-                .namespaces
-                .get(b.netns.as_deref())
-                .and_then(|(ns, _)| netdev::resolve_or_closed(&b.dev, ns))
-            {
+            None => match reconcile::desired_interface(&b, &mut self.namespaces) {
                 Ok(i) => i,
                 Err(e) => {
                     error!("binding at {}: {e:#}", b.origin());
@@ -486,7 +531,7 @@ impl Daemon {
             .filter_map(|e| link::open_pinned(&e.path()).ok())
             .collect();
         self.held.insert(cgroup_id, (path.to_path_buf(), fds));
-        self.watch(&dir, Watch::PinDir(cgroup_id), pin_dir_mask());
+        self.watch(&dir, Watch::Pins(cgroup_id), pin_dir_mask());
     }
 
     /// A configured cgroup is gone: its links were detached by the kernel; let go of them and
@@ -552,7 +597,7 @@ impl Daemon {
             let mut dir = b.cgroup.parent().map(Path::to_path_buf);
             while let Some(d) = dir {
                 if d.is_dir() {
-                    want.insert(d.clone(), Watch::CgroupDir(d));
+                    want.insert(d.clone(), Watch::Cgroups(d));
                     break;
                 }
                 if d == self.mount {
@@ -561,12 +606,19 @@ impl Daemon {
                 dir = d.parent().map(Path::to_path_buf);
             }
         }
+        for b in &self.config.bindings {
+            if let Some(dir) = b.netns.as_ref().and_then(|p| p.parent())
+                && dir.is_dir()
+            {
+                want.insert(dir.to_path_buf(), Watch::Namespaces(dir.to_path_buf()));
+            }
+        }
         let stale: Vec<WatchDescriptor> = self
             .watched
             .iter()
             .filter(|(_, w)| match w {
-                Watch::CgroupDir(d) => want.get(d) != Some(*w),
-                Watch::PinDir(_) => false,
+                Watch::Cgroups(d) | Watch::Namespaces(d) => want.get(d) != Some(*w),
+                Watch::Pins(_) => false,
             })
             .map(|(wd, _)| wd.clone())
             .collect();
@@ -599,31 +651,60 @@ impl Daemon {
             warn!(
                 "bpffs was unmounted; the daemon's link fds keep every binding attached; re-pinning"
             );
-            self.watched.retain(|_, w| matches!(w, Watch::CgroupDir(_)));
+            self.watched.retain(|_, w| matches!(w, Watch::Cgroups(_)));
             self.apply_all("bpffs unmounted");
             self.after_change();
             return;
         }
         let name = name.map(|n| n.to_string_lossy().into_owned());
+        if let (Watch::Namespaces(dir), Some(name)) = (&what, &name) {
+            let path = dir.join(name);
+            if !self
+                .config
+                .bindings
+                .iter()
+                .any(|b| b.netns.as_ref() == Some(&path))
+            {
+                return;
+            }
+            if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) {
+                // `ip netns add` creates the file, then bind-mounts the namespace on it: wait
+                // (bounded) until it is one.
+                let tx = self.tx.clone();
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        if crate::netns::Netns::open(&path).is_ok() {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    let _ = tx.send(Msg::NetnsChanged(path));
+                });
+            } else {
+                self.on_netns_changed(path);
+            }
+            return;
+        }
         let affected: Vec<usize> = match &what {
-            Watch::CgroupDir(dir) => {
+            Watch::Cgroups(dir) => {
                 let Some(name) = &name else { return };
                 let child = dir.join(name);
                 (0..self.config.bindings.len())
                     .filter(|&i| self.config.bindings[i].cgroup.starts_with(&child))
                     .collect()
             }
-            Watch::PinDir(id) => self.bindings_of(*id),
+            Watch::Pins(id) => self.bindings_of(*id),
+            Watch::Namespaces(_) => return,
         };
         if affected.is_empty() {
             return;
         }
         let cause = match &what {
-            Watch::CgroupDir(_) if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) => {
+            Watch::Cgroups(_) if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO) => {
                 "cgroup appeared"
             }
-            Watch::CgroupDir(_) => "cgroup removed",
-            Watch::PinDir(_) => "pins changed",
+            Watch::Cgroups(_) => "cgroup removed",
+            Watch::Pins(_) | Watch::Namespaces(_) => "pins changed",
         };
         let mut changed = false;
         for i in affected {

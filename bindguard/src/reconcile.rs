@@ -118,6 +118,28 @@ impl Namespaces {
         }
         Ok(&self.open[&key])
     }
+
+    /// Forgets a namespace (its path now names another one, or none).
+    pub fn forget(&mut self, path: Option<&Path>) {
+        self.open.remove(&path.map(Path::to_path_buf));
+    }
+}
+
+/// Whether `b` names a network namespace path that does not exist (yet, or any more).
+pub fn netns_missing(b: &Binding) -> bool {
+    b.netns.as_ref().is_some_and(|p| !p.exists())
+}
+
+/// The interface `b` wants, resolved now: closed (ifindex 0) while it does not exist, and
+/// closed in no namespace at all (cookie 0: every socket refused) while its network namespace
+/// does not exist — a binding is never left open for want of its namespace.
+pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Result<Interface> {
+    if netns_missing(b) {
+        namespaces.forget(b.netns.as_deref());
+        return Ok(netdev::closed(&b.dev, 0, 0));
+    }
+    let (ns, _) = namespaces.get(b.netns.as_deref())?;
+    netdev::resolve_or_closed(&b.dev, ns)
 }
 
 /// Whether every link of a binding is pinned and attached to its cgroup.
@@ -134,8 +156,7 @@ pub fn plan_binding(
     b: &Binding,
     namespaces: &mut Namespaces,
 ) -> anyhow::Result<Step> {
-    let (ns, _) = namespaces.get(b.netns.as_deref())?;
-    let iface = netdev::resolve_or_closed(&b.dev, ns)?;
+    let iface = desired_interface(b, namespaces)?;
     let mut step = Step {
         action: Action::Attach,
         cgroup: b.cgroup.clone(),
@@ -160,6 +181,11 @@ pub fn plan_binding(
     };
     step.cgroup_id = Some(cg.id);
     (step.action, step.why) = compare(&cg, &iface, b);
+    if iface.netns_cookie == 0
+        && let Some(p) = &b.netns
+    {
+        step.why = format!("network namespace {} does not exist: closed", p.display());
+    }
     Ok(step)
 }
 

@@ -858,3 +858,61 @@ fn removed_pins_are_repaired_and_a_recreated_cgroup_is_bound_again() {
         drop(svc);
     }
 }
+
+#[test]
+fn a_missing_network_namespace_keeps_the_cgroup_closed_until_it_appears() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let name = unique("bgn");
+    let path = Path::new("/run/netns").join(&name);
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "[[binding]]\ncgroup = \"{}\"\ndev = \"vx0\"\nnetns = \"{}\"\n",
+            s.cg.path.display(),
+            path.display()
+        ),
+    );
+    // apply: attached closed, not left open for want of the namespace.
+    let (code, out, err) = Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(&conf)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("does not exist: closed"), "{out}");
+    let d = Daemon::start(&conf, &dir);
+    let a = s.listener.packets(Peer::A);
+    for probe in [s.probe_bound(), Cmd::probe().in_cgroup(&s.cg)] {
+        let (code, out, tok) = s.send(probe, Proto::Udp, false);
+        assert_ne!(code, 0, "a socket was allowed: {out}");
+        assert!(
+            s.listener
+                .wait_for(&tok, Duration::from_millis(200))
+                .is_empty()
+        );
+    }
+    assert_eq!(s.listener.packets(Peer::A), a);
+    // The namespace appears (a VPN's namespace made after boot), then its interface.
+    bindguard_tests::topology::sh("ip", &["netns", "add", &name]);
+    let ns = bindguard_tests::topology::NetnsGuard { name: name.clone() };
+    ns.ip(&["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"]);
+    let want = ns.ifindex("vx0");
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == want && problems(&e).is_empty())),
+        "not re-targeted into the new namespace: {}",
+        d.log()
+    );
+    // The namespace goes: closed again.
+    drop(ns);
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == 0 && e["netns"]["cookie"] == 0)),
+        "not closed when the namespace went: {}",
+        d.log()
+    );
+    let (code, out, _) = s.send(s.probe_bound(), Proto::Udp, false);
+    assert_ne!(code, 0, "a socket was allowed: {out}");
+}
