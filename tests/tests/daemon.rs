@@ -916,3 +916,55 @@ fn a_missing_network_namespace_keeps_the_cgroup_closed_until_it_appears() {
     let (code, out, _) = s.send(s.probe_bound(), Proto::Udp, false);
     assert_ne!(code, 0, "a socket was allowed: {out}");
 }
+
+#[test]
+fn sd_notify_ready_only_after_the_first_apply() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let sock_path = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let child = std::process::Command::new(bindguard_tests::bindguard_bin())
+        .args(["daemon", "--config"])
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Running(child);
+    let mut buf = [0u8; 4096];
+    let recv = |buf: &mut [u8]| -> String {
+        let n = sock.recv(buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // STATUS= may come first; READY=1 comes once, after the first apply.
+    let first = loop {
+        let m = recv(&mut buf);
+        if m.contains("READY=1") {
+            break m;
+        }
+    };
+    // Units ordered after the daemon start bound: the binding exists when READY=1 arrives.
+    let e = entry(&s, s.cg.id).expect("bound before READY=1");
+    assert!(problems(&e).is_empty(), "{e}");
+    assert!(
+        first.contains("STATUS=1 binding(s): 1 enforcing"),
+        "{first}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let reloading = recv(&mut buf);
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    while !recv(&mut buf).contains("READY=1") {}
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    while !recv(&mut buf).contains("STOPPING=1") {}
+}
