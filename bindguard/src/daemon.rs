@@ -651,7 +651,7 @@ impl Daemon {
             warn!(
                 "bpffs was unmounted; the daemon's link fds keep every binding attached; re-pinning"
             );
-            self.watched.retain(|_, w| matches!(w, Watch::Cgroups(_)));
+            self.watched.retain(|_, w| !matches!(w, Watch::Pins(_)));
             self.apply_all("bpffs unmounted");
             self.after_change();
             return;
@@ -704,14 +704,14 @@ impl Daemon {
                 "cgroup appeared"
             }
             Watch::Cgroups(_) => "cgroup removed",
-            Watch::Pins(_) | Watch::Namespaces(_) => "pins changed",
+            Watch::Pins(_) => "pins changed",
+            Watch::Namespaces(_) => return,
         };
-        let mut changed = false;
         for i in affected {
-            changed |= self.ensure(i, None, cause);
+            self.ensure(i, None, cause);
         }
-        // The set of watched directories follows cgroups appearing and going.
-        let _ = changed;
+        // Even with nothing changed in the kernel, the watched directories follow cgroups
+        // appearing and going.
         self.after_change();
     }
 
