@@ -123,6 +123,8 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             watched: HashMap::new(),
             held: HashMap::new(),
             states: HashMap::new(),
+            event_at: None,
+            loaded: false,
         };
         daemon.main_loop(rx, stream).await
     })
@@ -142,6 +144,11 @@ struct Daemon {
     held: HashMap<u64, (PathBuf, Vec<OwnedFd>)>,
     /// binding index -> where it stands.
     states: HashMap<usize, State>,
+    /// When the link event being handled was read (its change's log line says how long the
+    /// change took from there).
+    event_at: Option<Instant>,
+    /// Programs were loaded since the heap was last trimmed.
+    loaded: bool,
 }
 
 impl Daemon {
@@ -401,11 +408,12 @@ impl Daemon {
                     (true, false) => format!("ifindex {index} was renamed to {name}"),
                     (false, _) => format!("{name} (ifindex {index}) was deleted"),
                 };
+                self.event_at = Some(at);
                 changed |= self.ensure(i, Some(t), &cause);
+                self.event_at = None;
             }
         }
         if changed {
-            info!("link event handled in {} us", at.elapsed().as_micros());
             self.after_change();
         }
     }
@@ -488,6 +496,7 @@ impl Daemon {
             return false;
         }
         self.states.insert(i, state);
+        self.loaded |= action != Action::Retarget;
         let mut line = format!(
             "{} {} -> {} ({cause}",
             action.symbol(),
@@ -497,6 +506,12 @@ impl Daemon {
         if !why.is_empty() {
             line.push_str("; ");
             line.push_str(&why);
+        }
+        if let Some(at) = self.event_at {
+            line.push_str(&format!(
+                ", {} us after the event",
+                at.elapsed().as_micros()
+            ));
         }
         line.push(')');
         info!("{line}");
@@ -574,9 +589,12 @@ impl Daemon {
         self.refresh_watches();
         self.publish_status();
         // Loading programs parses the kernel's BTF (megabytes, freed at once): give that
-        // memory back so the resident size stays that of an idle daemon.
-        // SAFETY: malloc_trim only releases free heap memory.
-        unsafe { libc::malloc_trim(0) };
+        // memory back so the resident size stays that of an idle daemon. (A retarget loads
+        // nothing, and a trim costs about a millisecond.)
+        if std::mem::take(&mut self.loaded) {
+            // SAFETY: malloc_trim only releases free heap memory.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 
     fn watch(&mut self, path: &Path, what: Watch, mask: WatchMask) {

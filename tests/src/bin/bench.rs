@@ -775,6 +775,15 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// A bind mount, unmounted on drop.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 /// A daemon process killed on drop.
 struct DaemonGuard(std::process::Child);
 
@@ -798,13 +807,26 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
     let dir = std::env::temp_dir().join(format!("bindguard-bench-daemon-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let _cleanup = TempDir(dir.clone());
+    // The namespace under a path of its own: the daemon watches the directory of a configured
+    // namespace path, and /run/netns is busy with every other test's namespaces.
+    let ns_path = dir.join("host-netns");
+    fs::File::create(&ns_path).unwrap();
+    nix::mount::mount(
+        Some(&host),
+        &ns_path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind-mount the host namespace");
+    let _unmount = Unmount(ns_path.clone());
     let conf = dir.join("bindguard.toml");
     fs::write(
         &conf,
         format!(
             "[[binding]]\ncgroup = \"{}\"\ndev = \"{UPLINK_B}\"\nnetns = \"{}\"\n",
             cg.path.display(),
-            host.display()
+            ns_path.display()
         ),
     )
     .unwrap();
@@ -940,9 +962,9 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
-            l.split("link event handled in ")
-                .nth(1)?
-                .split_whitespace()
+            l.split(" us after the event")
+                .next()?
+                .rsplit(' ')
                 .next()?
                 .parse::<f64>()
                 .ok()
