@@ -1035,3 +1035,88 @@ fn outdated_programs_are_replaced_make_before_break_at_start() {
         [Peer::B]
     );
 }
+
+#[test]
+fn a_deleted_interface_closes_even_if_its_ifindex_is_reused_and_renames_are_followed() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let d = Daemon::start(&conf, &dir);
+    let old = s.topo.host.ifindex(UPLINK_B);
+    delete_b(&s.topo);
+    assert!(
+        wait_until(Duration::from_secs(1), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == 0)),
+        "not closed: {}",
+        d.log()
+    );
+    // Root gives the dead ifindex to another interface, with a route to peer A over it: a
+    // binding still holding that number would now send there.
+    let idx = old.to_string();
+    s.topo.host.ip(&[
+        "link",
+        "add",
+        "upZ",
+        "index",
+        &idx,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        &s.topo.peer_a.name,
+    ]);
+    s.topo.host.ip(&["link", "set", "upZ", "up"]);
+    s.topo.peer_a.ip(&["link", "set", "eth1", "up"]);
+    s.topo
+        .host
+        .ip(&["route", "add", &format!("{}/32", dest(false)), "dev", "upZ"]);
+    assert_eq!(s.topo.host.ifindex("upZ"), old);
+    // Unbound processes do reach A over upZ (the route works)...
+    assert_eq!(
+        s.delivered_to(s.probe_unbound(), Proto::Udp, false),
+        [Peer::A]
+    );
+    // ...the cgroup's do not: its binding is closed, not pointing at the reused number.
+    let (code, out, tok) = s.send(s.probe_bound(), Proto::Udp, false);
+    assert_ne!(code, 0, "a socket of the closed cgroup was allowed: {out}");
+    assert!(
+        s.listener
+            .wait_for(&tok, Duration::from_millis(300))
+            .is_empty()
+    );
+    // An interface renamed to the configured name is followed by name...
+    s.topo.host.ip(&["link", "set", "upZ", "down"]);
+    s.topo.host.ip(&["link", "set", "upZ", "name", UPLINK_B]);
+    s.topo.host.ip(&["link", "set", UPLINK_B, "up"]);
+    s.topo.host.ip(&[
+        "route",
+        "replace",
+        &format!("{}/32", dest(false)),
+        "dev",
+        UPLINK_B,
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(1), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == old && problems(&e).is_empty())),
+        "rename to the configured name not followed: {}",
+        d.log()
+    );
+    assert_eq!(
+        first_delivery(&s, &s.cg, Duration::from_secs(1)).0,
+        [Peer::A]
+    );
+    // ...and one renamed away closes the binding.
+    s.topo.host.ip(&["link", "set", UPLINK_B, "name", "upY"]);
+    assert!(
+        wait_until(Duration::from_secs(1), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == 0)),
+        "rename away not followed: {}",
+        d.log()
+    );
+    let (code, out, _) = s.send(s.probe_bound(), Proto::Udp, false);
+    assert_ne!(code, 0, "closed binding let a socket through: {out}");
+}
