@@ -1120,3 +1120,36 @@ fn a_deleted_interface_closes_even_if_its_ifindex_is_reused_and_renames_are_foll
     let (code, out, _) = s.send(s.probe_bound(), Proto::Udp, false);
     assert_ne!(code, 0, "closed binding let a socket through: {out}");
 }
+
+#[test]
+fn create_true_makes_the_cgroup_and_binds_it_before_anything_runs_there() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let made = s.cg.path.join("made");
+    let conf = dir.write(
+        "c.toml",
+        &binding(&made, UPLINK_B, &s.topo, "create = true"),
+    );
+    let (code, out, err) = Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(&conf)
+        .run();
+    assert!(made.is_dir(), "cgroup not created: {out}{err}");
+    // Removed (pins, then the directory) by this guard, before the parent's.
+    let made = TestCgroup {
+        id: std::os::unix::fs::MetadataExt::ino(&fs::metadata(&made).unwrap()),
+        path: made,
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("+ attach") && out.contains("creating the cgroup"),
+        "{out}"
+    );
+    assert!(made.pins().exists());
+    assert_eq!(
+        first_delivery(&s, &made, Duration::from_secs(1)).0,
+        [Peer::B]
+    );
+}
