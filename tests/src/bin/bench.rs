@@ -983,7 +983,7 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
     let mut report = String::new();
     let _ = writeln!(
         report,
-        "\n### Daemon: interface re-created {flaps} times (`bg-bench --daemon-only`)\n"
+        "\n### Daemon: interface re-created {flaps} times (`cargo xtask bench --daemon-only` runs only this)\n"
     );
     let _ = writeln!(
         report,
