@@ -214,9 +214,46 @@ pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, PathBuf> {
     found
 }
 
+/// The argument `--cgroup self`: the caller's own cgroup.
+pub const SELF: &str = "self";
+
+/// The calling process's cgroup v2 directory: the `0::/PATH` line of /proc/self/cgroup, under
+/// the cgroup2 mount. A systemd `ExecStartPre=+` command runs in its service's cgroup, so
+/// `--cgroup self` there names the service.
+pub fn self_path() -> anyhow::Result<PathBuf> {
+    let text = fs::read_to_string("/proc/self/cgroup").context("reading /proc/self/cgroup")?;
+    let rel = self_from_proc(&text).ok_or_else(|| Error::InvalidInput {
+        what: "this process has no cgroup v2 membership in /proc/self/cgroup; give --cgroup PATH"
+            .into(),
+    })?;
+    let mount = cgroup2_mount()?;
+    Ok(mount.join(rel.trim_start_matches('/')))
+}
+
+/// The cgroup v2 path in the text of /proc/PID/cgroup (the `0::` line).
+pub fn self_from_proc(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
+}
+
+/// A `--cgroup` argument with `self` replaced by the caller's cgroup.
+pub fn expand_self(arg: &Path) -> anyhow::Result<PathBuf> {
+    if arg == Path::new(SELF) {
+        self_path()
+    } else {
+        Ok(arg.to_path_buf())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn self_is_the_v2_line() {
+        let text = "12:memory:/user.slice\n1:name=systemd:/x\n0::/system.slice/a.service\n";
+        assert_eq!(self_from_proc(text), Some("/system.slice/a.service"));
+        assert_eq!(self_from_proc("1:cpu:/x\n"), None);
+    }
 
     #[test]
     fn relative_paths_join_the_mount() {

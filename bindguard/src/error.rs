@@ -84,6 +84,14 @@ pub enum Error {
     #[error("{what}")]
     InvalidInput { what: String },
 
+    /// A config file (`apply`, `daemon`) is wrong; nothing of it was applied.
+    #[error("{}:{line}: {why}; fix the config and run again (nothing was applied)", file.display())]
+    Config {
+        file: PathBuf,
+        line: usize,
+        why: String,
+    },
+
     // ---- operational failures: exit 1 ---------------------------------------------------------
     #[error("{action} needs {caps}; run bindguard as root")]
     MissingPrivilege {
@@ -116,7 +124,8 @@ impl Error {
             | Error::NotNetns { .. }
             | Error::RootCgroup { .. }
             | Error::TooLong { .. }
-            | Error::InvalidInput { .. } => 2,
+            | Error::InvalidInput { .. }
+            | Error::Config { .. } => 2,
             Error::NotBound { .. }
             | Error::MissingPrivilege { .. }
             | Error::BpffsMount { .. }

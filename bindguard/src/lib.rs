@@ -7,6 +7,8 @@
 pub mod audit;
 pub mod btf;
 pub mod cgroup;
+pub mod config;
+pub mod daemon;
 pub mod enforcer;
 pub mod error;
 pub mod exec;
@@ -17,7 +19,9 @@ pub mod netdev;
 pub mod netns;
 pub mod oci;
 pub mod pins;
+pub mod reconcile;
 pub mod sockopt;
+pub mod sockreset;
 pub mod status;
 pub mod verify;
 

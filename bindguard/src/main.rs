@@ -4,11 +4,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use bindguard::{
-    cgroup,
+    cgroup, config, daemon,
     enforcer::{self, Attached, Detached, Mode, Options},
     error, exec, monitor, netdev,
     netns::Netns,
-    oci, status, verify,
+    oci, reconcile, status, verify,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -27,11 +27,33 @@ struct Cli {
 enum Command {
     /// Bind every new socket of a cgroup to an interface; the binding stays after bindguard exits.
     Attach {
-        /// The cgroup: absolute, or relative to the cgroup2 mount (`mgmt`).
+        /// The cgroup: absolute, or relative to the cgroup2 mount (`mgmt`); `self` is
+        /// bindguard's own cgroup (a systemd ExecStartPre=+ binds its service).
         #[arg(long, value_name = "PATH")]
         cgroup: PathBuf,
         #[command(flatten)]
         binding: BindingArgs,
+    },
+    /// Make the kernel hold what the config says: print the plan (+ attach, ~ retarget,
+    /// = unchanged, - detach) and run it. Idempotent.
+    Apply {
+        /// A config file, or a directory of them (default: /etc/bindguard/bindguard.toml and
+        /// /etc/bindguard/bindings.d/*.toml).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also detach bindings made from a config that the config no longer names.
+        #[arg(long)]
+        prune: bool,
+    },
+    /// Apply the config, then keep it true: follow interfaces by name (closed while missing),
+    /// bind cgroups when they appear, repair removed pins. SIGHUP reloads the config.
+    Daemon {
+        /// A config file, or a directory of them (default as for apply).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
     /// Run a command with every socket bound to an interface, in a transient cgroup that is
     /// removed when the command ends. Exits with the command's status.
@@ -52,7 +74,7 @@ enum Command {
     },
     /// Remove the binding of a cgroup.
     Detach {
-        /// The cgroup: absolute, or relative to the cgroup2 mount.
+        /// The cgroup: absolute, or relative to the cgroup2 mount; `self` is bindguard's own.
         #[arg(long, value_name = "PATH")]
         cgroup: PathBuf,
     },
@@ -68,7 +90,7 @@ enum Command {
     /// Prove a binding: a probe inside the cgroup checked against SO_BINDTODEVICE, and an
     /// audit of the sockets the cgroup's processes already hold. Exit 0 only if all pass.
     Verify {
-        /// The cgroup: absolute, or relative to the cgroup2 mount.
+        /// The cgroup: absolute, or relative to the cgroup2 mount; `self` is bindguard's own.
         #[arg(long, value_name = "PATH")]
         cgroup: PathBuf,
         /// Compare the route to this address (default: 203.0.113.1 and 2001:db8::1). Nothing
@@ -160,7 +182,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Attach { cgroup, binding } => {
             let opts = binding.options()?;
             netdev::validate_name(&binding.dev)?;
-            let cg = cgroup::resolve(&cgroup)?;
+            let cg = cgroup::resolve(&cgroup::expand_self(&cgroup)?)?;
             let ns = binding.netns()?;
             let iface = netdev::resolve(&binding.dev, &ns)?;
             if let Some(w) = netdev::rp_filter(&iface.name, &ns)
@@ -212,6 +234,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 opts.mode.as_str()
             );
         }
+        Command::Apply {
+            config,
+            dry_run,
+            prune,
+        } => return apply(config.as_deref(), dry_run, prune),
+        Command::Daemon { config } => {
+            daemon::run(config)?;
+        }
         Command::OciHook { stage } => {
             let stage = stage.map(|s| s.parse::<oci::Stage>()).transpose()?;
             match oci::hook(std::io::stdin().lock(), stage)? {
@@ -227,7 +257,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Detach { cgroup } => match enforcer::detach(&cgroup)? {
+        Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
             Detached::Removed(dir) => {
                 println!("detached {} (removed {})", cgroup.display(), dir.display())
             }
@@ -245,7 +275,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
         }
         Command::Verify { cgroup, to, json } => {
-            let report = verify::verify(&cgroup, to)?;
+            let report = verify::verify(&cgroup::expand_self(&cgroup)?, to)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -282,6 +312,36 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bindguard apply`: the plan, printed as it runs.
+fn apply(path: Option<&std::path::Path>, dry_run: bool, prune: bool) -> anyhow::Result<ExitCode> {
+    let mount = cgroup::cgroup2_mount()?;
+    let config = config::load(path, &mount)?;
+    if !dry_run {
+        enforcer::require_privileges("apply")?;
+    }
+    let steps = reconcile::plan(&config, prune)?;
+    if steps.is_empty() {
+        println!("no bindings in the config");
+    }
+    if dry_run {
+        for s in &steps {
+            println!("{s}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let outcome = reconcile::execute(steps, &config);
+    for (step, err) in &outcome.steps {
+        match err {
+            None => println!("{step}"),
+            Some(e) => {
+                println!("{step}: FAILED");
+                eprintln!("bindguard: {}", one_line(e));
+            }
+        }
+    }
+    Ok(ExitCode::from(outcome.exit_code() as u8))
 }
 
 fn main() -> ExitCode {

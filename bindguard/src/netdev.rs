@@ -118,6 +118,33 @@ pub fn name_from_bytes(bytes: &[u8; 16]) -> String {
     String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
+/// Resolves `name` inside `netns`, or returns the *closed* interface (ifindex 0) when no
+/// interface has that name there: a binding to it refuses every new socket until the
+/// interface appears and the binding is re-targeted.
+pub fn resolve_or_closed(name: &str, netns: &Netns) -> anyhow::Result<Interface> {
+    match resolve(name, netns) {
+        Err(e)
+            if matches!(
+                e.downcast_ref::<Error>(),
+                Some(Error::UnknownInterface { .. })
+            ) =>
+        {
+            Ok(closed(name, netns.cookie()?, netns.ino))
+        }
+        other => other,
+    }
+}
+
+/// The closed interface: the name and namespace of a binding, no device.
+pub fn closed(name: &str, netns_cookie: u64, netns_ino: u64) -> Interface {
+    Interface {
+        name: name.to_string(),
+        ifindex: 0,
+        netns_cookie,
+        netns_ino,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

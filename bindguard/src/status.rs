@@ -57,7 +57,8 @@ pub struct LinkInfo {
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
-    /// pins-unreadable, programs-outdated, lsm-unavailable, stray-programs.
+    /// pins-unreadable, programs-outdated, lsm-unavailable, stray-programs,
+    /// waiting-for-interface (a closed binding).
     pub kind: &'static str,
     pub message: String,
 }
@@ -196,6 +197,12 @@ fn read_binding(
             message: format!(
                 "network namespace (inode {}) no longer exists: sockets are refused (fail-closed)",
                 policy.netns_ino
+            ),
+        }),
+        Some(_) if policy.ifindex == 0 && !ifname.is_empty() => problems.push(Problem {
+            kind: "waiting-for-interface",
+            message: format!(
+                "interface {ifname} does not exist: every new socket is refused (fail-closed) until it appears and the binding is re-targeted"
             ),
         }),
         Some(ns) => match netdev::name_of(policy.ifindex, ns) {

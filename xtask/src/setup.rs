@@ -1,7 +1,7 @@
 //! `cargo xtask setup`: idempotent installation of everything the build and tests need.
 //!
 //! - Debian packages the tests and demo use (busybox-static, iproute2, bpftool, util-linux,
-//!   runc);
+//!   runc, systemd for systemd-analyze);
 //! - nightly's rust-src (the eBPF crate builds core for the bpf target);
 //! - bpf-linker, built against the libLLVM that ships with rustc nightly (same LLVM major,
 //!   detected, never hard-coded).
@@ -26,6 +26,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("unshare", "util-linux"),
     ("runc", "runc"),
+    // `systemd-analyze verify` of deploy/systemd/bindguard.service in the daemon tests
+    ("systemd-analyze", "systemd"),
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {

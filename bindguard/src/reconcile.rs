@@ -1,0 +1,360 @@
+//! Desired state (the config) against what the kernel holds (pins and policies): a plan of
+//! attach / retarget / replace / detach steps, and running it. A client of the enforcer, as the
+//! CLI is; the kernel stays the only runtime state.
+
+use std::{
+    collections::HashMap,
+    fmt, fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::Context as _;
+use bindguard_common::{ABI_VERSION, Policy, flags};
+
+use crate::{
+    Error,
+    cgroup::{self, Cgroup},
+    config::{Binding, Config},
+    enforcer::{self, Attached},
+    netdev::{self, Interface},
+    netns::Netns,
+    pins,
+};
+
+/// What one step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// No binding yet: create one (mkdir the cgroup first when `create = true`).
+    Attach,
+    /// Same programs, other policy: one map write, no unbound moment.
+    Retarget,
+    /// New programs beside the old ones, then the old removed (outdated programs, changed
+    /// mode or namespace, missing or detached links, unreadable pins).
+    Replace,
+    /// The kernel already enforces exactly this.
+    Unchanged,
+    /// A binding from a config that the config no longer names (`--prune`).
+    Detach,
+    /// The cgroup does not exist and the config does not create it.
+    WaitCgroup,
+}
+
+impl Action {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Action::Attach => "+ attach",
+            Action::Retarget => "~ retarget",
+            Action::Replace => "~ replace",
+            Action::Unchanged => "= unchanged",
+            Action::Detach => "- detach",
+            Action::WaitCgroup => "? waiting",
+        }
+    }
+
+    /// Whether running the step changes the kernel.
+    pub fn changes(self) -> bool {
+        matches!(
+            self,
+            Action::Attach | Action::Retarget | Action::Replace | Action::Detach
+        )
+    }
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub action: Action,
+    pub cgroup: PathBuf,
+    /// None while the cgroup does not exist.
+    pub cgroup_id: Option<u64>,
+    /// Index of the config binding (None for Detach).
+    pub binding: Option<usize>,
+    /// The interface as resolved now (ifindex 0: closed, waiting for the interface).
+    pub iface: Option<Interface>,
+    /// Why, for people.
+    pub why: String,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:<11} {}", self.action.symbol(), self.cgroup.display())?;
+        if let Some(i) = &self.iface {
+            write!(f, " -> {}", describe(i))?;
+        }
+        if !self.why.is_empty() {
+            write!(f, " ({})", self.why)?;
+        }
+        Ok(())
+    }
+}
+
+/// `eth3 (ifindex 4)` or `eth3 (waiting-for-interface)`.
+pub fn describe(i: &Interface) -> String {
+    if i.ifindex == 0 {
+        format!("{} (waiting-for-interface)", i.name)
+    } else {
+        format!("{} (ifindex {})", i.name, i.ifindex)
+    }
+}
+
+/// Opens each network namespace the config names once.
+#[derive(Default)]
+pub struct Namespaces {
+    open: HashMap<Option<PathBuf>, (Netns, u64)>,
+}
+
+impl Namespaces {
+    /// The namespace and its cookie.
+    pub fn get(&mut self, path: Option<&Path>) -> anyhow::Result<&(Netns, u64)> {
+        let key = path.map(Path::to_path_buf);
+        if !self.open.contains_key(&key) {
+            let ns = match path {
+                Some(p) => Netns::open(p)?,
+                None => Netns::current()?,
+            };
+            let cookie = ns.cookie()?;
+            self.open.insert(key.clone(), (ns, cookie));
+        }
+        Ok(&self.open[&key])
+    }
+
+    /// Forgets a namespace (its path now names another one, or none).
+    pub fn forget(&mut self, path: Option<&Path>) {
+        self.open.remove(&path.map(Path::to_path_buf));
+    }
+}
+
+/// Whether `b` names a network namespace path that does not exist (yet, or any more).
+pub fn netns_missing(b: &Binding) -> bool {
+    b.netns.as_ref().is_some_and(|p| !p.exists())
+}
+
+/// The interface `b` wants, resolved now: closed (ifindex 0) while it does not exist, and
+/// closed in no namespace at all (cookie 0: every socket refused) while its network namespace
+/// does not exist — a binding is never left open for want of its namespace.
+pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Result<Interface> {
+    if netns_missing(b) {
+        namespaces.forget(b.netns.as_deref());
+        return Ok(netdev::closed(&b.dev, 0, 0));
+    }
+    let (ns, _) = namespaces.get(b.netns.as_deref())?;
+    netdev::resolve_or_closed(&b.dev, ns)
+}
+
+/// Whether every link of a binding is pinned and attached to its cgroup.
+pub fn links_healthy(dir: &Path, policy: &Policy, cgroup_id: u64) -> bool {
+    let hooks = enforcer::mode_of(policy).hooks(policy.has(bindguard_common::flags::LSM));
+    enforcer::links_complete(dir, cgroup_id, hooks)
+}
+
+/// Compares one configured binding with the kernel.
+pub fn plan_binding(
+    index: usize,
+    b: &Binding,
+    namespaces: &mut Namespaces,
+) -> anyhow::Result<Step> {
+    let iface = desired_interface(b, namespaces)?;
+    let mut step = Step {
+        action: Action::Attach,
+        cgroup: b.cgroup.clone(),
+        cgroup_id: None,
+        binding: Some(index),
+        iface: Some(iface.clone()),
+        why: String::new(),
+    };
+    let cg = match cgroup::resolve(&b.cgroup) {
+        Ok(cg) => cg,
+        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
+            if b.create {
+                step.why = "creating the cgroup".into();
+            } else {
+                step.action = Action::WaitCgroup;
+                step.iface = None;
+                step.why = "cgroup does not exist; `create = true` makes it, and the daemon binds it when it appears".into();
+            }
+            return Ok(step);
+        }
+        Err(e) => return Err(e),
+    };
+    step.cgroup_id = Some(cg.id);
+    (step.action, step.why) = compare(&cg, &iface, b);
+    if iface.netns_cookie == 0
+        && let Some(p) = &b.netns
+    {
+        step.why = format!("network namespace {} does not exist: closed", p.display());
+    }
+    Ok(step)
+}
+
+/// What the kernel holds for `cg` against what `b` wants, with `iface` resolved.
+pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) {
+    let dir = pins::binding_dir(cg.id);
+    if !pins::bpffs_mounted() || !dir.exists() {
+        return (Action::Attach, String::new());
+    }
+    let Ok(have) = enforcer::read_policy(&dir) else {
+        return (Action::Replace, "pins unreadable".into());
+    };
+    // Whether the BPF LSM programs are part of the binding is the kernel's answer, not the
+    // config's: compare with the same.
+    let lsm = have.has(bindguard_common::flags::LSM);
+    let want = enforcer::policy_for(iface, &b.options, cg.id, lsm);
+    if have.abi != ABI_VERSION || have.object_hash != want.object_hash {
+        return (Action::Replace, "programs outdated".into());
+    }
+    if enforcer::mode_of(&have) != b.options.mode {
+        return (Action::Replace, "mode changed".into());
+    }
+    if have.netns_cookie != want.netns_cookie {
+        return (Action::Replace, "network namespace changed".into());
+    }
+    if !links_healthy(&dir, &have, cg.id) {
+        return (Action::Replace, "links missing: repairing".into());
+    }
+    if have == want {
+        return (Action::Unchanged, String::new());
+    }
+    let was = netdev::name_from_bytes(&have.ifname);
+    let why = if have.ifindex != want.ifindex || was != iface.name {
+        let old = Interface {
+            name: was,
+            ifindex: have.ifindex,
+            ..iface.clone()
+        };
+        format!("was {}", describe(&old))
+    } else {
+        "options changed".into()
+    };
+    (Action::Retarget, why)
+}
+
+/// The plan for the whole config; with `prune`, also the detach of every binding made from a
+/// config whose cgroup the config no longer names.
+pub fn plan(config: &Config, prune: bool) -> anyhow::Result<Vec<Step>> {
+    let mut namespaces = Namespaces::default();
+    let mut steps = Vec::new();
+    for (i, b) in config.bindings.iter().enumerate() {
+        let step = plan_binding(i, b, &mut namespaces)
+            .with_context(|| format!("binding at {}", b.origin()))?;
+        steps.push(step);
+    }
+    if prune {
+        steps.extend(prunable(config, &steps));
+    }
+    Ok(steps)
+}
+
+/// Bindings with the FROM_CONFIG flag whose cgroup no configured binding names.
+fn prunable(config: &Config, steps: &[Step]) -> Vec<Step> {
+    if !pins::bpffs_mounted() {
+        return Vec::new();
+    }
+    let wanted: std::collections::HashSet<u64> = steps.iter().filter_map(|s| s.cgroup_id).collect();
+    let paths = cgroup::cgroup2_mount()
+        .map(|m| cgroup::paths_by_id(&m))
+        .unwrap_or_default();
+    let configured: std::collections::HashSet<&Path> =
+        config.bindings.iter().map(|b| b.cgroup.as_path()).collect();
+    pins::list()
+        .into_iter()
+        .filter(|(id, _)| !wanted.contains(id))
+        .filter_map(|(id, dir)| {
+            let policy = enforcer::read_policy(&dir).ok()?;
+            if !policy.has(flags::FROM_CONFIG) {
+                return None;
+            }
+            let path = paths.get(&id).cloned()?;
+            if configured.contains(path.as_path()) {
+                return None;
+            }
+            Some(Step {
+                action: Action::Detach,
+                cgroup: path,
+                cgroup_id: Some(id),
+                binding: None,
+                iface: None,
+                why: "no longer in the config".into(),
+            })
+        })
+        .collect()
+}
+
+/// Runs one step; returns what it did, for the log.
+pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
+    match step.action {
+        Action::Unchanged | Action::WaitCgroup => Ok(()),
+        Action::Detach => {
+            enforcer::detach(&step.cgroup)
+                .with_context(|| format!("detaching {}", step.cgroup.display()))?;
+            Ok(())
+        }
+        Action::Attach | Action::Retarget | Action::Replace => {
+            let b = &config.bindings[step.binding.expect("a configured binding")];
+            let iface = step.iface.as_ref().expect("a resolved interface");
+            if step.cgroup_id.is_none() && b.create {
+                fs::create_dir_all(&b.cgroup)
+                    .with_context(|| format!("creating cgroup {}", b.cgroup.display()))?;
+            }
+            let cg = cgroup::resolve(&b.cgroup)?;
+            bind(&cg, iface, b, step.action == Action::Replace)
+                .with_context(|| format!("binding cgroup {} to {}", cg.path.display(), b.dev))?;
+            Ok(())
+        }
+    }
+}
+
+/// attach, or the forced make-before-break replacement when links need repair.
+pub fn bind(
+    cg: &Cgroup,
+    iface: &Interface,
+    b: &Binding,
+    replace: bool,
+) -> anyhow::Result<Attached> {
+    let dir = pins::binding_dir(cg.id);
+    let needs_repair = replace
+        && enforcer::read_policy(&dir).is_ok_and(|p| {
+            p.abi == ABI_VERSION
+                && p.object_hash == enforcer::object_hash()
+                && enforcer::mode_of(&p) == b.options.mode
+                && !links_healthy(&dir, &p, cg.id)
+        });
+    if needs_repair {
+        enforcer::replace(cg, iface, &b.options)
+    } else {
+        enforcer::attach(cg, iface, &b.options)
+    }
+}
+
+/// What `apply` did: the steps, each with its error if it failed.
+pub struct Outcome {
+    pub steps: Vec<(Step, Option<anyhow::Error>)>,
+}
+
+impl Outcome {
+    /// 0 when every step succeeded and no cgroup is waiting; otherwise the exit code of the
+    /// first failure (as attach's), or 1 for a cgroup that does not exist.
+    pub fn exit_code(&self) -> i32 {
+        for (step, err) in &self.steps {
+            if let Some(e) = err {
+                return crate::error::exit_code(e);
+            }
+            if step.action == Action::WaitCgroup {
+                return 1;
+            }
+        }
+        0
+    }
+}
+
+/// Runs every step of `steps`, going on after a failure so one bad binding does not leave the
+/// others unbound.
+pub fn execute(steps: Vec<Step>, config: &Config) -> Outcome {
+    let steps = steps
+        .into_iter()
+        .map(|s| {
+            let err = run_step(&s, config).err();
+            (s, err)
+        })
+        .collect();
+    Outcome { steps }
+}

@@ -1,0 +1,1158 @@
+//! `bindguard apply` and `bindguard daemon` against real namespaces and real traffic: which
+//! peer namespace received a datagram says which interface it left by.
+//!
+//! The topology's uplink upB (to peer B) is deleted and re-created in the host namespace to
+//! stand in for a VPN reconnect: every re-creation gives it a new ifindex.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Stdio},
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
+use bindguard_tests::{
+    Cmd, Peer, Proto, Scenario, TestCgroup, probe_bin, root_or_skip,
+    scenario::{dest, token},
+    topology::{HOST_B4, HOST_B6, PEER_B4, PEER_B6, Topology, UPLINK_A, UPLINK_B},
+    unique,
+};
+
+/// `apply --prune` detaches every config-made binding its config does not name, including
+/// those of the other tests of this file running at the same time: it takes this lock for
+/// writing, every other test for reading.
+static PRUNE: RwLock<()> = RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    PRUNE.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A directory for one test's config and logs, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let p = std::env::temp_dir().join(format!("bgd-{}", unique("c")));
+        fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+
+    /// Writes `name` with `text`; returns its path.
+    fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One `[[binding]]` table for `cgroup` -> `dev` in the scenario's host namespace.
+fn binding(cgroup: &Path, dev: &str, topo: &Topology, extra: &str) -> String {
+    format!(
+        "[[binding]]\ncgroup = \"{}\"\ndev = \"{dev}\"\nnetns = \"{}\"\n{extra}\n",
+        cgroup.display(),
+        topo.host.path().display()
+    )
+}
+
+/// A running `bindguard daemon`, SIGKILLed on drop (also when the test panics).
+struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(config: &Path, dir: &TempDir) -> Self {
+        let log = dir.0.join(format!("daemon-{}.log", unique("l")));
+        let out = fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(bindguard_tests::bindguard_bin())
+            .arg("daemon")
+            .arg("--config")
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn bindguard daemon");
+        let d = Self {
+            child: Some(child),
+            log,
+        };
+        assert!(
+            d.wait_log("ready:", 1, Duration::from_secs(30)),
+            "daemon did not become ready: {}",
+            d.log()
+        );
+        d
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `needle` occurs at least `count` times in the log.
+    fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> bool {
+        wait_until(timeout, || self.log().matches(needle).count() >= count)
+    }
+
+    fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).unwrap();
+    }
+
+    /// Waits for the daemon to exit; returns its exit code (128+N for signal N).
+    fn wait(&mut self) -> i32 {
+        use std::os::unix::process::ExitStatusExt;
+        let status = self.child.take().unwrap().wait().unwrap();
+        status
+            .code()
+            .unwrap_or_else(|| 128 + status.signal().unwrap_or(0))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A child process killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Deletes uplink B (both ends of the veth: peer B loses its eth0 too).
+fn delete_b(topo: &Topology) {
+    topo.host.ip(&["link", "del", UPLINK_B]);
+}
+
+/// Re-creates uplink B as Topology::new made it (new ifindex on both ends).
+fn create_b(topo: &Topology) {
+    let (host, peer) = (&topo.host, &topo.peer_b);
+    host.ip(&[
+        "link", "add", UPLINK_B, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+    ]);
+    host.ip(&["addr", "add", &format!("{HOST_B4}/24"), "dev", UPLINK_B]);
+    host.ip(&[
+        "addr",
+        "add",
+        &format!("{HOST_B6}/64"),
+        "dev",
+        UPLINK_B,
+        "nodad",
+    ]);
+    peer.ip(&["addr", "add", &format!("{PEER_B4}/24"), "dev", "eth0"]);
+    peer.ip(&[
+        "addr",
+        "add",
+        &format!("{PEER_B6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    peer.ip(&["link", "set", "eth0", "up"]);
+    host.ip(&["link", "set", UPLINK_B, "up"]);
+    peer.ip(&["route", "add", "default", "via", HOST_B4]);
+    peer.ip(&["-6", "route", "add", "default", "via", HOST_B6]);
+    host.ip(&[
+        "route", "add", "default", "via", PEER_B4, "dev", UPLINK_B, "metric", "20",
+    ]);
+    host.ip(&[
+        "-6", "route", "add", "default", "via", PEER_B6, "dev", UPLINK_B, "metric", "20",
+    ]);
+}
+
+/// Sends fresh UDP tokens from inside the cgroup until one reaches a peer or `timeout`
+/// passes; returns the peers and how long it took.
+fn first_delivery(s: &Scenario, cg: &TestCgroup, timeout: Duration) -> (Vec<Peer>, Duration) {
+    let start = Instant::now();
+    loop {
+        let probe = Cmd::probe().in_cgroup(cg).in_netns(&s.topo.host);
+        let (code, _, tok) = s.send(probe, Proto::Udp, false);
+        if code == 0 {
+            let got = s.listener.wait_for(&tok, Duration::from_millis(200));
+            if !got.is_empty() {
+                return (got, start.elapsed());
+            }
+        }
+        if start.elapsed() >= timeout {
+            return (Vec::new(), start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The status entry of cgroup `id`.
+fn entry(s: &Scenario, id: u64) -> Option<serde_json::Value> {
+    s.status_json()["bindings"]
+        .as_array()?
+        .iter()
+        .find(|b| b["cgroup_id"] == id)
+        .cloned()
+}
+
+/// The binding's problems, less `lsm-unavailable`: that one says what the kernel cannot do
+/// (every binding on a kernel without a usable BPF LSM has it), not what the daemon did.
+fn problems(e: &serde_json::Value) -> Vec<String> {
+    e["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .filter(|k| k != "lsm-unavailable")
+        .collect()
+}
+
+fn link_ids(e: &serde_json::Value) -> Vec<u64> {
+    e["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["link_id"].as_u64().expect("link present"))
+        .collect()
+}
+
+#[test]
+fn daemon_before_the_interface_fails_closed_then_binds_within_1s() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    delete_b(&s.topo);
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let _d = Daemon::start(&conf, &dir);
+    let e = entry(&s, s.cg.id).expect("bound at start");
+    assert_eq!(problems(&e), ["waiting-for-interface"], "{e}");
+    assert_eq!(e["ifindex"], 0);
+    let a_before = s.listener.packets(Peer::A);
+    for (proto, v6) in [(Proto::Udp, false), (Proto::Tcp, false), (Proto::Udp, true)] {
+        let (code, out, tok) = s.send(s.probe_bound(), proto, v6);
+        assert_ne!(
+            code, 0,
+            "{proto:?} v6={v6} send from a closed cgroup worked: {out}"
+        );
+        assert!(
+            s.listener
+                .wait_for(&tok, Duration::from_millis(300))
+                .is_empty()
+        );
+    }
+    // Outside the cgroup nothing changed.
+    assert_eq!(
+        s.delivered_to(s.probe_unbound(), Proto::Udp, false),
+        [Peer::A]
+    );
+    let a_unbound = s.listener.packets(Peer::A);
+    assert!(a_unbound > a_before, "the listener counts packets");
+    create_b(&s.topo);
+    let (got, took) = first_delivery(&s, &s.cg, Duration::from_secs(1));
+    assert_eq!(
+        got,
+        [Peer::B],
+        "not delivered within 1 s of the interface appearing"
+    );
+    assert!(took <= Duration::from_secs(1), "{took:?}");
+    assert_eq!(
+        s.listener.packets(Peer::A),
+        a_unbound,
+        "a bound packet reached A"
+    );
+    let e = entry(&s, s.cg.id).unwrap();
+    assert!(problems(&e).is_empty(), "{e}");
+    assert_eq!(e["ifindex"], s.topo.host.ifindex(UPLINK_B));
+}
+
+#[test]
+fn twenty_recreations_under_load_never_leak_to_the_other_uplink() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let d = Daemon::start(&conf, &dir);
+    assert_eq!(
+        first_delivery(&s, &s.cg, Duration::from_secs(1)).0,
+        [Peer::B]
+    );
+    let a_start = s.listener.packets(Peer::A);
+    // A sender in the cgroup: a new UDP socket per datagram, IPv4 and IPv6, as fast as it can.
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); {p} send udp {d4} 7000 loop4-$i >/dev/null 2>&1; {p} send udp {d6} 7000 loop6-$i >/dev/null 2>&1; done",
+        p = probe_bin().display(),
+        d4 = dest(false),
+        d6 = dest(true)
+    );
+    let _sender = Running(
+        Cmd::new("sh")
+            .args(["-c", &script])
+            .in_cgroup(&s.cg)
+            .in_netns(&s.topo.host)
+            .spawn(),
+    );
+    let mut worst = Duration::ZERO;
+    for round in 0..20 {
+        delete_b(&s.topo);
+        std::thread::sleep(Duration::from_millis(30));
+        create_b(&s.topo);
+        let (got, took) = first_delivery(&s, &s.cg, Duration::from_secs(2));
+        assert_eq!(
+            got,
+            [Peer::B],
+            "round {round}: traffic did not resume: {}",
+            d.log()
+        );
+        worst = worst.max(took);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        s.listener.packets(Peer::A),
+        a_start,
+        "packets of the cgroup reached peer A during the flaps"
+    );
+    // Every deletion closed the binding and every creation re-targeted it.
+    assert!(
+        d.wait_log("was deleted", 20, Duration::from_secs(2)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.wait_log("appeared", 20, Duration::from_secs(2)),
+        "{}",
+        d.log()
+    );
+    eprintln!("worst time to first delivery after a re-creation: {worst:?}");
+}
+
+/// A TCP client that keeps one connection, writes to it every 50 ms and reconnects (sending
+/// `second`) as soon as a write fails.
+const CLIENT: &str = r#"
+import socket, sys, time
+dest, port, first, second = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+s = socket.create_connection((dest, port), timeout=2)
+s.sendall(first.encode())
+deadline = time.time() + 20
+while time.time() < deadline:
+    time.sleep(0.05)
+    try:
+        s.sendall(b".")
+    except OSError as e:
+        print("reset:", e, flush=True)
+        break
+else:
+    sys.exit(3)
+for _ in range(100):
+    try:
+        s = socket.create_connection((dest, port), timeout=2)
+        s.sendall(second.encode())
+        s.close()
+        sys.exit(0)
+    except OSError:
+        time.sleep(0.05)
+sys.exit(4)
+"#;
+
+#[test]
+fn reset_sockets_makes_a_connected_client_reconnect_over_the_new_interface() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "c.toml",
+        &binding(
+            &s.cg.path,
+            UPLINK_B,
+            &s.topo,
+            "on_recreate = \"reset-sockets\"",
+        ),
+    );
+    let d = Daemon::start(&conf, &dir);
+    let script = dir.write("client.py", CLIENT);
+    let (first, second) = (token("first"), token("second"));
+    let client = Cmd::new("/usr/bin/python3")
+        .arg(&script)
+        .args([dest(false), "7000", &first, &second])
+        .in_cgroup(&s.cg)
+        .in_netns(&s.topo.host)
+        .spawn();
+    let mut client = Running(client);
+    // The first connection is up (the listener records it when it ends; wait for the SYN).
+    assert!(
+        wait_until(Duration::from_secs(3), || s.listener.packets(Peer::B) > 0),
+        "the client never connected"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    delete_b(&s.topo);
+    std::thread::sleep(Duration::from_millis(100));
+    create_b(&s.topo);
+    assert!(
+        d.wait_log("reset 1 socket", 1, Duration::from_secs(3)),
+        "{}",
+        d.log()
+    );
+    let got = s.listener.wait_for(&second, Duration::from_secs(8));
+    assert_eq!(
+        got,
+        [Peer::B],
+        "the client did not reconnect over upB: {}",
+        d.log()
+    );
+    let status = client.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "client: {status:?}");
+}
+
+#[test]
+fn a_cgroup_created_after_start_is_bound_when_it_appears() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let late_path = s.cg.path.join("late");
+    let conf = dir.write("c.toml", &binding(&late_path, UPLINK_B, &s.topo, ""));
+    let d = Daemon::start(&conf, &dir);
+    assert!(d.log().contains("waiting for their cgroup") || d.log().contains("? waiting"));
+    let late = s.cg.child("late");
+    assert!(
+        wait_until(Duration::from_secs(1), || late.pins().exists()),
+        "not bound within 1 s: {}",
+        d.log()
+    );
+    assert_eq!(
+        first_delivery(&s, &late, Duration::from_secs(1)).0,
+        [Peer::B]
+    );
+    // Outside it, routing as usual.
+    assert_eq!(
+        s.delivered_to(s.probe_unbound(), Proto::Udp, false),
+        [Peer::A]
+    );
+}
+
+#[test]
+fn a_bad_config_on_sighup_changes_nothing_and_a_good_one_applies() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let d = Daemon::start(&conf, &dir);
+    let before = entry(&s, s.cg.id).unwrap();
+    // The bad file would move the cgroup to upA, and has an unknown key.
+    dir.write(
+        "c.toml",
+        &binding(&s.cg.path, UPLINK_A, &s.topo, "colour = \"blue\""),
+    );
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_log("reload refused", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("c.toml:5"), "names file:line: {}", d.log());
+    let after = entry(&s, s.cg.id).unwrap();
+    assert_eq!(link_ids(&after), link_ids(&before));
+    assert_eq!(after["ifname"], UPLINK_B);
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+    // A good config is applied in place.
+    dir.write("c.toml", &binding(&s.cg.path, UPLINK_A, &s.topo, ""));
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_log("reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::A]
+    );
+    let moved = entry(&s, s.cg.id).unwrap();
+    assert_eq!(moved["ifname"], UPLINK_A);
+    assert_eq!(link_ids(&moved), link_ids(&before), "retargeted in place");
+}
+
+#[test]
+fn kill_9_leaves_every_binding_enforcing() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let closed = s.cg.child("closed");
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "{}{}",
+            binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+            binding(&closed.path, "upGone", &s.topo, "")
+        ),
+    );
+    let mut d = Daemon::start(&conf, &dir);
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    assert_eq!(d.wait(), 128 + 9);
+    let a = s.listener.packets(Peer::A);
+    // The open binding still pins to B, the closed one still refuses everything.
+    let cmd = Cmd::probe().in_cgroup(&s.cg).in_netns(&s.topo.host);
+    assert_eq!(s.delivered_to(cmd, Proto::Udp, false), [Peer::B]);
+    let cmd = Cmd::probe().in_cgroup(&closed).in_netns(&s.topo.host);
+    let (code, out, tok) = s.send(cmd, Proto::Udp, false);
+    assert_ne!(code, 0, "closed binding let a send through: {out}");
+    assert!(
+        s.listener
+            .wait_for(&tok, Duration::from_millis(300))
+            .is_empty()
+    );
+    assert_eq!(s.listener.packets(Peer::A), a);
+    assert_eq!(
+        problems(&entry(&s, closed.id).unwrap()),
+        ["waiting-for-interface"]
+    );
+}
+
+#[test]
+fn a_restart_is_idempotent_same_link_ids() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write(
+        "c.toml",
+        &binding(&s.cg.path, UPLINK_B, &s.topo, "mark = 7"),
+    );
+    let mut d = Daemon::start(&conf, &dir);
+    let before = entry(&s, s.cg.id).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait(), 0, "{}", d.log());
+    assert!(d.log().contains("every binding stays"));
+    // Stopped: the binding is still there and enforcing.
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+    let d2 = Daemon::start(&conf, &dir);
+    let after = entry(&s, s.cg.id).unwrap();
+    assert_eq!(link_ids(&after), link_ids(&before), "links were churned");
+    assert_eq!(after["mark"], 7);
+    let log = d2.log();
+    assert!(
+        !log.contains("+ attach") && !log.contains("~ re"),
+        "a restart changed something: {log}"
+    );
+}
+
+#[test]
+fn apply_dry_run_changes_nothing_and_apply_is_idempotent() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let apply = |extra: &[&str]| {
+        Cmd::bindguard()
+            .args(["apply", "--config"])
+            .arg(&conf)
+            .args(extra)
+            .run()
+    };
+    let (code, out, err) = apply(&["--dry-run"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("+ attach"), "{out}");
+    assert!(!s.cg.pins().exists(), "dry run attached");
+    let (code, out, err) = apply(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("+ attach"), "{out}");
+    let first = entry(&s, s.cg.id).unwrap();
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+    let (code, out, _) = apply(&[]);
+    assert_eq!(code, 0);
+    assert!(out.contains("= unchanged"), "{out}");
+    assert_eq!(link_ids(&entry(&s, s.cg.id).unwrap()), link_ids(&first));
+    // A changed config, dry run: the plan says retarget, the kernel keeps upB.
+    dir.write("c.toml", &binding(&s.cg.path, UPLINK_A, &s.topo, ""));
+    let (code, out, _) = apply(&["--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("~ retarget"), "{out}");
+    assert_eq!(entry(&s, s.cg.id).unwrap()["ifname"], UPLINK_B);
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+    // A missing interface: attached closed, reported waiting-for-interface.
+    dir.write("c.toml", &binding(&s.cg.path, "upNone", &s.topo, ""));
+    let (code, out, err) = apply(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("waiting-for-interface"), "{out}");
+    let (code, _, _) = s.send(s.probe_bound(), Proto::Udp, false);
+    assert_ne!(code, 0, "closed binding let a socket through");
+}
+
+#[test]
+fn apply_prune_detaches_only_config_bindings_the_config_dropped() {
+    root_or_skip!();
+    let _g = PRUNE.write().unwrap_or_else(|e| e.into_inner());
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let other = s.cg.child("other");
+    let manual = s.cg.child("manual");
+    let both = format!(
+        "{}{}",
+        binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+        binding(&other.path, UPLINK_B, &s.topo, "")
+    );
+    let conf = dir.write("c.toml", &both);
+    let (code, out, err) = Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(&conf)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    // A binding made by hand is never pruned.
+    let (code, _, err) = Cmd::bindguard()
+        .args(["attach", "--cgroup"])
+        .arg(&manual.path)
+        .args(["--dev", UPLINK_B, "--netns"])
+        .arg(s.topo.host.path())
+        .run();
+    assert_eq!(code, 0, "{err}");
+    dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let (code, out, err) = Cmd::bindguard()
+        .args(["apply", "--prune", "--config"])
+        .arg(&conf)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("- detach"), "{out}");
+    assert!(!other.pins().exists(), "dropped binding kept");
+    assert!(manual.pins().exists(), "hand-made binding pruned");
+    assert!(s.cg.pins().exists());
+}
+
+#[test]
+fn config_errors_name_file_and_line_and_apply_nothing() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    fs::create_dir_all(dir.0.join("bindings.d")).unwrap();
+    dir.write(
+        "bindguard.toml",
+        &binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+    );
+    let bad = dir.write(
+        "bindings.d/20-bad.toml",
+        "# a comment\n[[binding]]\ncgroup = \"x\"\ndev = \"eth0\"\nmode = \"loose\"\n",
+    );
+    for cmd in ["apply", "daemon"] {
+        let (code, out, err) = Cmd::bindguard().args([cmd, "--config"]).arg(&dir.0).run();
+        assert_eq!(code, 2, "{cmd}: {out}{err}");
+        assert!(
+            err.contains(&format!("{}:5:", bad.display())) && err.contains("loose"),
+            "{cmd}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(!s.cg.pins().exists(), "{cmd} applied part of a bad config");
+    }
+    // Two bindings for one cgroup, across files.
+    fs::remove_file(&bad).unwrap();
+    dir.write(
+        "bindings.d/30-dup.toml",
+        &format!("\n{}", binding(&s.cg.path, UPLINK_A, &s.topo, "")),
+    );
+    let (code, _, err) = Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(&dir.0)
+        .run();
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("30-dup.toml:2:") && err.contains("already bound"),
+        "{err}"
+    );
+    assert!(!s.cg.pins().exists());
+}
+
+#[test]
+fn cgroup_self_binds_the_callers_cgroup() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let (code, out, err) = Cmd::bindguard()
+        .args(["attach", "--cgroup", "self", "--dev", UPLINK_B, "--netns"])
+        .arg(s.topo.host.path())
+        .in_cgroup(&s.cg)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&s.cg.path.display().to_string()), "{out}");
+    assert!(s.cg.pins().exists());
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+    let (code, out, err) = Cmd::bindguard()
+        .args(["detach", "--cgroup", "self"])
+        .in_cgroup(&s.cg)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!s.cg.pins().exists());
+}
+
+#[test]
+fn the_unit_file_passes_systemd_analyze_verify() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let unit = fs::read_to_string(root.join("deploy/systemd/bindguard.service")).unwrap();
+    for want in [
+        "Type=notify",
+        "DefaultDependencies=no",
+        "Before=network-pre.target",
+        "Wants=network-pre.target",
+        "ExecReload=",
+        "CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE",
+    ] {
+        assert!(unit.contains(want), "unit lacks {want}");
+    }
+    let Ok(analyze) = which("systemd-analyze") else {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(
+            !ci,
+            "systemd-analyze is missing (cargo xtask setup installs systemd)"
+        );
+        eprintln!("SKIP: systemd-analyze is missing; `cargo xtask setup` installs it");
+        return;
+    };
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let dir = TempDir::new();
+    let bin = bindguard_tests::bindguard_bin();
+    let copy = dir.write(
+        "bindguard.service",
+        &unit.replace("/usr/bin/bindguard", &bin.display().to_string()),
+    );
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "systemd-analyze verify: {err}");
+    assert!(!err.contains("bindguard.service:"), "warnings: {err}");
+    // The drop-in and the sample config are what the README shows.
+    let dropin =
+        fs::read_to_string(root.join("deploy/systemd/bindguard-binding.conf.example")).unwrap();
+    assert!(dropin.contains("ExecStartPre=+/usr/bin/bindguard attach --cgroup self --dev eth3"));
+    let sample = root.join("deploy/config/bindguard.toml");
+    let mount = Path::new("/sys/fs/cgroup");
+    let text = fs::read_to_string(&sample).unwrap();
+    let parsed = bindguard::config::parse_file(&sample, &text, mount).expect("sample parses");
+    assert!(!parsed.is_empty());
+    // Every commented-out example parses too.
+    let uncommented = text
+        .replace("\n#[[binding]]", "\n[[binding]]")
+        .replace("\n#cgroup", "\ncgroup")
+        .replace("\n#dev", "\ndev")
+        .replace("\n#on_recreate", "\non_recreate")
+        .replace("\n#netns", "\nnetns")
+        .replace("\n#mode", "\nmode");
+    let all = bindguard::config::parse_file(&sample, &uncommented, mount).expect("examples parse");
+    assert_eq!(all.len(), 3);
+}
+
+fn which(tool: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+#[test]
+fn removed_pins_are_repaired_and_a_recreated_cgroup_is_bound_again() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let parent = TestCgroup::new();
+    let svc_path = parent.path.join("svc");
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "{}{}",
+            binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+            binding(&svc_path, UPLINK_B, &s.topo, "")
+        ),
+    );
+    let d = Daemon::start(&conf, &dir);
+    let before = link_ids(&entry(&s, s.cg.id).unwrap());
+    // One link pin removed by hand: the daemon still holds the link, and replaces the set.
+    fs::remove_file(s.cg.pins().join("link_egress")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| problems(&e).is_empty() && link_ids(&e) != before)),
+        "not repaired: {}",
+        d.log()
+    );
+    assert!(d.log().contains("links missing"), "{}", d.log());
+    // The whole pin directory removed: bound again.
+    bindguard::pins::remove_dir(&s.cg.pins()).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| problems(&e).is_empty())),
+        "not re-pinned: {}",
+        d.log()
+    );
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+    // A cgroup removed and made again (a service restart) gets a new id and is bound again.
+    for round in 0..2 {
+        let svc = parent.child("svc");
+        assert!(
+            wait_until(Duration::from_secs(1), || svc.pins().exists()),
+            "round {round}: not bound: {}",
+            d.log()
+        );
+        assert_eq!(
+            first_delivery(&s, &svc, Duration::from_secs(1)).0,
+            [Peer::B]
+        );
+        // Removed as systemd removes a stopped service's cgroup: the daemon drops its pins.
+        let pins = svc.pins();
+        assert!(wait_until(Duration::from_secs(5), || fs::remove_dir(
+            &svc.path
+        )
+        .is_ok()));
+        assert!(
+            wait_until(Duration::from_secs(2), || !pins.exists()),
+            "pins of the removed cgroup left behind: {}",
+            d.log()
+        );
+        drop(svc);
+    }
+}
+
+#[test]
+fn a_missing_network_namespace_keeps_the_cgroup_closed_until_it_appears() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let name = unique("bgn");
+    let path = Path::new("/run/netns").join(&name);
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "[[binding]]\ncgroup = \"{}\"\ndev = \"vx0\"\nnetns = \"{}\"\n",
+            s.cg.path.display(),
+            path.display()
+        ),
+    );
+    // apply: attached closed, not left open for want of the namespace.
+    let (code, out, err) = Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(&conf)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("does not exist: closed"), "{out}");
+    let d = Daemon::start(&conf, &dir);
+    let a = s.listener.packets(Peer::A);
+    for probe in [s.probe_bound(), Cmd::probe().in_cgroup(&s.cg)] {
+        let (code, out, tok) = s.send(probe, Proto::Udp, false);
+        assert_ne!(code, 0, "a socket was allowed: {out}");
+        assert!(
+            s.listener
+                .wait_for(&tok, Duration::from_millis(200))
+                .is_empty()
+        );
+    }
+    assert_eq!(s.listener.packets(Peer::A), a);
+    // The namespace appears (a VPN's namespace made after boot), then its interface.
+    bindguard_tests::topology::sh("ip", &["netns", "add", &name]);
+    let ns = bindguard_tests::topology::NetnsGuard { name: name.clone() };
+    ns.ip(&["link", "add", "vx0", "type", "veth", "peer", "name", "vx1"]);
+    let want = ns.ifindex("vx0");
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == want && problems(&e).is_empty())),
+        "not re-targeted into the new namespace: {}",
+        d.log()
+    );
+    // The namespace goes: closed again.
+    drop(ns);
+    assert!(
+        wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == 0 && e["netns"]["cookie"] == 0)),
+        "not closed when the namespace went: {}",
+        d.log()
+    );
+    let (code, out, _) = s.send(s.probe_bound(), Proto::Udp, false);
+    assert_ne!(code, 0, "a socket was allowed: {out}");
+}
+
+#[test]
+fn sd_notify_ready_only_after_the_first_apply() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let sock_path = dir.0.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let child = std::process::Command::new(bindguard_tests::bindguard_bin())
+        .args(["daemon", "--config"])
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Running(child);
+    let mut buf = [0u8; 4096];
+    let recv = |buf: &mut [u8]| -> String {
+        let n = sock.recv(buf).expect("a notification within 30 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // STATUS= may come first; READY=1 comes once, after the first apply.
+    let first = loop {
+        let m = recv(&mut buf);
+        if m.contains("READY=1") {
+            break m;
+        }
+    };
+    // Units ordered after the daemon start bound: the binding exists when READY=1 arrives.
+    let e = entry(&s, s.cg.id).expect("bound before READY=1");
+    assert!(problems(&e).is_empty(), "{e}");
+    assert!(
+        first.contains("STATUS=1 binding(s): 1 enforcing"),
+        "{first}"
+    );
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    let reloading = recv(&mut buf);
+    assert!(
+        reloading.contains("RELOADING=1") && reloading.contains("MONOTONIC_USEC="),
+        "{reloading}"
+    );
+    while !recv(&mut buf).contains("READY=1") {}
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    while !recv(&mut buf).contains("STOPPING=1") {}
+}
+
+/// Makes a binding look as if an older bindguard had made it: another object hash in its
+/// policy (written with bpftool, independent of bindguard).
+fn age_programs(pins: &Path) {
+    let policy = pins.join("policy");
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "lookup", "pinned"])
+        .arg(&policy)
+        .args(["key", "0", "0", "0", "0", "-j"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let mut bytes: Vec<String> = v["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .map(|b| b.as_str().unwrap().to_string())
+        .collect();
+    let at = std::mem::offset_of!(bindguard_common::Policy, object_hash);
+    let old = u8::from_str_radix(bytes[at].trim_start_matches("0x"), 16).unwrap();
+    bytes[at] = format!("0x{:02x}", old ^ 0xff);
+    let ok = std::process::Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&policy)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .args(&bytes)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "bpftool map update");
+}
+
+#[test]
+fn outdated_programs_are_replaced_make_before_break_at_start() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let (code, out, err) = Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(&conf)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    let before = link_ids(&entry(&s, s.cg.id).unwrap());
+    age_programs(&s.cg.pins());
+    let e = entry(&s, s.cg.id).unwrap();
+    assert_eq!(problems(&e), ["programs-outdated"], "{e}");
+    let (code, out, _) = Cmd::bindguard()
+        .args(["apply", "--dry-run", "--config"])
+        .arg(&conf)
+        .run();
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("~ replace") && out.contains("programs outdated"),
+        "{out}"
+    );
+    let d = Daemon::start(&conf, &dir);
+    assert!(d.log().contains("programs outdated"), "{}", d.log());
+    let e = entry(&s, s.cg.id).unwrap();
+    assert!(problems(&e).is_empty(), "{e}");
+    assert_ne!(link_ids(&e), before, "programs not replaced");
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), Proto::Udp, false),
+        [Peer::B]
+    );
+}
+
+#[test]
+fn a_deleted_interface_closes_even_if_its_ifindex_is_reused_and_renames_are_followed() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
+    let d = Daemon::start(&conf, &dir);
+    let old = s.topo.host.ifindex(UPLINK_B);
+    delete_b(&s.topo);
+    assert!(
+        wait_until(Duration::from_secs(1), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == 0)),
+        "not closed: {}",
+        d.log()
+    );
+    // Root gives the dead ifindex to another interface, with a route to peer A over it: a
+    // binding still holding that number would now send there.
+    let idx = old.to_string();
+    s.topo.host.ip(&[
+        "link",
+        "add",
+        "upZ",
+        "index",
+        &idx,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth1",
+        "netns",
+        &s.topo.peer_a.name,
+    ]);
+    s.topo.host.ip(&["link", "set", "upZ", "up"]);
+    s.topo.peer_a.ip(&["link", "set", "eth1", "up"]);
+    s.topo
+        .host
+        .ip(&["route", "add", &format!("{}/32", dest(false)), "dev", "upZ"]);
+    assert_eq!(s.topo.host.ifindex("upZ"), old);
+    // Unbound processes do reach A over upZ (the route works)...
+    assert_eq!(
+        s.delivered_to(s.probe_unbound(), Proto::Udp, false),
+        [Peer::A]
+    );
+    // ...the cgroup's do not: its binding is closed, not pointing at the reused number.
+    let (code, out, tok) = s.send(s.probe_bound(), Proto::Udp, false);
+    assert_ne!(code, 0, "a socket of the closed cgroup was allowed: {out}");
+    assert!(
+        s.listener
+            .wait_for(&tok, Duration::from_millis(300))
+            .is_empty()
+    );
+    // An interface renamed to the configured name is followed by name...
+    s.topo.host.ip(&["link", "set", "upZ", "down"]);
+    s.topo.host.ip(&["link", "set", "upZ", "name", UPLINK_B]);
+    s.topo.host.ip(&["link", "set", UPLINK_B, "up"]);
+    s.topo.host.ip(&[
+        "route",
+        "replace",
+        &format!("{}/32", dest(false)),
+        "dev",
+        UPLINK_B,
+    ]);
+    assert!(
+        wait_until(Duration::from_secs(1), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == old && problems(&e).is_empty())),
+        "rename to the configured name not followed: {}",
+        d.log()
+    );
+    assert_eq!(
+        first_delivery(&s, &s.cg, Duration::from_secs(1)).0,
+        [Peer::A]
+    );
+    // ...and one renamed away closes the binding.
+    s.topo.host.ip(&["link", "set", UPLINK_B, "name", "upY"]);
+    assert!(
+        wait_until(Duration::from_secs(1), || entry(&s, s.cg.id)
+            .is_some_and(|e| e["ifindex"] == 0)),
+        "rename away not followed: {}",
+        d.log()
+    );
+    let (code, out, _) = s.send(s.probe_bound(), Proto::Udp, false);
+    assert_ne!(code, 0, "closed binding let a socket through: {out}");
+}
+
+#[test]
+fn create_true_makes_the_cgroup_and_binds_it_before_anything_runs_there() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let made = s.cg.path.join("made");
+    let conf = dir.write(
+        "c.toml",
+        &binding(&made, UPLINK_B, &s.topo, "create = true"),
+    );
+    let (code, out, err) = Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(&conf)
+        .run();
+    assert!(made.is_dir(), "cgroup not created: {out}{err}");
+    // Removed (pins, then the directory) by this guard, before the parent's.
+    let made = TestCgroup {
+        id: std::os::unix::fs::MetadataExt::ino(&fs::metadata(&made).unwrap()),
+        path: made,
+    };
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("+ attach") && out.contains("creating the cgroup"),
+        "{out}"
+    );
+    assert!(made.pins().exists());
+    assert_eq!(
+        first_delivery(&s, &made, Duration::from_secs(1)).0,
+        [Peer::B]
+    );
+}
