@@ -244,6 +244,11 @@ pub fn destroy_unbound(
     Ok(out)
 }
 
+/// Socket inodes held by the processes of `cgroup` and its descendants.
+pub fn held_inodes(cgroup: &Path) -> std::collections::HashSet<u64> {
+    socket_owners(&pids(cgroup)).into_keys().collect()
+}
+
 /// SO_BINDTOIFINDEX on a socket another process holds, through a duplicate of its fd.
 fn bind_held(held: Held, ifindex: u32) -> std::io::Result<()> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -275,7 +280,11 @@ fn bind_held(held: Held, ifindex: u32) -> std::io::Result<()> {
     Ok(())
 }
 
-fn destroy(sockets: &[DiagSocket]) -> anyhow::Result<()> {
+/// SOCK_DESTROY (as `ss -K`, CONFIG_INET_DIAG_DESTROY) of each socket, in the calling
+/// thread's network namespace; returns how many were destroyed (a socket gone meanwhile is
+/// not an error).
+pub fn destroy(sockets: &[DiagSocket]) -> anyhow::Result<usize> {
+    let mut destroyed = 0;
     use netlink_packet_core::NLM_F_ACK;
     let mut socket =
         Socket::new(NETLINK_SOCK_DIAG).context("opening a NETLINK_SOCK_DIAG socket")?;
@@ -306,21 +315,19 @@ fn destroy(sockets: &[DiagSocket]) -> anyhow::Result<()> {
             .context("reading the SOCK_DESTROY answer")?;
         let msg = NetlinkMessage::<SockDiagMessage>::deserialize(&reply[..n])
             .context("parsing the SOCK_DESTROY answer")?;
-        if let NetlinkPayload::Error(e) = msg.payload
-            && let Some(code) = e.code
-            // ENOENT: the socket closed meanwhile.
-            && code.get() != -libc::ENOENT
-        {
-            anyhow::bail!(
+        match msg.payload {
+            NetlinkPayload::Error(e) if e.code.is_some_and(|c| c.get() == -libc::ENOENT) => {}
+            NetlinkPayload::Error(e) if let Some(code) = e.code => anyhow::bail!(
                 "destroying {} socket {} -> {}: {}",
                 s.protocol,
                 s.local,
                 s.remote,
                 std::io::Error::from_raw_os_error(-code.get())
-            );
+            ),
+            _ => destroyed += 1,
         }
     }
-    Ok(())
+    Ok(destroyed)
 }
 
 /// Where a socket is held: process and fd number.
