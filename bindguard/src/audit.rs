@@ -244,6 +244,21 @@ pub fn destroy_unbound(
     Ok(out)
 }
 
+/// `--existing=destroy` for a binding just made: [`destroy_unbound`] with the policy read back
+/// from its pins, in the namespace of `iface`.
+pub fn end_existing(
+    cgroup: &crate::cgroup::Cgroup,
+    iface: &crate::netdev::Interface,
+) -> anyhow::Result<Vec<(UnboundSocket, Fate)>> {
+    let policy = crate::enforcer::read_policy(&crate::pins::binding_dir(cgroup.id))?;
+    let Some(ns) = crate::netns::find_by_ino(iface.netns_ino) else {
+        // A closed binding of a namespace that does not exist: no socket there to end.
+        return Ok(Vec::new());
+    };
+    destroy_unbound(&cgroup.path, &policy, &ns)
+        .with_context(|| format!("ending the unbound sockets of {}", cgroup.path.display()))
+}
+
 /// Socket inodes held by the processes of `cgroup` and its descendants.
 pub fn held_inodes(cgroup: &Path) -> std::collections::HashSet<u64> {
     socket_owners(&pids(cgroup)).into_keys().collect()

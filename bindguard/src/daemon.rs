@@ -485,7 +485,7 @@ impl Daemon {
             }
             return false;
         }
-        if let Err(e) = reconcile::bind(&cg, &iface, &b, action == Action::Replace) {
+        if let Err(e) = reconcile::bind(&cg, &iface, &b) {
             error!(
                 "{} {} -> {} failed: {e:#}",
                 action.symbol(),

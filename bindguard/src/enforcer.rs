@@ -520,29 +520,6 @@ fn create_or_without_lsm(
     }
 }
 
-/// Replaces the binding of `cgroup` by a complete new set of programs, make before break,
-/// even when its policy could simply be rewritten: the repair of a binding whose link pins
-/// were removed or whose links were detached. Creates the binding if there is none.
-pub fn replace(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
-    opts.validate()?;
-    crate::cgroup::refuse_root(cgroup)?;
-    require_privileges("attach")?;
-    require_bpf_link()?;
-    pins::ensure_bpffs()?;
-    let lsm = opts.mode == Mode::Strict && crate::lsm::usable(true);
-    let lock = pins::lock()?;
-    pins::sweep_abandoned(&lock);
-    let policy = policy_for(iface, opts, cgroup.id, lsm);
-    let dir = pins::binding_dir(cgroup.id);
-    let staged = create_or_without_lsm(cgroup, policy, opts.mode, &lock)?;
-    if !dir.exists() {
-        return Ok(Attached::Created(staged.publish()?));
-    }
-    let old = staged.exchange()?;
-    pins::remove_dir(&old)?;
-    Ok(Attached::Replaced(dir))
-}
-
 /// Loads a fresh program instance for `policy`, attaches it to `cgroup` and pins it into a
 /// staging directory.
 fn create(

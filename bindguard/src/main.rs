@@ -205,10 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             if opts.existing == enforcer::Existing::Destroy {
-                let destroyed = bindguard::audit::destroy_unbound(&cg.path, &policy, &ns)
-                    .with_context(|| {
-                        format!("destroying the unbound sockets of {}", cg.path.display())
-                    })?;
+                let destroyed = bindguard::audit::end_existing(&cg, &iface)?;
                 for (s, fate) in &destroyed {
                     let verb = match fate {
                         bindguard::audit::Fate::Destroyed => "destroyed",

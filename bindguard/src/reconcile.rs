@@ -296,33 +296,21 @@ pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
                     .with_context(|| format!("creating cgroup {}", b.cgroup.display()))?;
             }
             let cg = cgroup::resolve(&b.cgroup)?;
-            bind(&cg, iface, b, step.action == Action::Replace)
+            bind(&cg, iface, b)
                 .with_context(|| format!("binding cgroup {} to {}", cg.path.display(), b.dev))?;
             Ok(())
         }
     }
 }
 
-/// attach, or the forced make-before-break replacement when links need repair.
-pub fn bind(
-    cg: &Cgroup,
-    iface: &Interface,
-    b: &Binding,
-    replace: bool,
-) -> anyhow::Result<Attached> {
-    let dir = pins::binding_dir(cg.id);
-    let needs_repair = replace
-        && enforcer::read_policy(&dir).is_ok_and(|p| {
-            p.abi == ABI_VERSION
-                && p.object_hash == enforcer::object_hash()
-                && enforcer::mode_of(&p) == b.options.mode
-                && !links_healthy(&dir, &p, cg.id)
-        });
-    if needs_repair {
-        enforcer::replace(cg, iface, &b.options)
-    } else {
-        enforcer::attach(cg, iface, &b.options)
+/// attach (which also repairs a binding missing links, make-before-break), then what the
+/// binding's `existing` asks for the sockets its processes already hold.
+pub fn bind(cg: &Cgroup, iface: &Interface, b: &Binding) -> anyhow::Result<Attached> {
+    let attached = enforcer::attach(cg, iface, &b.options)?;
+    if b.options.existing == enforcer::Existing::Destroy {
+        crate::audit::end_existing(cg, iface)?;
     }
+    Ok(attached)
 }
 
 /// What `apply` did: the steps, each with its error if it failed.
