@@ -560,7 +560,7 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
         return;
     }
     assert!(err.contains("the BPF LSM programs failed to load"), "{err}");
-    assert_eq!(program_count(&s.cg.path), 10);
+    assert_eq!(settled_program_count(&s.cg.path, 10), 10);
     assert_eq!(
         s.delivered_to(
             s.probe_bound().as_nobody(),
