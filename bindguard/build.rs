@@ -1,6 +1,9 @@
 //! Builds the eBPF object (bindguard-ebpf: nightly, build-std=core, bpf-linker) into OUT_DIR so
 //! the loader can embed it. Quiet on success; on failure the inner build's output is the error.
 //! `cargo xtask setup` installs what this needs.
+//!
+//! It also sets what `bindguard --version` names: the git commit (BINDGUARD_GIT_COMMIT) and the
+//! FNV-1a 64 of the object (BINDGUARD_EBPF_HASH, the hash `enforcer::object_hash()` computes).
 use std::{
     env,
     path::{Path, PathBuf},
@@ -58,7 +61,59 @@ fn build() -> Result<(), String> {
         ));
     }
     let built = target_dir.join(target).join("release/bindguard");
-    copy(&built, &out_dir.join("bindguard"))
+    copy(&built, &out_dir.join("bindguard"))?;
+    let object = std::fs::read(out_dir.join("bindguard")).map_err(|e| e.to_string())?;
+    println!(
+        "cargo:rustc-env=BINDGUARD_EBPF_HASH={:016x}",
+        fnv1a64(&object)
+    );
+    println!(
+        "cargo:rustc-env=BINDGUARD_GIT_COMMIT={}",
+        git_commit(workspace)
+    );
+    Ok(())
+}
+
+/// Same function as `enforcer::object_hash()` (a unit test checks that they agree).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The short commit of the checkout, "unknown" outside one (a source tarball); a packager can
+/// name it with BINDGUARD_GIT_COMMIT.
+fn git_commit(workspace: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=BINDGUARD_GIT_COMMIT");
+    if let Ok(commit) = env::var("BINDGUARD_GIT_COMMIT") {
+        return commit;
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=7", "HEAD"]) else {
+        return "unknown".into();
+    };
+    // Rebuild when HEAD moves: its file, the branch it names, and packed-refs (refs that a gc
+    // packed change there). Only existing files: a missing one would rerun on every build.
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    watch.extend(git(&["symbolic-ref", "-q", "HEAD"]));
+    for name in watch {
+        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
+            let path = workspace.join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
+    commit
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {

@@ -18,5 +18,6 @@ pub mod pins;
 pub mod sockopt;
 pub mod status;
 pub mod verify;
+pub mod version;
 
 pub use error::Error;
