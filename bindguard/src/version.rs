@@ -12,6 +12,9 @@ pub const LONG: &str = concat!(
     ")"
 );
 
+/// The crate version (what the package and tarball names carry).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 /// The git commit bindguard was built from ("unknown" when built outside a git checkout).
 pub const COMMIT: &str = env!("BINDGUARD_GIT_COMMIT");
 
