@@ -444,3 +444,93 @@ fn podman_refuses_a_container_naming_an_unknown_interface() {
     );
     assert_eq!(podman.containers(), Vec::<String>::new(), "--rm removed it");
 }
+
+/// The init container's script in the DaemonSet: the block after `- |` in its command.
+fn installer_script(yaml: &str) -> String {
+    let mut lines = yaml.lines().skip_while(|l| l.trim() != "- |");
+    let start = lines.next().expect("a `- |` block in the DaemonSet");
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    lines
+        .take_while(|l| l.trim().is_empty() || indent(l) > indent(start))
+        .map(|l| l.trim_start())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn containerfile_image_installs_the_static_binary_unchanged() {
+    root_or_skip!();
+    let dist = Dist::find();
+    let (scratch, release) = dist.unpack();
+    let podman = Podman::new(&release.join("bindguard"));
+    // No registry is reachable: the Containerfile's base is made locally from busybox-static
+    // with every applet linked, as in the busybox image, under the name it asks for.
+    let base = scratch.path.join("base");
+    bindguard_tests::container::busybox_rootfs(&base);
+    let (_, applets, _) = run(Command::new("/bin/busybox").arg("--list"));
+    for applet in applets.lines() {
+        let _ = std::os::unix::fs::symlink("busybox", base.join("bin").join(applet));
+    }
+    let base_tar = scratch.path.join("base.tar");
+    let (code, _, err) = run(Command::new("tar")
+        .arg("-cf")
+        .arg(&base_tar)
+        .arg("-C")
+        .arg(&base)
+        .arg("."));
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = run(podman
+        .command()
+        .arg("import")
+        .arg(&base_tar)
+        .arg("docker.io/library/busybox:stable"));
+    assert_eq!(code, 0, "podman import: {out}{err}");
+    let image = "localhost/bindguard-installer:test";
+    let (code, out, err) = run(podman
+        .command()
+        .args(["build", "--pull=never", "-t", image, "-f"])
+        .arg(workspace().join("deploy/Containerfile"))
+        .arg(&release));
+    assert_eq!(code, 0, "podman build: {out}{err}");
+
+    // The DaemonSet's own script, with its volumes as directories here.
+    let yaml =
+        fs::read_to_string(workspace().join("deploy/kubernetes/bindguard-installer.yaml")).unwrap();
+    let host = scratch.path.join("node");
+    let mut cmd = podman.command();
+    cmd.args(["run", "--rm", "--network=none"]);
+    for mount in [
+        "/host/usr/local/bin",
+        "/host/usr/share/containers/oci/hooks.d",
+        "/host/etc/containers/oci/hooks.d",
+    ] {
+        assert!(yaml.contains(&format!("mountPath: {mount}")), "{mount}");
+        let dir = host.join(mount.trim_start_matches('/'));
+        fs::create_dir_all(&dir).unwrap();
+        cmd.arg("-v").arg(format!("{}:{mount}", dir.display()));
+    }
+    let script = installer_script(&yaml);
+    assert!(script.contains("/opt/bindguard/bindguard"), "{script}");
+    let (code, out, err) = run(cmd.args([image, "sh", "-c", &script]));
+    assert_eq!(code, 0, "the installer script: {out}{err}");
+
+    let installed = host.join("host/usr/local/bin/bindguard");
+    assert_eq!(
+        fs::read(&installed).unwrap(),
+        fs::read(release.join("bindguard")).unwrap(),
+        "the node gets the release binary byte for byte"
+    );
+    assert_version(&installed);
+    let hook = fs::read(workspace().join("deploy/hooks.d/bindguard.json")).unwrap();
+    for dir in [
+        "usr/share/containers/oci/hooks.d",
+        "etc/containers/oci/hooks.d",
+    ] {
+        let path = host.join("host").join(dir).join("bindguard.json");
+        assert_eq!(fs::read(&path).unwrap(), hook, "{}", path.display());
+    }
+    // The hooks entry names the path the DaemonSet installs to (hostPath /usr/local/bin).
+    let entry: serde_json::Value = serde_json::from_slice(&hook).unwrap();
+    assert_eq!(entry["hook"]["path"], "/usr/local/bin/bindguard");
+    assert!(yaml.contains("path: /usr/local/bin,"));
+}
