@@ -101,17 +101,23 @@ fn git_commit(workspace: &Path) -> String {
     let Some(commit) = git(&["rev-parse", "--short=7", "HEAD"]) else {
         return "unknown".into();
     };
-    // Rebuild when HEAD moves: its file, the branch it names, and packed-refs (refs that a gc
-    // packed change there). Only existing files: a missing one would rerun on every build.
-    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
-    watch.extend(git(&["symbolic-ref", "-q", "HEAD"]));
-    for name in watch {
-        if let Some(path) = git(&["rev-parse", "--git-path", &name]) {
-            let path = workspace.join(path);
-            if path.exists() {
-                println!("cargo:rerun-if-changed={}", path.display());
-            }
+    // Rebuild when HEAD moves: its file, packed-refs, and the branch it names — or, while that
+    // branch is only packed (a fresh clone), the directory its loose ref will appear in.
+    // Never a missing path: cargo would rerun the script on every build.
+    let path = |name: &str| git(&["rev-parse", "--git-path", name]).map(|p| workspace.join(p));
+    let mut watch: Vec<PathBuf> = ["HEAD", "packed-refs"]
+        .into_iter()
+        .filter_map(path)
+        .filter(|p| p.exists())
+        .collect();
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|b| path(&b)) {
+        match branch.parent() {
+            Some(dir) if !branch.exists() && dir.is_dir() => watch.push(dir.into()),
+            _ => watch.push(branch),
         }
+    }
+    for p in watch.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", p.display());
     }
     commit
 }
