@@ -354,13 +354,20 @@ fn bindings_in(netns: &Path) -> Vec<bindguard::status::Binding> {
         .collect()
 }
 
+/// The unpacked release, a topology with listeners, and a podman whose hooks.d entry runs the
+/// release's static binary.
+fn podman_world() -> (ScratchDir, Scenario, Podman) {
+    let (scratch, release) = Dist::find().unpack();
+    let s = Scenario::new();
+    let podman = Podman::new(&release.join("bindguard"));
+    (scratch, s, podman)
+}
+
 #[test]
 fn podman_runs_the_hooks_d_entry_for_annotated_containers() {
     root_or_skip!();
-    let dist = Dist::find();
-    let (_scratch, release) = dist.unpack();
-    let s = Scenario::new();
-    let podman = Podman::new(&release.join("bindguard"));
+    // Dropped podman first (its hook runs the release binary), the release last.
+    let (_release, s, podman) = podman_world();
     let tok = token("podman");
     let mut script = String::new();
     for v6 in [false, true] {
@@ -414,10 +421,8 @@ fn podman_runs_the_hooks_d_entry_for_annotated_containers() {
 #[test]
 fn podman_refuses_a_container_naming_an_unknown_interface() {
     root_or_skip!();
-    let dist = Dist::find();
-    let (_scratch, release) = dist.unpack();
-    let s = Scenario::new();
-    let podman = Podman::new(&release.join("bindguard"));
+    // Dropped podman first (its hook runs the release binary), the release last.
+    let (_release, s, podman) = podman_world();
     let tok = token("podman-bad");
     let run = podman.spawn(
         &s.topo.host,
