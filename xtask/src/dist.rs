@@ -167,11 +167,16 @@ fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// The unpacked tarball: also the build context of deploy/Containerfile.
-fn stage_tarball(root: &Path, bin: &Path, gen_: &Generated, tree: &Path) -> anyhow::Result<()> {
+fn stage_tarball(
+    root: &Path,
+    bin: &Path,
+    generated: &Generated,
+    tree: &Path,
+) -> anyhow::Result<()> {
     fresh_dir(tree)?;
     copy(bin, &tree.join("bindguard"), 0o755)?;
-    write(&tree.join("bindguard.1"), &gen_.manpage, 0o644)?;
-    for (script, file, _) in &gen_.completions {
+    write(&tree.join("bindguard.1"), &generated.manpage, 0o644)?;
+    for (script, file, _) in &generated.completions {
         write(&tree.join("completions").join(file), script, 0o644)?;
     }
     copy(&root.join("README.md"), &tree.join("README.md"), 0o644)?;
@@ -224,7 +229,7 @@ fn for_package(data: &[u8]) -> Vec<u8> {
 fn stage_deb(
     root: &Path,
     bin: &Path,
-    gen_: &Generated,
+    generated: &Generated,
     version: &str,
     staging: &Path,
 ) -> anyhow::Result<()> {
@@ -233,10 +238,10 @@ fn stage_deb(
     copy(bin, &staging.join("usr/bin/bindguard"), 0o755)?;
     write(
         &staging.join("usr/share/man/man1/bindguard.1.gz"),
-        &gzip(&gen_.manpage)?,
+        &gzip(&generated.manpage)?,
         0o644,
     )?;
-    for (script, _, path) in &gen_.completions {
+    for (script, _, path) in &generated.completions {
         write(&staging.join(path), script, 0o644)?;
     }
     let hook = fs::read(root.join("deploy/hooks.d/bindguard.json"))?;
