@@ -39,7 +39,10 @@ fn build() -> Result<(), String> {
         // BTF lets the kernel and bpftool show the maps' types.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+            format!(
+                "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf{}",
+                remap_paths(workspace)
+            ),
         );
     // The outer build's compiler settings must not leak into the nightly bpf build.
     for key in [
@@ -72,6 +75,19 @@ fn build() -> Result<(), String> {
         git_commit(workspace)
     );
     Ok(())
+}
+
+/// The debug info names source files: without this, the same source checked out in two places
+/// builds two objects with two hashes (and `status` calls the other's bindings outdated).
+fn remap_paths(workspace: &Path) -> String {
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut flags = format!("\x1f--remap-path-prefix={}=/bindguard", workspace.display());
+    if let Some(home) = cargo_home {
+        flags += &format!("\x1f--remap-path-prefix={}=/cargo", home.display());
+    }
+    flags
 }
 
 /// Same function as `enforcer::object_hash()` (a unit test checks that they agree).
