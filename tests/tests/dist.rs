@@ -248,6 +248,12 @@ impl Drop for Installed {
 fn deb_installs_lists_its_files_runs_and_purges() {
     root_or_skip!();
     let dist = Dist::find();
+    // The package is machine-wide: suites running at once in other checkouts wait their turn
+    // (the lock goes with the file when this test ends, however it ends).
+    let lock = fs::File::create("/run/lock/bindguard-deb-test.lock").expect("lock file");
+    let _turn = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .expect("flock");
     assert!(
         !package_status().contains("installed") && !Path::new("/usr/bin/bindguard").exists(),
         "bindguard is already installed here ({}); this test installs and purges its own \
