@@ -285,10 +285,15 @@ fn deb_installs_lists_its_files_runs_and_purges() {
     ]
     .map(String::from)
     .to_vec();
-    for unit in deploy_files("systemd") {
-        if unit.extension().is_none_or(|e| e != "conf") {
-            let name = unit.file_name().unwrap().to_string_lossy();
+    let mut units = 0;
+    for f in deploy_files("systemd") {
+        let name = f.file_name().unwrap().to_string_lossy();
+        let unit = ["service", "socket", "timer", "path", "target", "mount"];
+        if f.extension().is_some_and(|e| unit.iter().any(|u| e == *u)) {
+            units += 1;
             expected.push(format!("/usr/lib/systemd/system/{name}"));
+        } else {
+            expected.push(format!("/usr/share/doc/bindguard/examples/systemd/{name}"));
         }
     }
     let conffiles: Vec<String> = deploy_files("config")
@@ -319,6 +324,11 @@ fn deb_installs_lists_its_files_runs_and_purges() {
         );
     }
 
+    // With a unit, systemd is told of it (the scripts do nothing here: systemd is not PID 1).
+    assert_eq!(
+        Path::new("/var/lib/dpkg/info/bindguard.postinst").exists(),
+        units > 0
+    );
     assert_version(Path::new("/usr/bin/bindguard"));
     let hook: serde_json::Value = serde_json::from_slice(
         &fs::read("/usr/share/containers/oci/hooks.d/bindguard.json").unwrap(),

@@ -262,13 +262,16 @@ fn stage_deb(
           Upstream-Name: bindguard\n\nFiles: *\nLicense: MIT or Apache-2.0\n",
         0o644,
     )?;
-    // Units go where systemd looks; drop-ins are examples for the admin to copy to /etc.
+    // Units go where systemd looks; anything else (drop-in examples) is documentation for
+    // the admin to copy to /etc.
+    let mut units = Vec::new();
     for f in deploy_files(root, "systemd")? {
         let name = f.file_name().unwrap();
-        let to = if f.extension().is_some_and(|e| e == "conf") {
-            doc.join("examples/systemd").join(name)
-        } else {
+        let to = if is_unit(&f) {
+            units.push(name.to_string_lossy().into_owned());
             staging.join("usr/lib/systemd/system").join(name)
+        } else {
+            doc.join("examples/systemd").join(name)
         };
         write(&to, &for_package(&fs::read(&f)?), 0o644)?;
     }
@@ -312,9 +315,48 @@ fn stage_deb(
         bail!("md5sum failed: {}", String::from_utf8_lossy(&md5.stderr));
     }
     write(&debian.join("md5sums"), &md5.stdout, 0o644)?;
+    if !units.is_empty() {
+        maintainer_scripts(&debian, &units)?;
+    }
     // Directories made by create_dir_all follow the umask; a package's must be 0755.
     for d in dirs_under(staging)? {
         fs::set_permissions(&d, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// A systemd unit file by its type suffix (`bindguard.service`), not a drop-in or an example.
+fn is_unit(path: &Path) -> bool {
+    const TYPES: &[&str] = &["service", "socket", "timer", "path", "target", "mount"];
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| TYPES.contains(&e))
+}
+
+/// systemd learns of installed and removed units, and a removed service is stopped. Units are
+/// not enabled: which cgroups to bind is the admin's decision (bindings outlive the service).
+/// Everything is skipped where systemd is not running (a container, a chroot).
+fn maintainer_scripts(debian: &Path, units: &[String]) -> anyhow::Result<()> {
+    let running = "[ -d /run/systemd/system ]";
+    let reload = format!("if {running}; then systemctl daemon-reload || true; fi");
+    let stop = units
+        .iter()
+        .map(|u| format!("    systemctl stop {u} || true"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (name, body) in [
+        (
+            "postinst",
+            format!("if [ \"$1\" = configure ]; then {reload}; fi"),
+        ),
+        (
+            "prerm",
+            format!("if [ \"$1\" = remove ] && {running}; then\n{stop}\nfi"),
+        ),
+        ("postrm", reload.clone()),
+    ] {
+        let script = format!("#!/bin/sh\nset -e\n{body}\nexit 0\n");
+        write(&debian.join(name), script.as_bytes(), 0o755)?;
     }
     Ok(())
 }
