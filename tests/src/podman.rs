@@ -75,15 +75,22 @@ impl Podman {
         cmd
     }
 
+    /// `podman run --rm` under this instance's cgroup parent (podman's default parent,
+    /// libpod_parent, would outlive the test); image and command to be added.
+    pub fn run(&self) -> Command {
+        let mut cmd = self.command();
+        cmd.args(["run", "--rm", "--name", &unique("bgn")])
+            .arg(format!("--cgroup-parent=/{}", self.cgroup_parent));
+        cmd
+    }
+
     /// `podman run --rm` of `sh -c script` on the busybox rootfs, in `netns`, with this
     /// instance's hooks directory, in the background.
     pub fn spawn(&self, netns: &NetnsGuard, annotations: &[(&str, &str)], script: &str) -> Child {
-        let mut cmd = self.command();
-        cmd.args(["run", "--rm", "--name", &unique("bgn")])
-            .arg("--hooks-dir")
+        let mut cmd = self.run();
+        cmd.arg("--hooks-dir")
             .arg(self.scratch.path.join("hooks"))
-            .arg(format!("--network=ns:{}", netns.path().display()))
-            .arg(format!("--cgroup-parent=/{}", self.cgroup_parent));
+            .arg(format!("--network=ns:{}", netns.path().display()));
         for (k, v) in annotations {
             cmd.arg("--annotation").arg(format!("{k}={v}"));
         }

@@ -518,8 +518,8 @@ fn containerfile_image_installs_the_static_binary_unchanged() {
     let yaml =
         fs::read_to_string(workspace().join("deploy/kubernetes/bindguard-installer.yaml")).unwrap();
     let host = scratch.path.join("node");
-    let mut cmd = podman.command();
-    cmd.args(["run", "--rm", "--network=none"]);
+    let mut cmd = podman.run();
+    cmd.arg("--network=none");
     for mount in [
         "/host/usr/local/bin",
         "/host/usr/share/containers/oci/hooks.d",
