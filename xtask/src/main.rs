@@ -156,7 +156,7 @@ fn main() -> std::process::ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        Some("dist") => setup::ensure().and_then(|()| dist::dist().map(|_| ())),
+        Some("dist") if args.len() == 1 => setup::ensure().and_then(|()| dist::dist().map(|_| ())),
         _ => {
             eprintln!("usage: cargo xtask setup | demo | test [cargo test args] | bench | dist");
             return std::process::ExitCode::from(2);
