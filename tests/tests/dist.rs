@@ -6,7 +6,7 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
     time::Duration,
 };
 
@@ -43,8 +43,16 @@ fn elf_linkage(bin: &Path) -> (u16, bool, bool) {
     )
 }
 
+/// Runs `cmd` to completion, killed (and failing the test) if it takes more than 2 minutes.
 fn run(cmd: &mut Command) -> (i32, String, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = wait_output(child, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("{cmd:?} did not finish within 120 s"));
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
