@@ -57,7 +57,9 @@ pub fn dist() -> anyhow::Result<PathBuf> {
     let staging = dir.join("deb");
     stage_deb(&root, &bin, &generated, &version, &staging)?;
     let deb = dir.join(format!("bindguard_{version}_amd64.deb"));
+    // dpkg-deb clamps file times to SOURCE_DATE_EPOCH and stamps the ar members with it.
     run(Command::new("dpkg-deb")
+        .env("SOURCE_DATE_EPOCH", source_date_epoch())
         .args(["--root-owner-group", "-Zgzip", "--build"])
         .arg(&staging)
         .arg(&deb)
@@ -193,16 +195,24 @@ fn stage_tarball(
     Ok(())
 }
 
+/// The time every archived file carries: the commit's, so the same tree packs to the same
+/// bytes (SOURCE_DATE_EPOCH if set, as reproducible-builds tools expect; 0 outside git).
+fn source_date_epoch() -> String {
+    std::env::var("SOURCE_DATE_EPOCH").ok().unwrap_or_else(|| {
+        Command::new("git")
+            .args(["log", "-1", "--format=%ct"])
+            .current_dir(workspace())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "0".into())
+    })
+}
+
 /// GNU tar with fixed owners, order and times, so the same tree gives the same archive.
 fn tar(dir: &Path, name: &str, tarball: &Path) -> anyhow::Result<()> {
-    let mtime = Command::new("git")
-        .args(["log", "-1", "--format=%ct"])
-        .current_dir(workspace())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|t| !t.is_empty())
-        .unwrap_or_else(|| "0".into());
+    let mtime = source_date_epoch();
     run(Command::new("tar")
         .args([
             "--sort=name",
