@@ -1,6 +1,9 @@
 //! Builds the eBPF object (bindguard-ebpf: nightly, build-std=core, bpf-linker) into OUT_DIR so
 //! the loader can embed it. Quiet on success; on failure the inner build's output is the error.
 //! `cargo xtask setup` installs what this needs.
+//!
+//! It also sets what `bindguard --version` names: the git commit (BINDGUARD_GIT_COMMIT) and the
+//! FNV-1a 64 of the object (BINDGUARD_EBPF_HASH, the hash `enforcer::object_hash()` computes).
 use std::{
     env,
     path::{Path, PathBuf},
@@ -36,7 +39,10 @@ fn build() -> Result<(), String> {
         // BTF lets the kernel and bpftool show the maps' types.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+            format!(
+                "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf{}",
+                remap_paths(workspace)
+            ),
         );
     // The outer build's compiler settings must not leak into the nightly bpf build.
     for key in [
@@ -58,7 +64,78 @@ fn build() -> Result<(), String> {
         ));
     }
     let built = target_dir.join(target).join("release/bindguard");
-    copy(&built, &out_dir.join("bindguard"))
+    copy(&built, &out_dir.join("bindguard"))?;
+    let object = std::fs::read(out_dir.join("bindguard")).map_err(|e| e.to_string())?;
+    println!(
+        "cargo:rustc-env=BINDGUARD_EBPF_HASH={:016x}",
+        fnv1a64(&object)
+    );
+    println!(
+        "cargo:rustc-env=BINDGUARD_GIT_COMMIT={}",
+        git_commit(workspace)
+    );
+    Ok(())
+}
+
+/// The debug info names source files: without this, the same source checked out in two places
+/// builds two objects with two hashes (and `status` calls the other's bindings outdated).
+fn remap_paths(workspace: &Path) -> String {
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut flags = format!("\x1f--remap-path-prefix={}=/bindguard", workspace.display());
+    if let Some(home) = cargo_home {
+        flags += &format!("\x1f--remap-path-prefix={}=/cargo", home.display());
+    }
+    flags
+}
+
+/// Same function as `enforcer::object_hash()` (a unit test checks that they agree).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// The short commit of the checkout, "unknown" outside one (a source tarball); a packager can
+/// name it with BINDGUARD_GIT_COMMIT.
+fn git_commit(workspace: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=BINDGUARD_GIT_COMMIT");
+    if let Ok(commit) = env::var("BINDGUARD_GIT_COMMIT") {
+        return commit;
+    }
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .current_dir(workspace)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let Some(commit) = git(&["rev-parse", "--short=7", "HEAD"]) else {
+        return "unknown".into();
+    };
+    // Rebuild when HEAD moves: its file, packed-refs, and the branch it names — or, while that
+    // branch is only packed (a fresh clone), the directory its loose ref will appear in.
+    // Never a missing path: cargo would rerun the script on every build.
+    let path = |name: &str| git(&["rev-parse", "--git-path", name]).map(|p| workspace.join(p));
+    let mut watch: Vec<PathBuf> = ["HEAD", "packed-refs"]
+        .into_iter()
+        .filter_map(path)
+        .filter(|p| p.exists())
+        .collect();
+    if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]).and_then(|b| path(&b)) {
+        match branch.parent() {
+            Some(dir) if !branch.exists() && dir.is_dir() => watch.push(dir.into()),
+            _ => watch.push(branch),
+        }
+    }
+    for p in watch.iter().filter(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", p.display());
+    }
+    commit
 }
 
 fn copy(from: &Path, to: &Path) -> Result<(), String> {

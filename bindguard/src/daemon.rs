@@ -591,6 +591,8 @@ impl Daemon {
         // Loading programs parses the kernel's BTF (megabytes, freed at once): give that
         // memory back so the resident size stays that of an idle daemon. (A retarget loads
         // nothing, and a trim costs about a millisecond.)
+        // musl has no malloc_trim (and its allocator returns freed memory by itself).
+        #[cfg(target_env = "gnu")]
         if std::mem::take(&mut self.loaded) {
             // SAFETY: malloc_trim only releases free heap memory.
             unsafe { libc::malloc_trim(0) };

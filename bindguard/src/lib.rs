@@ -24,5 +24,6 @@ pub mod sockopt;
 pub mod sockreset;
 pub mod status;
 pub mod verify;
+pub mod version;
 
 pub use error::Error;

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "bindguard",
-    version,
+    version = bindguard::version::LONG,
     about = "Pin every socket of a cgroup to one network interface, enforced in the kernel with eBPF"
 )]
 struct Cli {

@@ -48,7 +48,7 @@ impl Netns {
         };
         let file = File::open(path).map_err(|e| not_netns(e.to_string()))?;
         // NS_GET_NSTYPE (Linux 4.11) answers for nsfs files only, with the namespace's kind.
-        const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+        const NS_GET_NSTYPE: libc::Ioctl = 0xb703; // c_ulong on glibc, c_int on musl
         // SAFETY: ioctl on an fd we own; NS_GET_NSTYPE takes no argument.
         let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE) };
         if kind < 0 {

@@ -135,7 +135,7 @@ impl Staging {
     /// Renames the staged pins into place; fails if a binding already exists there.
     pub fn publish(self) -> anyhow::Result<PathBuf> {
         let target = self.target.clone();
-        self.rename(nix::fcntl::RenameFlags::RENAME_NOREPLACE, "renaming")?;
+        self.rename(rustix::fs::RenameFlags::NOREPLACE, "renaming")?;
         Ok(target)
     }
 
@@ -143,15 +143,16 @@ impl Staging {
     /// binding's pins now are (to be removed by the caller).
     pub fn exchange(self) -> anyhow::Result<PathBuf> {
         let old = self.dir.clone();
-        self.rename(nix::fcntl::RenameFlags::RENAME_EXCHANGE, "exchanging")?;
+        self.rename(rustix::fs::RenameFlags::EXCHANGE, "exchanging")?;
         Ok(old)
     }
 
-    fn rename(mut self, flags: nix::fcntl::RenameFlags, verb: &str) -> anyhow::Result<()> {
-        nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
+    // rustix, not nix: nix offers renameat2 only on glibc, and the release build is musl.
+    fn rename(mut self, flags: rustix::fs::RenameFlags, verb: &str) -> anyhow::Result<()> {
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
             &self.dir,
-            nix::fcntl::AT_FDCWD,
+            rustix::fs::CWD,
             &self.target,
             flags,
         )

@@ -10,6 +10,16 @@ use std::{
 
 use crate::{bindguard_bin, topology::NetnsGuard, unique};
 
+/// A root filesystem holding only busybox-static and the applets the tests use.
+pub fn busybox_rootfs(rootfs: &std::path::Path) {
+    let bin = rootfs.join("bin");
+    fs::create_dir_all(&bin).expect("rootfs");
+    fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static");
+    for applet in ["sh", "nc", "tftp", "sleep", "cat", "echo"] {
+        std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+    }
+}
+
 pub struct Container {
     pub id: String,
     pub bundle: PathBuf,
@@ -21,13 +31,8 @@ impl Container {
     pub fn new(netns: &NetnsGuard, script: &str, annotations: &[(&str, &str)]) -> Self {
         let id = unique("bgc");
         let bundle = std::env::temp_dir().join(format!("bindguard-oci-{id}"));
-        let bin = bundle.join("rootfs/bin");
-        fs::create_dir_all(&bin).expect("rootfs");
         let container = Self { id, bundle };
-        fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static");
-        for applet in ["sh", "nc", "tftp", "sleep", "cat", "echo"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
+        busybox_rootfs(&container.bundle.join("rootfs"));
         let out = Command::new("runc")
             .arg("spec")
             .current_dir(&container.bundle)

@@ -7,7 +7,9 @@
 //! so *which peer received a datagram or connection* tells which interface it left by.
 
 pub mod container;
+pub mod dist;
 pub mod listener;
+pub mod podman;
 pub mod privilege;
 pub mod run;
 pub mod scenario;

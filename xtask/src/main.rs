@@ -1,8 +1,9 @@
-//! cargo xtask setup | demo | test | bench
+//! cargo xtask setup | demo | test | bench | dist
 //!
 //! Every command first runs `setup`, which installs whatever is missing and is a no-op when
 //! everything is there, so a fresh machine needs nothing but these commands.
 
+mod dist;
 mod setup;
 
 use std::{
@@ -111,10 +112,13 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"])).context("formatting: run `cargo fmt --all`")?;
     run(cargo().args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]))?;
     build_bins(false)?;
+    // The dist tests (tests/tests/dist.rs) check the artefacts that ship, built here.
+    let dist_dir = dist::dist()?;
     // Stream the output while tallying the per-binary results into one closing line.
     let mut child = cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .args(args)
+        .env("BINDGUARD_DIST", &dist_dir)
         .stdout(Stdio::piped())
         .spawn()
         .context("running cargo test")?;
@@ -152,8 +156,9 @@ fn main() -> std::process::ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("dist") if args.len() == 1 => setup::ensure().and_then(|()| dist::dist().map(|_| ())),
         _ => {
-            eprintln!("usage: cargo xtask setup | demo | test [cargo test args] | bench");
+            eprintln!("usage: cargo xtask setup | demo | test [cargo test args] | bench | dist");
             return std::process::ExitCode::from(2);
         }
     };

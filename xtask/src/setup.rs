@@ -1,7 +1,8 @@
 //! `cargo xtask setup`: idempotent installation of everything the build and tests need.
 //!
 //! - Debian packages the tests and demo use (busybox-static, iproute2, bpftool, util-linux,
-//!   runc, systemd for systemd-analyze);
+//!   runc, podman, systemd for systemd-analyze);
+//! - the x86_64-unknown-linux-musl target (`cargo xtask dist` builds the static binary);
 //! - nightly's rust-src (the eBPF crate builds core for the bpf target);
 //! - bpf-linker, built against the libLLVM that ships with rustc nightly (same LLVM major,
 //!   detected, never hard-coded).
@@ -28,6 +29,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("runc", "runc"),
     // `systemd-analyze verify` of deploy/systemd/bindguard.service in the daemon tests
     ("systemd-analyze", "systemd"),
+    ("podman", "podman"),
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
@@ -123,6 +125,11 @@ fn ensure_rust_components() -> anyhow::Result<()> {
         if !stable.lines().any(|l| l.starts_with(comp)) {
             run(Command::new("rustup").args(["component", "add", comp]))?;
         }
+    }
+    let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
+    if !targets.lines().any(|l| l.trim() == crate::dist::TARGET) {
+        eprintln!("setup: adding the {} target", crate::dist::TARGET);
+        run(Command::new("rustup").args(["target", "add", crate::dist::TARGET]))?;
     }
     Ok(())
 }
