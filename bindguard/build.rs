@@ -20,6 +20,10 @@ fn build() -> Result<(), String> {
     for dir in ["bindguard-ebpf", "bindguard-common"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
+    // A build whose eBPF object really differs (one extra global), for the upgrade test: two
+    // bindguard builds with different program sets, built into separate target dirs.
+    println!("cargo:rerun-if-env-changed=BINDGUARD_EBPF_VARIANT");
+    let variant = env::var("BINDGUARD_EBPF_VARIANT").is_ok_and(|v| !v.is_empty() && v != "0");
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let target = match env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() {
         Ok("big") => "bpfeb-unknown-none",
@@ -36,7 +40,14 @@ fn build() -> Result<(), String> {
         // BTF lets the kernel and bpftool show the maps' types.
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
-            format!("--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf"),
+            format!(
+                "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf{}",
+                if variant {
+                    "\x1f--cfg=bindguard_variant"
+                } else {
+                    ""
+                }
+            ),
         );
     // The outer build's compiler settings must not leak into the nightly bpf build.
     for key in [

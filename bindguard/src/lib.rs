@@ -17,6 +17,7 @@ pub mod netdev;
 pub mod netns;
 pub mod oci;
 pub mod pins;
+pub mod progset;
 pub mod sockopt;
 pub mod status;
 pub mod verify;

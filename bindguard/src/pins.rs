@@ -1,13 +1,19 @@
 //! bpffs and the layout of bindguard's pins: the only place a binding's state lives.
 //!
 //! ```text
-//! /sys/fs/bpf/bindguard/<cgroup-id>/link_<hook>   one bpf_link per attached program
-//!                                   policy        1-entry array: what the programs enforce
-//!                                   stats         per-CPU counters
-//!                                   events        ring buffer of refusals (`monitor`)
+//! /sys/fs/bpf/bindguard/<cgroup-id>/link_<hook>     one bpf_link per attached program
+//!                       programs/<object-hash>/...  the shared program set (progset.rs)
+//!                       work/new-<cgroup-id>-<pid>  a binding being made
+//!                       work/dead-<cgroup-id>-<pid> a binding being removed
 //! ```
-//! A new binding is pinned into `new-<cgroup-id>-<pid>` and renamed into place, so a reader
-//! (or a kill at any moment) sees either a whole binding or none.
+//! A binding is only links: its policy and counters are its cgroup's values in the set's
+//! cgroup storage maps. A new binding is pinned into `work/new-<cgroup-id>-<pid>` and renamed
+//! into place, so a reader (or a kill at any moment) sees either a whole binding or none.
+//! Staging lives in its own directory so that finding abandoned ones never lists every
+//! binding (attach time stays flat with 10,000 bindings).
+//!
+//! Bindings made by bindguard builds before the shared set also have `policy`, `stats` and
+//! `events` pins of their own; they are read as such and replaced on the next attach.
 
 use std::{
     fs,
@@ -28,6 +34,7 @@ pub const POLICY: &str = "policy";
 pub const STATS: &str = "stats";
 pub const EVENTS: &str = "events";
 const ROOT: &str = "bindguard";
+const WORK: &str = "work";
 // bpffs refuses names with a dot, so staging dirs are told apart by not being a number.
 const NEW_PREFIX: &str = "new-";
 /// A binding being detached is first renamed to `dead-<cgroup-id>-<pid>`, so a detach killed
@@ -69,6 +76,23 @@ pub fn bpffs_mounted() -> bool {
 /// /sys/fs/bpf/bindguard
 pub fn root() -> PathBuf {
     Path::new(BPFFS).join(ROOT)
+}
+
+/// /sys/fs/bpf/bindguard/work: staging and dying bindings.
+pub fn work() -> PathBuf {
+    root().join(WORK)
+}
+
+/// The cgroup id a binding directory is for: its name, or the id in a staging/dead name.
+pub fn cgroup_id_of(dir: &Path) -> Option<u64> {
+    let name = dir.file_name()?.to_str()?;
+    if let Ok(id) = name.parse() {
+        return Some(id);
+    }
+    let rest = name
+        .strip_prefix(NEW_PREFIX)
+        .or_else(|| name.strip_prefix(DEAD_PREFIX))?;
+    rest.rsplit_once('-')?.0.parse().ok()
 }
 
 /// The pin directory of the binding of cgroup `id`.
@@ -120,7 +144,9 @@ pub struct Staging {
 
 impl Staging {
     pub fn new(cgroup_id: u64, _lock: &Lock) -> anyhow::Result<Self> {
-        let dir = root().join(format!("{NEW_PREFIX}{cgroup_id}-{}", std::process::id()));
+        let work = work();
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let dir = work.join(format!("{NEW_PREFIX}{cgroup_id}-{}", std::process::id()));
         if dir.exists() {
             remove_dir(&dir)?;
         }
@@ -193,7 +219,9 @@ pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .context("binding directory without a name")?;
-    let dead = root().join(format!("{DEAD_PREFIX}{id}-{}", std::process::id()));
+    let work = work();
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let dead = work.join(format!("{DEAD_PREFIX}{id}-{}", std::process::id()));
     fs::rename(dir, &dead)
         .with_context(|| format!("renaming {} to {}", dir.display(), dead.display()))?;
     remove_dir(&dead)
@@ -203,7 +231,7 @@ pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
 /// the cgroup it concerns and its path.
 pub fn abandoned() -> Vec<(u64, PathBuf)> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
+    for entry in fs::read_dir(work()).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| {
             n.strip_prefix(NEW_PREFIX)
@@ -225,8 +253,9 @@ pub fn abandoned() -> Vec<(u64, PathBuf)> {
 /// Removes what [`abandoned`] finds. A staging directory's programs were attached but never
 /// published, so the cgroup's binding is whatever was published before; a dead one's detach
 /// is completed.
-pub fn sweep_abandoned(_lock: &Lock) {
+pub fn sweep_abandoned(lock: &Lock) {
     for (_, dir) in abandoned() {
         let _ = remove_dir(&dir);
     }
+    crate::progset::sweep_abandoned(lock);
 }
