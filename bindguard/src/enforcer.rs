@@ -427,14 +427,13 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     } else {
         None
     };
-    if let Some(on) = on.as_ref().filter(|on| on.hash == set.hash) {
+    if on.as_ref().is_some_and(|on| on.hash == set.hash) {
         // The binding already runs this set's programs: the policy is rewritten in place (one
         // map write: each new socket sees the old policy or the new one); links the mode no
         // longer uses are dropped first and missing ones added after, so an interrupted
         // command leaves at worst a missing link (`status`: link-missing), never an unlisted
         // extra one. The same program cannot be linked twice to one cgroup, so this path
         // never makes a second set of links.
-        let _ = on;
         let have = progset::binding_links(&dir);
         let mut changed = false;
         for (name, _) in &have {
@@ -494,7 +493,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     let old = staging.exchange()?;
     pins::remove_dir(&old)?;
     if let Some(on) = on {
-        release(&on, cgroup.id, &set);
+        release(&on, cgroup.id);
     }
     Ok(Attached::Replaced(dir))
 }
@@ -502,9 +501,9 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
 /// The binding of cgroup `id` no longer runs `old`'s programs: the set is unpinned when no
 /// binding uses it any more, unless it is the running build's own (kept so the next attach
 /// loads nothing).
-fn release(old: &progset::Set, id: u64, current_hash: &progset::Set) {
+fn release(old: &progset::Set, id: u64) {
     old.remove_user(id);
-    if old.hash != current_hash.hash && !old.in_use() {
+    if old.hash != object_hash() && !old.in_use() {
         if let Ok(set) = progset::Set::open(&old.dir) {
             let _ = set.remove();
         }
@@ -618,15 +617,7 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     let on = progset::set_of_binding(&dir);
     pins::remove_binding(&dir, &lock)?;
     if let Some(on) = on {
-        // The running build's set is kept even unused: the next attach then loads nothing.
-        let hash = object_hash();
-        on.remove_user(cgroup.id);
-        if on.hash != hash && !on.in_use() {
-            if let Ok(set) = progset::Set::open(&on.dir) {
-                let _ = set.remove();
-            }
-            progset::forget();
-        }
+        release(&on, cgroup.id);
     }
     Ok(Detached::Removed(dir))
 }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use bindguard_common::{Counters, Policy, flags};
 use serde::Serialize;
 
-use crate::{enforcer, link, netdev, netns, pins};
+use crate::{enforcer, link, netdev, netns, pins, progset};
 
 /// Version of the JSON document `status --json` prints; bumped on incompatible changes.
 pub const JSON_VERSION: u32 = 1;
@@ -57,7 +57,9 @@ pub struct LinkInfo {
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
-    /// pins-unreadable, programs-outdated, lsm-unavailable, stray-programs.
+    /// pins-unreadable, programs-outdated (the links run another build's program set, or
+    /// programs an older bindguard loaded for this binding alone), lsm-unavailable,
+    /// stray-programs.
     pub kind: &'static str,
     pub message: String,
 }
@@ -69,27 +71,21 @@ pub fn collect() -> Report {
         let paths = crate::cgroup::cgroup2_mount()
             .map(|m| crate::cgroup::paths_by_id(&m))
             .unwrap_or_default();
-        // Bindings often share a namespace; each is looked up (a /proc scan) once.
-        let mut namespaces = std::collections::HashMap::new();
+        // Bindings often share a namespace and an interface; each is looked up (a /proc scan,
+        // a thread in the namespace) once.
+        let mut cache = Cache {
+            abandoned: pins::abandoned(),
+            ..Cache::default()
+        };
         for (id, dir) in pins::list() {
-            bindings.push(read_binding(
-                id,
-                &dir,
-                paths.get(&id).cloned(),
-                &mut namespaces,
-            ));
+            bindings.push(read_binding(id, &dir, paths.get(&id).cloned(), &mut cache));
         }
         // An attach or detach killed half-way on a cgroup with no binding (any more): its
         // programs still run, so it is listed too.
         let bound: std::collections::HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
-        for (id, dir) in pins::abandoned() {
+        for (id, dir) in cache.abandoned.clone() {
             if !bound.contains(&id) && attached_links(&dir, id) > 0 {
-                bindings.push(read_binding(
-                    id,
-                    &dir,
-                    paths.get(&id).cloned(),
-                    &mut namespaces,
-                ));
+                bindings.push(read_binding(id, &dir, paths.get(&id).cloned(), &mut cache));
             }
         }
     }
@@ -99,27 +95,73 @@ pub fn collect() -> Report {
     }
 }
 
-fn read_binding(
+/// What `collect` looks up once for all bindings.
+#[derive(Default)]
+struct Cache {
+    namespaces: std::collections::HashMap<u64, Option<netns::Netns>>,
+    names: std::collections::HashMap<(u64, u32), anyhow::Result<Option<String>>>,
+    abandoned: Vec<(u64, PathBuf)>,
+}
+
+/// The policy and counters of one binding: by cgroup id from the set its links run (one map
+/// lookup each, through the set's map fds opened once per process), or from the binding's own
+/// pins when an older bindguard made it.
+fn policy_and_counters(
     cgroup_id: u64,
     dir: &Path,
-    cgroup: Option<PathBuf>,
-    namespaces: &mut std::collections::HashMap<u64, Option<netns::Netns>>,
-) -> Binding {
+    links: &[(String, link::LinkState)],
+) -> (anyhow::Result<Policy>, Counters, Option<u64>) {
+    if enforcer::legacy_layout(dir) {
+        let policy = enforcer::read_policy(dir);
+        return (
+            policy,
+            enforcer::read_counters(dir).unwrap_or_default(),
+            None,
+        );
+    }
+    let Some(set) = links
+        .iter()
+        .find_map(|(_, s)| progset::set_of_program(s.program_id))
+    else {
+        return (
+            Err(anyhow::anyhow!(
+                "no link in {} runs a pinned program set",
+                dir.display()
+            )),
+            Counters::default(),
+            None,
+        );
+    };
+    let policy = set
+        .read_policy(cgroup_id)
+        .map_err(|e| anyhow::anyhow!("{e} (cgroup {cgroup_id} in {})", set.dir.display()));
+    let counters = set.read_counters(cgroup_id).unwrap_or_default();
+    (policy, counters, Some(set.hash))
+}
+
+fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>, cache: &mut Cache) -> Binding {
     let mut problems = Vec::new();
-    let policy = enforcer::read_policy(dir).unwrap_or_else(|e| {
+    // One directory listing and one info query per link; the maps are the set's.
+    let pinned = progset::binding_links(dir);
+    let (policy, counters, set_hash) = policy_and_counters(cgroup_id, dir, &pinned);
+    let policy = policy.unwrap_or_else(|e| {
         problems.push(Problem {
             kind: "pins-unreadable",
             message: format!("policy cannot be read ({e:#})"),
         });
         Policy::default()
     });
-    let counters = enforcer::read_counters(dir).unwrap_or_default();
     let mode = enforcer::mode_of(&policy);
     let mut links = Vec::new();
     let mut detached = false;
     for hook in mode.hooks(policy.has(flags::LSM)) {
         let path = dir.join(pins::link_name(hook.name));
-        match link::pinned_state(&path) {
+        let state = pinned
+            .iter()
+            .find(|(n, _)| n == hook.name)
+            .map(|(_, s)| *s)
+            .ok_or("not pinned");
+        match state {
             Ok(s) => {
                 detached |= s.cgroup_id.is_none();
                 links.push(LinkInfo {
@@ -152,7 +194,8 @@ fn read_binding(
             ),
         });
     }
-    let stray: usize = pins::abandoned()
+    let stray: usize = cache
+        .abandoned
         .iter()
         .filter(|(id, _)| *id == cgroup_id)
         .map(|(_, d)| attached_links(d, cgroup_id))
@@ -174,7 +217,7 @@ fn read_binding(
             ),
         });
     }
-    if policy.object_hash != enforcer::object_hash() && problems.is_empty() {
+    if set_hash != Some(enforcer::object_hash()) && problems.is_empty() {
         problems.push(Problem {
             kind: "programs-outdated",
             message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
@@ -187,7 +230,8 @@ fn read_binding(
         });
     }
     let ifname = netdev::name_from_bytes(&policy.ifname);
-    let ns = namespaces
+    let ns = cache
+        .namespaces
         .entry(policy.netns_ino)
         .or_insert_with(|| netns::find_by_ino(policy.netns_ino));
     match &*ns {
@@ -198,7 +242,11 @@ fn read_binding(
                 policy.netns_ino
             ),
         }),
-        Some(ns) => match netdev::name_of(policy.ifindex, ns) {
+        Some(ns) => match cache
+            .names
+            .entry((policy.netns_ino, policy.ifindex))
+            .or_insert_with(|| netdev::name_of(policy.ifindex, ns))
+        {
             Ok(None) => problems.push(Problem {
                 kind: "interface-missing",
                 message: format!(
@@ -206,7 +254,7 @@ fn read_binding(
                     policy.ifindex
                 ),
             }),
-            Ok(Some(now)) if now != ifname => problems.push(Problem {
+            Ok(Some(now)) if *now != ifname => problems.push(Problem {
                 kind: "interface-renamed",
                 message: format!(
                     "ifindex {} is now named {now} (was {ifname}); sockets still use ifindex {}",
