@@ -24,14 +24,10 @@ use crate::{
 /// The eBPF object built from bindguard-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindguard"));
 
-/// FNV-1a of [`EBPF_OBJECT`]: identifies the programs a binding runs (computed once).
-pub fn object_hash() -> u64 {
-    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *HASH.get_or_init(|| {
-        EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    })
+/// FNV-1a of [`EBPF_OBJECT`] (computed by build.rs): identifies the program set a binding
+/// runs and names its pin directory.
+pub const fn object_hash() -> u64 {
+    include!(concat!(env!("OUT_DIR"), "/object_hash"))
 }
 
 /// What a binding enforces beyond SO_BINDTODEVICE.
@@ -511,6 +507,19 @@ fn release(old: &progset::Set, id: u64) {
     }
 }
 
+/// The policy of cgroup `cgroup_id` in the running build's program set: what [`attach`] just
+/// wrote (cheaper than [`read_policy`], which first finds the set a binding's links run).
+pub fn current_policy(cgroup_id: u64) -> anyhow::Result<Policy> {
+    let dir = progset::root().join(progset::dir_name(object_hash()));
+    let set = progset::Set::open(&dir)?;
+    set.read_policy(cgroup_id).with_context(|| {
+        format!(
+            "reading the policy of cgroup {cgroup_id} in {}",
+            dir.display()
+        )
+    })
+}
+
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
 pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[Hook]) -> bool {
     hooks.iter().all(|h| {
@@ -673,6 +682,14 @@ pub fn cgroup_gone(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_hash_is_the_embedded_objects() {
+        let h = EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        assert_eq!(h, object_hash());
+    }
 
     #[test]
     fn numbers_are_decimal_or_hex() {

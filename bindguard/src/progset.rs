@@ -288,15 +288,26 @@ fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// The link pins of a binding directory and what the kernel says about each.
 pub fn binding_links(dir: &Path) -> Vec<(String, link::LinkState)> {
-    fs::read_dir(dir)
+    read_binding_dir(dir).0
+}
+
+/// [`binding_links`], and whether the directory has a `policy` pin of its own (a binding made
+/// by a bindguard that loaded programs per binding), from one directory listing.
+pub fn read_binding_dir(dir: &Path) -> (Vec<(String, link::LinkState)>, bool) {
+    let mut legacy = false;
+    let links = fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
-            let name = e.file_name().to_str()?.strip_prefix("link_")?.to_string();
+            let file = e.file_name();
+            let file = file.to_str()?;
+            legacy |= file == pins::POLICY;
+            let name = file.strip_prefix("link_")?.to_string();
             Some((name, link::pinned_state(&e.path()).ok()?))
         })
-        .collect()
+        .collect();
+    (links, legacy)
 }
 
 /// The directories of every pinned set.
@@ -359,9 +370,26 @@ pub fn forget() {
 /// The set a binding directory's links run, if it is a pinned set (None for a binding made by
 /// an older bindguard that loaded programs per binding, or one whose set was removed).
 pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
-    binding_links(dir)
-        .iter()
-        .find_map(|(_, s)| set_of_program(s.program_id))
+    // One link tells: a binding's links all come from one set (attach keeps it so).
+    let (name, state) = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_str()?.strip_prefix("link_")?.to_string();
+            Some((name, link::pinned_state(&e.path()).ok()?))
+        })?;
+    // Usually the running build's set: asking its program of the same hook is two calls,
+    // where finding the set among all of them opens every pinned program.
+    let current = root().join(dir_name(enforcer::object_hash()));
+    let same = link::open_pinned(&current.join(prog_pin(&name)))
+        .ok()
+        .and_then(|fd| program_id(fd.as_fd()).ok())
+        == Some(state.program_id);
+    if same && let Ok(set) = Set::open(&current) {
+        return Some(std::sync::Arc::new(set));
+    }
+    set_of_program(state.program_id)
 }
 
 /// The running build's set: opened if pinned, else loaded, verified and pinned (the only step

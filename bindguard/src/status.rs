@@ -68,24 +68,51 @@ pub struct Problem {
 pub fn collect() -> Report {
     let mut bindings = Vec::new();
     if pins::bpffs_mounted() {
-        let paths = crate::cgroup::cgroup2_mount()
-            .map(|m| crate::cgroup::paths_by_id(&m))
-            .unwrap_or_default();
+        let mount = crate::cgroup::cgroup2_mount()
+            .ok()
+            .and_then(|m| std::fs::File::open(m).ok());
         // Bindings often share a namespace and an interface; each is looked up (a /proc scan,
         // a thread in the namespace) once.
         let mut cache = Cache {
             abandoned: pins::abandoned(),
             ..Cache::default()
         };
-        for (id, dir) in pins::list() {
-            bindings.push(read_binding(id, &dir, paths.get(&id).cloned(), &mut cache));
+        // What the kernel says about each binding (its links, its policy and counters, its
+        // cgroup's path: ~35 system calls, most of them opening link pins) is read by a few
+        // threads at once; the rest is computed from that.
+        let list = pins::list();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(list.len().div_ceil(64).max(1));
+        let chunk = list.len().div_ceil(workers).max(1);
+        let raws: Vec<Raw> = std::thread::scope(|scope| {
+            let handles: Vec<_> = list
+                .chunks(chunk)
+                .map(|part| {
+                    let mount = mount.as_ref();
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(id, dir)| Raw::read(*id, dir, mount))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for raw in raws {
+            bindings.push(read_binding(raw, &mut cache));
         }
         // An attach or detach killed half-way on a cgroup with no binding (any more): its
         // programs still run, so it is listed too.
         let bound: std::collections::HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
         for (id, dir) in cache.abandoned.clone() {
             if !bound.contains(&id) && attached_links(&dir, id) > 0 {
-                bindings.push(read_binding(id, &dir, paths.get(&id).cloned(), &mut cache));
+                let raw = Raw::read(id, &dir, mount.as_ref());
+                bindings.push(read_binding(raw, &mut cache));
             }
         }
     }
@@ -103,6 +130,34 @@ struct Cache {
     abandoned: Vec<(u64, PathBuf)>,
 }
 
+/// What the kernel holds for one binding.
+struct Raw {
+    cgroup_id: u64,
+    dir: PathBuf,
+    cgroup: Option<PathBuf>,
+    pinned: Vec<(String, link::LinkState)>,
+    policy: anyhow::Result<Policy>,
+    counters: Counters,
+    set_hash: Option<u64>,
+}
+
+impl Raw {
+    fn read(cgroup_id: u64, dir: &Path, mount: Option<&std::fs::File>) -> Self {
+        // One directory listing and one info query per link; the maps are the set's.
+        let (pinned, legacy) = progset::read_binding_dir(dir);
+        let (policy, counters, set_hash) = policy_and_counters(cgroup_id, dir, &pinned, legacy);
+        Self {
+            cgroup_id,
+            dir: dir.to_path_buf(),
+            cgroup: mount.and_then(|m| crate::cgroup::path_of_id(m, cgroup_id)),
+            pinned,
+            policy,
+            counters,
+            set_hash,
+        }
+    }
+}
+
 /// The policy and counters of one binding: by cgroup id from the set its links run (one map
 /// lookup each, through the set's map fds opened once per process), or from the binding's own
 /// pins when an older bindguard made it.
@@ -110,8 +165,9 @@ fn policy_and_counters(
     cgroup_id: u64,
     dir: &Path,
     links: &[(String, link::LinkState)],
+    legacy: bool,
 ) -> (anyhow::Result<Policy>, Counters, Option<u64>) {
-    if enforcer::legacy_layout(dir) {
+    if legacy {
         let policy = enforcer::read_policy(dir);
         return (
             policy,
@@ -139,11 +195,18 @@ fn policy_and_counters(
     (policy, counters, Some(set.hash))
 }
 
-fn read_binding(cgroup_id: u64, dir: &Path, cgroup: Option<PathBuf>, cache: &mut Cache) -> Binding {
+fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
+    let Raw {
+        cgroup_id,
+        dir,
+        cgroup,
+        pinned,
+        policy,
+        counters,
+        set_hash,
+    } = raw;
+    let dir = dir.as_path();
     let mut problems = Vec::new();
-    // One directory listing and one info query per link; the maps are the set's.
-    let pinned = progset::binding_links(dir);
-    let (policy, counters, set_hash) = policy_and_counters(cgroup_id, dir, &pinned);
     let policy = policy.unwrap_or_else(|e| {
         problems.push(Problem {
             kind: "pins-unreadable",
