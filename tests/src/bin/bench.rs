@@ -423,6 +423,18 @@ fn main() {
         phase("program run time", started);
         let prev = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or("0".into());
         fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enable bpf stats");
+        // The floor of this measurement on this machine: an empty sock_create program
+        // (`return 1`) linked to a cgroup of its own, run as often.
+        let cg_empty = TestCgroup::new();
+        let empty = empty_sock_create(&cg_empty.path);
+        measure(
+            Cmd::probe()
+                .in_netns(&s.topo.host)
+                .in_cgroup(&cg_empty)
+                .args(["bench-socket", "4", "udp", "20000"]),
+        );
+        let empty_stats = bpftool("prog", u64::from(empty.0));
+        drop(empty);
         for cg in [&cg_bind, &cg_strict] {
             measure(Cmd::probe().in_netns(&s.topo.host).in_cgroup(cg).args([
                 "bench-socket",
@@ -463,6 +475,13 @@ fn main() {
                 );
             }
         }
+        let runs = empty_stats["run_cnt"].as_u64().unwrap_or(0).max(1);
+        let ns = empty_stats["run_time_ns"].as_u64().unwrap_or(0);
+        let _ = writeln!(
+            report,
+            "| (floor: an empty sock_create program, `return 1`) | {runs} | {:.1} |",
+            ns as f64 / runs as f64
+        );
     }
 
     // 4. whole-process latencies
@@ -472,6 +491,10 @@ fn main() {
             report,
             "\n### 4. Whole-process latency (ms, wall clock, incl. process start)\n"
         );
+        // The floor every command pays on this machine: starting the bindguard process at all.
+        let start_ms: Vec<f64> = (0..latency_n)
+            .map(|_| timed(Cmd::bindguard().arg("--version")))
+            .collect();
         let mut attach_ms = Vec::new();
         let mut retarget_ms = Vec::new();
         let mut detach_ms = Vec::new();
@@ -521,6 +544,10 @@ fn main() {
         let _ = writeln!(report, "| operation | ms |");
         let _ = writeln!(report, "|---|---|");
         for (name, v) in [
+            (
+                "process start alone (`bindguard --version`): the floor of every command",
+                start_ms,
+            ),
             (
                 "first attach after an install or upgrade (strict: loads + verifies the program set, pins it, binds)",
                 first_attach,
@@ -674,4 +701,56 @@ fn scale_phase(report: &mut String, scale: usize, started: Instant) {
     // Children before the parent.
     drop(many);
     drop(parent);
+}
+
+/// Loads `r0 = 1; exit` as a cgroup sock_create program and links it to `cgroup`; returns the
+/// program id and the link and program fds (dropping them detaches and unloads it).
+fn empty_sock_create(cgroup: &Path) -> (u32, std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    let sys = |cmd: i32, attr: &mut [u8]| -> i64 {
+        // SAFETY: attr is a zero-initialised bpf_attr prefix for `cmd` of the size passed.
+        unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                attr.as_mut_ptr().cast::<libc::c_void>(),
+                attr.len() as libc::c_uint,
+            )
+        }
+    };
+    let put = |attr: &mut [u8], at: usize, v: u64, width: usize| {
+        attr[at..at + width].copy_from_slice(&v.to_le_bytes()[..width]);
+    };
+    let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    put(&mut attr, 0, 9, 4); // BPF_PROG_TYPE_CGROUP_SOCK
+    put(&mut attr, 4, 2, 4);
+    put(&mut attr, 8, insns.as_ptr() as u64, 8);
+    put(&mut attr, 16, license.as_ptr() as u64, 8);
+    attr[48..56].copy_from_slice(b"bg_empty");
+    put(&mut attr, 68, 2, 4); // BPF_CGROUP_INET_SOCK_CREATE
+    let prog = sys(5, &mut attr); // BPF_PROG_LOAD
+    assert!(
+        prog >= 0,
+        "loading the empty program: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new fd from the kernel.
+    let prog = unsafe { OwnedFd::from_raw_fd(prog as i32) };
+    let dir = fs::File::open(cgroup).unwrap();
+    let mut attr = [0u8; 16];
+    put(&mut attr, 0, prog.as_raw_fd() as u64, 4);
+    put(&mut attr, 4, dir.as_raw_fd() as u64, 4);
+    put(&mut attr, 8, 2, 4);
+    let link = sys(28, &mut attr); // BPF_LINK_CREATE
+    assert!(
+        link >= 0,
+        "linking the empty program: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new fd from the kernel.
+    let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
+    let id = bindguard::progset::program_id(prog.as_fd()).unwrap();
+    (id, link, prog)
 }
