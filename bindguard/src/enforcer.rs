@@ -412,7 +412,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     let lock = pins::lock()?;
     pins::sweep_abandoned(&lock);
     let set = progset::current(&lock)?;
-    let lsm = opts.mode == Mode::Strict && set.lsm;
+    let lsm = opts.mode == Mode::Strict && set.lsm && !crate::lsm::forced_unavailable();
     let policy = policy_for(iface, opts, cgroup.id, lsm);
     let hooks = opts.mode.hooks(lsm);
     let dir = pins::binding_dir(cgroup.id);
@@ -655,6 +655,7 @@ pub fn remove_stale() -> anyhow::Result<usize> {
         }
         if gone {
             pins::remove_dir(&dir)?;
+            progset::forget_user(id);
             removed += 1;
         }
     }

@@ -310,6 +310,15 @@ pub fn read_binding_dir(dir: &Path) -> (Vec<(String, link::LinkState)>, bool) {
     (links, legacy)
 }
 
+/// Drops the `users/<id>` entry of cgroup `id` from every set: for callers that remove a
+/// binding's pins without [`crate::enforcer::detach`] (exec and oci-hook cleanup, stale
+/// bindings). An entry left behind only costs an inode, and delays removing an old set.
+pub fn forget_user(id: u64) {
+    for dir in list() {
+        let _ = fs::remove_dir(dir.join(USERS).join(id.to_string()));
+    }
+}
+
 /// The directories of every pinned set.
 pub fn list() -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = fs::read_dir(root())
