@@ -647,6 +647,7 @@ pub fn remove_stale() -> anyhow::Result<usize> {
         .unwrap_or_default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut removed = 0;
+    // Old sets whose last binding went with its cgroup go too (after the loop, below).
     for (id, dir) in pins::list() {
         let mut gone = cgroup_gone(&dir);
         while !gone && !live.contains_key(&id) && std::time::Instant::now() < deadline {
@@ -658,6 +659,9 @@ pub fn remove_stale() -> anyhow::Result<usize> {
             progset::forget_user(id);
             removed += 1;
         }
+    }
+    if removed > 0 {
+        progset::remove_unused_old_sets(&lock);
     }
     Ok(removed)
 }

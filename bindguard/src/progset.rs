@@ -310,6 +310,24 @@ pub fn read_binding_dir(dir: &Path) -> (Vec<(String, link::LinkState)>, bool) {
     (links, legacy)
 }
 
+/// Unpins every set of another build that no binding uses any more (after bindings were
+/// removed without moving off their set: deleted cgroups, exec and oci-hook cleanup). The
+/// running build's set is kept. Call with the pins lock held.
+pub fn remove_unused_old_sets(_lock: &pins::Lock) {
+    let current = dir_name(enforcer::object_hash());
+    for dir in list() {
+        if dir.file_name().is_some_and(|n| *n == *current) {
+            continue;
+        }
+        if let Ok(set) = Set::open(&dir)
+            && !set.in_use()
+        {
+            let _ = set.remove();
+            forget();
+        }
+    }
+}
+
 /// Drops the `users/<id>` entry of cgroup `id` from every set: for callers that remove a
 /// binding's pins without [`crate::enforcer::detach`] (exec and oci-hook cleanup, stale
 /// bindings). An entry left behind only costs an inode, and delays removing an old set.
