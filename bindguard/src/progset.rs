@@ -31,7 +31,7 @@ use aya::{
     EbpfLoader,
     programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, Program},
 };
-use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_prog_info};
+use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_map_info, bpf_prog_info};
 use bindguard_common::{Counters, KernelLayout, Policy};
 
 use crate::{
@@ -98,6 +98,25 @@ fn possible_cpus() -> usize {
     *N.get_or_init(|| aya::util::nr_cpus().unwrap_or(1))
 }
 
+/// Key and value size of the map behind `fd`.
+fn map_sizes(fd: BorrowedFd<'_>) -> std::io::Result<(u32, u32)> {
+    // SAFETY: plain data; all-zero is valid.
+    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_map_info>() as u32,
+        info: (&mut info as *mut bpf_map_info) as u64,
+    };
+    link::sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((info.key_size, info.value_size))
+}
+
 /// The id of the program behind `fd`.
 pub fn program_id(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
     // SAFETY: plain data; all-zero is valid.
@@ -125,9 +144,20 @@ impl Set {
             .and_then(|n| n.to_str())
             .and_then(|n| u64::from_str_radix(n, 16).ok())
             .with_context(|| format!("{} is not a program set", dir.display()))?;
-        let open = |name: &str| {
+        // The kernel copies the map's value size into the buffer a lookup is given: a set of a
+        // build with another Policy or Counters layout is refused here, never read into ours.
+        let open = |name: &str, value: usize| -> anyhow::Result<OwnedFd> {
             let p = dir.join(name);
-            link::open_pinned(&p).with_context(|| format!("opening {}", p.display()))
+            let fd = link::open_pinned(&p).with_context(|| format!("opening {}", p.display()))?;
+            let sizes =
+                map_sizes(fd.as_fd()).with_context(|| format!("reading {}", p.display()))?;
+            if sizes != (8, value as u32) {
+                anyhow::bail!(
+                    "{} has key/value sizes {sizes:?}, not (8, {value}): a set of a bindguard with another policy layout",
+                    p.display()
+                );
+            }
+            Ok(fd)
         };
         Ok(Self {
             hash,
@@ -135,8 +165,8 @@ impl Set {
             lsm: dir
                 .join(prog_pin(HOOKS[enforcer::LSM_HOOKS_START].name))
                 .exists(),
-            policy: open(POLICY)?,
-            stats: open(STATS)?,
+            policy: open(POLICY, std::mem::size_of::<Policy>())?,
+            stats: open(STATS, std::mem::size_of::<Counters>())?,
         })
     }
 
