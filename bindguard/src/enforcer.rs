@@ -615,7 +615,9 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     }
     let lock = pins::lock()?;
     // Finishes an earlier attach or detach that was killed half-way.
-    let interrupted = pins::abandoned().iter().any(|(id, _)| *id == cgroup.id);
+    let interrupted = pins::abandoned_locked(&lock)
+        .iter()
+        .any(|(id, _)| *id == cgroup.id);
     pins::sweep_abandoned(&lock);
     if !dir.exists() {
         if interrupted {

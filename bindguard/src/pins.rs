@@ -227,9 +227,8 @@ pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
     remove_dir(&dead)
 }
 
-/// A directory left by an attach (staging) or detach that was killed before it finished:
-/// the cgroup it concerns and its path.
-pub fn abandoned() -> Vec<(u64, PathBuf)> {
+/// Every staging or dying binding directory in work/: (cgroup id, pid of its maker, path).
+fn work_entries() -> Vec<(u64, Option<i32>, PathBuf)> {
     let mut out = Vec::new();
     for entry in fs::read_dir(work()).into_iter().flatten().flatten() {
         let name = entry.file_name();
@@ -241,20 +240,46 @@ pub fn abandoned() -> Vec<(u64, PathBuf)> {
         };
         let mut parts = rest.rsplitn(2, '-');
         let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
-        let id = parts.next().and_then(|i| i.parse::<u64>().ok());
-        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if let (Some(id), false) = (id, alive) {
-            out.push((id, entry.path()));
+        if let Some(id) = parts.next().and_then(|i| i.parse::<u64>().ok()) {
+            out.push((id, pid, entry.path()));
         }
     }
     out
+}
+
+/// A directory left by an attach (staging) or detach that was killed before it finished:
+/// the cgroup it concerns and its path.
+///
+/// Every such directory is made and removed under the pins lock, so when nobody holds the lock
+/// every one there is abandoned. Only while some bindguard holds it does the maker's pid
+/// decide — pids are reused (pid_max is 32768 on many machines), so that is the fallback only.
+pub fn abandoned() -> Vec<(u64, PathBuf)> {
+    let idle = fs::File::open(root())
+        .ok()
+        .and_then(|f| Flock::lock(f, FlockArg::LockSharedNonblock).ok());
+    work_entries()
+        .into_iter()
+        .filter(|(_, pid, _)| {
+            idle.is_some() || !pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        })
+        .map(|(id, _, path)| (id, path))
+        .collect()
+}
+
+/// With the lock held: every staging or dying directory is abandoned (its maker would hold the
+/// lock otherwise).
+pub fn abandoned_locked(_lock: &Lock) -> Vec<(u64, PathBuf)> {
+    work_entries()
+        .into_iter()
+        .map(|(id, _, path)| (id, path))
+        .collect()
 }
 
 /// Removes what [`abandoned`] finds. A staging directory's programs were attached but never
 /// published, so the cgroup's binding is whatever was published before; a dead one's detach
 /// is completed.
 pub fn sweep_abandoned(lock: &Lock) {
-    for (_, dir) in abandoned() {
+    for (_, dir) in abandoned_locked(lock) {
         let _ = remove_dir(&dir);
     }
     crate::progset::sweep_abandoned(lock);

@@ -462,19 +462,11 @@ pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
     Set::open(&dir)
 }
 
-/// Removes set staging directories left by a load that was killed.
+/// Removes set staging directories left by a load that was killed (with the lock held, any
+/// staging directory is abandoned: its maker would hold the lock).
 pub fn sweep_abandoned(_lock: &pins::Lock) {
     for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(NEW_PREFIX))
-            .and_then(|n| n.rsplit('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if entry.file_name().to_string_lossy().starts_with(NEW_PREFIX) {
             let _ = remove_set_dir(&entry.path());
         }
     }
