@@ -23,6 +23,10 @@ fn build() -> Result<(), String> {
     for dir in ["bindguard-ebpf", "bindguard-common"] {
         println!("cargo:rerun-if-changed={}", workspace.join(dir).display());
     }
+    // A build whose eBPF object really differs (one extra global), for the upgrade test: two
+    // bindguard builds with different program sets, built into separate target dirs.
+    println!("cargo:rerun-if-env-changed=BINDGUARD_EBPF_VARIANT");
+    let variant = env::var("BINDGUARD_EBPF_VARIANT").is_ok_and(|v| !v.is_empty() && v != "0");
     let out_dir = PathBuf::from(env::var("OUT_DIR").map_err(|e| e.to_string())?);
     let target = match env::var("CARGO_CFG_TARGET_ENDIAN").as_deref() {
         Ok("big") => "bpfeb-unknown-none",
@@ -42,6 +46,11 @@ fn build() -> Result<(), String> {
             format!(
                 "--cfg=bpf_target_arch=\"{arch}\"\x1f-Cdebuginfo=2\x1f-Clink-arg=--btf{}",
                 remap_paths(workspace)
+                    + if variant {
+                        "\x1f--cfg=bindguard_variant"
+                    } else {
+                        ""
+                    }
             ),
         );
     // The outer build's compiler settings must not leak into the nightly bpf build.
@@ -65,11 +74,13 @@ fn build() -> Result<(), String> {
     }
     let built = target_dir.join(target).join("release/bindguard");
     copy(&built, &out_dir.join("bindguard"))?;
-    let object = std::fs::read(out_dir.join("bindguard")).map_err(|e| e.to_string())?;
-    println!(
-        "cargo:rustc-env=BINDGUARD_EBPF_HASH={:016x}",
-        fnv1a64(&object)
-    );
+    // The object's FNV-1a hash names its program set and is shown by --version; computed
+    // here because hashing the object at run time costs ~0.4 ms of every attach.
+    let object = std::fs::read(&built).map_err(|e| format!("reading {}: {e}", built.display()))?;
+    let hash = fnv1a64(&object);
+    println!("cargo:rustc-env=BINDGUARD_EBPF_HASH={hash:016x}");
+    std::fs::write(out_dir.join("object_hash"), format!("{hash}u64"))
+        .map_err(|e| format!("writing the object hash: {e}"))?;
     println!(
         "cargo:rustc-env=BINDGUARD_GIT_COMMIT={}",
         git_commit(workspace)

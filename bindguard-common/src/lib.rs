@@ -4,9 +4,9 @@
 //! programs, and the userspace side reads the same bytes back from pinned maps.
 #![no_std]
 
-/// Bumped whenever [`Policy`] or [`Counters`] change layout, so a newer loader never
+/// Bumped whenever [`Policy`], [`Counters`] or [`Event`] change layout, so a newer loader never
 /// misreads pins left by an older one.
-pub const ABI_VERSION: u32 = 3;
+pub const ABI_VERSION: u32 = 4;
 
 /// Maximum interface name length in bytes, without the NUL (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -28,7 +28,8 @@ pub mod flags {
     pub const LSM: u32 = 1 << 5;
 }
 
-/// The whole policy of one binding; the single value of its `policy` array map.
+/// The whole policy of one binding: its cgroup's value in the program set's `policy` cgroup
+/// storage map.
 ///
 /// A zero `ifindex` or a zero `netns_cookie` never matches a real socket, so an all-zero
 /// policy refuses every socket: that is what the programs see if the map was never filled.
@@ -69,7 +70,8 @@ impl Policy {
     }
 }
 
-/// Per-CPU counters of one binding; the single value of its `stats` per-CPU array.
+/// Per-CPU counters of one binding: its cgroup's value in the set's per-CPU `stats` cgroup
+/// storage map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "user", derive(serde::Serialize))]
@@ -194,8 +196,8 @@ impl KernelLayout {
     };
 }
 
-/// One refusal or drop, sent to user space through the binding's `events` ring buffer (only
-/// on the refusal path: allowed sockets and packets cost no event).
+/// One refusal or drop, sent to user space through the program set's `events` ring buffer
+/// (only on the refusal path: allowed sockets and packets cost no event).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
@@ -213,6 +215,9 @@ pub struct Event {
     pub _pad: u32,
     /// The task's command name, NUL-padded.
     pub comm: [u8; 16],
+    /// The binding whose program refused: the cgroup id from its policy (the ring buffer is
+    /// shared by every binding of a program set). Last, so an older, shorter event reads 0.
+    pub binding: u64,
 }
 
 #[cfg(feature = "user")]

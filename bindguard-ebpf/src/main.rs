@@ -1,5 +1,9 @@
-//! The programs of one bindguard binding. Each attach loads a fresh instance of this object,
-//! so every binding has its own `POLICY`, `STATS` and `EVENTS` maps.
+//! bindguard's programs. One instance of this object is loaded per bindguard build and pinned
+//! as a shared program set; every binding links the same programs to its cgroup. What differs
+//! per binding lives in cgroup storage (`POLICY`, per-CPU `STATS`): the kernel gives each
+//! program the value of the cgroup it is *attached* to, also when it runs for a descendant,
+//! so a binding and its ancestor's each see their own policy. `EVENTS` is one ring buffer per
+//! set; every event names its binding.
 //!
 //! - `bind_sock_create` (both modes): binds every new INET socket to the interface and refuses
 //!   MPTCP (its subflows are kernel sockets the hook never sees) with EPROTONOSUPPORT;
@@ -17,13 +21,15 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
+    bindings::bpf_map_def,
+    helpers::generated::bpf_get_local_storage,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::{bpf_get_current_task, bpf_get_netns_cookie, bpf_set_retval, bpf_setsockopt},
     },
     macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr, cgroup_sockopt, lsm_cgroup, map},
-    maps::{Array, PerCpuArray, RingBuf},
+    maps::RingBuf,
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
 use bindguard_common::{Counters, Event, KernelLayout, Policy, flags, hook};
@@ -81,27 +87,78 @@ fn kernel() -> KernelLayout {
     unsafe { core::ptr::read_volatile(&KERNEL) }
 }
 
-#[map]
-static POLICY: Array<Policy> = Array::with_max_entries(1, 0);
+/// A legacy map definition in the `maps` section for a cgroup storage map keyed by a bare
+/// `u64` cgroup id. aya-ebpf's `CgroupStorage` uses the 16-byte `bpf_cgroup_storage_key`,
+/// which makes the kernel keep one value per (cgroup, attach type); an 8-byte key makes one
+/// value per cgroup, shared by all of a binding's programs, so userspace writes the policy once.
+#[repr(transparent)]
+struct SharedStorage(core::cell::UnsafeCell<bpf_map_def>);
 
-#[map]
-static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+// SAFETY: the definition is only read by the loader; programs pass its address to a helper.
+unsafe impl Sync for SharedStorage {}
+
+const BPF_MAP_TYPE_CGROUP_STORAGE: u32 = 19;
+const BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: u32 = 21;
+
+impl SharedStorage {
+    const fn new<V>(map_type: u32) -> Self {
+        Self(core::cell::UnsafeCell::new(bpf_map_def {
+            type_: map_type,
+            key_size: 8,
+            value_size: core::mem::size_of::<V>() as u32,
+            max_entries: 0,
+            map_flags: 0,
+            id: 0,
+            pinning: 0,
+        }))
+    }
+
+    /// The value of the cgroup this program is attached to. Never null: the kernel creates the
+    /// storage (zeroed) when the first program using the map is linked to the cgroup.
+    #[inline(always)]
+    fn get<V>(&self) -> *mut V {
+        unsafe { bpf_get_local_storage(self.0.get().cast(), 0) }.cast()
+    }
+}
+
+/// The binding's [`Policy`]. All zero until userspace writes it, and all zero refuses every
+/// socket (fail closed).
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = "POLICY")]
+static POLICY: SharedStorage = SharedStorage::new::<Policy>(BPF_MAP_TYPE_CGROUP_STORAGE);
+
+/// The binding's [`Counters`], one copy per CPU.
+#[unsafe(link_section = "maps")]
+#[unsafe(export_name = "STATS")]
+static STATS: SharedStorage = SharedStorage::new::<Counters>(BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE);
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 
+/// A build-time variant (BINDGUARD_EBPF_VARIANT) whose object differs from the normal one, for
+/// the upgrade test: a second bindguard build with really different programs.
+#[cfg(bindguard_variant)]
+#[unsafe(no_mangle)]
+static VARIANT: u32 = 1;
+
+#[inline(always)]
+fn policy() -> &'static Policy {
+    // SAFETY: the storage outlives the program run; the kernel never frees it under us.
+    unsafe { &*POLICY.get::<Policy>() }
+}
+
 #[inline(always)]
 fn count(field: fn(&mut Counters) -> &mut u64) {
-    if let Some(counters) = STATS.get_ptr_mut(0) {
-        // Per-CPU slot and programs do not nest on one CPU here: a plain add is race-free.
-        unsafe { *field(&mut *counters) += 1 };
-    }
+    // Per-CPU slot and programs do not nest on one CPU here: a plain add is race-free.
+    unsafe { *field(&mut *STATS.get::<Counters>()) += 1 };
 }
 
 /// Records a refusal for `bindguard monitor`. A full ring buffer loses the event, never the
 /// enforcement.
 #[inline(always)]
 fn report(hook: u32, value: u32, in_task: bool) {
+    #[cfg(bindguard_variant)]
+    let _ = unsafe { core::ptr::read_volatile(&VARIANT) };
     let (pid, cgroup_id, comm) = if in_task {
         (
             (bpf_get_current_pid_tgid() >> 32) as u32,
@@ -119,6 +176,7 @@ fn report(hook: u32, value: u32, in_task: bool) {
         value,
         _pad: 0,
         comm,
+        binding: policy().cgroup_id,
     };
     let _ = EVENTS.output::<Event>(&event, 0);
 }
@@ -129,9 +187,7 @@ fn report(hook: u32, value: u32, in_task: bool) {
 /// other device or nothing) and any socket seen while the policy is empty is refused.
 #[cgroup_sock(sock_create)]
 pub fn bind_sock_create(ctx: SockContext) -> i32 {
-    let Some(policy) = POLICY.get(0) else {
-        return REFUSE;
-    };
+    let policy = policy();
     let sk = ctx.sock;
     if unsafe { (*sk).protocol } == IPPROTO_MPTCP {
         // MPTCP's subflows are kernel sockets this hook never sees, so a binding written here
@@ -166,6 +222,18 @@ pub fn bind_sock_create(ctx: SockContext) -> i32 {
     ALLOW
 }
 
+/// Never attached for long: linked first (by fd only) when a binding is made or moved to this
+/// set, so that the kernel creates the cgroup's `POLICY` and `STATS` storage and userspace
+/// can write the policy *before* any enforcing program is linked — no socket ever meets a
+/// zero policy. The storage stays with the cgroup after this link is dropped.
+#[cgroup_sock(sock_release)]
+pub fn hold_storage(_ctx: SockContext) -> i32 {
+    let p = policy();
+    let _ = unsafe { core::ptr::read_volatile(&p.abi) };
+    let _ = STATS.get::<Counters>();
+    ALLOW
+}
+
 /// Refuses setsockopt calls that would move or clear the binding (SO_BINDTODEVICE,
 /// SO_BINDTOIFINDEX), or change the mark/priority the policy sets — even with CAP_NET_RAW.
 /// Setting the binding to the interface it already has stays allowed (`ping -I dev`).
@@ -179,9 +247,7 @@ pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
     if opt.level != SOL_SOCKET {
         return ALLOW;
     }
-    let Some(policy) = POLICY.get(0) else {
-        return REFUSE;
-    };
+    let policy = policy();
     let start = unsafe { opt.__bindgen_anon_2.optval } as *const u8;
     let end = unsafe { opt.__bindgen_anon_3.optval_end } as *const u8;
     let unchanged = match opt.optname {
@@ -245,9 +311,7 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
     if kind == Membership::None {
         return ALLOW;
     }
-    let Some(policy) = POLICY.get(0) else {
-        return REFUSE;
-    };
+    let policy = policy();
     let start = unsafe { opt.__bindgen_anon_2.optval } as *mut u8;
     let end = unsafe { opt.__bindgen_anon_3.optval_end } as *mut u8;
     // The kernel shows the program at most a page. For a longer option it ignores the
@@ -398,9 +462,7 @@ fn loopback6(ip: [u32; 4]) -> bool {
 #[inline(always)]
 fn guard_address(ctx: &SockAddrContext, which: u32, addr: Addr) -> i32 {
     let to_loopback = addr == Addr::Loopback;
-    let Some(policy) = POLICY.get(0) else {
-        return REFUSE;
-    };
+    let policy = policy();
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     let bound = unsafe { (*sk).bound_dev_if };
     let allow_lo = policy.has(flags::ALLOW_LOOPBACK);
@@ -485,9 +547,7 @@ pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// dropped. Like systemd's RestrictNetworkInterfaces, it checks skb->ifindex.
 #[inline(always)]
 fn filter(ctx: &SkBuffContext, which: u32, in_task: bool) -> i32 {
-    let Some(policy) = POLICY.get(0) else {
-        return REFUSE;
-    };
+    let policy = policy();
     let skb = ctx.skb.skb;
     let ifindex = unsafe { (*skb).ifindex };
     if ifindex == policy.ifindex
@@ -550,9 +610,7 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
     if kern != 0 {
         return ALLOW;
     }
-    let Some(policy) = POLICY.get(0) else {
-        return REFUSE;
-    };
+    let policy = policy();
     if family_allowed(policy, family as u32) {
         return ALLOW;
     }
@@ -606,9 +664,7 @@ fn made_in_binding(k: &KernelLayout, sk: u64, bound: u64) -> bool {
 pub fn lsm_file_receive(ctx: LsmContext) -> i32 {
     let file: u64 = ctx.arg(0);
     let k = kernel();
-    let Some(policy) = POLICY.get(0) else {
-        return REFUSE;
-    };
+    let policy = policy();
     let Some(inode) = read_at::<u64>(file, k.file_f_inode) else {
         return REFUSE;
     };

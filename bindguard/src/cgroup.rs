@@ -195,6 +195,40 @@ pub fn resolve(arg: &Path) -> anyhow::Result<Cgroup> {
 
 /// Every cgroup under the cgroup2 mount, by id. Used to name the cgroups of bindings: the
 /// kernel knows them only by id.
+/// The path of the cgroup with id `id`, found through a kernfs file handle (the handle of a
+/// cgroup2 directory is its 8-byte id): three system calls where [`paths_by_id`] reads every
+/// cgroup directory. None when no such cgroup exists (or handles are not supported).
+pub fn path_of_id(mount: &fs::File, id: u64) -> Option<PathBuf> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    #[repr(C)]
+    struct Handle {
+        bytes: u32,
+        kind: i32,
+        id: u64,
+    }
+    const FILEID_KERNFS: i32 = 0xfe;
+    let mut handle = Handle {
+        bytes: 8,
+        kind: FILEID_KERNFS,
+        id,
+    };
+    // SAFETY: `handle` is a valid struct file_handle with 8 bytes of f_handle.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mount.as_raw_fd(),
+            (&mut handle as *mut Handle).cast::<libc::c_void>(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel returned a new fd we now own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
 pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, PathBuf> {
     let mut found = std::collections::HashMap::new();
     let mut stack = vec![mount.to_path_buf()];

@@ -2,15 +2,13 @@
 
 use std::{
     fs,
-    os::fd::{AsFd, OwnedFd},
+    os::fd::AsFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{Array, Map, MapData, PerCpuArray},
-    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, Program},
     util::KernelVersion,
 };
 use aya_obj::generated::bpf_attach_type::{self, self as A};
@@ -20,20 +18,16 @@ use crate::{
     Error,
     cgroup::Cgroup,
     netdev::{self, Interface},
-    pins,
+    pins, progset,
 };
 
 /// The eBPF object built from bindguard-ebpf by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindguard"));
 
-/// FNV-1a of [`EBPF_OBJECT`]: identifies the programs a binding runs (computed once).
-pub fn object_hash() -> u64 {
-    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *HASH.get_or_init(|| {
-        EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        })
-    })
+/// FNV-1a of [`EBPF_OBJECT`] (computed by build.rs): identifies the program set a binding
+/// runs and names its pin directory.
+pub const fn object_hash() -> u64 {
+    include!(concat!(env!("OUT_DIR"), "/object_hash"))
 }
 
 /// What a binding enforces beyond SO_BINDTODEVICE.
@@ -414,6 +408,12 @@ fn require_bpf_link() -> Result<(), Error> {
 
 /// Binds every new socket of `cgroup` to `iface`. Re-attaching updates the binding without a
 /// moment in which new sockets are unbound.
+///
+/// The programs come from the build's pinned set ([`crate::progset`]); only the first attach
+/// after an install or upgrade loads (and verifies) them. A binding is the set's programs
+/// linked to the cgroup plus the cgroup's policy in the set's storage, written *before* any
+/// enforcing program is linked ([`crate::progset::Set::hold`]), so no socket ever meets a
+/// zero policy.
 pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
     opts.validate()?;
     crate::cgroup::refuse_root(cgroup)?;
@@ -422,40 +422,116 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     pins::ensure_bpffs()?;
     let lock = pins::lock()?;
     pins::sweep_abandoned(&lock);
-    let dir = pins::binding_dir(cgroup.id);
-    // A re-attach that keeps the programs keeps their BPF LSM part as it is; only a new program
-    // set asks the kernel whether LSM programs load (a BTF read and a test load).
-    let current = read_policy(&dir).ok();
-    let lsm = match current {
-        Some(c) if dir.exists() && Mode::from_flags(c.flags) == opts.mode => c.has(flags::LSM),
-        _ => opts.mode == Mode::Strict && crate::lsm::usable(true),
-    };
+    let set = progset::current(&lock)?;
+    let lsm = opts.mode == Mode::Strict && set.lsm && !crate::lsm::forced_unavailable();
     let policy = policy_for(iface, opts, cgroup.id, lsm);
+    let hooks = opts.mode.hooks(lsm);
+    let dir = pins::binding_dir(cgroup.id);
+    let cgroup_fd = cgroup.open_dir()?;
+    let cgroup_fd = cgroup_fd.as_fd();
+    let on = if dir.exists() {
+        progset::set_of_binding(&dir)
+    } else {
+        None
+    };
+    if on.as_ref().is_some_and(|on| on.hash == set.hash) {
+        // The binding already runs this set's programs: the policy is rewritten in place (one
+        // map write: each new socket sees the old policy or the new one); links the mode no
+        // longer uses are dropped first and missing ones added after, so an interrupted
+        // command leaves at worst a missing link (`status`: link-missing), never an unlisted
+        // extra one. The same program cannot be linked twice to one cgroup, so this path
+        // never makes a second set of links.
+        let have = progset::binding_links(&dir);
+        let mut changed = false;
+        for (name, _) in &have {
+            if !hooks.iter().any(|h| h.name == name) {
+                let pin = dir.join(pins::link_name(name));
+                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+                changed = true;
+            }
+        }
+        set.write_policy(cgroup.id, &policy)?;
+        for hook in hooks {
+            let linked = have
+                .iter()
+                .any(|(n, s)| n == hook.name && s.cgroup_id == Some(cgroup.id));
+            if linked {
+                continue;
+            }
+            let pin = dir.join(pins::link_name(hook.name));
+            let _ = fs::remove_file(&pin);
+            let link = set
+                .link(hook, cgroup_fd)
+                .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
+            crate::link::pin(link.as_fd(), &pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
+            changed = true;
+        }
+        set.add_user(cgroup.id)?;
+        return Ok(if changed {
+            Attached::Replaced(dir)
+        } else {
+            Attached::Updated(dir)
+        });
+    }
+    // A new binding, or one running other programs (another build's set, or per-binding
+    // programs of an older bindguard): make before break. The new links are pinned in a
+    // staging directory and swapped in; the old programs go only after, so every socket meets
+    // at least one binding (the later-linked programs run last and win).
+    let staging = pins::Staging::new(cgroup.id, &lock)?;
+    {
+        let _hold = set
+            .hold(cgroup_fd)
+            .with_context(|| format!("linking to cgroup {}", cgroup.path.display()))?;
+        set.write_policy(cgroup.id, &policy)?;
+        for hook in hooks {
+            let link = set
+                .link(hook, cgroup_fd)
+                .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
+            let path = staging.dir.join(pins::link_name(hook.name));
+            crate::link::pin(link.as_fd(), &path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+        }
+    }
+    set.add_user(cgroup.id)?;
     if !dir.exists() {
-        let staged = create_or_without_lsm(cgroup, policy, opts.mode, &lock)?;
-        return Ok(Attached::Created(staged.publish()?));
+        return Ok(Attached::Created(staging.publish()?));
     }
-    // A policy that cannot be read (pins damaged, or written by a bindguard with another
-    // layout) is repaired by replacing the whole binding; so is one missing a link (removed
-    // by hand, or by an interrupted command).
-    let same_programs = current.is_some_and(|current| {
-        Mode::from_flags(current.flags) == opts.mode
-            && current.netns_cookie == policy.netns_cookie
-            && current.abi == ABI_VERSION
-            && current.object_hash == policy.object_hash
-    }) && links_complete(&dir, cgroup.id, opts.mode.hooks(lsm));
-    if same_programs {
-        // One map write: each new socket sees the old policy or the new one.
-        write_policy(&dir, &policy)?;
-        return Ok(Attached::Updated(dir));
-    }
-    // Make before break: the new programs are attached before the old ones go, so every
-    // socket meets at least one binding (the later-attached program runs last and wins).
-    let staged = create_or_without_lsm(cgroup, policy, opts.mode, &lock)?;
-    let old = staged.exchange()?;
+    let old = staging.exchange()?;
     pins::remove_dir(&old)?;
+    if let Some(on) = on {
+        release(&on, cgroup.id);
+    }
     Ok(Attached::Replaced(dir))
 }
+
+/// The binding of cgroup `id` no longer runs `old`'s programs: the set is unpinned when no
+/// binding uses it any more, unless it is the running build's own (kept so the next attach
+/// loads nothing).
+fn release(old: &progset::Set, id: u64) {
+    old.remove_user(id);
+    if old.hash != object_hash() && !old.in_use() {
+        if let Ok(set) = progset::Set::open(&old.dir) {
+            let _ = set.remove();
+        }
+        progset::forget();
+    }
+}
+
+/// The policy of cgroup `cgroup_id` in the running build's program set: what [`attach`] just
+/// wrote (cheaper than [`read_policy`], which first finds the set a binding's links run).
+pub fn current_policy(cgroup_id: u64) -> anyhow::Result<Policy> {
+    let dir = progset::root().join(progset::dir_name(object_hash()));
+    let set = progset::Set::open(&dir)?;
+    set.read_policy(cgroup_id).with_context(|| {
+        format!(
+            "reading the policy of cgroup {cgroup_id} in {}",
+            dir.display()
+        )
+    })
+}
+
+pub use crate::progset::lsm_failure;
 
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
 pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[Hook]) -> bool {
@@ -465,172 +541,55 @@ pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[Hook]) -> bool {
     })
 }
 
-/// The kernel's type information the BPF LSM programs need, read once per process.
-struct KernelTypes {
-    btf: aya::Btf,
-    layout: bindguard_common::KernelLayout,
-}
-
-fn kernel_types() -> anyhow::Result<&'static KernelTypes> {
-    static TYPES: std::sync::OnceLock<KernelTypes> = std::sync::OnceLock::new();
-    if let Some(t) = TYPES.get() {
-        return Ok(t);
-    }
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for the LSM programs")?;
-    let layout = crate::btf::Btf::from_sys_fs()?.kernel_layout();
-    let missing = crate::btf::missing_fields(&layout);
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the kernel's BTF lacks {} needed by the strict-mode LSM programs",
-            missing.join(", ")
-        );
-    }
-    Ok(TYPES.get_or_init(|| KernelTypes { btf, layout }))
-}
-
-/// Why the BPF LSM programs were left out of the last binding this process made, if the kernel
-/// refused them although it loads LSM programs (see [`create_or_without_lsm`]).
-pub fn lsm_failure() -> Option<String> {
-    LSM_FAILURE.lock().ok()?.clone()
-}
-
-static LSM_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
-
-/// [`create`], and if the BPF LSM programs are what failed, [`create`] again without them:
-/// a binding missing those guards (reported as `lsm-unavailable`, the reason kept for
-/// [`lsm_failure`]) protects more than no binding.
-fn create_or_without_lsm(
-    cgroup: &Cgroup,
-    mut policy: Policy,
-    mode: Mode,
-    lock: &pins::Lock,
-) -> anyhow::Result<pins::Staging> {
-    match create(cgroup, &policy, mode, lock) {
-        Err(e)
-            if policy.has(flags::LSM)
-                && (format!("{e:#}").contains("lsm_") || format!("{e:#}").contains("LSM")) =>
-        {
-            if let Ok(mut f) = LSM_FAILURE.lock() {
-                *f = Some(format!("{e:#}"));
-            }
-            policy.flags &= !flags::LSM;
-            create(cgroup, &policy, mode, lock)
-        }
-        other => other,
-    }
-}
-
-/// Loads a fresh program instance for `policy`, attaches it to `cgroup` and pins it into a
-/// staging directory.
-fn create(
-    cgroup: &Cgroup,
-    policy: &Policy,
-    mode: Mode,
-    lock: &pins::Lock,
-) -> anyhow::Result<pins::Staging> {
-    let staging = pins::Staging::new(cgroup.id, lock)?;
-    let lsm = policy.has(flags::LSM);
-    let types = if lsm { Some(kernel_types()?) } else { None };
-    let layout = types.map_or(bindguard_common::KernelLayout::UNKNOWN, |t| t.layout);
-    let mut ebpf = EbpfLoader::new()
-        .override_global("KERNEL", &layout, true)
-        .load(EBPF_OBJECT)
-        .context("loading bindguard's eBPF object")?;
-    {
-        let mut map: Array<_, Policy> = Array::try_from(named_map(&mut ebpf, "POLICY")?)?;
-        map.set(0, policy, 0).context("writing the policy")?;
-    }
-    for (name, pin) in [
-        ("POLICY", pins::POLICY),
-        ("STATS", pins::STATS),
-        ("EVENTS", pins::EVENTS),
-    ] {
-        let path = staging.dir.join(pin);
-        named_map(&mut ebpf, name)?
-            .pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
-    }
-    let cgroup_fd = cgroup.open_dir()?;
-    for hook in mode.hooks(lsm) {
-        let program = ebpf
-            .program_mut(hook.program)
-            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?;
-        let link = attach_program(program, hook, &cgroup_fd, types.map(|t| &t.btf)).with_context(
-            || {
-                format!(
-                    "attaching {} to cgroup {}",
-                    hook.program,
-                    cgroup.path.display()
-                )
-            },
-        )?;
-        let path = staging.dir.join(pins::link_name(hook.name));
-        crate::link::pin(link.as_fd(), &path)
-            .with_context(|| format!("pinning {}", path.display()))?;
-    }
-    Ok(staging)
-}
-
-/// Loads `program` and attaches it to the cgroup with a bpf_link (never a legacy attach).
-fn attach_program(
-    program: &mut Program,
-    hook: &Hook,
-    cgroup_fd: &fs::File,
-    btf: Option<&aya::Btf>,
-) -> anyhow::Result<OwnedFd> {
-    macro_rules! load {
-        ($ty:ty) => {{
-            let p: &mut $ty = program.try_into()?;
-            p.load().context("loading (verifier)")?;
-            p.fd()?.as_fd().try_clone_to_owned()?
-        }};
-    }
-    let prog_fd = match hook.kind {
-        Kind::Sock => load!(CgroupSock),
-        Kind::Sockopt => load!(CgroupSockopt),
-        Kind::SockAddr => load!(CgroupSockAddr),
-        Kind::Skb => load!(CgroupSkb),
-        Kind::Lsm(lsm_hook) => {
-            let p: &mut LsmCgroup = program.try_into()?;
-            let btf = btf.context("the LSM programs need the kernel's BTF")?;
-            p.load(lsm_hook, btf).context("loading (verifier)")?;
-            p.fd()?.as_fd().try_clone_to_owned()?
-        }
-    };
-    crate::link::create_cgroup_link(prog_fd.as_fd(), cgroup_fd.as_fd(), hook.attach_type)
-        .context("BPF_LINK_CREATE")
-}
-
-fn named_map<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Map> {
-    ebpf.map_mut(name)
-        .with_context(|| format!("map {name} missing from the eBPF object"))
-}
-
 fn pinned_map(path: &Path) -> anyhow::Result<Map> {
     let data =
         MapData::from_pin(path).with_context(|| format!("opening pin {}", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("reading map {}", path.display()))
 }
 
-/// The policy pinned in a binding directory.
-pub fn read_policy(dir: &Path) -> anyhow::Result<Policy> {
-    let map: Array<_, Policy> = Array::try_from(pinned_map(&dir.join(pins::POLICY))?)?;
-    map.get(&0, 0).context("reading the policy")
+/// Whether `dir` is a binding made by a bindguard that loaded programs per binding.
+pub fn legacy_layout(dir: &Path) -> bool {
+    dir.join(pins::POLICY).exists()
 }
 
-fn write_policy(dir: &Path, policy: &Policy) -> anyhow::Result<()> {
-    let mut map: Array<_, Policy> = Array::try_from(pinned_map(&dir.join(pins::POLICY))?)?;
-    map.set(0, policy, 0).context("writing the policy")
+fn cgroup_id_of(dir: &Path) -> anyhow::Result<u64> {
+    pins::cgroup_id_of(dir).with_context(|| format!("{} is not a binding directory", dir.display()))
+}
+
+/// The policy of the binding pinned at `dir` (a binding directory): read from the program set
+/// its links run, by cgroup id.
+pub fn read_policy(dir: &Path) -> anyhow::Result<Policy> {
+    if legacy_layout(dir) {
+        let map: Array<_, Policy> = Array::try_from(pinned_map(&dir.join(pins::POLICY))?)?;
+        return map.get(&0, 0).context("reading the policy");
+    }
+    let id = cgroup_id_of(dir)?;
+    let set = progset::set_of_binding(dir)
+        .with_context(|| format!("no link in {} runs a pinned program set", dir.display()))?;
+    set.read_policy(id)
+        .with_context(|| format!("reading the policy of cgroup {id} in {}", set.dir.display()))
 }
 
 /// The binding's counters, summed over CPUs.
 pub fn read_counters(dir: &Path) -> anyhow::Result<Counters> {
-    let map: PerCpuArray<_, Counters> = PerCpuArray::try_from(pinned_map(&dir.join(pins::STATS))?)?;
-    let per_cpu = map.get(&0, 0).context("reading the counters")?;
-    Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
-        sum += *c;
-        sum
-    }))
+    if legacy_layout(dir) {
+        let map: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(pinned_map(&dir.join(pins::STATS))?)?;
+        let per_cpu = map.get(&0, 0).context("reading the counters")?;
+        return Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
+            sum += *c;
+            sum
+        }));
+    }
+    let id = cgroup_id_of(dir)?;
+    let set = progset::set_of_binding(dir)
+        .with_context(|| format!("no link in {} runs a pinned program set", dir.display()))?;
+    set.read_counters(id).with_context(|| {
+        format!(
+            "reading the counters of cgroup {id} in {}",
+            set.dir.display()
+        )
+    })
 }
 
 /// The mode recorded in a policy.
@@ -669,7 +628,9 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     }
     let lock = pins::lock()?;
     // Finishes an earlier attach or detach that was killed half-way.
-    let interrupted = pins::abandoned().iter().any(|(id, _)| *id == cgroup.id);
+    let interrupted = pins::abandoned_locked(&lock)
+        .iter()
+        .any(|(id, _)| *id == cgroup.id);
     pins::sweep_abandoned(&lock);
     if !dir.exists() {
         if interrupted {
@@ -677,7 +638,11 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
         }
         return Err(Error::NotBound { path: cgroup.path }.into());
     }
+    let on = progset::set_of_binding(&dir);
     pins::remove_binding(&dir, &lock)?;
+    if let Some(on) = on {
+        release(&on, cgroup.id);
+    }
     Ok(Detached::Removed(dir))
 }
 
@@ -697,6 +662,7 @@ pub fn remove_stale() -> anyhow::Result<usize> {
         .unwrap_or_default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut removed = 0;
+    // Old sets whose last binding went with its cgroup go too (after the loop, below).
     for (id, dir) in pins::list() {
         let mut gone = cgroup_gone(&dir);
         while !gone && !live.contains_key(&id) && std::time::Instant::now() < deadline {
@@ -705,8 +671,12 @@ pub fn remove_stale() -> anyhow::Result<usize> {
         }
         if gone {
             pins::remove_dir(&dir)?;
+            progset::forget_user(id);
             removed += 1;
         }
+    }
+    if removed > 0 {
+        progset::remove_unused_old_sets(&lock);
     }
     Ok(removed)
 }
@@ -732,6 +702,14 @@ pub fn cgroup_gone(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_hash_is_the_embedded_objects() {
+        let h = EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        assert_eq!(h, object_hash());
+    }
 
     #[test]
     fn numbers_are_decimal_or_hex() {

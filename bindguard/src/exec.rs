@@ -56,6 +56,7 @@ fn remove(path: &Path, id: u64) {
     let pins = pins::binding_dir(id);
     if pins.exists() {
         let _ = pins::remove_dir(&pins);
+        crate::progset::forget_user(id);
     }
     let _ = fs::write(path.join("cgroup.kill"), "1");
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -19,6 +19,7 @@ pub mod netdev;
 pub mod netns;
 pub mod oci;
 pub mod pins;
+pub mod progset;
 pub mod reconcile;
 pub mod sockopt;
 pub mod sockreset;

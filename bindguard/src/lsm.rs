@@ -24,6 +24,13 @@ pub fn usable(mount: bool) -> bool {
     bpf_lsm_active(mount) && probe_load().is_ok()
 }
 
+/// Whether BINDGUARD_LSM_LIST (the test hook for the "not active" path) says the BPF LSM is
+/// off. Attach honours it when linking a program set that has LSM programs (the set was
+/// loaded by an attach that did not have it).
+pub fn forced_unavailable() -> bool {
+    std::env::var("BINDGUARD_LSM_LIST").is_ok_and(|l| !lists_bpf(&l))
+}
+
 /// Loads (and at once closes) the smallest lsm_cgroup program, `return 1`, on socket_create.
 pub fn probe_load() -> std::io::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};

@@ -194,7 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = enforcer::attach(&cg, &iface, &opts).with_context(|| {
                 format!("attaching cgroup {} to {}", cg.path.display(), iface.name)
             })?;
-            let policy = enforcer::read_policy(&bindguard::pins::binding_dir(cg.id))?;
+            let policy = enforcer::current_policy(cg.id)?;
             if opts.mode == Mode::Strict && !policy.has(bindguard_common::flags::LSM) {
                 match enforcer::lsm_failure() {
                     Some(why) => eprintln!(

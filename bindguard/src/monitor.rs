@@ -1,8 +1,10 @@
 //! `monitor`: streams every refusal and drop of every binding as it happens.
 //!
-//! Each binding's programs write an [`Event`] to its pinned `events` ring buffer, only on the
-//! refusal path. The monitor waits on all of them at once (tokio, one task per buffer), picks
-//! up bindings created while it runs, and prints a line (or a JSON object) per event.
+//! The programs write an [`Event`] to their program set's `events` ring buffer, only on the
+//! refusal path; each event names its binding (the cgroup id from the binding's policy). The
+//! monitor waits on the ring buffer of every live set at once (tokio, one task per buffer; a
+//! binding made by an older bindguard has a buffer of its own), picks up sets and bindings
+//! created while it runs, and prints a line (or a JSON object) per event.
 
 use std::{
     collections::HashSet,
@@ -17,7 +19,7 @@ use bindguard_common::{Event, hook};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::{enforcer, netdev, pins};
+use crate::{enforcer, netdev, pins, progset};
 
 /// One event as `monitor --json` prints it (one object per line).
 #[derive(Debug, Clone, Serialize)]
@@ -136,34 +138,46 @@ fn wall_time(ktime_ns: u64) -> SystemTime {
     SystemTime::now() - age
 }
 
-struct Binding {
-    id: u64,
-    dev: String,
-    ifindex: u32,
+/// Where a ring buffer's events come from.
+enum Source {
+    /// A program set's buffer, shared by all its bindings: each event's binding is looked up.
+    Set(std::sync::Arc<progset::Set>),
+    /// A binding made by an older bindguard, with a buffer of its own.
+    Binding { id: u64, dev: String, ifindex: u32 },
+}
+
+struct Ring {
+    source: Source,
     ring: RingBuf<MapData>,
 }
 
-fn open_binding(id: u64, dir: &Path) -> anyhow::Result<Binding> {
-    let policy = enforcer::read_policy(dir)?;
-    let path = dir.join(pins::EVENTS);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let ring = RingBuf::try_from(Map::from_map_data(data)?)?;
-    Ok(Binding {
-        id,
-        dev: netdev::name_from_bytes(&policy.ifname),
-        ifindex: policy.ifindex,
-        ring,
+fn open_ring(path: &Path) -> anyhow::Result<RingBuf<MapData>> {
+    let data = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(RingBuf::try_from(Map::from_map_data(data)?)?)
+}
+
+fn open_set(dir: &Path) -> anyhow::Result<Ring> {
+    Ok(Ring {
+        ring: open_ring(&dir.join(progset::EVENTS))?,
+        source: Source::Set(std::sync::Arc::new(progset::Set::open(dir)?)),
     })
 }
 
-/// Drains one binding's ring buffer forever, forwarding events newer than `since`.
-async fn watch(b: Binding, since: u64, tx: mpsc::UnboundedSender<(u64, String, u32, Event)>) {
-    let Binding {
-        id,
-        dev,
-        ifindex,
-        ring,
-    } = b;
+fn open_legacy(id: u64, dir: &Path) -> anyhow::Result<Ring> {
+    let policy = enforcer::read_policy(dir)?;
+    Ok(Ring {
+        ring: open_ring(&dir.join(pins::EVENTS))?,
+        source: Source::Binding {
+            id,
+            dev: netdev::name_from_bytes(&policy.ifname),
+            ifindex: policy.ifindex,
+        },
+    })
+}
+
+/// Drains one ring buffer forever, forwarding events newer than `since`.
+async fn watch(r: Ring, since: u64, tx: mpsc::UnboundedSender<(u64, String, u32, Event)>) {
+    let Ring { source, ring } = r;
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd owns the RingBuf.
     let Ok(mut fd) =
         (unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) })
@@ -176,13 +190,35 @@ async fn watch(b: Binding, since: u64, tx: mpsc::UnboundedSender<(u64, String, u
         };
         let ring = guard.get_inner_mut();
         while let Some(item) = ring.next() {
-            if item.len() < std::mem::size_of::<Event>() {
+            // An event of an older layout is shorter (no `binding`): the missing tail reads 0.
+            let mut event = Event::default();
+            let n = item.len().min(std::mem::size_of::<Event>());
+            // SAFETY: Event is plain data; at most size_of::<Event>() bytes are copied into it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    item.as_ptr(),
+                    (&mut event as *mut Event).cast::<u8>(),
+                    n,
+                )
+            };
+            if event.ktime_ns < since {
                 continue;
             }
-            // SAFETY: the programs write exactly one Event per record; read_unaligned copes
-            // with the ring's 8-byte alignment.
-            let event: Event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if event.ktime_ns >= since && tx.send((id, dev.clone(), ifindex, event)).is_err() {
+            let (id, dev, ifindex) = match &source {
+                Source::Binding { id, dev, ifindex } => (*id, dev.clone(), *ifindex),
+                Source::Set(set) => {
+                    let id = if event.binding != 0 {
+                        event.binding
+                    } else {
+                        event.cgroup_id
+                    };
+                    // The policy at the time the event is read: a re-target since the refusal
+                    // names the new device.
+                    let p = set.read_policy(id).unwrap_or_default();
+                    (id, netdev::name_from_bytes(&p.ifname), p.ifindex)
+                }
+            };
+            if tx.send((id, dev, ifindex, event)).is_err() {
                 return;
             }
         }
@@ -201,20 +237,31 @@ pub fn run(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> anyho
 async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> anyhow::Result<()> {
     let since = monotonic_now().as_nanos() as u64;
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watched = HashSet::new();
-    let scan = |watched: &mut HashSet<u64>| -> usize {
-        for (id, dir) in pins::list() {
-            if !watched.contains(&id)
-                && let Ok(b) = open_binding(id, &dir)
+    let mut watched: HashSet<PathBuf> = HashSet::new();
+    let scan = |watched: &mut HashSet<PathBuf>| -> usize {
+        for dir in progset::list() {
+            if !watched.contains(&dir)
+                && let Ok(r) = open_set(&dir)
             {
-                watched.insert(id);
-                tokio::spawn(watch(b, since, tx.clone()));
+                watched.insert(dir);
+                tokio::spawn(watch(r, since, tx.clone()));
+            }
+        }
+        for (id, dir) in pins::list() {
+            if !watched.contains(&dir)
+                && enforcer::legacy_layout(&dir)
+                && let Ok(r) = open_legacy(id, &dir)
+            {
+                watched.insert(dir);
+                tokio::spawn(watch(r, since, tx.clone()));
             }
         }
         watched.len()
     };
     let n = scan(&mut watched);
-    eprintln!("bindguard monitor: watching {n} binding(s); new ones are picked up as they appear");
+    eprintln!(
+        "bindguard monitor: watching {n} event buffer(s) (one per program set); new ones are picked up as they appear"
+    );
     let mut paths = crate::cgroup::cgroup2_mount()
         .map(|m| crate::cgroup::paths_by_id(&m))
         .unwrap_or_default();

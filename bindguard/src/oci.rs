@@ -260,6 +260,7 @@ fn poststop(state: &State) -> anyhow::Result<Outcome> {
             if dir.exists() {
                 let _lock = pins::lock()?;
                 pins::remove_dir(&dir)?;
+                crate::progset::forget_user(cg.id);
                 removed += 1;
             }
         }

@@ -1,13 +1,19 @@
 //! bpffs and the layout of bindguard's pins: the only place a binding's state lives.
 //!
 //! ```text
-//! /sys/fs/bpf/bindguard/<cgroup-id>/link_<hook>   one bpf_link per attached program
-//!                                   policy        1-entry array: what the programs enforce
-//!                                   stats         per-CPU counters
-//!                                   events        ring buffer of refusals (`monitor`)
+//! /sys/fs/bpf/bindguard/<cgroup-id>/link_<hook>     one bpf_link per attached program
+//!                       programs/<object-hash>/...  the shared program set (progset.rs)
+//!                       work/new-<cgroup-id>-<pid>  a binding being made
+//!                       work/dead-<cgroup-id>-<pid> a binding being removed
 //! ```
-//! A new binding is pinned into `new-<cgroup-id>-<pid>` and renamed into place, so a reader
-//! (or a kill at any moment) sees either a whole binding or none.
+//! A binding is only links: its policy and counters are its cgroup's values in the set's
+//! cgroup storage maps. A new binding is pinned into `work/new-<cgroup-id>-<pid>` and renamed
+//! into place, so a reader (or a kill at any moment) sees either a whole binding or none.
+//! Staging lives in its own directory so that finding abandoned ones never lists every
+//! binding (attach time stays flat with 10,000 bindings).
+//!
+//! Bindings made by bindguard builds before the shared set also have `policy`, `stats` and
+//! `events` pins of their own; they are read as such and replaced on the next attach.
 
 use std::{
     fs,
@@ -28,6 +34,7 @@ pub const POLICY: &str = "policy";
 pub const STATS: &str = "stats";
 pub const EVENTS: &str = "events";
 const ROOT: &str = "bindguard";
+const WORK: &str = "work";
 // bpffs refuses names with a dot, so staging dirs are told apart by not being a number.
 const NEW_PREFIX: &str = "new-";
 /// A binding being detached is first renamed to `dead-<cgroup-id>-<pid>`, so a detach killed
@@ -69,6 +76,23 @@ pub fn bpffs_mounted() -> bool {
 /// /sys/fs/bpf/bindguard
 pub fn root() -> PathBuf {
     Path::new(BPFFS).join(ROOT)
+}
+
+/// /sys/fs/bpf/bindguard/work: staging and dying bindings.
+pub fn work() -> PathBuf {
+    root().join(WORK)
+}
+
+/// The cgroup id a binding directory is for: its name, or the id in a staging/dead name.
+pub fn cgroup_id_of(dir: &Path) -> Option<u64> {
+    let name = dir.file_name()?.to_str()?;
+    if let Ok(id) = name.parse() {
+        return Some(id);
+    }
+    let rest = name
+        .strip_prefix(NEW_PREFIX)
+        .or_else(|| name.strip_prefix(DEAD_PREFIX))?;
+    rest.rsplit_once('-')?.0.parse().ok()
 }
 
 /// The pin directory of the binding of cgroup `id`.
@@ -120,7 +144,9 @@ pub struct Staging {
 
 impl Staging {
     pub fn new(cgroup_id: u64, _lock: &Lock) -> anyhow::Result<Self> {
-        let dir = root().join(format!("{NEW_PREFIX}{cgroup_id}-{}", std::process::id()));
+        let work = work();
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let dir = work.join(format!("{NEW_PREFIX}{cgroup_id}-{}", std::process::id()));
         if dir.exists() {
             remove_dir(&dir)?;
         }
@@ -194,17 +220,18 @@ pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
         .file_name()
         .and_then(|n| n.to_str())
         .context("binding directory without a name")?;
-    let dead = root().join(format!("{DEAD_PREFIX}{id}-{}", std::process::id()));
+    let work = work();
+    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+    let dead = work.join(format!("{DEAD_PREFIX}{id}-{}", std::process::id()));
     fs::rename(dir, &dead)
         .with_context(|| format!("renaming {} to {}", dir.display(), dead.display()))?;
     remove_dir(&dead)
 }
 
-/// A directory left by an attach (staging) or detach that was killed before it finished:
-/// the cgroup it concerns and its path.
-pub fn abandoned() -> Vec<(u64, PathBuf)> {
+/// Every staging or dying binding directory in work/: (cgroup id, pid of its maker, path).
+fn work_entries() -> Vec<(u64, Option<i32>, PathBuf)> {
     let mut out = Vec::new();
-    for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
+    for entry in fs::read_dir(work()).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let Some(rest) = name.to_str().and_then(|n| {
             n.strip_prefix(NEW_PREFIX)
@@ -214,20 +241,47 @@ pub fn abandoned() -> Vec<(u64, PathBuf)> {
         };
         let mut parts = rest.rsplitn(2, '-');
         let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
-        let id = parts.next().and_then(|i| i.parse::<u64>().ok());
-        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-        if let (Some(id), false) = (id, alive) {
-            out.push((id, entry.path()));
+        if let Some(id) = parts.next().and_then(|i| i.parse::<u64>().ok()) {
+            out.push((id, pid, entry.path()));
         }
     }
     out
 }
 
+/// A directory left by an attach (staging) or detach that was killed before it finished:
+/// the cgroup it concerns and its path.
+///
+/// Every such directory is made and removed under the pins lock, so when nobody holds the lock
+/// every one there is abandoned. Only while some bindguard holds it does the maker's pid
+/// decide — pids are reused (pid_max is 32768 on many machines), so that is the fallback only.
+pub fn abandoned() -> Vec<(u64, PathBuf)> {
+    let idle = fs::File::open(root())
+        .ok()
+        .and_then(|f| Flock::lock(f, FlockArg::LockSharedNonblock).ok());
+    work_entries()
+        .into_iter()
+        .filter(|(_, pid, _)| {
+            idle.is_some() || !pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        })
+        .map(|(id, _, path)| (id, path))
+        .collect()
+}
+
+/// With the lock held: every staging or dying directory is abandoned (its maker would hold the
+/// lock otherwise).
+pub fn abandoned_locked(_lock: &Lock) -> Vec<(u64, PathBuf)> {
+    work_entries()
+        .into_iter()
+        .map(|(id, _, path)| (id, path))
+        .collect()
+}
+
 /// Removes what [`abandoned`] finds. A staging directory's programs were attached but never
 /// published, so the cgroup's binding is whatever was published before; a dead one's detach
 /// is completed.
-pub fn sweep_abandoned(_lock: &Lock) {
-    for (_, dir) in abandoned() {
+pub fn sweep_abandoned(lock: &Lock) {
+    for (_, dir) in abandoned_locked(lock) {
         let _ = remove_dir(&dir);
     }
+    crate::progset::sweep_abandoned(lock);
 }

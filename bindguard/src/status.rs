@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use bindguard_common::{Counters, Policy, flags};
 use serde::Serialize;
 
-use crate::{enforcer, link, netdev, netns, pins};
+use crate::{enforcer, link, netdev, netns, pins, progset};
 
 /// Version of the JSON document `status --json` prints; bumped on incompatible changes.
 pub const JSON_VERSION: u32 = 1;
@@ -57,8 +57,9 @@ pub struct LinkInfo {
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
-    /// pins-unreadable, programs-outdated, lsm-unavailable, stray-programs,
-    /// waiting-for-interface (a closed binding).
+    /// pins-unreadable, programs-outdated (the links run another build's program set, or
+    /// programs an older bindguard loaded for this binding alone), lsm-unavailable,
+    /// stray-programs, waiting-for-interface (a closed binding).
     pub kind: &'static str,
     pub message: String,
 }
@@ -67,30 +68,51 @@ pub struct Problem {
 pub fn collect() -> Report {
     let mut bindings = Vec::new();
     if pins::bpffs_mounted() {
-        let paths = crate::cgroup::cgroup2_mount()
-            .map(|m| crate::cgroup::paths_by_id(&m))
-            .unwrap_or_default();
-        // Bindings often share a namespace; each is looked up (a /proc scan) once.
-        let mut namespaces = std::collections::HashMap::new();
-        for (id, dir) in pins::list() {
-            bindings.push(read_binding(
-                id,
-                &dir,
-                paths.get(&id).cloned(),
-                &mut namespaces,
-            ));
+        let mount = crate::cgroup::cgroup2_mount()
+            .ok()
+            .and_then(|m| std::fs::File::open(m).ok());
+        // Bindings often share a namespace and an interface; each is looked up (a /proc scan,
+        // a thread in the namespace) once.
+        let mut cache = Cache {
+            abandoned: pins::abandoned(),
+            ..Cache::default()
+        };
+        // What the kernel says about each binding (its links, its policy and counters, its
+        // cgroup's path: ~35 system calls, most of them opening link pins) is read by a few
+        // threads at once; the rest is computed from that.
+        let list = pins::list();
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(list.len().div_ceil(64).max(1));
+        let chunk = list.len().div_ceil(workers).max(1);
+        let raws: Vec<Raw> = std::thread::scope(|scope| {
+            let handles: Vec<_> = list
+                .chunks(chunk)
+                .map(|part| {
+                    let mount = mount.as_ref();
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(id, dir)| Raw::read(*id, dir, mount))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        for raw in raws {
+            bindings.push(read_binding(raw, &mut cache));
         }
         // An attach or detach killed half-way on a cgroup with no binding (any more): its
         // programs still run, so it is listed too.
         let bound: std::collections::HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
-        for (id, dir) in pins::abandoned() {
+        for (id, dir) in cache.abandoned.clone() {
             if !bound.contains(&id) && attached_links(&dir, id) > 0 {
-                bindings.push(read_binding(
-                    id,
-                    &dir,
-                    paths.get(&id).cloned(),
-                    &mut namespaces,
-                ));
+                let raw = Raw::read(id, &dir, mount.as_ref());
+                bindings.push(read_binding(raw, &mut cache));
             }
         }
     }
@@ -100,27 +122,109 @@ pub fn collect() -> Report {
     }
 }
 
-fn read_binding(
+/// What `collect` looks up once for all bindings.
+#[derive(Default)]
+struct Cache {
+    namespaces: std::collections::HashMap<u64, Option<netns::Netns>>,
+    names: std::collections::HashMap<(u64, u32), anyhow::Result<Option<String>>>,
+    abandoned: Vec<(u64, PathBuf)>,
+}
+
+/// What the kernel holds for one binding.
+struct Raw {
+    cgroup_id: u64,
+    dir: PathBuf,
+    cgroup: Option<PathBuf>,
+    pinned: Vec<(String, link::LinkState)>,
+    policy: anyhow::Result<Policy>,
+    counters: Counters,
+    set_hash: Option<u64>,
+}
+
+impl Raw {
+    fn read(cgroup_id: u64, dir: &Path, mount: Option<&std::fs::File>) -> Self {
+        // One directory listing and one info query per link; the maps are the set's.
+        let (pinned, legacy) = progset::read_binding_dir(dir);
+        let (policy, counters, set_hash) = policy_and_counters(cgroup_id, dir, &pinned, legacy);
+        Self {
+            cgroup_id,
+            dir: dir.to_path_buf(),
+            cgroup: mount.and_then(|m| crate::cgroup::path_of_id(m, cgroup_id)),
+            pinned,
+            policy,
+            counters,
+            set_hash,
+        }
+    }
+}
+
+/// The policy and counters of one binding: by cgroup id from the set its links run (one map
+/// lookup each, through the set's map fds opened once per process), or from the binding's own
+/// pins when an older bindguard made it.
+fn policy_and_counters(
     cgroup_id: u64,
     dir: &Path,
-    cgroup: Option<PathBuf>,
-    namespaces: &mut std::collections::HashMap<u64, Option<netns::Netns>>,
-) -> Binding {
+    links: &[(String, link::LinkState)],
+    legacy: bool,
+) -> (anyhow::Result<Policy>, Counters, Option<u64>) {
+    if legacy {
+        let policy = enforcer::read_policy(dir);
+        return (
+            policy,
+            enforcer::read_counters(dir).unwrap_or_default(),
+            None,
+        );
+    }
+    let Some(set) = links
+        .iter()
+        .find_map(|(_, s)| progset::set_of_program(s.program_id))
+    else {
+        return (
+            Err(anyhow::anyhow!(
+                "no link in {} runs a pinned program set",
+                dir.display()
+            )),
+            Counters::default(),
+            None,
+        );
+    };
+    let policy = set
+        .read_policy(cgroup_id)
+        .map_err(|e| anyhow::anyhow!("{e} (cgroup {cgroup_id} in {})", set.dir.display()));
+    let counters = set.read_counters(cgroup_id).unwrap_or_default();
+    (policy, counters, Some(set.hash))
+}
+
+fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
+    let Raw {
+        cgroup_id,
+        dir,
+        cgroup,
+        pinned,
+        policy,
+        counters,
+        set_hash,
+    } = raw;
+    let dir = dir.as_path();
     let mut problems = Vec::new();
-    let policy = enforcer::read_policy(dir).unwrap_or_else(|e| {
+    let policy = policy.unwrap_or_else(|e| {
         problems.push(Problem {
             kind: "pins-unreadable",
             message: format!("policy cannot be read ({e:#})"),
         });
         Policy::default()
     });
-    let counters = enforcer::read_counters(dir).unwrap_or_default();
     let mode = enforcer::mode_of(&policy);
     let mut links = Vec::new();
     let mut detached = false;
     for hook in mode.hooks(policy.has(flags::LSM)) {
         let path = dir.join(pins::link_name(hook.name));
-        match link::pinned_state(&path) {
+        let state = pinned
+            .iter()
+            .find(|(n, _)| n == hook.name)
+            .map(|(_, s)| *s)
+            .ok_or("not pinned");
+        match state {
             Ok(s) => {
                 detached |= s.cgroup_id.is_none();
                 links.push(LinkInfo {
@@ -153,7 +257,8 @@ fn read_binding(
             ),
         });
     }
-    let stray: usize = pins::abandoned()
+    let stray: usize = cache
+        .abandoned
         .iter()
         .filter(|(id, _)| *id == cgroup_id)
         .map(|(_, d)| attached_links(d, cgroup_id))
@@ -175,7 +280,7 @@ fn read_binding(
             ),
         });
     }
-    if policy.object_hash != enforcer::object_hash() && problems.is_empty() {
+    if set_hash != Some(enforcer::object_hash()) && problems.is_empty() {
         problems.push(Problem {
             kind: "programs-outdated",
             message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
@@ -188,7 +293,8 @@ fn read_binding(
         });
     }
     let ifname = netdev::name_from_bytes(&policy.ifname);
-    let ns = namespaces
+    let ns = cache
+        .namespaces
         .entry(policy.netns_ino)
         .or_insert_with(|| netns::find_by_ino(policy.netns_ino));
     match &*ns {
@@ -205,7 +311,11 @@ fn read_binding(
                 "interface {ifname} does not exist: every new socket is refused (fail-closed) until it appears and the binding is re-targeted"
             ),
         }),
-        Some(ns) => match netdev::name_of(policy.ifindex, ns) {
+        Some(ns) => match cache
+            .names
+            .entry((policy.netns_ino, policy.ifindex))
+            .or_insert_with(|| netdev::name_of(policy.ifindex, ns))
+        {
             Ok(None) => problems.push(Problem {
                 kind: "interface-missing",
                 message: format!(
@@ -213,7 +323,7 @@ fn read_binding(
                     policy.ifindex
                 ),
             }),
-            Ok(Some(now)) if now != ifname => problems.push(Problem {
+            Ok(Some(now)) if *now != ifname => problems.push(Problem {
                 kind: "interface-renamed",
                 message: format!(
                     "ifindex {} is now named {now} (was {ifname}); sockets still use ifindex {}",

@@ -200,6 +200,7 @@ impl Drop for TestCgroup {
         let pins = self.pins();
         if pins.exists() {
             let _ = bindguard::pins::remove_dir(&pins);
+            bindguard::progset::forget_user(self.id);
         }
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -67,6 +67,33 @@ fn build_bins(release: bool) -> anyhow::Result<()> {
     run(&mut c)
 }
 
+/// A second bindguard whose eBPF object differs (BINDGUARD_EBPF_VARIANT=1), in its own target
+/// dir, for the upgrade test (tests/tests/upgrade.rs): two builds with really different program
+/// sets. Seeded from target/debug the first time, so only bindguard and its eBPF are rebuilt.
+fn build_variant() -> anyhow::Result<()> {
+    let target = workspace().join("target");
+    let variant = target.join("variant");
+    if !variant.join("debug").exists() && target.join("debug").exists() {
+        std::fs::create_dir_all(&variant)?;
+        run(Command::new("cp")
+            .args(["-a"])
+            .arg(target.join("debug"))
+            .arg(&variant))
+        .context("seeding target/variant from target/debug")?;
+    }
+    run(cargo()
+        .args([
+            "build",
+            "--quiet",
+            "--bins",
+            "-p",
+            "bindguard",
+            "--target-dir",
+        ])
+        .arg(&variant)
+        .env("BINDGUARD_EBPF_VARIANT", "1"))
+}
+
 fn demo() -> anyhow::Result<()> {
     require_root("demo")?;
     setup::ensure()?;
@@ -112,6 +139,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"])).context("formatting: run `cargo fmt --all`")?;
     run(cargo().args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]))?;
     build_bins(false)?;
+    build_variant()?;
     // The dist tests (tests/tests/dist.rs) check the artefacts that ship, built here.
     let dist_dir = dist::dist()?;
     // Stream the output while tallying the per-binary results into one closing line.

@@ -1,0 +1,612 @@
+//! The shared program set: bindguard's programs loaded and verified once per build and pinned,
+//! so that a binding is only links plus its policy.
+//!
+//! ```text
+//! /sys/fs/bpf/bindguard/programs/<object-hash>/prog_<hook>   one program per hook (+ prog_hold)
+//!                                              policy        cgroup storage: Policy per cgroup
+//!                                              stats         per-CPU cgroup storage: Counters
+//!                                              events        ring buffer shared by all bindings
+//!                                              users/<id>    one empty dir per binding on it
+//! ```
+//! A set is created under the pins lock in `programs/new-<hash>-<pid>` and renamed into place,
+//! so a kill at any moment leaves a whole set or a staging dir the next command removes. Sets of
+//! other builds (other object hashes) live beside it; a set other than the running build's is
+//! removed once no binding uses it.
+//!
+//! Per-binding values live in cgroup storage keyed by the bare cgroup id (8-byte key: one value
+//! per cgroup, shared by all attach types). The kernel creates a cgroup's storage when the first
+//! program using the map is linked to it and frees it with the cgroup, not with the link; that
+//! is what [`Set::hold`] relies on to write a policy before any enforcing program runs.
+
+use std::{
+    collections::HashMap,
+    fs,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Mutex,
+};
+
+use anyhow::Context as _;
+use aya::{
+    EbpfLoader,
+    programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, Program},
+};
+use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_map_info, bpf_prog_info};
+use bindguard_common::{Counters, KernelLayout, Policy};
+
+use crate::{
+    enforcer::{self, HOOKS, Hook, Kind},
+    link, pins,
+};
+
+pub const POLICY: &str = "policy";
+pub const STATS: &str = "stats";
+pub const EVENTS: &str = "events";
+const USERS: &str = "users";
+const HOLD: &str = "hold";
+const NEW_PREFIX: &str = "new-";
+
+/// /sys/fs/bpf/bindguard/programs
+pub fn root() -> PathBuf {
+    pins::root().join("programs")
+}
+
+/// Directory name of the set of the object with this hash (bpffs refuses dots; hex is short).
+pub fn dir_name(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+fn prog_pin(name: &str) -> String {
+    format!("prog_{name}")
+}
+
+/// One pinned program set, with its per-binding maps open.
+#[derive(Debug)]
+pub struct Set {
+    pub hash: u64,
+    pub dir: PathBuf,
+    /// Whether the BPF LSM programs are part of the set (they load only where the kernel lets
+    /// BTF-attached programs load).
+    pub lsm: bool,
+    policy: OwnedFd,
+    stats: OwnedFd,
+}
+
+#[repr(C)]
+struct MapElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn map_elem(cmd: bpf_cmd, map: BorrowedFd<'_>, key: &u64, value: *mut u8) -> std::io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: (key as *const u64) as u64,
+        value: value as u64,
+        flags: 0, // BPF_ANY: cgroup storage is only ever updated in place (ENOENT otherwise)
+    };
+    link::sys_bpf(cmd, &mut attr).map(|_| ())
+}
+
+/// Number of possible CPUs: per-CPU values come back as one slot per possible CPU.
+fn possible_cpus() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| aya::util::nr_cpus().unwrap_or(1))
+}
+
+/// Key and value size of the map behind `fd`.
+fn map_sizes(fd: BorrowedFd<'_>) -> std::io::Result<(u32, u32)> {
+    // SAFETY: plain data; all-zero is valid.
+    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_map_info>() as u32,
+        info: (&mut info as *mut bpf_map_info) as u64,
+    };
+    link::sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok((info.key_size, info.value_size))
+}
+
+/// The id of the program behind `fd`.
+pub fn program_id(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
+    // SAFETY: plain data; all-zero is valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
+        info: (&mut info as *mut bpf_prog_info) as u64,
+    };
+    link::sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info.id)
+}
+
+impl Set {
+    /// Opens the set pinned at `dir` (named by its hash).
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let hash = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| u64::from_str_radix(n, 16).ok())
+            .with_context(|| format!("{} is not a program set", dir.display()))?;
+        // The kernel copies the map's value size into the buffer a lookup is given: a set of a
+        // build with another Policy or Counters layout is refused here, never read into ours.
+        let open = |name: &str, value: usize| -> anyhow::Result<OwnedFd> {
+            let p = dir.join(name);
+            let fd = link::open_pinned(&p).with_context(|| format!("opening {}", p.display()))?;
+            let sizes =
+                map_sizes(fd.as_fd()).with_context(|| format!("reading {}", p.display()))?;
+            if sizes != (8, value as u32) {
+                anyhow::bail!(
+                    "{} has key/value sizes {sizes:?}, not (8, {value}): a set of a bindguard with another policy layout",
+                    p.display()
+                );
+            }
+            Ok(fd)
+        };
+        Ok(Self {
+            hash,
+            dir: dir.to_path_buf(),
+            lsm: dir
+                .join(prog_pin(HOOKS[enforcer::LSM_HOOKS_START].name))
+                .exists(),
+            policy: open(POLICY, std::mem::size_of::<Policy>())?,
+            stats: open(STATS, std::mem::size_of::<Counters>())?,
+        })
+    }
+
+    /// The pinned program of `hook`.
+    pub fn program(&self, hook: &str) -> anyhow::Result<OwnedFd> {
+        let p = self.dir.join(prog_pin(hook));
+        link::open_pinned(&p).with_context(|| format!("opening {}", p.display()))
+    }
+
+    /// Every program id of the set.
+    pub fn program_ids(&self) -> Vec<u32> {
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("prog_"))
+            .filter_map(|e| link::open_pinned(&e.path()).ok())
+            .filter_map(|fd| program_id(fd.as_fd()).ok())
+            .collect()
+    }
+
+    /// Links the set's storage-holding program to `cgroup`: from then on the cgroup has its
+    /// (zeroed) policy and counters in this set, and [`Set::write_policy`] works, while no
+    /// enforcing program of the set runs yet. The storage outlives the returned link.
+    pub fn hold(&self, cgroup: BorrowedFd<'_>) -> anyhow::Result<OwnedFd> {
+        let prog = self.program(HOLD)?;
+        link::create_cgroup_link(
+            prog.as_fd(),
+            cgroup,
+            bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE,
+        )
+        .context("linking the storage holder (BPF_LINK_CREATE)")
+    }
+
+    /// Links the program of `hook` to `cgroup`.
+    pub fn link(&self, hook: &Hook, cgroup: BorrowedFd<'_>) -> anyhow::Result<OwnedFd> {
+        let prog = self.program(hook.name)?;
+        link::create_cgroup_link(prog.as_fd(), cgroup, hook.attach_type)
+            .with_context(|| format!("linking {} (BPF_LINK_CREATE)", hook.program))
+    }
+
+    /// Writes the policy of cgroup `cgroup_id`: one map update, so every socket sees the old
+    /// policy or the new one. Fails (ENOENT) if no program of the set is linked to the cgroup.
+    pub fn write_policy(&self, cgroup_id: u64, policy: &Policy) -> anyhow::Result<()> {
+        let mut value = *policy;
+        map_elem(
+            bpf_cmd::BPF_MAP_UPDATE_ELEM,
+            self.policy.as_fd(),
+            &cgroup_id,
+            (&mut value as *mut Policy).cast(),
+        )
+        .with_context(|| {
+            format!(
+                "writing the policy of cgroup {cgroup_id} into {}",
+                self.dir.display()
+            )
+        })
+    }
+
+    /// The policy of cgroup `cgroup_id` (all zero until written).
+    pub fn read_policy(&self, cgroup_id: u64) -> std::io::Result<Policy> {
+        let mut value = Policy::default();
+        map_elem(
+            bpf_cmd::BPF_MAP_LOOKUP_ELEM,
+            self.policy.as_fd(),
+            &cgroup_id,
+            (&mut value as *mut Policy).cast(),
+        )?;
+        Ok(value)
+    }
+
+    /// The counters of cgroup `cgroup_id`, summed over CPUs.
+    pub fn read_counters(&self, cgroup_id: u64) -> std::io::Result<Counters> {
+        let slot = std::mem::size_of::<Counters>().next_multiple_of(8);
+        let mut buf = vec![0u8; slot * possible_cpus()];
+        map_elem(
+            bpf_cmd::BPF_MAP_LOOKUP_ELEM,
+            self.stats.as_fd(),
+            &cgroup_id,
+            buf.as_mut_ptr(),
+        )?;
+        Ok(buf.chunks(slot).fold(Counters::default(), |mut sum, c| {
+            // SAFETY: each slot holds one Counters (plain u64s); read_unaligned copes with the
+            // Vec<u8>'s alignment.
+            sum += unsafe { std::ptr::read_unaligned(c.as_ptr().cast::<Counters>()) };
+            sum
+        }))
+    }
+
+    /// Records that the binding of cgroup `id` runs this set's programs.
+    pub fn add_user(&self, id: u64) -> anyhow::Result<()> {
+        let p = self.dir.join(USERS).join(id.to_string());
+        match fs::create_dir(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Err(e).with_context(|| format!("creating {}", p.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn remove_user(&self, id: u64) {
+        let _ = fs::remove_dir(self.dir.join(USERS).join(id.to_string()));
+    }
+
+    /// Whether some binding still links this set's programs. Entries of bindings that moved
+    /// away, were detached by an interrupted command or whose cgroup is gone are dropped on the
+    /// way; the first live one ends the search.
+    pub fn in_use(&self) -> bool {
+        let ids = self.program_ids();
+        for entry in fs::read_dir(self.dir.join(USERS))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Some(id) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            let dir = pins::binding_dir(id);
+            let live = binding_links(&dir)
+                .iter()
+                .any(|(_, s)| s.cgroup_id == Some(id) && ids.contains(&s.program_id));
+            if live {
+                return true;
+            }
+            let _ = fs::remove_dir(entry.path());
+        }
+        false
+    }
+
+    /// Unpins the set. Programs still linked somewhere keep running until their links go.
+    pub fn remove(self) -> anyhow::Result<()> {
+        let Self { dir, .. } = self;
+        remove_set_dir(&dir)
+    }
+}
+
+fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
+    let users = dir.join(USERS);
+    for e in fs::read_dir(&users).into_iter().flatten().flatten() {
+        let _ = fs::remove_dir(e.path());
+    }
+    let _ = fs::remove_dir(&users);
+    pins::remove_dir(dir)
+}
+
+/// The link pins of a binding directory and what the kernel says about each.
+pub fn binding_links(dir: &Path) -> Vec<(String, link::LinkState)> {
+    read_binding_dir(dir).0
+}
+
+/// [`binding_links`], and whether the directory has a `policy` pin of its own (a binding made
+/// by a bindguard that loaded programs per binding), from one directory listing.
+pub fn read_binding_dir(dir: &Path) -> (Vec<(String, link::LinkState)>, bool) {
+    let mut legacy = false;
+    let links = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name();
+            let file = file.to_str()?;
+            legacy |= file == pins::POLICY;
+            let name = file.strip_prefix("link_")?.to_string();
+            Some((name, link::pinned_state(&e.path()).ok()?))
+        })
+        .collect();
+    (links, legacy)
+}
+
+/// Unpins every set of another build that no binding uses any more (after bindings were
+/// removed without moving off their set: deleted cgroups, exec and oci-hook cleanup). The
+/// running build's set is kept. Call with the pins lock held.
+pub fn remove_unused_old_sets(_lock: &pins::Lock) {
+    let current = dir_name(enforcer::object_hash());
+    for dir in list() {
+        if dir.file_name().is_some_and(|n| *n == *current) {
+            continue;
+        }
+        if let Ok(set) = Set::open(&dir)
+            && !set.in_use()
+        {
+            let _ = set.remove();
+            forget();
+        }
+    }
+}
+
+/// Drops the `users/<id>` entry of cgroup `id` from every set: for callers that remove a
+/// binding's pins without [`crate::enforcer::detach`] (exec and oci-hook cleanup, stale
+/// bindings). An entry left behind only costs an inode, and delays removing an old set.
+pub fn forget_user(id: u64) {
+    for dir in list() {
+        let _ = fs::remove_dir(dir.join(USERS).join(id.to_string()));
+    }
+}
+
+/// The directories of every pinned set.
+pub fn list() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(root())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with(NEW_PREFIX))
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Which set a program id belongs to; built from the pins on first use and rebuilt when an id
+/// is not found (a set created since).
+#[derive(Default)]
+struct Index {
+    by_program: HashMap<u32, u64>,
+    sets: HashMap<u64, std::sync::Arc<Set>>,
+}
+
+static INDEX: Mutex<Option<Index>> = Mutex::new(None);
+
+fn scan() -> Index {
+    let mut index = Index::default();
+    for dir in list() {
+        let Ok(set) = Set::open(&dir) else { continue };
+        for id in set.program_ids() {
+            index.by_program.insert(id, set.hash);
+        }
+        index.sets.insert(set.hash, std::sync::Arc::new(set));
+    }
+    index
+}
+
+/// The pinned set the program with id `program_id` belongs to.
+pub fn set_of_program(program_id: u32) -> Option<std::sync::Arc<Set>> {
+    let mut guard = INDEX.lock().unwrap_or_else(|e| e.into_inner());
+    let find = |i: &Index| {
+        i.by_program
+            .get(&program_id)
+            .and_then(|h| i.sets.get(h).cloned())
+    };
+    if let Some(found) = guard.as_ref().and_then(find) {
+        return Some(found);
+    }
+    let index = scan();
+    let found = find(&index);
+    *guard = Some(index);
+    found
+}
+
+/// Forgets what [`set_of_program`] learnt (after a set was created or removed).
+pub fn forget() {
+    *INDEX.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// The set a binding directory's links run, if it is a pinned set (None for a binding made by
+/// an older bindguard that loaded programs per binding, or one whose set was removed).
+pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
+    // One link tells: a binding's links all come from one set (attach keeps it so).
+    let (name, state) = fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_str()?.strip_prefix("link_")?.to_string();
+            Some((name, link::pinned_state(&e.path()).ok()?))
+        })?;
+    // Usually the running build's set: asking its program of the same hook is two calls,
+    // where finding the set among all of them opens every pinned program.
+    let current = root().join(dir_name(enforcer::object_hash()));
+    let same = link::open_pinned(&current.join(prog_pin(&name)))
+        .ok()
+        .and_then(|fd| program_id(fd.as_fd()).ok())
+        == Some(state.program_id);
+    if same && let Ok(set) = Set::open(&current) {
+        return Some(std::sync::Arc::new(set));
+    }
+    set_of_program(state.program_id)
+}
+
+/// The running build's set: opened if pinned, else loaded, verified and pinned (the only step
+/// that parses the kernel's BTF). Call with the pins lock held.
+pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
+    let dir = root().join(dir_name(enforcer::object_hash()));
+    // A set is renamed into place whole, so an existing directory is a complete set.
+    if dir.exists() {
+        return Set::open(&dir);
+    }
+    load(&dir, lock)?;
+    forget();
+    Set::open(&dir)
+}
+
+/// Removes set staging directories left by a load that was killed (with the lock held, any
+/// staging directory is abandoned: its maker would hold the lock).
+pub fn sweep_abandoned(_lock: &pins::Lock) {
+    for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(NEW_PREFIX) {
+            let _ = remove_set_dir(&entry.path());
+        }
+    }
+}
+
+/// The kernel's layout for the BPF LSM programs, resolved once per set load.
+fn kernel_types() -> anyhow::Result<(aya::Btf, KernelLayout)> {
+    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for the LSM programs")?;
+    let layout = crate::btf::Btf::from_sys_fs()?.kernel_layout();
+    let missing = crate::btf::missing_fields(&layout);
+    if !missing.is_empty() {
+        anyhow::bail!(
+            "the kernel's BTF lacks {} needed by the strict-mode LSM programs",
+            missing.join(", ")
+        );
+    }
+    Ok((btf, layout))
+}
+
+fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
+    fs::create_dir_all(root()).with_context(|| format!("creating {}", root().display()))?;
+    let staging = root().join(format!(
+        "{NEW_PREFIX}{}-{}",
+        dir_name(enforcer::object_hash()),
+        std::process::id()
+    ));
+    if staging.exists() {
+        remove_set_dir(&staging)?;
+    }
+    fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
+    let result = fill(&staging).and_then(|()| {
+        // rustix, not nix: nix offers renameat2 only on glibc, and the release build is musl.
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staging,
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))
+    });
+    if result.is_err() {
+        let _ = remove_set_dir(&staging);
+    }
+    result
+}
+
+/// Loads every program into the kernel (the verifier runs here, once per build) and pins the
+/// programs and maps into `dir`.
+fn fill(dir: &Path) -> anyhow::Result<()> {
+    // The BPF LSM programs belong to the set where the kernel loads them (`lsm::usable` test
+    // loads one); elsewhere they are simply absent.
+    let types = if crate::lsm::usable(true) {
+        Some(kernel_types()?)
+    } else {
+        None
+    };
+    let layout = types.as_ref().map_or(KernelLayout::UNKNOWN, |t| t.1);
+    let mut ebpf = EbpfLoader::new()
+        .override_global("KERNEL", &layout, true)
+        .load(enforcer::EBPF_OBJECT)
+        .context("loading bindguard's eBPF object")?;
+    for (name, pin) in [("POLICY", POLICY), ("STATS", STATS), ("EVENTS", EVENTS)] {
+        let path = dir.join(pin);
+        ebpf.map_mut(name)
+            .with_context(|| format!("map {name} missing from the eBPF object"))?
+            .pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))?;
+    }
+    fs::create_dir(dir.join(USERS))
+        .with_context(|| format!("creating {}", dir.join(USERS).display()))?;
+    let hold = Hook {
+        name: HOLD,
+        program: "hold_storage",
+        kind: Kind::Sock,
+        attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE,
+    };
+    let hooks = if types.is_some() {
+        HOOKS
+    } else {
+        &HOOKS[..enforcer::LSM_HOOKS_START]
+    };
+    for hook in std::iter::once(&hold).chain(hooks) {
+        let program = ebpf
+            .program_mut(hook.program)
+            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?;
+        let fd = match load_program(program, hook, types.as_ref().map(|t| &t.0))
+            .with_context(|| format!("loading {} (verifier)", hook.program))
+        {
+            Ok(fd) => fd,
+            // The LSM programs cannot be run through the verifier on the test kernel (it
+            // refuses every BTF-attached program); a rejection elsewhere must not cost the
+            // whole set: it is made without them (status: lsm-unavailable), the reason kept.
+            Err(e) if matches!(hook.kind, Kind::Lsm(_)) => {
+                for lsm in &HOOKS[enforcer::LSM_HOOKS_START..] {
+                    let _ = fs::remove_file(dir.join(prog_pin(lsm.name)));
+                }
+                if let Ok(mut f) = LSM_FAILURE.lock() {
+                    *f = Some(format!("{e:#}"));
+                }
+                break;
+            }
+            Err(e) => return Err(e),
+        };
+        let path = dir.join(prog_pin(hook.name));
+        link::pin(fd.as_fd(), &path).with_context(|| format!("pinning {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Why this process left the BPF LSM programs out of the set it loaded, if the kernel
+/// refused them although it loads LSM programs.
+pub fn lsm_failure() -> Option<String> {
+    LSM_FAILURE.lock().ok()?.clone()
+}
+
+static LSM_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn load_program(
+    program: &mut Program,
+    hook: &Hook,
+    btf: Option<&aya::Btf>,
+) -> anyhow::Result<OwnedFd> {
+    macro_rules! load {
+        ($ty:ty) => {{
+            let p: &mut $ty = program.try_into()?;
+            p.load()?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }};
+    }
+    Ok(match hook.kind {
+        Kind::Sock => load!(CgroupSock),
+        Kind::Sockopt => load!(CgroupSockopt),
+        Kind::SockAddr => load!(CgroupSockAddr),
+        Kind::Skb => load!(CgroupSkb),
+        Kind::Lsm(lsm_hook) => {
+            let p: &mut LsmCgroup = program.try_into()?;
+            let btf = btf.context("the LSM programs need the kernel's BTF")?;
+            p.load(lsm_hook, btf)?;
+            p.fd()?.as_fd().try_clone_to_owned()?
+        }
+    })
+}

@@ -1,0 +1,124 @@
+//! Upgrades between bindguard builds (issue 11): a binding made by one build is moved to another
+//! build's program set make-before-break, with no socket left unbound, and the set nobody uses
+//! any more is removed.
+//!
+//! The other build is real: bindguard built with BINDGUARD_EBPF_VARIANT=1 into its own target
+//! directory (`cargo xtask test` builds it), whose eBPF object has one more global, so its
+//! object hash and its programs differ.
+
+use std::{path::PathBuf, time::Duration};
+
+use bindguard_tests::{
+    Cmd, Peer, Scenario, root_or_skip,
+    topology::{UPLINK_A, UPLINK_B},
+};
+
+/// The variant build: $BINDGUARD_VARIANT_BIN, else target/variant/debug/bindguard.
+fn variant_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BINDGUARD_VARIANT_BIN") {
+        return Some(p.into());
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/variant/debug/bindguard");
+    p.exists().then_some(p)
+}
+
+/// The program set directory a cgroup's binding is recorded in (its `users/<id>` entry).
+fn set_of(cgroup_id: u64) -> Option<PathBuf> {
+    bindguard::progset::list()
+        .into_iter()
+        .find(|d| d.join("users").join(cgroup_id.to_string()).exists())
+}
+
+fn attach_with(bin: &PathBuf, s: &Scenario, dev: &str) -> String {
+    let (code, out, err) = Cmd::new(bin)
+        .arg("attach")
+        .arg("--cgroup")
+        .arg(&s.cg.path)
+        .args(["--dev", dev, "--netns"])
+        .arg(s.topo.host.path())
+        .run();
+    assert_eq!(code, 0, "{} attach: {out}{err}", bin.display());
+    out
+}
+
+#[test]
+fn an_upgrade_moves_the_binding_without_an_unbound_socket_and_drops_the_old_set() {
+    root_or_skip!();
+    let Some(variant) = variant_bin() else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but the variant build is missing: `cargo xtask test` builds target/variant"
+        );
+        eprintln!("skipped: no variant build (run `cargo xtask test`, which builds it)");
+        return;
+    };
+    let current = bindguard_tests::bindguard_bin();
+    let s = Scenario::new();
+    // Bound by the "old" build.
+    attach_with(&variant, &s, UPLINK_B);
+    let old_set = set_of(s.cg.id).expect("the variant's set records the binding");
+    let current_name = bindguard::progset::dir_name(bindguard::enforcer::object_hash());
+    assert_ne!(
+        old_set.file_name().unwrap().to_string_lossy(),
+        current_name,
+        "the variant build must have another object"
+    );
+    let kinds = |s: &Scenario| -> Vec<String> {
+        s.status_entry().expect("listed")["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["kind"].as_str().unwrap().to_string())
+            .filter(|k| k != "lsm-unavailable")
+            .collect()
+    };
+    assert_eq!(kinds(&s), ["programs-outdated"]);
+
+    // Sockets are made in a tight loop while the binding moves between the two builds' sets
+    // (each move loads the target build's set again when the previous move removed it) and
+    // between the two uplinks.
+    let loop_child = s.probe_bound().args(["loop", "3"]).spawn();
+    let mut moves = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_millis(2500) {
+        let (bin, dev) = if moves % 2 == 0 {
+            (&current, UPLINK_A)
+        } else {
+            (&variant, UPLINK_B)
+        };
+        let out = attach_with(bin, &s, dev);
+        assert!(out.contains("programs replaced"), "{out}");
+        moves += 1;
+    }
+    let out = bindguard_tests::run::wait_output(loop_child, Duration::from_secs(10)).unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.contains("unbound=0 errors=0"), "{out}");
+    assert!(moves >= 4, "moved {moves} times");
+    eprintln!("{moves} moves between builds during the loop: {out}");
+
+    // End on the current build: the variant's set is gone, the binding is healthy and enforces.
+    attach_with(&current, &s, UPLINK_B);
+    let variant_sets: Vec<PathBuf> = bindguard::progset::list()
+        .into_iter()
+        .filter(|d| *d == old_set)
+        .collect();
+    assert!(
+        variant_sets.is_empty(),
+        "the old set is still pinned: {variant_sets:?}"
+    );
+    assert_eq!(
+        set_of(s.cg.id).map(|d| d.file_name().unwrap().to_string_lossy().into_owned()),
+        Some(current_name)
+    );
+    assert_eq!(kinds(&s), Vec::<String>::new());
+    assert_eq!(
+        s.delivered_to(s.probe_bound(), bindguard_tests::Proto::Udp, false),
+        [Peer::B]
+    );
+    let attached = bindguard_tests::scenario::attached_programs(&s.cg.path);
+    let count = attached
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count();
+    assert_eq!(count, 10, "one program per hook, no leftovers: {attached}");
+}
