@@ -267,3 +267,22 @@ pub fn wait_output(child: Child, timeout: Duration) -> Option<Output> {
         }
     }
 }
+
+/// The variant build of bindguard (another eBPF object, so another program set): the binary
+/// $BINDGUARD_VARIANT_BIN names, else target/variant/debug/bindguard, which `cargo xtask test`
+/// builds. None when it is missing — a failure under CI=true.
+pub fn variant_bin() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BINDGUARD_VARIANT_BIN") {
+        return Some(p.into());
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/variant/debug/bindguard");
+    if p.exists() {
+        return Some(p);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI=true but the variant build is missing: `cargo xtask test` builds target/variant"
+    );
+    eprintln!("skipped: no variant build (run `cargo xtask test`, which builds it)");
+    None
+}

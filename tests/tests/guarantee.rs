@@ -559,7 +559,13 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
         assert!(!err.contains("failed to load"), "{err}");
         return;
     }
-    assert!(err.contains("the BPF LSM programs failed to load"), "{err}");
+    // The build's program set is loaded once: by this attach (then the kernel's refusal is
+    // quoted) or by an earlier one (then the set simply has no LSM programs).
+    assert!(
+        err.contains("the BPF LSM programs failed to load")
+            || err.contains("warning: the BPF LSM is not usable"),
+        "{err}"
+    );
     assert_eq!(settled_program_count(&s.cg.path, 10), 10);
     assert_eq!(
         s.delivered_to(

@@ -13,15 +13,6 @@ use bindguard_tests::{
     topology::{UPLINK_A, UPLINK_B},
 };
 
-/// The variant build: $BINDGUARD_VARIANT_BIN, else target/variant/debug/bindguard.
-fn variant_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BINDGUARD_VARIANT_BIN") {
-        return Some(p.into());
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/variant/debug/bindguard");
-    p.exists().then_some(p)
-}
-
 /// The program set directory a cgroup's binding is recorded in (its `users/<id>` entry).
 fn set_of(cgroup_id: u64) -> Option<PathBuf> {
     bindguard::progset::list()
@@ -44,12 +35,7 @@ fn attach_with(bin: &PathBuf, s: &Scenario, dev: &str) -> String {
 #[test]
 fn an_upgrade_moves_the_binding_without_an_unbound_socket_and_drops_the_old_set() {
     root_or_skip!();
-    let Some(variant) = variant_bin() else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but the variant build is missing: `cargo xtask test` builds target/variant"
-        );
-        eprintln!("skipped: no variant build (run `cargo xtask test`, which builds it)");
+    let Some(variant) = bindguard_tests::run::variant_bin() else {
         return;
     };
     let current = bindguard_tests::bindguard_bin();
