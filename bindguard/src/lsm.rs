@@ -10,7 +10,7 @@ const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
 /// What strict mode does not cover without the BPF LSM, and how to turn it on; shared by
 /// attach's warning, status's problem and verify's WARN.
-pub const UNAVAILABLE: &str = "the BPF LSM is not usable, so strict mode cannot refuse AF_PACKET/AF_XDP sockets, sockets received from outside the cgroup (SCM_RIGHTS, pidfd_getfd) or 32-bit multicast joins; add `bpf` to the kernel's lsm= parameter (e.g. lsm=landlock,lockdown,yama,integrity,apparmor,bpf) and reboot, on a kernel that lets root load BPF LSM programs";
+pub const UNAVAILABLE: &str = "the BPF LSM is not usable, so strict mode cannot refuse AF_PACKET/AF_XDP sockets, sockets received from outside the cgroup (SCM_RIGHTS, pidfd_getfd) or multicast joins by 32-bit setsockopt or io_uring; add `bpf` to the kernel's lsm= parameter (e.g. lsm=landlock,lockdown,yama,integrity,apparmor,bpf) and reboot, on a kernel that lets root load BPF LSM programs";
 
 /// Whether strict mode's BPF LSM programs can run here: `bpf` is among the active LSMs *and*
 /// the kernel loads an lsm_cgroup program (some hardened kernels list `bpf` but refuse every
