@@ -13,7 +13,7 @@ use std::{
     path::Path,
 };
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_link_info};
 
@@ -118,17 +118,28 @@ pub fn open_pinned(path: &Path) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// BPF_OBJ_GET_INFO_BY_FD: what the kernel says about the object behind `fd`, as `T`
+/// (bpf_link_info, bpf_prog_info, bpf_map_info).
+///
+/// # Safety
+/// `T` must be the plain-data info struct of the kind of object `fd` refers to.
+pub unsafe fn info_by_fd<T>(fd: BorrowedFd<'_>) -> std::io::Result<T> {
+    // SAFETY: the info structs are plain data; all-zero is a valid value.
+    let mut info: T = unsafe { std::mem::zeroed() };
+    let mut attr = InfoByFdAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<T>() as u32,
+        info: (&mut info as *mut T) as u64,
+    };
+    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
 /// Reads the state of the link pinned at `path`.
 pub fn pinned_state(path: &Path) -> std::io::Result<LinkState> {
     let fd = open_pinned(path)?;
-    // SAFETY: bpf_link_info is plain data; all-zero is a valid value.
-    let mut info: bpf_link_info = unsafe { std::mem::zeroed() };
-    let mut attr = InfoByFdAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<bpf_link_info>() as u32,
-        info: (&mut info as *mut bpf_link_info) as u64,
-    };
-    sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: a pinned link's fd, read as bpf_link_info.
+    let info: bpf_link_info = unsafe { info_by_fd(fd.as_fd())? };
     // SAFETY: the kernel filled the cgroup member for cgroup links, the only kind we pin.
     let cgroup_id = unsafe { info.__bindgen_anon_1.cgroup.cgroup_id };
     Ok(LinkState {

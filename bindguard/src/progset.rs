@@ -100,39 +100,15 @@ fn possible_cpus() -> usize {
 
 /// Key and value size of the map behind `fd`.
 fn map_sizes(fd: BorrowedFd<'_>) -> std::io::Result<(u32, u32)> {
-    // SAFETY: plain data; all-zero is valid.
-    let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<bpf_map_info>() as u32,
-        info: (&mut info as *mut bpf_map_info) as u64,
-    };
-    link::sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: a map's fd, read as bpf_map_info.
+    let info: bpf_map_info = unsafe { link::info_by_fd(fd)? };
     Ok((info.key_size, info.value_size))
 }
 
 /// The id of the program behind `fd`.
 pub fn program_id(fd: BorrowedFd<'_>) -> std::io::Result<u32> {
-    // SAFETY: plain data; all-zero is valid.
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    #[repr(C)]
-    struct InfoAttr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
-    let mut attr = InfoAttr {
-        bpf_fd: fd.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<bpf_prog_info>() as u32,
-        info: (&mut info as *mut bpf_prog_info) as u64,
-    };
-    link::sys_bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    // SAFETY: a program's fd, read as bpf_prog_info.
+    let info: bpf_prog_info = unsafe { link::info_by_fd(fd)? };
     Ok(info.id)
 }
 

@@ -181,6 +181,29 @@ impl Scenario {
         serde_json::from_str(&out).expect("status --json is JSON")
     }
 
+    /// A counter of this cgroup's binding, from `status --json`.
+    pub fn counter(&self, name: &str) -> u64 {
+        self.status_entry().expect("binding in status")["counters"][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no counter {name}"))
+    }
+
+    /// The problem kinds `status` reports for this cgroup's binding (see [`problem_kinds`]).
+    pub fn problems(&self) -> Vec<String> {
+        problem_kinds(&self.status_entry().expect("binding in status"))
+    }
+
+    /// Joins multicast group `g` by membership option `how` (bg-probe mcast) naming `ifindex`,
+    /// inside the cgroup as uid 65534 with no capabilities; returns the probe's output.
+    pub fn join(&self, how: &str, g: std::net::IpAddr, ifindex: u32) -> String {
+        let (_, out, err) = self
+            .probe_bound()
+            .args(["mcast", how, &g.to_string(), &ifindex.to_string()])
+            .as_nobody()
+            .run();
+        format!("{out}{err}")
+    }
+
     /// This cgroup's entry in `status --json`, if any.
     pub fn status_entry(&self) -> Option<serde_json::Value> {
         self.status_json()["bindings"]
@@ -194,6 +217,50 @@ impl Scenario {
 impl Default for Scenario {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// The problem kinds of a `status --json` entry, less `lsm-unavailable`: that one says what the
+/// kernel cannot do (every strict binding has it where the BPF LSM is not usable), not what is
+/// wrong with the binding.
+pub fn problem_kinds(entry: &serde_json::Value) -> Vec<String> {
+    entry["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .filter(|k| k != "lsm-unavailable")
+        .collect()
+}
+
+/// A multicast group no other test uses: `tag` tells test files apart, the pid processes.
+pub fn mcast_group(tag: u8, v6: bool, n: u32) -> std::net::IpAddr {
+    let p = std::process::id() % 250;
+    if v6 {
+        format!("ff15::{tag}:{p:x}:{n:x}").parse().unwrap()
+    } else {
+        format!("239.{tag}.{p}.{}", n % 250).parse().unwrap()
+    }
+}
+
+/// How many programs bpftool lists on `cgroup`.
+pub fn program_count(cgroup: &std::path::Path) -> usize {
+    attached_programs(cgroup)
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .count()
+}
+
+/// Waits (up to 3 s) for `cgroup`'s program count to reach `want`: the kernel releases an
+/// unpinned link from a workqueue, which lags under load. Returns the last count.
+pub fn settled_program_count(cgroup: &std::path::Path, want: usize) -> usize {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let n = program_count(cgroup);
+        if n == want || std::time::Instant::now() >= deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

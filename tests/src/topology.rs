@@ -56,6 +56,23 @@ impl NetnsGuard {
         ns
     }
 
+    /// The IPv6 link-local address of `dev` in this namespace.
+    pub fn link_local(&self, dev: &str) -> String {
+        let out = Command::new("ip")
+            .args([
+                "-n", &self.name, "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .unwrap_or_else(|| panic!("no link-local address on {dev}: {text}"))
+            .to_string()
+    }
+
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }

@@ -20,8 +20,8 @@ use bindguard_tests::{
     Cmd, Peer, Scenario,
     listener::PORT,
     root_or_skip,
-    scenario::token,
-    topology::{DEST4, DEST6, HOST_A4, NetnsGuard, PEER_B4, UPLINK_A, UPLINK_B},
+    scenario::{mcast_group, token},
+    topology::{DEST4, DEST6, HOST_A4, PEER_B4, UPLINK_A, UPLINK_B},
 };
 
 /// Who runs an attack.
@@ -52,23 +52,6 @@ fn attack(kind: &'static str, addr: &str, args: &[&str], who: Who, leaks: bool) 
     }
 }
 
-/// The link-local address of a namespace's interface.
-fn link_local(ns: &NetnsGuard, dev: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n", &ns.name, "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no link-local address on {dev}: {text}"))
-        .to_string()
-}
-
 /// Ping sockets need the caller's group in ping_group_range; systemd opens it to everyone.
 fn allow_ping_sockets(s: &Scenario) {
     s.topo
@@ -80,7 +63,7 @@ fn allow_ping_sockets(s: &Scenario) {
 fn egress_attacks(s: &Scenario) -> Vec<Attack> {
     let a = s.topo.host.ifindex(UPLINK_A).to_string();
     let a = a.as_str();
-    let peer_a_ll = link_local(&s.topo.peer_a, "eth0");
+    let peer_a_ll = s.topo.peer_a.link_local("eth0");
     use Who::*;
     vec![
         // sendmmsg: each message's IP_PKTINFO names upA.
@@ -136,12 +119,6 @@ fn run(s: &Scenario, a: &Attack) -> (String, bool) {
     (format!("{out}{err}"), at_a)
 }
 
-fn counter(s: &Scenario, name: &str) -> u64 {
-    s.status_entry().expect("binding in status")["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
-
 #[test]
 fn strict_mode_stops_every_egress_attack() {
     root_or_skip!();
@@ -178,8 +155,8 @@ fn strict_mode_stops_every_egress_attack() {
             assert!(out.contains(&format!("ifindex={ifa}")), "{out}");
         }
     }
-    assert!(counter(&s, "egress_dropped") >= 10);
-    assert!(counter(&s, "addr_refused") >= 4);
+    assert!(s.counter("egress_dropped") >= 10);
+    assert!(s.counter("addr_refused") >= 4);
 }
 
 #[test]
@@ -258,7 +235,7 @@ fn nothing_arriving_by_the_other_uplink_reaches_the_cgroup() {
     for mode in ["strict", "bind"] {
         let s = Scenario::new();
         s.attach(UPLINK_B, &["--mode", mode]);
-        let host_a_ll = link_local(&s.topo.host, UPLINK_A);
+        let host_a_ll = s.topo.host.link_local(UPLINK_A);
         let a = s.topo.host.ifindex(UPLINK_A).to_string();
         let peer_eth0 = s.topo.peer_a.ifindex("eth0").to_string();
         let mut leaked = Vec::new();
@@ -309,7 +286,7 @@ fn nothing_arriving_by_the_other_uplink_reaches_the_cgroup() {
                 leaked.is_empty(),
                 "received by upA under strict: {leaked:?}"
             );
-            assert!(counter(&s, "ingress_dropped") >= 3);
+            assert!(s.counter("ingress_dropped") >= 3);
         } else {
             assert_eq!(
                 leaked,
@@ -318,25 +295,6 @@ fn nothing_arriving_by_the_other_uplink_reaches_the_cgroup() {
             );
         }
     }
-}
-
-/// A group address no other test uses.
-fn group(v6: bool, n: u32) -> IpAddr {
-    let p = std::process::id() % 250;
-    if v6 {
-        format!("ff15::78:{p:x}:{n:x}").parse().unwrap()
-    } else {
-        format!("239.78.{p}.{}", n % 250).parse().unwrap()
-    }
-}
-
-fn join(s: &Scenario, how: &str, g: IpAddr, ifindex: u32) -> String {
-    let (_, out, err) = s
-        .probe_bound()
-        .args(["mcast", how, &g.to_string(), &ifindex.to_string()])
-        .as_nobody()
-        .run();
-    format!("{out}{err}")
 }
 
 #[test]
@@ -350,7 +308,7 @@ fn every_membership_option_stays_on_the_bound_interface() {
     let mut n = 0;
     let mut next = |v6| {
         n += 1;
-        group(v6, n)
+        mcast_group(78, v6, n)
     };
     // (option, IPv6?, interface index, what the guard answers: EPERM or a join on upB)
     let refused = "join: error errno=1";
@@ -376,7 +334,7 @@ fn every_membership_option_stays_on_the_bound_interface() {
     ];
     for (how, v6, ifindex, want) in cases {
         let g = next(v6);
-        let out = join(&s, how, g, ifindex);
+        let out = s.join(how, g, ifindex);
         assert!(out.contains(want), "{how} v6={v6} ifindex={ifindex}: {out}");
         assert!(
             !s.listener.report_for(Peer::A, g, wait),
@@ -392,7 +350,7 @@ fn every_membership_option_stays_on_the_bound_interface() {
     // IP_MSFILTER names the interface by address (upA's) and is not guarded: the kernel only
     // filters memberships the socket already has there, and it has none.
     let g = next(false);
-    let out = join(&s, "ip-msfilter", g, 0);
+    let out = s.join("ip-msfilter", g, 0);
     assert!(out.contains("join: error"), "ip-msfilter: {out}");
     assert!(
         !s.listener.report_for(Peer::A, g, wait),
@@ -411,8 +369,8 @@ fn source_specific_joins_leak_in_bind_mode() {
         .into_iter()
         .enumerate()
     {
-        let g = group(v6, 200 + i as u32);
-        let out = join(&s, how, g, a);
+        let g = mcast_group(78, v6, 200 + i as u32);
+        let out = s.join(how, g, a);
         assert!(out.contains("join: ok"), "{how}: {out}");
         assert!(
             s.listener.report_for(Peer::A, g, Duration::from_secs(3)),

@@ -221,16 +221,8 @@ fn entry(s: &Scenario, id: u64) -> Option<serde_json::Value> {
         .cloned()
 }
 
-/// The binding's problems, less `lsm-unavailable`: that one says what the kernel cannot do
-/// (every binding on a kernel without a usable BPF LSM has it), not what the daemon did.
 fn problems(e: &serde_json::Value) -> Vec<String> {
-    e["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["kind"].as_str().unwrap().to_string())
-        .filter(|k| k != "lsm-unavailable")
-        .collect()
+    bindguard_tests::scenario::problem_kinds(e)
 }
 
 fn link_ids(e: &serde_json::Value) -> Vec<u64> {

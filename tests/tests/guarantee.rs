@@ -2,51 +2,15 @@
 //! proved by what peer A's sniffer sees. Where bind mode is meant to leak, the same attempt is
 //! shown leaking there, so these tests can fail.
 
-use std::{io::Write, net::IpAddr, time::Duration};
+use std::{io::Write, time::Duration};
 
 use bindguard_tests::{
     Cmd, Peer, Scenario, TestCgroup,
     listener::PORT,
     root_or_skip,
-    scenario::{attached_programs, dest, token},
+    scenario::{attached_programs, dest, mcast_group, program_count, settled_program_count, token},
     topology::{UPLINK_A, UPLINK_B},
 };
-
-fn counter(s: &Scenario, name: &str) -> u64 {
-    s.status_entry().expect("binding in status")["counters"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
-}
-
-fn problems(s: &Scenario) -> Vec<String> {
-    s.status_entry().expect("binding in status")["problems"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["kind"].as_str().unwrap().to_string())
-        .filter(|k| k != "lsm-unavailable")
-        .collect()
-}
-
-/// Waits (up to 3 s) for the cgroup's program count to reach `want`: the kernel releases an
-/// unpinned link from a workqueue, which lags under load. Returns the last count.
-fn settled_program_count(cg: &std::path::Path, want: usize) -> usize {
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let n = program_count(cg);
-        if n == want || std::time::Instant::now() >= deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn program_count(cg: &std::path::Path) -> usize {
-    attached_programs(cg)
-        .lines()
-        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
-        .count()
-}
 
 #[test]
 fn the_root_cgroup_is_refused_in_every_spelling() {
@@ -153,27 +117,6 @@ fn oci_hook_refuses_the_runtimes_cgroup_and_its_ancestors() {
     let _ = sleeper.wait();
 }
 
-/// A group address no other test uses.
-fn group(v6: bool, n: u32) -> IpAddr {
-    let p = std::process::id() % 250;
-    if v6 {
-        format!("ff15::77:{p:x}:{n:x}").parse().unwrap()
-    } else {
-        format!("239.77.{p}.{}", n % 250).parse().unwrap()
-    }
-}
-
-/// Joins `g` with membership option `how` naming `ifindex`, as uid 65534 with no
-/// capabilities; returns the probe's output.
-fn join(s: &Scenario, how: &str, g: IpAddr, ifindex: u32) -> String {
-    let (_, out, err) = s
-        .probe_bound()
-        .args(["mcast", how, &g.to_string(), &ifindex.to_string()])
-        .as_nobody()
-        .run();
-    format!("{out}{err}")
-}
-
 #[test]
 fn multicast_joins_stay_on_the_bound_interface() {
     root_or_skip!();
@@ -184,7 +127,7 @@ fn multicast_joins_stay_on_the_bound_interface() {
     let mut n = 0;
     let mut next = |v6| {
         n += 1;
-        group(v6, n)
+        mcast_group(77, v6, n)
     };
     // Naming the other interface: refused, and no report leaves by it.
     for (how, v6) in [
@@ -194,7 +137,7 @@ fn multicast_joins_stay_on_the_bound_interface() {
         ("mreq6", true),
     ] {
         let g = next(v6);
-        let out = join(&s, how, g, a);
+        let out = s.join(how, g, a);
         assert!(out.contains("join: error errno=1"), "{how} on upA: {out}");
         assert!(
             !s.listener.report_for(Peer::A, g, wait),
@@ -205,7 +148,7 @@ fn multicast_joins_stay_on_the_bound_interface() {
     // puts the membership on the bound interface.
     for (how, v6) in [("mreq", false), ("group", false), ("mreq6", true)] {
         let g = next(v6);
-        let out = join(&s, how, g, 0);
+        let out = s.join(how, g, 0);
         assert!(out.contains("join: ok"), "{how} any: {out}");
         assert!(
             s.listener.report_for(Peer::B, g, Duration::from_secs(3)),
@@ -218,9 +161,9 @@ fn multicast_joins_stay_on_the_bound_interface() {
     }
     // An interface named only by address cannot be pinned: refused.
     let g = next(false);
-    let out = join(&s, "source", g, 0);
+    let out = s.join("source", g, 0);
     assert!(out.contains("join: error errno=1"), "source: {out}");
-    assert!(counter(&s, "multicast_refused") >= 5);
+    assert!(s.counter("multicast_refused") >= 5);
 }
 
 #[test]
@@ -230,8 +173,8 @@ fn multicast_joins_leak_in_bind_mode() {
     s.attach(UPLINK_B, &["--mode", "bind"]);
     let a = s.topo.host.ifindex(UPLINK_A);
     for (i, (how, ifindex)) in [("mreqn", a), ("mreq", 0)].into_iter().enumerate() {
-        let g = group(false, 100 + i as u32);
-        let out = join(&s, how, g, ifindex);
+        let g = mcast_group(77, false, 100 + i as u32);
+        let out = s.join(how, g, ifindex);
         assert!(out.contains("join: ok"), "{how}: {out}");
         assert!(
             s.listener.report_for(Peer::A, g, Duration::from_secs(3)),
@@ -254,7 +197,7 @@ fn mptcp_is_refused_with_eprotonosupport_in_both_modes() {
             out.contains("socket(IPPROTO_MPTCP): error errno=93"),
             "{mode}: {out}"
         );
-        assert!(counter(&s, "mptcp_refused") >= 1, "{mode}");
+        assert!(s.counter("mptcp_refused") >= 1, "{mode}");
         // TCP, the fallback, still leaves bound.
         assert_eq!(
             s.delivered_to(
@@ -299,7 +242,7 @@ fn a_changed_mark_is_dropped_and_a_changed_priority_restored() {
         before,
         "{out}"
     );
-    assert!(counter(&s, "mark_dropped") >= 1);
+    assert!(s.counter("mark_dropped") >= 1);
     // The policy's own mark passes.
     let (out, got) = send_marked(&s, "somark", "7", false);
     assert_eq!(got, [Peer::B], "{out}");
@@ -307,7 +250,7 @@ fn a_changed_mark_is_dropped_and_a_changed_priority_restored() {
     let (out, got) = send_marked(&s, "tos", "16", true);
     assert!(out.contains("setsockopt(IP_TOS): ok"), "{out}");
     assert_eq!(got, [Peer::B], "{out}");
-    assert!(counter(&s, "priority_restored") >= 1);
+    assert!(s.counter("priority_restored") >= 1);
 }
 
 /// Sockets on PORT in the host namespace (ss), to see whether they still exist.
@@ -379,12 +322,12 @@ fn attach_restores_a_binding_that_lost_links() {
     assert!(full >= 10);
     std::fs::remove_file(s.cg.pins().join("link_sock_create")).unwrap();
     assert_eq!(settled_program_count(&s.cg.path, full - 1), full - 1);
-    assert!(problems(&s).contains(&"link-missing".to_string()));
+    assert!(s.problems().contains(&"link-missing".to_string()));
     let (code, out, err) = s.attach_result(UPLINK_B, &[]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("programs replaced"), "{out}");
     assert_eq!(settled_program_count(&s.cg.path, full), full);
-    assert_eq!(problems(&s), Vec::<String>::new());
+    assert_eq!(s.problems(), Vec::<String>::new());
     assert_eq!(
         s.delivered_to(s.probe_bound(), bindguard_tests::Proto::Udp, false),
         [Peer::B]
@@ -456,7 +399,7 @@ fn killed_commands_never_leave_silent_extras() {
     // The next commands finish whatever was interrupted.
     s.attach(UPLINK_B, &[]);
     assert_eq!(settled_program_count(&s.cg.path, 10), 10);
-    assert_eq!(problems(&s), Vec::<String>::new());
+    assert_eq!(s.problems(), Vec::<String>::new());
     let (code, _, err) = s.detach();
     assert_eq!(code, 0, "{err}");
     assert_eq!(

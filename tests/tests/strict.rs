@@ -9,25 +9,8 @@ use bindguard_tests::{
     listener::{LOOPBACK_PORT, LoopbackListener, PORT},
     root_or_skip,
     scenario::{dest, token},
-    topology::{NetnsGuard, UPLINK_A, UPLINK_B},
+    topology::{UPLINK_A, UPLINK_B},
 };
-
-/// The link-local address of a namespace's interface.
-fn link_local(ns: &NetnsGuard, dev: &str) -> String {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n", &ns.name, "-6", "-o", "addr", "show", "dev", dev, "scope", "link",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.split_whitespace()
-        .skip_while(|w| *w != "inet6")
-        .nth(1)
-        .and_then(|a| a.split('/').next())
-        .unwrap_or_else(|| panic!("no link-local address on {dev}: {text}"))
-        .to_string()
-}
 
 struct Attempt {
     kind: &'static str,
@@ -40,7 +23,7 @@ struct Attempt {
 /// Every escape of the table, aimed from a socket bound to upB at peer A.
 fn escapes(s: &Scenario) -> Vec<Attempt> {
     let ifa = s.topo.host.ifindex(UPLINK_A).to_string();
-    let peer_a_ll = link_local(&s.topo.peer_a, "eth0");
+    let peer_a_ll = s.topo.peer_a.link_local("eth0");
     let mut v = Vec::new();
     let mut add = |kind, addr: &str, arg: Option<&str>, privileged| {
         v.push(Attempt {

@@ -49,15 +49,7 @@ fn an_upgrade_moves_the_binding_without_an_unbound_socket_and_drops_the_old_set(
         current_name,
         "the variant build must have another object"
     );
-    let kinds = |s: &Scenario| -> Vec<String> {
-        s.status_entry().expect("listed")["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["kind"].as_str().unwrap().to_string())
-            .filter(|k| k != "lsm-unavailable")
-            .collect()
-    };
+    let kinds = |s: &Scenario| s.problems();
     assert_eq!(kinds(&s), ["programs-outdated"]);
 
     // Sockets are made in a tight loop while the binding moves between the two builds' sets
