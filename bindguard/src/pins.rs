@@ -111,12 +111,71 @@ pub struct Lock(#[allow(dead_code)] Flock<fs::File>);
 
 pub fn lock() -> anyhow::Result<Lock> {
     let root = root();
-    fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    trusted_root(&root)?;
     let dir = fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
     let locked = Flock::lock(dir, FlockArg::LockExclusive)
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", root.display()))?;
     Ok(Lock(locked))
+}
+
+/// Makes sure bindguard's root on bpffs is a real directory that only root can enter, before
+/// anything in it is trusted or locked.
+///
+/// bpffs's own root is world-writable (1777): any user can make `bindguard` there before
+/// bindguard does, fill it with symlinks, and later rename a binding into what the sweep
+/// removes; and anyone who can open the directory can hold its flock and stall every bindguard
+/// command (the daemon included). So a root directory not owned by root, writable by others,
+/// or not a directory at all is moved aside (root may rename in a sticky directory; nothing in
+/// it is followed or removed) and a fresh one made; the root is kept at 0700.
+fn trusted_root(root: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    let trusted = |m: &fs::Metadata| m.file_type().is_dir() && m.uid() == 0;
+    match fs::symlink_metadata(root) {
+        Ok(m) if trusted(&m) => {
+            if m.mode() & 0o077 != 0 {
+                fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                    .with_context(|| format!("restricting {} to root", root.display()))?;
+            }
+            return Ok(());
+        }
+        Ok(_) => {
+            let aside = root.with_file_name(format!(
+                "{ROOT}-untrusted-{}-{}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ));
+            fs::rename(root, &aside).with_context(|| {
+                format!(
+                    "{} is not a directory owned by root; moving it aside to {}",
+                    root.display(),
+                    aside.display()
+                )
+            })?;
+            eprintln!(
+                "bindguard: warning: {} was not a root-owned directory (made by another user?); moved it aside to {}",
+                root.display(),
+                aside.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", root.display())),
+    }
+    match fs::DirBuilder::new().mode(0o700).create(root) {
+        Ok(()) => {}
+        // Another bindguard made it meanwhile: check it like any other.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
+    }
+    let m = fs::symlink_metadata(root).with_context(|| format!("inspecting {}", root.display()))?;
+    anyhow::ensure!(
+        trusted(&m) && m.mode() & 0o077 == 0,
+        "{} is not a root-owned directory of mode 0700 after creating it; refusing to use it",
+        root.display()
+    );
+    Ok(())
 }
 
 /// Every binding's (cgroup id, pin directory), sorted by id.
