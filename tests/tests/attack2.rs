@@ -12,7 +12,10 @@
 //! Not here because it is *not* held (see the review's report): the pins lock is a flock on
 //! /sys/fs/bpf/bindguard, a directory any user can open, so uid 65534 can hold it and stall
 //! every attach, the OCI hook and the daemon — which then leaves a cgroup that appears (or one
-//! it has just made with `create = true`) unbound for as long as the lock is held.
+//! it has just made with `create = true`) unbound for as long as the lock is held. Nor is
+//! /sys/fs/bpf/bindguard checked: bpffs's root is mode 1777, so a user who makes it first (with
+//! `work` a symlink back to it) can later rename any binding to `dead-<id>-1`, and the next
+//! bindguard command that changes bindings sweeps it — unpinning its links, which detaches it.
 
 use std::{
     process::Stdio,
