@@ -9,13 +9,12 @@
 //! builds' sets and the daemon's close/re-target of an ancestor under a bound child are run
 //! under load and judged by peer A's packet count.
 //!
-//! Not here because it is *not* held (see the review's report): the pins lock is a flock on
-//! /sys/fs/bpf/bindguard, a directory any user can open, so uid 65534 can hold it and stall
-//! every attach, the OCI hook and the daemon — which then leaves a cgroup that appears (or one
-//! it has just made with `create = true`) unbound for as long as the lock is held. Nor is
-//! /sys/fs/bpf/bindguard checked: bpffs's root is mode 1777, so a user who makes it first (with
-//! `work` a symlink back to it) can later rename any binding to `dead-<id>-1`, and the next
-//! bindguard command that changes bindings sweeps it — unpinning its links, which detaches it.
+//! The review also found two leaks in how bindguard kept its bpffs directory, since fixed and
+//! tested at the end of this file: the pins lock was a flock on /sys/fs/bpf/bindguard, a
+//! directory any user could open, so uid 65534 could hold it and stall every attach, the OCI
+//! hook and the daemon; and the directory was trusted as found, though bpffs's root is mode
+//! 1777, so a user who made it first (with `work` a symlink back to it) could later have any
+//! binding swept away.
 
 use std::{
     process::Stdio,
@@ -444,4 +443,79 @@ fn a_child_bound_to_a_never_leaks_while_the_daemon_closes_and_retargets_its_pare
         "control: with the parent detached the child's sender should reach A"
     );
     drop(child);
+}
+
+/// Runs `script` with sh in a private mount namespace on a fresh bpffs, so nothing it pins or
+/// squats outlives it (the links pinned there are detached when the namespace goes).
+fn on_private_bpffs(script: &str) -> (i32, String, String) {
+    Cmd::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(format!("set -e\nmount -t bpf bpf /sys/fs/bpf\n{script}"))
+        .run()
+}
+
+const NOBODY: &str = "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all";
+
+#[test]
+fn an_unprivileged_user_cannot_hold_the_pins_lock() {
+    root_or_skip!();
+    let cg = TestCgroup::new();
+    let bg = bindguard_tests::bindguard_bin();
+    let (code, out, err) = on_private_bpffs(&format!(
+        "{} attach --cgroup {} --dev lo --mode bind >/dev/null\n\
+         stat -c 'mode=%a owner=%u' /sys/fs/bpf/bindguard\n\
+         if {NOBODY} flock -n /sys/fs/bpf/bindguard -c true 2>/dev/null; then echo locked; else echo refused; fi",
+        bg.display(),
+        cg.path.display()
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("mode=700 owner=0"), "{out}{err}");
+    assert!(
+        out.contains("refused"),
+        "uid 65534 took the pins lock:\n{out}{err}"
+    );
+}
+
+#[test]
+fn a_squatted_pins_directory_is_moved_aside_and_cannot_sweep_a_binding() {
+    root_or_skip!();
+    let (one, two) = (TestCgroup::new(), TestCgroup::new());
+    let bg = bindguard_tests::bindguard_bin();
+    let attach = |cg: &TestCgroup| {
+        format!(
+            "{} attach --cgroup {} --dev lo --mode bind >/dev/null",
+            bg.display(),
+            cg.path.display()
+        )
+    };
+    // uid 65534 makes the directory first, with `work` pointing back at it; then, once `one`
+    // is bound, tries to rename its binding into what the sweep removes and has an unrelated
+    // attach run the sweep.
+    let (code, out, err) = on_private_bpffs(&format!(
+        "{NOBODY} mkdir -m 0777 /sys/fs/bpf/bindguard\n\
+         {NOBODY} ln -s /sys/fs/bpf/bindguard /sys/fs/bpf/bindguard/work\n\
+         {}\n\
+         ls /sys/fs/bpf | grep -c '^bindguard-untrusted-' | sed 's/^/aside=/'\n\
+         if {NOBODY} mv /sys/fs/bpf/bindguard/{id} /sys/fs/bpf/bindguard/dead-{id}-1 2>/dev/null; then echo moved; else echo refused; fi\n\
+         {}\n\
+         bpftool cgroup show {} | grep -c sock_create | sed 's/^/linked=/'",
+        attach(&one),
+        attach(&two),
+        one.path.display(),
+        id = one.id,
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("aside=1"),
+        "the squatted directory was used:\n{out}{err}"
+    );
+    assert!(err.contains("moved it aside"), "{err}");
+    assert!(
+        out.contains("refused"),
+        "uid 65534 renamed a binding:\n{out}{err}"
+    );
+    assert!(
+        out.contains("linked=1"),
+        "the binding was swept away:\n{out}{err}"
+    );
 }
