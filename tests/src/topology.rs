@@ -123,6 +123,45 @@ pub struct Topology {
     pub host: NetnsGuard,
 }
 
+/// One uplink: a veth from `host` (named `up`) to `peer` (named eth0), with addresses, both
+/// ends up, the peer's default routes back, and a host default route of `metric`.
+#[allow(clippy::too_many_arguments)]
+fn link_uplink(
+    host: &NetnsGuard,
+    peer: &NetnsGuard,
+    up: &str,
+    host4: &str,
+    peer4: &str,
+    host6: &str,
+    peer6: &str,
+    metric: &str,
+) {
+    host.ip(&[
+        "link", "add", up, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
+    ]);
+    host.ip(&["addr", "add", &format!("{host4}/24"), "dev", up]);
+    host.ip(&["addr", "add", &format!("{host6}/64"), "dev", up, "nodad"]);
+    host.ip(&["link", "set", up, "up"]);
+    peer.ip(&["addr", "add", &format!("{peer4}/24"), "dev", "eth0"]);
+    peer.ip(&[
+        "addr",
+        "add",
+        &format!("{peer6}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ]);
+    peer.ip(&["link", "set", "eth0", "up"]);
+    peer.ip(&["route", "add", "default", "via", host4]);
+    peer.ip(&["-6", "route", "add", "default", "via", host6]);
+    host.ip(&[
+        "route", "add", "default", "via", peer4, "dev", up, "metric", metric,
+    ]);
+    host.ip(&[
+        "-6", "route", "add", "default", "via", peer6, "dev", up, "metric", metric,
+    ]);
+}
+
 impl Topology {
     pub fn new() -> Self {
         let host = NetnsGuard::new("bgh");
@@ -132,35 +171,12 @@ impl Topology {
             (UPLINK_A, &peer_a, HOST_A4, PEER_A4, HOST_A6, PEER_A6, "10"),
             (UPLINK_B, &peer_b, HOST_B4, PEER_B4, HOST_B6, PEER_B6, "20"),
         ] {
-            host.ip(&[
-                "link", "add", up, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
-            ]);
-            host.ip(&["addr", "add", &format!("{host4}/24"), "dev", up]);
-            host.ip(&["addr", "add", &format!("{host6}/64"), "dev", up, "nodad"]);
-            host.ip(&["link", "set", up, "up"]);
-            peer.ip(&["addr", "add", &format!("{peer4}/24"), "dev", "eth0"]);
-            peer.ip(&[
-                "addr",
-                "add",
-                &format!("{peer6}/64"),
-                "dev",
-                "eth0",
-                "nodad",
-            ]);
+            link_uplink(&host, peer, up, host4, peer4, host6, peer6, metric);
             peer.ip(&["addr", "add", &format!("{DEST4}/32"), "dev", "lo"]);
             peer.ip(&["addr", "add", &format!("{DEST6}/128"), "dev", "lo"]);
-            peer.ip(&["link", "set", "eth0", "up"]);
-            peer.ip(&["route", "add", "default", "via", host4]);
-            peer.ip(&["-6", "route", "add", "default", "via", host6]);
             // Replies and strays must not be dropped by reverse-path checks in the peers.
             peer.sysctl("net.ipv4.conf.all.rp_filter", "0");
             peer.sysctl("net.ipv4.conf.eth0.rp_filter", "0");
-            host.ip(&[
-                "route", "add", "default", "via", peer4, "dev", up, "metric", metric,
-            ]);
-            host.ip(&[
-                "-6", "route", "add", "default", "via", peer6, "dev", up, "metric", metric,
-            ]);
         }
         host.sysctl("net.ipv4.conf.all.rp_filter", "0");
         Self {
@@ -168,6 +184,27 @@ impl Topology {
             peer_b,
             host,
         }
+    }
+
+    /// Deletes uplink B (both ends of the veth: peer B loses its eth0 too), as a VPN
+    /// disconnect deletes its interface.
+    pub fn delete_uplink_b(&self) {
+        self.host.ip(&["link", "del", UPLINK_B]);
+    }
+
+    /// Re-creates uplink B as [`Topology::new`] made it: a new ifindex on both ends.
+    pub fn recreate_uplink_b(&self) {
+        link_uplink(
+            &self.host,
+            &self.peer_b,
+            UPLINK_B,
+            HOST_B4,
+            PEER_B4,
+            HOST_B6,
+            PEER_B6,
+            "20",
+        );
+        self.peer_b.sysctl("net.ipv4.conf.eth0.rp_filter", "0");
     }
 }
 

@@ -26,7 +26,7 @@ use bindguard_tests::{
     listener::PORT,
     root_or_skip,
     scenario::token,
-    topology::{DEST4, HOST_B4, HOST_B6, PEER_B4, PEER_B6, Topology, UPLINK_A, UPLINK_B},
+    topology::{DEST4, UPLINK_A, UPLINK_B},
     unique,
 };
 
@@ -324,39 +324,6 @@ impl Drop for Running {
     }
 }
 
-/// Re-creates uplink B as Topology::new made it (a new ifindex on both ends).
-fn create_b(topo: &Topology) {
-    let (host, peer) = (&topo.host, &topo.peer_b);
-    host.ip(&[
-        "link", "add", UPLINK_B, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
-    ]);
-    host.ip(&["addr", "add", &format!("{HOST_B4}/24"), "dev", UPLINK_B]);
-    host.ip(&[
-        "addr",
-        "add",
-        &format!("{HOST_B6}/64"),
-        "dev",
-        UPLINK_B,
-        "nodad",
-    ]);
-    peer.ip(&["addr", "add", &format!("{PEER_B4}/24"), "dev", "eth0"]);
-    peer.ip(&[
-        "addr",
-        "add",
-        &format!("{PEER_B6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    peer.ip(&["link", "set", "eth0", "up"]);
-    host.ip(&["link", "set", UPLINK_B, "up"]);
-    peer.ip(&["route", "add", "default", "via", HOST_B4]);
-    peer.ip(&["-6", "route", "add", "default", "via", HOST_B6]);
-    host.ip(&[
-        "route", "add", "default", "via", PEER_B4, "dev", UPLINK_B, "metric", "20",
-    ]);
-}
-
 /// The parent bound to upB by the daemon, a child bound to upA by hand. While upB is deleted
 /// (the daemon closes the parent's binding: ifindex 0) and re-created (re-targeted to the new
 /// ifindex) five times, a sender in the child — root, so SO_BINDTODEVICE needs no more — keeps
@@ -421,7 +388,7 @@ fn a_child_bound_to_a_never_leaks_while_the_daemon_closes_and_retargets_its_pare
         s.topo.host.ip(&["link", "del", UPLINK_B]);
         assert!(wait_log("was deleted", round), "{}", read_log());
         std::thread::sleep(Duration::from_millis(100));
-        create_b(&s.topo);
+        s.topo.recreate_uplink_b();
         assert!(wait_log("appeared", round), "{}", read_log());
         std::thread::sleep(Duration::from_millis(100));
     }

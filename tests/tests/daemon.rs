@@ -15,7 +15,7 @@ use std::{
 use bindguard_tests::{
     Cmd, Peer, Proto, Scenario, TestCgroup, probe_bin, root_or_skip,
     scenario::{dest, token},
-    topology::{HOST_B4, HOST_B6, PEER_B4, PEER_B6, Topology, UPLINK_A, UPLINK_B},
+    topology::{Topology, UPLINK_A, UPLINK_B},
     unique,
 };
 
@@ -151,47 +151,6 @@ fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// Deletes uplink B (both ends of the veth: peer B loses its eth0 too).
-fn delete_b(topo: &Topology) {
-    topo.host.ip(&["link", "del", UPLINK_B]);
-}
-
-/// Re-creates uplink B as Topology::new made it (new ifindex on both ends).
-fn create_b(topo: &Topology) {
-    let (host, peer) = (&topo.host, &topo.peer_b);
-    host.ip(&[
-        "link", "add", UPLINK_B, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
-    ]);
-    host.ip(&["addr", "add", &format!("{HOST_B4}/24"), "dev", UPLINK_B]);
-    host.ip(&[
-        "addr",
-        "add",
-        &format!("{HOST_B6}/64"),
-        "dev",
-        UPLINK_B,
-        "nodad",
-    ]);
-    peer.ip(&["addr", "add", &format!("{PEER_B4}/24"), "dev", "eth0"]);
-    peer.ip(&[
-        "addr",
-        "add",
-        &format!("{PEER_B6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
-    ]);
-    peer.ip(&["link", "set", "eth0", "up"]);
-    host.ip(&["link", "set", UPLINK_B, "up"]);
-    peer.ip(&["route", "add", "default", "via", HOST_B4]);
-    peer.ip(&["-6", "route", "add", "default", "via", HOST_B6]);
-    host.ip(&[
-        "route", "add", "default", "via", PEER_B4, "dev", UPLINK_B, "metric", "20",
-    ]);
-    host.ip(&[
-        "-6", "route", "add", "default", "via", PEER_B6, "dev", UPLINK_B, "metric", "20",
-    ]);
-}
-
 /// Sends fresh UDP tokens from inside the cgroup until one reaches a peer or `timeout`
 /// passes; returns the peers and how long it took.
 fn first_delivery(s: &Scenario, cg: &TestCgroup, timeout: Duration) -> (Vec<Peer>, Duration) {
@@ -240,7 +199,7 @@ fn daemon_before_the_interface_fails_closed_then_binds_within_1s() {
     let _g = shared();
     let s = Scenario::new();
     let dir = TempDir::new();
-    delete_b(&s.topo);
+    s.topo.delete_uplink_b();
     let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
     let _d = Daemon::start(&conf, &dir);
     let e = entry(&s, s.cg.id).expect("bound at start");
@@ -266,7 +225,7 @@ fn daemon_before_the_interface_fails_closed_then_binds_within_1s() {
     );
     let a_unbound = s.listener.packets(Peer::A);
     assert!(a_unbound > a_before, "the listener counts packets");
-    create_b(&s.topo);
+    s.topo.recreate_uplink_b();
     let (got, took) = first_delivery(&s, &s.cg, Duration::from_secs(1));
     assert_eq!(
         got,
@@ -313,9 +272,9 @@ fn twenty_recreations_under_load_never_leak_to_the_other_uplink() {
     );
     let mut worst = Duration::ZERO;
     for round in 0..20 {
-        delete_b(&s.topo);
+        s.topo.delete_uplink_b();
         std::thread::sleep(Duration::from_millis(30));
-        create_b(&s.topo);
+        s.topo.recreate_uplink_b();
         let (got, took) = first_delivery(&s, &s.cg, Duration::from_secs(2));
         assert_eq!(
             got,
@@ -404,9 +363,9 @@ fn reset_sockets_makes_a_connected_client_reconnect_over_the_new_interface() {
         "the client never connected"
     );
     std::thread::sleep(Duration::from_millis(200));
-    delete_b(&s.topo);
+    s.topo.delete_uplink_b();
     std::thread::sleep(Duration::from_millis(100));
-    create_b(&s.topo);
+    s.topo.recreate_uplink_b();
     assert!(
         d.wait_log("reset 1 socket", 1, Duration::from_secs(3)),
         "{}",
@@ -1013,7 +972,7 @@ fn a_deleted_interface_closes_even_if_its_ifindex_is_reused_and_renames_are_foll
     let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
     let d = Daemon::start(&conf, &dir);
     let old = s.topo.host.ifindex(UPLINK_B);
-    delete_b(&s.topo);
+    s.topo.delete_uplink_b();
     assert!(
         wait_until(Duration::from_secs(1), || entry(&s, s.cg.id)
             .is_some_and(|e| e["ifindex"] == 0)),
