@@ -319,13 +319,7 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
     // have changed the index meanwhile: such an option is refused whatever this copy says.
     // (Real membership options are at most 264 bytes.)
     if (end as usize - start as usize) < opt.optlen as usize {
-        count(|c| &mut c.multicast_refused);
-        report(
-            hook::MULTICAST,
-            ((opt.level as u32) << 16) | opt.optname as u32,
-            true,
-        );
-        return REFUSE;
+        return refuse_membership(opt.level, opt.optname);
     }
     let ok = match kind {
         Membership::Mreqn => {
@@ -347,10 +341,16 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
     if ok {
         return ALLOW;
     }
+    refuse_membership(opt.level, opt.optname)
+}
+
+/// Counts, reports and refuses a multicast membership change (`level`, `optname`).
+#[inline(always)]
+fn refuse_membership(level: i32, optname: i32) -> i32 {
     count(|c| &mut c.multicast_refused);
     report(
         hook::MULTICAST,
-        ((opt.level as u32) << 16) | opt.optname as u32,
+        ((level as u32) << 16) | optname as u32,
         true,
     );
     REFUSE
@@ -714,13 +714,7 @@ pub fn lsm_socket_setsockopt(ctx: LsmContext) -> i32 {
     if !compat {
         return ALLOW;
     }
-    count(|c| &mut c.multicast_refused);
-    report(
-        hook::MULTICAST,
-        ((level as u32) << 16) | optname as u32,
-        true,
-    );
-    REFUSE
+    refuse_membership(level, optname)
 }
 
 /// io_uring's setsockopt (IORING_OP_URING_CMD, SOCKET_URING_OP_SETSOCKOPT) skips the cgroup
@@ -745,13 +739,7 @@ pub fn lsm_uring_cmd(ctx: LsmContext) -> i32 {
     if level != -1 && optname != -1 && membership(level, optname) == Membership::None {
         return ALLOW;
     }
-    count(|c| &mut c.multicast_refused);
-    report(
-        hook::MULTICAST,
-        ((level as u32) << 16) | optname as u32,
-        true,
-    );
-    REFUSE
+    refuse_membership(level, optname)
 }
 
 #[cfg(not(test))]
