@@ -226,7 +226,12 @@ pub fn bind_sock_create(ctx: SockContext) -> i32 {
 /// set, so that the kernel creates the cgroup's `POLICY` and `STATS` storage and userspace
 /// can write the policy *before* any enforcing program is linked — no socket ever meets a
 /// zero policy. The storage stays with the cgroup after this link is dropped.
-#[cgroup_sock(sock_release)]
+///
+/// A sock_create program (it lets every socket through, unbound, as the cgroup had before):
+/// every binding links that hook anyway, so linking and dropping this one never turns the
+/// kernel's per-hook static key on or off — which patches kernel text and interrupts every
+/// CPU — except for the first binding on the machine.
+#[cgroup_sock(sock_create)]
 pub fn hold_storage(_ctx: SockContext) -> i32 {
     let p = policy();
     let _ = unsafe { core::ptr::read_volatile(&p.abi) };

@@ -172,7 +172,7 @@ impl Set {
         link::create_cgroup_link(
             prog.as_fd(),
             cgroup,
-            bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE,
+            bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
         )
         .context("linking the storage holder (BPF_LINK_CREATE)")
     }
@@ -518,7 +518,7 @@ fn fill(dir: &Path) -> anyhow::Result<()> {
         name: HOLD,
         program: "hold_storage",
         kind: Kind::Sock,
-        attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_RELEASE,
+        attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
     };
     let hooks = if types.is_some() {
         HOOKS
