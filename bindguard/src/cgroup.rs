@@ -66,6 +66,12 @@ fn mounts() -> anyhow::Result<Vec<Mount>> {
 
 /// The first cgroup2 mount: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified on hybrid.
 pub fn cgroup2_mount() -> anyhow::Result<PathBuf> {
+    // Where systemd puts it: one statfs each, where parsing mountinfo is ~10 % of an attach.
+    for place in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if statfs(place).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC) {
+            return Ok(place.into());
+        }
+    }
     mounts()?
         .into_iter()
         .find(|m| m.fs_type == "cgroup2")
@@ -123,10 +129,15 @@ pub fn join_under_mount(mount: &Path, arg: &Path) -> Result<PathBuf, Error> {
 /// Linux's PATH_MAX: a longer path is bad input, not a failed operation.
 const PATH_MAX: usize = 4095;
 
-/// Refuses the root of a cgroup2 hierarchy: the real root (id 1), and the root of every
-/// cgroup2 mount this process sees (inside a cgroup namespace that is the namespace's root).
+/// Refuses the root of a cgroup2 hierarchy: the real root (id 1), and any cgroup2 directory
+/// that is the root of a mount (inside a cgroup namespace, the namespace's root).
 pub fn refuse_root(cg: &Cgroup) -> Result<(), Error> {
     let is_mount_root = || -> bool {
+        // The kernel says whether the (canonical) path is a mount's root (statx, 5.8+)...
+        if let Some(root) = mount_root_attr(&cg.path) {
+            return root;
+        }
+        // ...else compare it with every cgroup2 mount point.
         let Ok(here) = fs::metadata(&cg.path) else {
             return false;
         };
@@ -142,6 +153,15 @@ pub fn refuse_root(cg: &Cgroup) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// STATX_ATTR_MOUNT_ROOT of `path`, if the kernel reports that attribute.
+fn mount_root_attr(path: &Path) -> Option<bool> {
+    use rustix::fs::{AtFlags, CWD, StatxAttributes, StatxFlags, statx};
+    let st = statx(CWD, path, AtFlags::NO_AUTOMOUNT, StatxFlags::BASIC_STATS).ok()?;
+    st.stx_attributes_mask
+        .contains(StatxAttributes::MOUNT_ROOT)
+        .then(|| st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
 }
 
 /// Resolves `arg` (absolute, or relative to the cgroup2 mount) to an existing cgroup v2 directory.
