@@ -161,6 +161,11 @@ impl Cmd {
     fn prepare(&mut self) {
         let procs = self.cgroup_procs.as_ref().map(|f| f.as_raw_fd());
         let netns = self.netns.as_ref().map(|f| f.as_raw_fd());
+        // Without a pre_exec hook std can spawn with vfork semantics (posix_spawn) instead of
+        // copying this process's page tables: what `bench` times should be bindguard, not that.
+        if procs.is_none() && netns.is_none() {
+            return;
+        }
         // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
         unsafe {
             self.cmd.pre_exec(move || {
@@ -185,6 +190,17 @@ impl Cmd {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
+            .expect("spawn")
+    }
+
+    /// Runs to completion, stdout discarded and stderr written to `stderr` (no pipes to drain,
+    /// no reader thread): for timing.
+    pub fn status_quiet(mut self, stderr: File) -> std::process::ExitStatus {
+        self.prepare();
+        self.cmd
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .status()
             .expect("spawn")
     }
 

@@ -25,10 +25,8 @@ const BUILT: &str = "target/x86_64-unknown-linux-musl/dist/bindguard";
 const LOCAL_BIN: &str = "/usr/local/bin/bindguard";
 const PACKAGE_BIN: &str = "/usr/bin/bindguard";
 
-/// Builds everything; returns the dist/ directory.
-pub fn dist() -> anyhow::Result<PathBuf> {
-    let started = Instant::now();
-    let root = workspace();
+/// Builds the static release binary; returns its path.
+pub fn build_binary() -> anyhow::Result<PathBuf> {
     run(cargo().args([
         "build",
         "--quiet",
@@ -42,7 +40,14 @@ pub fn dist() -> anyhow::Result<PathBuf> {
         "bindguard",
     ]))
     .context("building the static binary (`cargo xtask setup` adds the musl target)")?;
-    let bin = root.join(BUILT);
+    Ok(workspace().join(BUILT))
+}
+
+/// Builds everything; returns the dist/ directory.
+pub fn dist() -> anyhow::Result<PathBuf> {
+    let started = Instant::now();
+    let root = workspace();
+    let bin = build_binary()?;
     let version = version(&bin)?;
     let dir = root.join("dist");
     fs::create_dir_all(&dir)?;

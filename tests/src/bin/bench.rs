@@ -14,7 +14,7 @@
 use std::{
     fmt::Write as _,
     fs,
-    os::unix::fs::MetadataExt,
+    os::unix::fs::{MetadataExt, OpenOptionsExt},
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -67,19 +67,51 @@ fn measure(cmd: Cmd) -> f64 {
 }
 
 /// Times a whole command (wall clock, ms); it must succeed.
+/// Wall-clock ms of one whole bindguard process, spawned as a shell would (output to
+/// /dev/null, no pipes to drain). A failure panics with the command and its exit status.
 fn timed(cmd: Cmd) -> f64 {
-    let start = Instant::now();
     let what = cmd.describe();
-    let out = bindguard_tests::run::wait_output(cmd.spawn(), Duration::from_secs(60))
-        .unwrap_or_else(|| panic!("{what} did not finish within 60 s"));
-    let (code, out, err) = (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    );
+    let mut err = tempfile();
+    let start = Instant::now();
+    let status = cmd.status_quiet(err.try_clone().expect("dup stderr file"));
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    assert_eq!(code, 0, "{what}: {out}{err}");
+    if !status.success() {
+        let mut text = String::new();
+        let _ = std::io::Seek::rewind(&mut err);
+        let _ = std::io::Read::read_to_string(&mut err, &mut text);
+        panic!("{what}: {status}: {text}");
+    }
     ms
+}
+
+/// What kind of bindguard binary is measured: the shipped static one, or a dynamic build.
+fn binary_kind() -> String {
+    let bin = bindguard_tests::bindguard_bin();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("/"));
+    let name = bin
+        .strip_prefix(workspace)
+        .unwrap_or(&bin)
+        .display()
+        .to_string();
+    // A static executable has no PT_INTERP: the "/lib64/ld-linux" string is absent.
+    let dynamic = fs::read(&bin).is_ok_and(|b| b.windows(13).any(|w| w == b"/lib64/ld-lin"));
+    if dynamic {
+        format!("`{name}` (dynamically linked)")
+    } else {
+        format!("`{name}` (the static release binary `cargo xtask dist` ships)")
+    }
+}
+
+/// An anonymous file (O_TMPFILE) for a timed command's stderr.
+fn tempfile() -> fs::File {
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .open(std::env::temp_dir())
+        .expect("O_TMPFILE in the temp dir")
 }
 
 fn phase(name: &str, started: Instant) {
@@ -244,14 +276,15 @@ fn main() {
     let _ = writeln!(report, "Machine: {}", machine());
     let _ = writeln!(
         report,
-        "Command: `cargo xtask bench{}{}` (release build), {} rounds interleaved; median (p25–p75).\n",
+        "Command: `cargo xtask bench{}{}`, {} rounds interleaved; median (p25–p75). bindguard: {}.\n",
         if quick { " --quick" } else { "" },
         if phases.len() == all.len() {
             String::new()
         } else {
             format!(" --phases {}", phases.join(","))
         },
-        rounds
+        rounds,
+        binary_kind()
     );
 
     let s = Scenario::new();
@@ -390,20 +423,35 @@ fn main() {
     };
     if run("send") {
         phase("UDP send", started);
+        // The kernel's own price for the two hooks strict mode runs per unconnected datagram
+        // (cgroup/sendmsg4 takes the socket lock; cgroup_skb/egress saves and restores the
+        // skb's control block), paid whatever the programs do: a `--mode bind` binding (same
+        // bound socket, same route) plus empty programs on those hooks.
+        let cg_hooks = TestCgroup::new();
+        timed(attach_cmd(
+            &cg_hooks.path,
+            UPLINK_B,
+            &host,
+            &["--mode", "bind"],
+        ));
+        let _empty_hooks = [
+            empty_program(&cg_hooks.path, 18, 14), // CGROUP_SOCK_ADDR at UDP4_SENDMSG
+            empty_program(&cg_hooks.path, 8, 1),   // CGROUP_SKB at INET_EGRESS
+        ];
         let _ = writeln!(
             report,
             "\n### 2. UDP sendto() over veth, ns per 64-byte datagram (to peer B)\n"
         );
         let _ = writeln!(
             report,
-            "| no binding | `--mode bind` | `--mode strict` | strict vs bind | strict vs none | strict pps / unbound pps |"
+            "| no binding | `--mode bind` | `--mode strict` | floor: bind + empty sendmsg4 and egress programs | strict pps / unbound pps | floor pps / unbound pps | strict pps / floor pps |"
         );
-        let _ = writeln!(report, "|---|---|---|---|---|---|");
-        let cgs = [&cg_none, &cg_bind, &cg_strict];
-        let mut samples = vec![Vec::new(); 3];
+        let _ = writeln!(report, "|---|---|---|---|---|---|---|");
+        let cgs = [&cg_none, &cg_bind, &cg_strict, &cg_hooks];
+        let mut samples = vec![Vec::new(); cgs.len()];
         for round in 0..rounds.min(9) {
-            for k in 0..3 {
-                let i = (round + k) % 3;
+            for k in 0..cgs.len() {
+                let i = (round + k) % cgs.len();
                 let cmd = Cmd::probe().in_netns(&s.topo.host).in_cgroup(cgs[i]).args([
                     "bench-send",
                     PEER_B4,
@@ -416,13 +464,19 @@ fn main() {
         let st: Vec<Stats> = samples.into_iter().map(stats).collect();
         let _ = writeln!(
             report,
-            "| {} | {} | {} | {:.3}× | {:.3}× | {:.3} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {:.3} |",
             st[0],
             st[1],
             st[2],
-            st[2].median / st[1].median,
-            st[2].median / st[0].median,
-            st[0].median / st[2].median
+            st[3],
+            st[0].median / st[2].median,
+            st[0].median / st[3].median,
+            st[3].median / st[2].median
+        );
+        timed(
+            Cmd::bindguard()
+                .args(["detach", "--cgroup"])
+                .arg(&cg_hooks.path),
         );
     }
 
@@ -722,9 +776,14 @@ fn scale_phase(report: &mut String, scale: usize, started: Instant) {
     drop(parent);
 }
 
-/// Loads `r0 = 1; exit` as a cgroup sock_create program and links it to `cgroup`; returns the
-/// program id and the link and program fds (dropping them detaches and unloads it).
-fn empty_sock_create(cgroup: &Path) -> (u32, std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+/// An empty program (`return 1`: allow, pass) of `prog_type` linked to `cgroup` at
+/// `attach_type`: what the kernel's hook costs without any work of bindguard's. Returns the
+/// program id, and the link and program fds (dropping them unlinks it).
+fn empty_program(
+    cgroup: &Path,
+    prog_type: u32,
+    attach_type: u32,
+) -> (u32, std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     let sys = |cmd: i32, attr: &mut [u8]| -> i64 {
         // SAFETY: attr is a zero-initialised bpf_attr prefix for `cmd` of the size passed.
@@ -743,12 +802,12 @@ fn empty_sock_create(cgroup: &Path) -> (u32, std::os::fd::OwnedFd, std::os::fd::
     let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
     let license = c"GPL";
     let mut attr = [0u8; 128];
-    put(&mut attr, 0, 9, 4); // BPF_PROG_TYPE_CGROUP_SOCK
+    put(&mut attr, 0, prog_type.into(), 4);
     put(&mut attr, 4, 2, 4);
     put(&mut attr, 8, insns.as_ptr() as u64, 8);
     put(&mut attr, 16, license.as_ptr() as u64, 8);
     attr[48..56].copy_from_slice(b"bg_empty");
-    put(&mut attr, 68, 2, 4); // BPF_CGROUP_INET_SOCK_CREATE
+    put(&mut attr, 68, attach_type.into(), 4); // expected_attach_type
     let prog = sys(5, &mut attr); // BPF_PROG_LOAD
     assert!(
         prog >= 0,
@@ -761,7 +820,7 @@ fn empty_sock_create(cgroup: &Path) -> (u32, std::os::fd::OwnedFd, std::os::fd::
     let mut attr = [0u8; 16];
     put(&mut attr, 0, prog.as_raw_fd() as u64, 4);
     put(&mut attr, 4, dir.as_raw_fd() as u64, 4);
-    put(&mut attr, 8, 2, 4);
+    put(&mut attr, 8, attach_type.into(), 4);
     let link = sys(28, &mut attr); // BPF_LINK_CREATE
     assert!(
         link >= 0,
@@ -772,6 +831,11 @@ fn empty_sock_create(cgroup: &Path) -> (u32, std::os::fd::OwnedFd, std::os::fd::
     let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
     let id = bindguard::progset::program_id(prog.as_fd()).unwrap();
     (id, link, prog)
+}
+
+/// BPF_PROG_TYPE_CGROUP_SOCK at BPF_CGROUP_INET_SOCK_CREATE.
+fn empty_sock_create(cgroup: &Path) -> (u32, std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    empty_program(cgroup, 9, 2)
 }
 
 /// Section 2b: what strict mode's guards add where they run — a multicast join+leave (the
