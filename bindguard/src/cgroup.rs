@@ -219,6 +219,24 @@ pub fn resolve(arg: &Path) -> anyhow::Result<Cgroup> {
 /// cgroup2 directory is its 8-byte id): three system calls where [`paths_by_id`] reads every
 /// cgroup directory. None when no such cgroup exists (or handles are not supported).
 pub fn path_of_id(mount: &fs::File, id: u64) -> Option<PathBuf> {
+    use std::os::fd::AsRawFd;
+    let fd = open_by_id(mount, id).ok()?;
+    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+}
+
+/// Whether the cgroup with id `id` exists (a removed cgroup's handle no longer opens): one
+/// handle lookup, where [`paths_by_id`] reads every cgroup directory. None when the kernel
+/// cannot say (file handles unsupported or not permitted).
+pub fn exists(mount: &fs::File, id: u64) -> Option<bool> {
+    match open_by_id(mount, id) {
+        Ok(_) => Some(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => Some(false),
+        Err(_) => None,
+    }
+}
+
+/// An O_PATH fd of the cgroup with id `id`, through its kernfs file handle.
+fn open_by_id(mount: &fs::File, id: u64) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     #[repr(C)]
     struct Handle {
@@ -242,11 +260,10 @@ pub fn path_of_id(mount: &fs::File, id: u64) -> Option<PathBuf> {
         )
     };
     if fd < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: the kernel returned a new fd we now own.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, PathBuf> {
