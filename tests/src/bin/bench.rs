@@ -759,6 +759,41 @@ fn scale_phase(report: &mut String, scale: usize, started: Instant) {
         "\n`bindguard status --json` over {total} bindings: {} ms",
         stats(status_ms)
     );
+    // oci-hook poststop as runc calls it: the container's cgroup is already removed, so the
+    // hook sweeps every binding for ones whose cgroup is gone.
+    phase("scale: oci-hook poststop", started);
+    let mut poststop_ms = Vec::new();
+    for n in 0..5 {
+        let gone = parent.child(&format!("gone{n}"));
+        timed(
+            Cmd::bindguard()
+                .args(["attach", "--dev", "lo", "--allow-loopback", "--cgroup"])
+                .arg(&gone.path),
+        );
+        fs::remove_dir(&gone.path).expect("rmdir the container's cgroup");
+        let pins = gone.pins();
+        // Its cgroup is gone, so the guard has nothing to remove but leftover pins.
+        std::mem::forget(gone);
+        let state = format!(
+            r#"{{"ociVersion":"1.0.2","id":"bgbench-gone{n}","status":"stopped","pid":0,"bundle":"/nonexistent","annotations":{{"io.bindguard.dev":"lo"}}}}"#
+        );
+        let start = Instant::now();
+        let mut child = Cmd::bindguard().arg("oci-hook").spawn_with_stdin();
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), state.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        let o = bindguard_tests::run::wait_output(child, Duration::from_secs(30)).unwrap();
+        poststop_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        assert!(o.status.success(), "oci-hook poststop: {o:?}");
+        if pins.exists() {
+            let _ = bindguard::pins::remove_dir(&pins);
+            panic!("oci-hook poststop left {}", pins.display());
+        }
+    }
+    let _ = writeln!(
+        report,
+        "\n`bindguard oci-hook` poststop with {total} bindings present (the container's cgroup already removed, as runc does): {} ms",
+        stats(poststop_ms)
+    );
     phase("scale: detaching", started);
     let mut detach_ms = Vec::new();
     for cg in &many {
