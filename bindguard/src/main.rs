@@ -1,6 +1,6 @@
 //! The bindguard command line: parses arguments, calls the library, prints, maps exit codes.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use bindguard::{
@@ -115,6 +115,12 @@ enum Command {
         /// Print the stable JSON document described in the README.
         #[arg(long)]
         json: bool,
+        /// Also ask the kernel about every link pin (link id, program, attached cgroup), as
+        /// `verify` does. By default `status` trusts the pins and maps (bpffs, cgroup storage,
+        /// cgroupfs: still all kernel state) and opens no link, which keeps it fast with
+        /// thousands of bindings.
+        #[arg(long)]
+        links: bool,
     },
 }
 
@@ -299,13 +305,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             use clap::CommandFactory as _;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
         }
-        Command::Status { json } => {
-            let report = status::collect();
+        Command::Status { json, links } => {
+            let report = status::collect(status::Options { links });
+            // Indented for a person at a terminal; compact otherwise, where programs read it
+            // and indenting 10,000 bindings costs more than reading them.
+            let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                if pretty {
+                    serde_json::to_writer_pretty(&mut out, &report)?;
+                } else {
+                    serde_json::to_writer(&mut out, &report)?;
+                }
+                writeln!(out)?;
             } else {
-                print!("{}", status::render_table(&report));
+                out.write_all(status::render_table(&report).as_bytes())?;
             }
+            out.flush()?;
+            // The process ends here: freeing 10,000 bindings one allocation at a time would
+            // only add to the command's time.
+            std::mem::forget(report);
         }
     }
     Ok(ExitCode::SUCCESS)

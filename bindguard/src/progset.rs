@@ -154,14 +154,44 @@ impl Set {
 
     /// Every program id of the set.
     pub fn program_ids(&self) -> Vec<u32> {
+        self.programs().into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Every program of the set: (hook name, program id).
+    pub fn programs(&self) -> Vec<(String, u32)> {
         fs::read_dir(&self.dir)
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("prog_"))
-            .filter_map(|e| link::open_pinned(&e.path()).ok())
-            .filter_map(|fd| program_id(fd.as_fd()).ok())
+            .filter_map(|e| {
+                let hook = e.file_name().to_str()?.strip_prefix("prog_")?.to_string();
+                let fd = link::open_pinned(&e.path()).ok()?;
+                Some((hook, program_id(fd.as_fd()).ok()?))
+            })
             .collect()
+    }
+
+    /// The cgroup ids of the bindings recorded as running this set (`users/<id>`): one
+    /// directory listing. An entry can outlive its binding or precede it (an interrupted
+    /// command), so callers check it against the binding's pins.
+    pub fn users(&self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        let Ok(fd) = rustix::fs::open(self.dir.join(USERS), DIR_FLAGS, rustix::fs::Mode::empty())
+        else {
+            return ids;
+        };
+        // Thousands of entries: listed in large getdents calls, parsed without allocating.
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
+        let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
+        while let Some(Ok(entry)) = dir.next() {
+            if let Some(id) = std::str::from_utf8(entry.file_name().to_bytes())
+                .ok()
+                .and_then(|n| n.parse().ok())
+            {
+                ids.push(id);
+            }
+        }
+        ids
     }
 
     /// Links the set's storage-holding program to `cgroup`: from then on the cgroup has its
@@ -217,7 +247,16 @@ impl Set {
     /// The counters of cgroup `cgroup_id`, summed over CPUs.
     pub fn read_counters(&self, cgroup_id: u64) -> std::io::Result<Counters> {
         let slot = std::mem::size_of::<Counters>().next_multiple_of(8);
-        let mut buf = vec![0u8; slot * possible_cpus()];
+        let size = slot * possible_cpus();
+        // On the stack for up to 32 CPUs (`status` reads one per binding).
+        let mut stack = [0u8; 4096];
+        let mut heap = Vec::new();
+        let buf = if size <= stack.len() {
+            &mut stack[..size]
+        } else {
+            heap.resize(size, 0u8);
+            &mut heap[..]
+        };
         map_elem(
             bpf_cmd::BPF_MAP_LOOKUP_ELEM,
             self.stats.as_fd(),
@@ -292,28 +331,74 @@ fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
     pins::remove_dir(dir)
 }
 
-/// The link pins of a binding directory and what the kernel says about each.
+/// The link pins of a binding directory and what the kernel says about each (pins that cannot
+/// be opened are left out).
 pub fn binding_links(dir: &Path) -> Vec<(String, link::LinkState)> {
-    read_binding_dir(dir).0
+    read_binding_dir(dir)
+        .0
+        .into_iter()
+        .filter_map(|(name, state)| Some((name, state.ok()?)))
+        .collect()
 }
 
-/// [`binding_links`], and whether the directory has a `policy` pin of its own (a binding made
-/// by a bindguard that loaded programs per binding), from one directory listing.
-pub fn read_binding_dir(dir: &Path) -> (Vec<(String, link::LinkState)>, bool) {
-    let mut legacy = false;
-    let links = fs::read_dir(dir)
+/// Every link pin of a binding directory (by hook name) with what the kernel says about it,
+/// and whether the directory has a `policy` pin of its own (a binding made by a bindguard that
+/// loaded programs per binding), from one directory listing.
+pub fn read_binding_dir(dir: &Path) -> (Vec<(String, std::io::Result<link::LinkState>)>, bool) {
+    let (names, legacy) = binding_pins(dir);
+    let links = names
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let file = e.file_name();
-            let file = file.to_str()?;
-            legacy |= file == pins::POLICY;
-            let name = file.strip_prefix("link_")?.to_string();
-            Some((name, link::pinned_state(&e.path()).ok()?))
+        .map(|name| {
+            let state = link::pinned_state(&dir.join(pins::link_name(&name)));
+            (name, state)
         })
         .collect();
     (links, legacy)
+}
+
+/// The hook names of a binding directory's link pins and whether it has a `policy` pin of its
+/// own, from one directory listing.
+pub fn binding_pins(dir: &Path) -> (Vec<String>, bool) {
+    let mut names = Vec::new();
+    let legacy = match rustix::fs::open(dir, DIR_FLAGS, rustix::fs::Mode::empty()) {
+        Ok(fd) => list_pins(fd, |hook| names.push(hook.to_string())),
+        Err(_) => false,
+    };
+    (names, legacy)
+}
+
+/// Calls `f` with the hook name of each link pin of the binding directory `name` in `parent`
+/// (the pins root, opened once: one path component to look up instead of the whole path from
+/// `/`); returns whether the directory has a `policy` pin of its own. No link is opened
+/// (opening one is a path walk and an fd, which at 10,000 bindings is most of what `status`
+/// costs), nothing is allocated.
+pub fn binding_pins_at(parent: BorrowedFd<'_>, name: &str, f: impl FnMut(&str)) -> bool {
+    match rustix::fs::openat(parent, name, DIR_FLAGS, rustix::fs::Mode::empty()) {
+        Ok(fd) => list_pins(fd, f),
+        Err(_) => false,
+    }
+}
+
+const DIR_FLAGS: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+/// Lists a binding directory with getdents into a stack buffer (a dozen entries fit; more
+/// only cost another call).
+fn list_pins(fd: OwnedFd, mut f: impl FnMut(&str)) -> bool {
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+    let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
+    let mut legacy = false;
+    while let Some(Ok(entry)) = dir.next() {
+        let file = entry.file_name().to_bytes();
+        legacy |= file == pins::POLICY.as_bytes();
+        if let Some(hook) = file.strip_prefix(b"link_")
+            && let Ok(hook) = std::str::from_utf8(hook)
+        {
+            f(hook);
+        }
+    }
+    legacy
 }
 
 /// Unpins every set of another build that no binding uses any more (after bindings were

@@ -1,6 +1,10 @@
 //! `status`: every binding, read back from its pins, with what is wrong with it.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use bindguard_common::{Counters, Policy, flags};
 use serde::Serialize;
@@ -8,12 +12,16 @@ use serde::Serialize;
 use crate::{enforcer, link, netdev, netns, pins, progset};
 
 /// Version of the JSON document `status --json` prints; bumped on incompatible changes.
-pub const JSON_VERSION: u32 = 1;
+/// 2: `link_id` is null unless `--links`; each link has `pinned`.
+pub const JSON_VERSION: u32 = 2;
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub version: u32,
     pub bindings: Vec<Binding>,
+    /// Whether every link was asked (`--links`): the table labels its columns by it.
+    #[serde(skip)]
+    pub links_checked: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,9 +57,25 @@ pub struct NetnsInfo {
 
 #[derive(Debug, Serialize)]
 pub struct LinkInfo {
-    pub hook: String,
+    pub hook: &'static str,
+    /// Whether the binding directory has this hook's link pin.
+    pub pinned: bool,
+    /// The link's id: only with `--links` (null otherwise, and if the pin cannot be opened).
     pub link_id: Option<u32>,
+    /// Without `--links`, the program of this hook in the binding's set; with it, the program
+    /// the link runs. Null if the pin is missing.
     pub program_id: Option<u32>,
+    /// Pinned, and (with `--links`) linked to a cgroup: what the table's LINKS column counts.
+    #[serde(skip)]
+    pub attached: bool,
+}
+
+/// What `status` asks the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Open every link pin (link id, program, attached cgroup) instead of trusting the pin
+    /// names and the program set's `users/` entries.
+    pub links: bool,
 }
 
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
@@ -65,7 +89,7 @@ pub struct Problem {
 }
 
 /// Reads every binding. Read-only: never mounts bpffs or changes a pin.
-pub fn collect() -> Report {
+pub fn collect(opts: Options) -> Report {
     let mut bindings = Vec::new();
     if pins::bpffs_mounted() {
         let mount = crate::cgroup::cgroup2_mount()
@@ -77,33 +101,54 @@ pub fn collect() -> Report {
             abandoned: pins::abandoned(),
             ..Cache::default()
         };
-        // What the kernel says about each binding (its links, its policy and counters, its
-        // cgroup's path: ~35 system calls, most of them opening link pins) is read by a few
-        // threads at once; the rest is computed from that.
-        let list = pins::list();
+        // The two long listings (every binding, every set's users) at once.
+        let (sets, list) = std::thread::scope(|scope| {
+            let sets = scope.spawn(Sets::read);
+            let list = pins::list();
+            (sets.join().unwrap_or_else(|_| Sets::default()), list)
+        });
+        // Binding directories are opened relative to the root: one path component each.
+        let root = std::fs::File::open(pins::root()).ok();
+        // What the kernel says about each binding (its pins, its policy and counters, its
+        // cgroup's path: ~9 system calls, ~40 with --links) is read by a few threads at once;
+        // the rest is computed from that.
         let workers = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .clamp(1, 4)
-            .min(list.len().div_ceil(64).max(1));
-        let chunk = list.len().div_ceil(workers).max(1);
-        let raws: Vec<Raw> = std::thread::scope(|scope| {
-            let handles: Vec<_> = list
-                .chunks(chunk)
+            .min(list.len().div_ceil(256).max(1));
+        // Owned parts, so that each binding's path moves into its entry instead of being
+        // copied.
+        let mut parts = Vec::with_capacity(workers);
+        let mut rest = list;
+        let chunk = rest.len().div_ceil(workers).max(1);
+        while rest.len() > chunk {
+            let tail = rest.split_off(chunk);
+            parts.push(std::mem::replace(&mut rest, tail));
+        }
+        parts.push(rest);
+        let raws: Vec<Vec<Raw>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .into_iter()
                 .map(|part| {
-                    let mount = mount.as_ref();
+                    let fds = Fds {
+                        mount: mount.as_ref(),
+                        root: root.as_ref(),
+                    };
+                    let sets = &sets;
                     scope.spawn(move || {
-                        part.iter()
-                            .map(|(id, dir)| Raw::read(*id, dir, mount))
+                        part.into_iter()
+                            .map(|(id, dir)| Raw::read(id, dir, fds, sets, opts))
                             .collect::<Vec<_>>()
                     })
                 })
                 .collect();
             handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_default())
+                .map(|h| h.join().unwrap_or_default())
                 .collect()
         });
-        for raw in raws {
+        bindings.reserve(raws.iter().map(Vec::len).sum());
+        for raw in raws.into_iter().flatten() {
             bindings.push(read_binding(raw, &mut cache));
         }
         // An attach or detach killed half-way on a cgroup with no binding (any more): its
@@ -111,7 +156,12 @@ pub fn collect() -> Report {
         let bound: std::collections::HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
         for (id, dir) in cache.abandoned.clone() {
             if !bound.contains(&id) && attached_links(&dir, id) > 0 {
-                let raw = Raw::read(id, &dir, mount.as_ref());
+                // Its links are all it has (no users/ entry need match): always asked.
+                let fds = Fds {
+                    mount: mount.as_ref(),
+                    root: None,
+                };
+                let raw = Raw::read(id, dir, fds, &sets, Options { links: true });
                 bindings.push(read_binding(raw, &mut cache));
             }
         }
@@ -119,6 +169,7 @@ pub fn collect() -> Report {
     Report {
         version: JSON_VERSION,
         bindings,
+        links_checked: opts.links,
     }
 }
 
@@ -130,42 +181,202 @@ struct Cache {
     abandoned: Vec<(u64, PathBuf)>,
 }
 
+/// One pinned program set with its programs by hook.
+struct SetInfo {
+    set: Arc<progset::Set>,
+    programs: HashMap<String, u32>,
+}
+
+impl SetInfo {
+    fn new(set: Arc<progset::Set>) -> Arc<Self> {
+        let programs = set.programs().into_iter().collect();
+        Arc::new(Self { set, programs })
+    }
+}
+
+/// Every pinned set and which bindings it records as its users, read once per process (one
+/// listing of each set's users/ and one query per program) so that no binding's link has to
+/// be opened to learn its set.
+#[derive(Default)]
+struct Sets {
+    sets: Vec<Arc<SetInfo>>,
+    /// cgroup id -> index in `sets`; None when several sets list it (an attach moving the
+    /// binding between sets was interrupted): then its links tell.
+    users: HashMap<u64, Option<usize>>,
+}
+
+impl Sets {
+    fn read() -> Self {
+        let sets: Vec<Arc<SetInfo>> = progset::list()
+            .iter()
+            .filter_map(|dir| progset::Set::open(dir).ok())
+            .map(|set| SetInfo::new(Arc::new(set)))
+            .collect();
+        let mut users = HashMap::new();
+        for (i, info) in sets.iter().enumerate() {
+            for id in info.set.users() {
+                users.entry(id).and_modify(|e| *e = None).or_insert(Some(i));
+            }
+        }
+        Self { sets, users }
+    }
+
+    /// The set of the binding of `cgroup_id` with link pins `pinned`: from users/, or else
+    /// from the program of one of its links (one link opened).
+    fn of(&self, cgroup_id: u64, dir: &Path, pinned: &Pinned) -> Option<Arc<SetInfo>> {
+        if let Some(Some(i)) = self.users.get(&cgroup_id) {
+            return Some(self.sets[*i].clone());
+        }
+        let program = pinned.names().find_map(|name| {
+            link::pinned_state(&dir.join(pins::link_name(name)))
+                .ok()
+                .map(|s| s.program_id)
+        })?;
+        self.of_program(program)
+    }
+
+    /// The set running program `id`: one of those read, or one pinned since.
+    fn of_program(&self, id: u32) -> Option<Arc<SetInfo>> {
+        if let Some(info) = self
+            .sets
+            .iter()
+            .find(|i| i.programs.values().any(|p| *p == id))
+        {
+            return Some(info.clone());
+        }
+        progset::set_of_program(id).map(SetInfo::new)
+    }
+}
+
+/// Directories `Raw::read` looks things up in.
+#[derive(Clone, Copy)]
+struct Fds<'a> {
+    /// The cgroup2 mount (cgroup paths by id).
+    mount: Option<&'a std::fs::File>,
+    /// The pins root (binding directories by name).
+    root: Option<&'a std::fs::File>,
+}
+
+/// Which link pins a binding directory has, from its listing alone.
+#[derive(Default)]
+struct Pinned {
+    /// Bit i: `HOOKS[i]` is pinned.
+    hooks: u64,
+    /// The first pin of a hook this build does not know, if any.
+    other: Option<String>,
+}
+
+impl Pinned {
+    fn has(&self, hook: &str) -> bool {
+        hook_bit(hook).is_some_and(|b| self.hooks & b != 0)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        enforcer::HOOKS
+            .iter()
+            .map(|h| h.name)
+            .filter(|n| self.has(n))
+            .chain(self.other.as_deref())
+    }
+}
+
+fn hook_bit(hook: &str) -> Option<u64> {
+    let i = enforcer::HOOKS.iter().position(|h| h.name == hook)?;
+    (i < 64).then(|| 1 << i)
+}
+
+/// A binding's link pins as `status` read them.
+enum Links {
+    /// Listed only: the pins and the set's programs stand for the links.
+    Listed(Pinned, Option<Arc<SetInfo>>),
+    /// Every link asked (`--links`, or a binding made before the shared set).
+    Asked(Vec<(String, std::io::Result<link::LinkState>)>),
+}
+
 /// What the kernel holds for one binding.
 struct Raw {
     cgroup_id: u64,
     dir: PathBuf,
     cgroup: Option<PathBuf>,
-    pinned: Vec<(String, link::LinkState)>,
+    links: Links,
     policy: anyhow::Result<Policy>,
     counters: Counters,
     set_hash: Option<u64>,
 }
 
 impl Raw {
-    fn read(cgroup_id: u64, dir: &Path, mount: Option<&std::fs::File>) -> Self {
-        // One directory listing and one info query per link; the maps are the set's.
-        let (pinned, legacy) = progset::read_binding_dir(dir);
-        let (policy, counters, set_hash) = policy_and_counters(cgroup_id, dir, &pinned, legacy);
+    fn read(cgroup_id: u64, dir: PathBuf, fds: Fds<'_>, sets: &Sets, opts: Options) -> Self {
+        use std::os::fd::AsFd as _;
+        let cgroup = fds
+            .mount
+            .and_then(|m| crate::cgroup::path_of_id(m, cgroup_id));
+        // One directory listing; the maps are the set's. A binding made by a bindguard that
+        // loaded programs per binding has no set to ask: its links are, as with --links.
+        let mut pinned = Pinned::default();
+        let mut add = |hook: &str| match hook_bit(hook) {
+            Some(bit) => pinned.hooks |= bit,
+            None => {
+                pinned.other.get_or_insert_with(|| hook.to_string());
+            }
+        };
+        let ask_links = match (fds.root, dir.file_name().and_then(|n| n.to_str())) {
+            (Some(root), Some(name)) if !opts.links => {
+                progset::binding_pins_at(root.as_fd(), name, &mut add)
+            }
+            _ => true,
+        };
+        if ask_links {
+            let (links, legacy) = progset::read_binding_dir(&dir);
+            let (policy, counters, set_hash) =
+                policy_and_counters(cgroup_id, &dir, &links, legacy, sets);
+            return Self {
+                cgroup_id,
+                dir,
+                cgroup,
+                links: Links::Asked(links),
+                policy,
+                counters,
+                set_hash,
+            };
+        }
+        let set = sets.of(cgroup_id, &dir, &pinned);
+        let (policy, counters) = match &set {
+            Some(info) => read_maps(&info.set, cgroup_id),
+            None => (Err(no_set(&dir)), Counters::default()),
+        };
         Self {
             cgroup_id,
-            dir: dir.to_path_buf(),
-            cgroup: mount.and_then(|m| crate::cgroup::path_of_id(m, cgroup_id)),
-            pinned,
+            dir,
+            cgroup,
+            set_hash: set.as_ref().map(|i| i.set.hash),
+            links: Links::Listed(pinned, set),
             policy,
             counters,
-            set_hash,
         }
     }
 }
 
-/// The policy and counters of one binding: by cgroup id from the set its links run (one map
-/// lookup each, through the set's map fds opened once per process), or from the binding's own
-/// pins when an older bindguard made it.
+fn no_set(dir: &Path) -> anyhow::Error {
+    anyhow::anyhow!("no link in {} runs a pinned program set", dir.display())
+}
+
+/// The policy and counters of cgroup `cgroup_id` in `set`: one map lookup each, through the
+/// set's map fds opened once per process.
+fn read_maps(set: &progset::Set, cgroup_id: u64) -> (anyhow::Result<Policy>, Counters) {
+    let policy = set
+        .read_policy(cgroup_id)
+        .map_err(|e| anyhow::anyhow!("{e} (cgroup {cgroup_id} in {})", set.dir.display()));
+    (policy, set.read_counters(cgroup_id).unwrap_or_default())
+}
+
+/// With `--links`: the policy and counters of one binding from the set its links run, or
+/// from the binding's own pins when an older bindguard made it.
 fn policy_and_counters(
     cgroup_id: u64,
     dir: &Path,
-    links: &[(String, link::LinkState)],
+    links: &[(String, std::io::Result<link::LinkState>)],
     legacy: bool,
+    sets: &Sets,
 ) -> (anyhow::Result<Policy>, Counters, Option<u64>) {
     if legacy {
         let policy = enforcer::read_policy(dir);
@@ -175,24 +386,14 @@ fn policy_and_counters(
             None,
         );
     }
-    let Some(set) = links
+    let Some(info) = links
         .iter()
-        .find_map(|(_, s)| progset::set_of_program(s.program_id))
+        .find_map(|(_, s)| s.as_ref().ok().and_then(|s| sets.of_program(s.program_id)))
     else {
-        return (
-            Err(anyhow::anyhow!(
-                "no link in {} runs a pinned program set",
-                dir.display()
-            )),
-            Counters::default(),
-            None,
-        );
+        return (Err(no_set(dir)), Counters::default(), None);
     };
-    let policy = set
-        .read_policy(cgroup_id)
-        .map_err(|e| anyhow::anyhow!("{e} (cgroup {cgroup_id} in {})", set.dir.display()));
-    let counters = set.read_counters(cgroup_id).unwrap_or_default();
-    (policy, counters, Some(set.hash))
+    let (policy, counters) = read_maps(&info.set, cgroup_id);
+    (policy, counters, Some(info.set.hash))
 }
 
 fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
@@ -200,12 +401,11 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         cgroup_id,
         dir,
         cgroup,
-        pinned,
+        links: raw_links,
         policy,
         counters,
         set_hash,
     } = raw;
-    let dir = dir.as_path();
     let mut problems = Vec::new();
     let policy = policy.unwrap_or_else(|e| {
         problems.push(Problem {
@@ -215,39 +415,56 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         Policy::default()
     });
     let mode = enforcer::mode_of(&policy);
-    let mut links = Vec::new();
+    let hooks = mode.hooks(policy.has(flags::LSM));
+    let mut links = Vec::with_capacity(hooks.len());
     let mut detached = false;
-    for hook in mode.hooks(policy.has(flags::LSM)) {
-        let path = dir.join(pins::link_name(hook.name));
-        let state = pinned
-            .iter()
-            .find(|(n, _)| n == hook.name)
-            .map(|(_, s)| *s)
-            .ok_or("not pinned");
-        match state {
-            Ok(s) => {
-                detached |= s.cgroup_id.is_none();
-                links.push(LinkInfo {
-                    hook: hook.name.into(),
-                    link_id: Some(s.link_id),
-                    program_id: Some(s.program_id),
-                });
+    for hook in hooks {
+        let missing = |why: String| Problem {
+            kind: "link-missing",
+            message: format!(
+                "{} {why}: this hook is not enforced; re-attach",
+                dir.join(pins::link_name(hook.name)).display()
+            ),
+        };
+        let mut info = LinkInfo {
+            hook: hook.name,
+            pinned: false,
+            link_id: None,
+            program_id: None,
+            attached: false,
+        };
+        let asked = match &raw_links {
+            Links::Listed(pinned, _) if !pinned.has(hook.name) => None,
+            // Not asked: the pin stands for its link, the set says which program it runs.
+            Links::Listed(_, set) => {
+                info.pinned = true;
+                info.attached = true;
+                info.program_id = set
+                    .as_ref()
+                    .and_then(|s| s.programs.get(hook.name).copied());
+                Some(None)
             }
-            Err(e) => {
-                problems.push(Problem {
-                    kind: "link-missing",
-                    message: format!(
-                        "{} cannot be opened ({e}): this hook is not enforced; re-attach",
-                        path.display()
-                    ),
-                });
-                links.push(LinkInfo {
-                    hook: hook.name.into(),
-                    link_id: None,
-                    program_id: None,
-                });
+            Links::Asked(links) => links
+                .iter()
+                .find(|(n, _)| n == hook.name)
+                .map(|(_, s)| Some(s)),
+        };
+        match asked {
+            None => problems.push(missing("is not pinned".into())),
+            Some(None) => {}
+            Some(Some(Ok(s))) => {
+                detached |= s.cgroup_id.is_none();
+                info.pinned = true;
+                info.attached = s.cgroup_id.is_some();
+                info.link_id = Some(s.link_id);
+                info.program_id = Some(s.program_id);
+            }
+            Some(Some(Err(e))) => {
+                info.pinned = true;
+                problems.push(missing(format!("cannot be opened ({e})")));
             }
         }
+        links.push(info);
     }
     if detached || cgroup.is_none() {
         problems.push(Problem {
@@ -336,7 +553,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     Binding {
         cgroup,
         cgroup_id,
-        pins: dir.to_path_buf(),
+        pins: dir,
         ifname,
         ifindex: policy.ifindex,
         netns: NetnsInfo {
@@ -385,7 +602,7 @@ pub fn render_table(report: &Report) -> String {
     ];
     for b in &report.bindings {
         let opt = |v: Option<u32>| v.map_or("-".into(), |v| v.to_string());
-        let up = b.links.iter().filter(|l| l.link_id.is_some()).count();
+        let up = b.links.iter().filter(|l| l.attached).count();
         let links = format!("{up}/{}", b.links.len());
         let refused =
             b.counters.sockets_refused_netns + b.counters.sockopt_refused + b.counters.addr_refused;
@@ -434,15 +651,16 @@ pub fn render_table(report: &Report) -> String {
             .iter()
             .map(|l| match (l.link_id, l.program_id) {
                 (Some(link), Some(prog)) => format!("{}={link}/{prog}", l.hook),
+                (None, Some(prog)) if !report.links_checked => format!("{}={prog}", l.hook),
                 _ => format!("{}=MISSING", l.hook),
             })
             .collect();
-        let _ = writeln!(
-            out,
-            "cgroup {} links (link/program): {}",
-            b.cgroup_id,
-            links.join(" ")
-        );
+        let what = if report.links_checked {
+            "links (link/program)"
+        } else {
+            "pinned links (program)"
+        };
+        let _ = writeln!(out, "cgroup {} {what}: {}", b.cgroup_id, links.join(" "));
         for p in &b.problems {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
         }

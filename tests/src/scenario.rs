@@ -176,7 +176,12 @@ impl Scenario {
     }
 
     pub fn status_json(&self) -> serde_json::Value {
-        let (code, out, err) = Cmd::bindguard().args(["status", "--json"]).run();
+        self.status_json_with(&[])
+    }
+
+    /// `status --json` with more arguments (`--links` for link ids).
+    pub fn status_json_with(&self, args: &[&str]) -> serde_json::Value {
+        let (code, out, err) = Cmd::bindguard().args(["status", "--json"]).args(args).run();
         assert_eq!(code, 0, "status failed: {err}");
         serde_json::from_str(&out).expect("status --json is JSON")
     }
@@ -206,7 +211,16 @@ impl Scenario {
 
     /// This cgroup's entry in `status --json`, if any.
     pub fn status_entry(&self) -> Option<serde_json::Value> {
-        self.status_json()["bindings"]
+        self.status_entry_with(&[])
+    }
+
+    /// This cgroup's entry in `status --json --links` (every link asked: link ids), if any.
+    pub fn status_entry_links(&self) -> Option<serde_json::Value> {
+        self.status_entry_with(&["--links"])
+    }
+
+    fn status_entry_with(&self, args: &[&str]) -> Option<serde_json::Value> {
+        self.status_json_with(args)["bindings"]
             .as_array()?
             .iter()
             .find(|b| b["cgroup_id"] == self.cg.id)

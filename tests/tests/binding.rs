@@ -5,7 +5,7 @@ use std::{fs, time::Duration};
 
 use bindguard_tests::{
     Cmd, FLOWS, Peer, Proto, Scenario, TestCgroup, root_or_skip,
-    scenario::attached_programs,
+    scenario::{attached_programs, problem_kinds},
     topology::{UPLINK_A, UPLINK_B},
 };
 
@@ -225,6 +225,83 @@ fn deleted_interface_fails_closed() {
     assert!(problems.contains("interface-missing"), "{entry}");
     let (_, table, _) = Cmd::bindguard().arg("status").run();
     assert!(table.contains("interface-missing"), "{table}");
+}
+
+/// `status` trusts the pins and the set's maps; `status --links` asks every link. On a healthy
+/// binding and on one that lost a link pin they must say the same, but for the link ids.
+#[test]
+fn status_agrees_with_status_links_and_sees_a_removed_pin() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let without_ids = |e: &serde_json::Value| {
+        let mut e = e.clone();
+        for l in e["links"].as_array_mut().unwrap() {
+            l["link_id"] = serde_json::Value::Null;
+        }
+        e
+    };
+    let links = |e: &serde_json::Value| e["links"].as_array().unwrap().clone();
+
+    let fast = s.status_entry().expect("listed");
+    let full = s.status_entry_links().expect("listed with --links");
+    assert_eq!(without_ids(&fast), without_ids(&full));
+    assert!(links(&fast).len() >= 10, "{fast}");
+    assert!(
+        links(&fast)
+            .iter()
+            .all(|l| l["pinned"] == true && l["link_id"].is_null() && l["program_id"].is_u64()),
+        "{fast}"
+    );
+    assert!(
+        links(&full)
+            .iter()
+            .all(|l| l["pinned"] == true && l["link_id"].is_u64()),
+        "{full}"
+    );
+    assert_eq!(problem_kinds(&fast), Vec::<String>::new(), "{fast}");
+
+    let hook = links(&fast)[1]["hook"].as_str().unwrap().to_string();
+    fs::remove_file(s.cg.pins().join(format!("link_{hook}"))).unwrap();
+    let fast = s.status_entry().expect("listed");
+    let full = s.status_entry_links().expect("listed with --links");
+    assert_eq!(without_ids(&fast), without_ids(&full));
+    assert_eq!(problem_kinds(&fast), ["link-missing"], "{fast}");
+    let lost = &links(&fast)[1];
+    assert_eq!(lost["hook"], hook.as_str());
+    assert_eq!(lost["pinned"], false, "{fast}");
+    assert!(lost["program_id"].is_null(), "{fast}");
+    let held: Vec<_> = links(&full)
+        .into_iter()
+        .filter(|l| l["hook"] != hook.as_str())
+        .collect();
+    assert!(held.iter().all(|l| l["link_id"].is_u64()), "{full}");
+    assert!(links(&full)[1]["link_id"].is_null(), "{full}");
+    let n = links(&fast).len();
+    for args in [&["status"][..], &["status", "--links"]] {
+        let (code, table, err) = Cmd::bindguard().args(args).run();
+        assert_eq!(code, 0, "{err}");
+        let row = table
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(&s.cg.id.to_string()))
+            .unwrap_or_else(|| panic!("no row for {}: {table}", s.cg.id));
+        assert!(row.contains(&format!(" {}/{n} ", n - 1)), "{args:?}: {row}");
+        assert!(
+            table.contains(&format!("{hook}=MISSING")),
+            "{args:?}: {table}"
+        );
+    }
+
+    // Attach links what is missing; both modes see it healed.
+    s.attach(UPLINK_B, &[]);
+    assert_eq!(
+        problem_kinds(&s.status_entry().unwrap()),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        problem_kinds(&s.status_entry_links().unwrap()),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

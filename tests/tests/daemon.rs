@@ -171,9 +171,9 @@ fn first_delivery(s: &Scenario, cg: &TestCgroup, timeout: Duration) -> (Vec<Peer
     }
 }
 
-/// The status entry of cgroup `id`.
+/// The status entry of cgroup `id`, every link asked (`--links`: link ids).
 fn entry(s: &Scenario, id: u64) -> Option<serde_json::Value> {
-    s.status_json()["bindings"]
+    s.status_json_with(&["--links"])["bindings"]
         .as_array()?
         .iter()
         .find(|b| b["cgroup_id"] == id)
@@ -946,6 +946,9 @@ fn outdated_programs_are_replaced_make_before_break_at_start() {
     assert_eq!(code, 0, "{out}{err}");
     let before = link_ids(&entry(&s, s.cg.id).unwrap());
     let e = entry(&s, s.cg.id).unwrap();
+    assert_eq!(problems(&e), ["programs-outdated"], "{e}");
+    // Without --links the set comes from its users/ entry: the same verdict.
+    let e = s.status_entry().unwrap();
     assert_eq!(problems(&e), ["programs-outdated"], "{e}");
     let (code, out, _) = Cmd::bindguard()
         .args(["apply", "--dry-run", "--config"])

@@ -209,7 +209,7 @@ fn static_binary_binds_from_a_chroot_holding_only_itself() {
     );
 
     let status = |root: &Chroot| -> Option<serde_json::Value> {
-        let (code, out, err) = root.bindguard(&netns, &["status", "--json"]);
+        let (code, out, err) = root.bindguard(&netns, &["status", "--json", "--links"]);
         assert_eq!(code, 0, "status from the chroot: {err}");
         let doc: serde_json::Value = serde_json::from_str(&out).expect("status --json");
         doc["bindings"]
@@ -238,7 +238,10 @@ fn static_binary_binds_from_a_chroot_holding_only_itself() {
             .map(|p| p["kind"].as_str().unwrap().to_string())
             .collect()
     };
-    let host = serde_json::to_value(bindguard::status::collect()).unwrap();
+    let host = serde_json::to_value(bindguard::status::collect(bindguard::status::Options {
+        links: true,
+    }))
+    .unwrap();
     let host_entry = host["bindings"]
         .as_array()
         .unwrap()
@@ -412,7 +415,7 @@ fn deb_installs_lists_its_files_runs_and_purges() {
 /// Bindings whose namespace is `netns` (the test's own: nobody else's binding can name it).
 fn bindings_in(netns: &Path) -> Vec<bindguard::status::Binding> {
     let inode = fs::metadata(netns).unwrap().ino();
-    bindguard::status::collect()
+    bindguard::status::collect(bindguard::status::Options::default())
         .bindings
         .into_iter()
         .filter(|b| b.netns.inode == inode)

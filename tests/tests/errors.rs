@@ -145,7 +145,7 @@ fn failed_reattach_keeps_the_old_binding() {
     root_or_skip!();
     let s = Scenario::new();
     s.attach(UPLINK_B, &[]);
-    let before = s.status_entry().unwrap();
+    let before = s.status_entry_links().unwrap();
     for (dev, needle) in [
         ("nosuch0", "no interface"),
         ("sixteen-bytes-xx", "15 bytes"),
@@ -156,7 +156,7 @@ fn failed_reattach_keeps_the_old_binding() {
     }
     let (code, _, err) = s.attach_result(UPLINK_A, &["--mark", "nope"]);
     assert_eq!(code, 2, "{err}");
-    let after = s.status_entry().unwrap();
+    let after = s.status_entry_links().unwrap();
     assert_eq!(before["ifindex"], after["ifindex"]);
     assert_eq!(before["links"], after["links"], "same link and program");
     assert_eq!(

@@ -375,7 +375,7 @@ fn killed_commands_never_leave_silent_extras() {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .filter(|l| !l["link_id"].is_null())
+                    .filter(|l| l["pinned"] == true)
                     .count()
             });
             let kinds: Vec<String> = entry.as_ref().map_or(vec![], |e| {
