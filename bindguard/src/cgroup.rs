@@ -219,9 +219,18 @@ pub fn resolve(arg: &Path) -> anyhow::Result<Cgroup> {
 /// cgroup2 directory is its 8-byte id): three system calls where [`paths_by_id`] reads every
 /// cgroup directory. None when no such cgroup exists (or handles are not supported).
 pub fn path_of_id(mount: &fs::File, id: u64) -> Option<PathBuf> {
-    use std::os::fd::AsRawFd;
+    use std::os::{fd::AsRawFd, unix::ffi::OsStringExt};
+    // /proc/self/fd is opened once per process: `status` names thousands of cgroups, and a
+    // readlink of the full /proc/self/fd/N path walks it again each time.
+    static FD_DIR: std::sync::OnceLock<Option<fs::File>> = std::sync::OnceLock::new();
+    let dir = FD_DIR
+        .get_or_init(|| fs::File::open("/proc/self/fd").ok())
+        .as_ref()?;
     let fd = open_by_id(mount, id).ok()?;
-    fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()
+    let target = rustix::fs::readlinkat(dir, fd.as_raw_fd().to_string(), Vec::new()).ok()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(
+        target.into_bytes(),
+    )))
 }
 
 /// Whether the cgroup with id `id` exists (a removed cgroup's handle no longer opens): one
