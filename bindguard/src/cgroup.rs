@@ -219,6 +219,12 @@ pub fn resolve(arg: &Path) -> anyhow::Result<Cgroup> {
 /// cgroup2 directory is its 8-byte id): three system calls where [`paths_by_id`] reads every
 /// cgroup directory. None when no such cgroup exists (or handles are not supported).
 pub fn path_of_id(mount: &fs::File, id: u64) -> Option<PathBuf> {
+    let fd = open_by_id(mount, id).ok()?;
+    fd_path(&fd)
+}
+
+/// What an fd refers to, from /proc/self/fd.
+fn fd_path(fd: &std::os::fd::OwnedFd) -> Option<PathBuf> {
     use std::os::{fd::AsRawFd, unix::ffi::OsStringExt};
     // /proc/self/fd is opened once per process: `status` names thousands of cgroups, and a
     // readlink of the full /proc/self/fd/N path walks it again each time.
@@ -226,21 +232,70 @@ pub fn path_of_id(mount: &fs::File, id: u64) -> Option<PathBuf> {
     let dir = FD_DIR
         .get_or_init(|| fs::File::open("/proc/self/fd").ok())
         .as_ref()?;
-    let fd = open_by_id(mount, id).ok()?;
     let target = rustix::fs::readlinkat(dir, fd.as_raw_fd().to_string(), Vec::new()).ok()?;
     Some(PathBuf::from(std::ffi::OsString::from_vec(
         target.into_bytes(),
     )))
 }
 
-/// Whether the cgroup with id `id` exists (a removed cgroup's handle no longer opens): one
-/// handle lookup, where [`paths_by_id`] reads every cgroup directory. None when the kernel
-/// cannot say (file handles unsupported or not permitted).
-pub fn exists(mount: &fs::File, id: u64) -> Option<bool> {
-    match open_by_id(mount, id) {
-        Ok(_) => Some(true),
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => Some(false),
-        Err(_) => None,
+/// Names cgroups by id: by file handle, or — where the kernel refuses handles (no
+/// CAP_DAC_READ_SEARCH) — from one walk of every cgroup, done on first need.
+pub struct Namer {
+    mount: Option<PathBuf>,
+    mount_fd: Option<fs::File>,
+    walked: Option<std::collections::HashMap<u64, PathBuf>>,
+}
+
+impl Namer {
+    pub fn new() -> Self {
+        let mount = cgroup2_mount().ok();
+        let mount_fd = mount.as_ref().and_then(|m| fs::File::open(m).ok());
+        Self {
+            mount,
+            mount_fd,
+            walked: None,
+        }
+    }
+
+    /// The path of cgroup `id`; None if no such cgroup exists (any more).
+    pub fn path(&mut self, id: u64) -> Option<PathBuf> {
+        match self.open(id) {
+            Some(Ok(fd)) => fd_path(&fd),
+            Some(Err(())) => None,
+            None => self.walk().get(&id).cloned(),
+        }
+    }
+
+    /// Whether cgroup `id` exists (one handle lookup, no readlink).
+    pub fn exists(&mut self, id: u64) -> bool {
+        match self.open(id) {
+            Some(found) => found.is_ok(),
+            None => self.walk().contains_key(&id),
+        }
+    }
+
+    /// The cgroup by handle: Err if the kernel says it does not exist (a removed cgroup's
+    /// handle is stale), None if the kernel cannot say.
+    fn open(&self, id: u64) -> Option<Result<std::os::fd::OwnedFd, ()>> {
+        match open_by_id(self.mount_fd.as_ref()?, id) {
+            Ok(fd) => Some(Ok(fd)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ESTALE | libc::ENOENT)) => {
+                Some(Err(()))
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn walk(&mut self) -> &std::collections::HashMap<u64, PathBuf> {
+        let mount = self.mount.clone();
+        self.walked
+            .get_or_insert_with(|| mount.map(|m| paths_by_id(&m)).unwrap_or_default())
+    }
+}
+
+impl Default for Namer {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -657,30 +657,14 @@ pub fn remove_stale() -> anyhow::Result<usize> {
     }
     let lock = pins::lock()?;
     pins::sweep_abandoned(&lock);
-    let mount = crate::cgroup::cgroup2_mount().ok();
-    let mount_fd = mount.as_ref().and_then(|m| fs::File::open(m).ok());
-    // Every cgroup's path, read only if the kernel cannot answer by handle.
-    let mut walked: Option<std::collections::HashMap<u64, PathBuf>> = None;
-    let mut alive = |id: u64| -> bool {
-        if let Some(answer) = mount_fd.as_ref().and_then(|m| crate::cgroup::exists(m, id)) {
-            return answer;
-        }
-        walked
-            .get_or_insert_with(|| {
-                mount
-                    .as_ref()
-                    .map(|m| crate::cgroup::paths_by_id(m))
-                    .unwrap_or_default()
-            })
-            .contains_key(&id)
-    };
+    let mut cgroups = crate::cgroup::Namer::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut removed = 0;
     // Old sets whose last binding went with its cgroup go too (after the loop, below).
     for (id, dir) in pins::list() {
         // A binding whose cgroup exists stays, decided without opening its links (poststop
         // runs this on every container stop, with thousands of bindings on the node).
-        if alive(id) {
+        if cgroups.exists(id) {
             continue;
         }
         let mut gone = cgroup_gone(&dir);

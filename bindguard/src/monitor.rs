@@ -262,9 +262,11 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
     eprintln!(
         "bindguard monitor: watching {n} event buffer(s) (one per program set); new ones are picked up as they appear"
     );
-    let mut paths = crate::cgroup::cgroup2_mount()
-        .map(|m| crate::cgroup::paths_by_id(&m))
-        .unwrap_or_default();
+    // Cgroups are named by file handle as events name them (one lookup per new id, not a
+    // walk of every cgroup: a flood of events from unknown ids stays cheap).
+    let mut namer = crate::cgroup::Namer::new();
+    let mut paths: std::collections::HashMap<u64, Option<std::path::PathBuf>> =
+        std::collections::HashMap::new();
     let mut rescan = tokio::time::interval(Duration::from_secs(1));
     let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
@@ -273,16 +275,15 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
         tokio::select! {
             Some((binding, dev, ifindex, event)) = rx.recv() => {
                 let cgroup_id = if event.cgroup_id != 0 { event.cgroup_id } else { binding };
-                if !paths.contains_key(&cgroup_id)
-                    && let Ok(m) = crate::cgroup::cgroup2_mount()
-                {
-                    paths = crate::cgroup::paths_by_id(&m);
-                }
+                let cgroup = paths
+                    .entry(cgroup_id)
+                    .or_insert_with(|| namer.path(cgroup_id))
+                    .clone();
                 let record = Record {
                     time: humantime::format_rfc3339_millis(wall_time(event.ktime_ns)).to_string(),
                     binding,
                     cgroup_id: event.cgroup_id,
-                    cgroup: paths.get(&cgroup_id).cloned(),
+                    cgroup,
                     pid: event.pid,
                     command: netdev::name_from_bytes(&event.comm),
                     hook: hook_name(event.hook),

@@ -250,9 +250,8 @@ fn prunable(config: &Config, steps: &[Step]) -> Vec<Step> {
         return Vec::new();
     }
     let wanted: std::collections::HashSet<u64> = steps.iter().filter_map(|s| s.cgroup_id).collect();
-    let paths = cgroup::cgroup2_mount()
-        .map(|m| cgroup::paths_by_id(&m))
-        .unwrap_or_default();
+    // Each candidate's cgroup is named by file handle (no walk of every cgroup).
+    let mut namer = cgroup::Namer::new();
     let configured: std::collections::HashSet<&Path> =
         config.bindings.iter().map(|b| b.cgroup.as_path()).collect();
     pins::list()
@@ -263,7 +262,7 @@ fn prunable(config: &Config, steps: &[Step]) -> Vec<Step> {
             if !policy.has(flags::FROM_CONFIG) {
                 return None;
             }
-            let path = paths.get(&id).cloned()?;
+            let path = namer.path(id)?;
             if configured.contains(path.as_path()) {
                 return None;
             }
