@@ -133,11 +133,16 @@ const PATH_MAX: usize = 4095;
 /// that is the root of a mount (inside a cgroup namespace, the namespace's root).
 pub fn refuse_root(cg: &Cgroup) -> Result<(), Error> {
     let is_mount_root = || -> bool {
-        // The kernel says whether the (canonical) path is a mount's root (statx, 5.8+)...
-        if let Some(root) = mount_root_attr(&cg.path) {
-            return root;
+        // The kernel says whether the (canonical) path is a mount's root (statx, 5.8+). In the
+        // initial cgroup namespace that is the whole answer (its root is id 1, refused below).
+        // Inside another, the namespace's root may also be reachable through a cgroup2 mount
+        // with a higher root (the host's, kept or bind-mounted) where it is no mount's root:
+        // then only a comparison with every cgroup2 mount's root tells.
+        match mount_root_attr(&cg.path) {
+            Some(true) => return true,
+            Some(false) if in_initial_cgroup_ns() => return false,
+            _ => {}
         }
-        // ...else compare it with every cgroup2 mount point.
         let Ok(here) = fs::metadata(&cg.path) else {
             return false;
         };
@@ -153,6 +158,13 @@ pub fn refuse_root(cg: &Cgroup) -> Result<(), Error> {
         });
     }
     Ok(())
+}
+
+/// Whether this process is in the initial cgroup namespace (whose nsfs inode is fixed:
+/// PROC_CGROUP_INIT_INO). False when that cannot be read.
+fn in_initial_cgroup_ns() -> bool {
+    const PROC_CGROUP_INIT_INO: u64 = 0xEFFF_FFFB;
+    fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() == PROC_CGROUP_INIT_INO)
 }
 
 /// STATX_ATTR_MOUNT_ROOT of `path`, if the kernel reports that attribute.

@@ -84,6 +84,63 @@ fn the_root_cgroup_is_refused_in_every_spelling() {
     drop(sub);
 }
 
+/// Review of c5bf547: the namespace's root is also reachable through the host's cgroup2 mount
+/// when the mount namespace still holds it (here a bind of it, as a container runtime or an
+/// admin's shell may keep). That path is no mount's root, so STATX_ATTR_MOUNT_ROOT alone says
+/// "not a root"; it is the same cgroup the namespace's own mount is rooted at.
+#[test]
+fn the_namespace_root_is_refused_through_the_hosts_mount_too() {
+    root_or_skip!();
+    struct RmDir(std::path::PathBuf);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let cg = TestCgroup::new();
+    let mount = bindguard::cgroup::cgroup2_mount().unwrap();
+    let m = mount.display().to_string();
+    let rel = cg.path.strip_prefix(&mount).unwrap().display().to_string();
+    let host = RmDir(std::env::temp_dir().join(bindguard_tests::unique("bghm")));
+    std::fs::create_dir(&host.0).unwrap();
+    let h = host.0.display().to_string();
+    let bg = bindguard_tests::bindguard_bin();
+    let script = format!(
+        "set -e\nmount --bind {m} {h}\numount -l {m}\nmount -t cgroup2 none {m}\n\
+         stat -c 'root=%i' {m}\nstat -c 'via=%i' {h}/{rel}\nset +e\n\
+         {bg} attach --cgroup '{h}/{rel}' --dev lo 2>&1; echo \"=> $?\"\n",
+        bg = bg.display()
+    );
+    let (code, out, err) = Cmd::new("unshare")
+        .args([
+            "--mount",
+            "--cgroup",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .in_cgroup(&cg)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&format!("root={}\n", cg.id)), "{out}{err}");
+    assert!(out.contains(&format!("via={}\n", cg.id)), "{out}{err}");
+    let binding = cg.pins().exists();
+    let programs = program_count(&cg.path);
+    if binding || programs != 0 {
+        let _ = Cmd::bindguard()
+            .args(["detach", "--cgroup", &cg.path.display().to_string()])
+            .run();
+    }
+    assert!(
+        out.contains("=> 2") && out.contains("is the root of a cgroup2 hierarchy"),
+        "the namespace's root was not refused through the host's mount:\n{out}"
+    );
+    assert!(!binding, "the namespace's root was bound");
+    assert_eq!(programs, 0, "{}", attached_programs(&cg.path));
+}
+
 #[test]
 fn oci_hook_refuses_the_runtimes_cgroup_and_its_ancestors() {
     root_or_skip!();
