@@ -361,6 +361,25 @@ pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, PathBuf> {
     found
 }
 
+/// Serializes a cgroup path for JSON: cgroup2 names may hold any byte but '/' and '\n', and
+/// whoever owns a delegated subtree picks them, so a name that is not UTF-8 must not fail the
+/// whole document (serde refuses such a `Path`); its bytes are replaced lossily, the cgroup id
+/// next to it names it exactly.
+pub fn serialize_lossy<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
+}
+
+/// [`serialize_lossy`] of an optional path (None is null).
+pub fn serialize_lossy_opt<S: serde::Serializer>(
+    path: &Option<PathBuf>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(p) => serialize_lossy(p, s),
+        None => s.serialize_none(),
+    }
+}
+
 /// The argument `--cgroup self`: the caller's own cgroup.
 pub const SELF: &str = "self";
 

@@ -31,6 +31,7 @@ pub struct Record {
     /// The cgroup of the task, when the event happened in a task (0 for received packets).
     pub cgroup_id: u64,
     /// Path of that cgroup (or of the binding's cgroup when the task's is unknown).
+    #[serde(serialize_with = "crate::cgroup::serialize_lossy_opt")]
     pub cgroup: Option<PathBuf>,
     pub pid: u32,
     pub command: String,

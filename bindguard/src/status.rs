@@ -27,6 +27,7 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct Binding {
     /// Path of the cgroup, or null if it was deleted.
+    #[serde(serialize_with = "crate::cgroup::serialize_lossy_opt")]
     pub cgroup: Option<PathBuf>,
     pub cgroup_id: u64,
     pub pins: PathBuf,

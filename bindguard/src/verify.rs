@@ -105,9 +105,11 @@ pub struct ProbeOutput {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    #[serde(serialize_with = "crate::cgroup::serialize_lossy")]
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     /// The cgroup whose binding applies (the cgroup itself or an ancestor).
+    #[serde(serialize_with = "crate::cgroup::serialize_lossy")]
     pub binding_cgroup: PathBuf,
     pub ifname: String,
     pub ifindex: u32,

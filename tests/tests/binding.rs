@@ -339,3 +339,55 @@ fn deleted_cgroup_is_reported_and_cleaned_by_detach() {
     assert!(out.contains("removed"), "{out}");
     assert!(!cg.pins().exists());
 }
+
+/// Review: a cgroup may be named with bytes that are not UTF-8 (cgroup2 allows any byte but
+/// '/' and '\n'; whoever owns a delegated subtree picks the names). `status --json` failed as
+/// a whole for every binding once one such cgroup was bound ("path contains invalid UTF-8
+/// characters", a truncated document on stdout): JSON consumers lost every binding.
+#[test]
+fn status_json_lists_a_cgroup_whose_name_is_not_utf8() {
+    root_or_skip!();
+    use std::os::unix::ffi::OsStrExt;
+    struct Bound(std::path::PathBuf);
+    impl Drop for Bound {
+        fn drop(&mut self) {
+            let _ = Cmd::bindguard()
+                .arg("detach")
+                .arg("--cgroup")
+                .arg(&self.0)
+                .run();
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let parent = TestCgroup::new();
+    let child = Bound(
+        parent
+            .path
+            .join(std::ffi::OsStr::from_bytes(b"bgt-\xff\xfe")),
+    );
+    fs::create_dir(&child.0).unwrap();
+    let (code, out, err) = Cmd::bindguard()
+        .arg("attach")
+        .arg("--cgroup")
+        .arg(&child.0)
+        .args(["--dev", "lo"])
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = Cmd::bindguard().args(["status", "--json"]).run();
+    assert_eq!(code, 0, "status --json failed:\n{out}{err}");
+    let doc: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    let id = fs::metadata(&child.0)
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    let entry = doc["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cgroup_id"] == id)
+        .unwrap_or_else(|| panic!("binding {id} not listed:\n{out}"));
+    assert!(
+        entry["cgroup"].as_str().is_some_and(|p| p.contains("bgt-")),
+        "{entry}"
+    );
+    drop(child);
+}

@@ -370,3 +370,70 @@ fn monitor_reports_each_refusal() {
         assert!(!e["reason"].as_str().unwrap().is_empty());
     }
 }
+
+/// Review: the owner of a delegated subtree under a bound cgroup names its cgroups, with any
+/// byte but '/' and '\n'. One refusal in a cgroup whose name is not UTF-8 ended
+/// `monitor --json` ("path contains invalid UTF-8 characters"): every later refusal on the
+/// machine went unreported. The stream must go on, and name that cgroup by its id.
+#[test]
+fn monitor_json_survives_a_cgroup_whose_name_is_not_utf8() {
+    root_or_skip!();
+    use std::os::unix::{ffi::OsStrExt, fs::MetadataExt};
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+            for _ in 0..100 {
+                if std::fs::remove_dir(&self.0).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let child = Dir(s.cg.path.join(std::ffi::OsStr::from_bytes(b"bgt-\xff")));
+    std::fs::create_dir(&child.0).unwrap();
+    let child_id = std::fs::metadata(&child.0).unwrap().ino();
+    let mut monitor = Cmd::bindguard()
+        .args(["monitor", "--json", "--duration", "30"])
+        .spawn();
+    let mut stderr = std::io::BufReader::new(monitor.stderr.take().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut ready).unwrap();
+    assert!(ready.contains("watching"), "{ready}");
+    // A refusal in the oddly named child (as uid 65534), then one in the bound cgroup.
+    let _ = Cmd::probe()
+        .in_cgroup_path(&child.0)
+        .in_netns(&s.topo.host)
+        .as_nobody()
+        .arg("mptcp")
+        .run();
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = s.probe_bound().as_nobody().arg("mptcp").run();
+    std::thread::sleep(Duration::from_millis(500));
+    let alive = monitor.try_wait().unwrap().is_none();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = bindguard_tests::run::wait_output(monitor, Duration::from_secs(5)).unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+    assert!(alive, "monitor --json ended:\n{lines}{ready}{rest}");
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .filter(|e: &serde_json::Value| e["binding"] == s.cg.id && e["hook"] == "mptcp")
+        .collect();
+    assert!(
+        events.iter().any(|e| e["cgroup_id"] == child_id),
+        "no event of the child:\n{lines}{rest}"
+    );
+    assert!(
+        events.iter().any(|e| e["cgroup_id"] == s.cg.id),
+        "no event after the child's:\n{lines}{rest}"
+    );
+}
