@@ -306,6 +306,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
         }
         Command::Status { json, links } => {
+            // The pins root is root-only (0700): for anyone else "no bindings" would be a lie.
+            if let Err(e) = std::fs::read_dir(bindguard::pins::root())
+                && e.kind() == std::io::ErrorKind::PermissionDenied
+            {
+                eprintln!(
+                    "bindguard: warning: cannot read {} ({e}), so bindings are not shown; run status as root",
+                    bindguard::pins::root().display()
+                );
+            }
             let report = status::collect(status::Options { links });
             // Indented for a person at a terminal; compact otherwise, where programs read it
             // and indenting 10,000 bindings costs more than reading them.

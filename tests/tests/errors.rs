@@ -118,9 +118,20 @@ fn unprivileged_user_is_told_the_capability() {
         1,
         "CAP_BPF",
     );
-    // status is read-only and works for anyone, reporting what it may see.
+    // status is read-only and works for anyone, reporting what it may see — and saying that
+    // the bindings are hidden from it (the pins root is root-only), so "no bindings" is not
+    // taken at face value. The binding made here is one it cannot see.
+    let (code, _, err) = Cmd::bindguard()
+        .args(["attach", "--dev", "lo", "--allow-loopback", "--cgroup"])
+        .arg(&cg.path)
+        .run();
+    assert_eq!(code, 0, "{err}");
     let (code, _, err) = Cmd::bindguard().arg("status").as_nobody().run();
     assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("bindings are not shown; run status as root"),
+        "{err}"
+    );
 }
 
 #[test]
