@@ -12,6 +12,23 @@ use bindguard_tests::{
     topology::{UPLINK_A, UPLINK_B},
 };
 
+/// Runs `script` (sh) in new mount and cgroup namespaces, from `cg`: the cgroup namespace's
+/// root is `cg`, so a missing root guard binds that, never the host.
+fn in_cgroup_namespace(cg: &TestCgroup, script: &str) -> (i32, String, String) {
+    Cmd::new("unshare")
+        .args([
+            "--mount",
+            "--cgroup",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+        ])
+        .in_cgroup(cg)
+        .run()
+}
+
 #[test]
 fn the_root_cgroup_is_refused_in_every_spelling() {
     root_or_skip!();
@@ -45,18 +62,7 @@ fn the_root_cgroup_is_refused_in_every_spelling() {
         );
     }
     script += &format!("rm -f {}\n", link.display());
-    let (code, out, err) = Cmd::new("unshare")
-        .args([
-            "--mount",
-            "--cgroup",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .in_cgroup(&cg)
-        .run();
+    let (code, out, err) = in_cgroup_namespace(&cg, &script);
     let _ = std::fs::remove_file(&link);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
@@ -111,18 +117,7 @@ fn the_namespace_root_is_refused_through_the_hosts_mount_too() {
          {bg} attach --cgroup '{h}/{rel}' --dev lo 2>&1; echo \"=> $?\"\n",
         bg = bg.display()
     );
-    let (code, out, err) = Cmd::new("unshare")
-        .args([
-            "--mount",
-            "--cgroup",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .in_cgroup(&cg)
-        .run();
+    let (code, out, err) = in_cgroup_namespace(&cg, &script);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&format!("root={}\n", cg.id)), "{out}{err}");
     assert!(out.contains(&format!("via={}\n", cg.id)), "{out}{err}");

@@ -299,19 +299,28 @@ fn allow_loopback_needs_strict_mode() {
     assert!(!s.cg.pins().exists());
 }
 
+/// `monitor --json` for 30 s, returned once it says it watches the bindings (with the rest of
+/// its stderr, which must stay open while it runs).
+fn start_monitor() -> (
+    std::process::Child,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    let mut monitor = Cmd::bindguard()
+        .args(["monitor", "--json", "--duration", "30"])
+        .spawn();
+    let mut stderr = std::io::BufReader::new(monitor.stderr.take().unwrap());
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut ready).unwrap();
+    assert!(ready.contains("watching"), "{ready}");
+    (monitor, stderr)
+}
+
 #[test]
 fn monitor_reports_each_refusal() {
     root_or_skip!();
     let s = Scenario::new();
     s.attach(UPLINK_B, &[]);
-    let mut monitor = Cmd::bindguard()
-        .args(["monitor", "--json", "--duration", "30"])
-        .spawn();
-    // Wait until it watches the binding.
-    let mut stderr = std::io::BufReader::new(monitor.stderr.take().unwrap());
-    let mut ready = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut ready).unwrap();
-    assert!(ready.contains("watching"), "{ready}");
+    let (monitor, _stderr) = start_monitor();
     let ifa = s.topo.host.ifindex(UPLINK_A).to_string();
     let tries: [(&str, &str, Option<&str>, bool); 3] = [
         ("unspec", dest(false), None, false),
@@ -396,13 +405,7 @@ fn monitor_json_survives_a_cgroup_whose_name_is_not_utf8() {
     let child = Dir(s.cg.path.join(std::ffi::OsStr::from_bytes(b"bgt-\xff")));
     std::fs::create_dir(&child.0).unwrap();
     let child_id = std::fs::metadata(&child.0).unwrap().ino();
-    let mut monitor = Cmd::bindguard()
-        .args(["monitor", "--json", "--duration", "30"])
-        .spawn();
-    let mut stderr = std::io::BufReader::new(monitor.stderr.take().unwrap());
-    let mut ready = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut ready).unwrap();
-    assert!(ready.contains("watching"), "{ready}");
+    let (mut monitor, mut stderr) = start_monitor();
     // A refusal in the oddly named child (as uid 65534), then one in the bound cgroup.
     let _ = Cmd::probe()
         .in_cgroup_path(&child.0)
@@ -422,7 +425,7 @@ fn monitor_json_survives_a_cgroup_whose_name_is_not_utf8() {
     let lines = String::from_utf8_lossy(&out.stdout).into_owned();
     let mut rest = String::new();
     let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
-    assert!(alive, "monitor --json ended:\n{lines}{ready}{rest}");
+    assert!(alive, "monitor --json ended:\n{lines}{rest}");
     let events: Vec<serde_json::Value> = lines
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
