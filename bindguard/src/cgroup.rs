@@ -225,16 +225,6 @@ pub fn resolve(arg: &Path) -> anyhow::Result<Cgroup> {
     })
 }
 
-/// Every cgroup under the cgroup2 mount, by id. Used to name the cgroups of bindings: the
-/// kernel knows them only by id.
-/// The path of the cgroup with id `id`, found through a kernfs file handle (the handle of a
-/// cgroup2 directory is its 8-byte id): three system calls where [`paths_by_id`] reads every
-/// cgroup directory. None when no such cgroup exists (or handles are not supported).
-pub fn path_of_id(mount: &fs::File, id: u64) -> Option<PathBuf> {
-    let fd = open_by_id(mount, id).ok()?;
-    fd_path(&fd)
-}
-
 /// What an fd refers to, from /proc/self/fd.
 fn fd_path(fd: &std::os::fd::OwnedFd) -> Option<PathBuf> {
     use std::os::{fd::AsRawFd, unix::ffi::OsStringExt};
@@ -311,7 +301,8 @@ impl Default for Namer {
     }
 }
 
-/// An O_PATH fd of the cgroup with id `id`, through its kernfs file handle.
+/// An O_PATH fd of the cgroup with id `id`, through its kernfs file handle (the handle of a
+/// cgroup2 directory is its 8-byte id).
 fn open_by_id(mount: &fs::File, id: u64) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     #[repr(C)]
@@ -342,6 +333,8 @@ fn open_by_id(mount: &fs::File, id: u64) -> std::io::Result<std::os::fd::OwnedFd
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Every cgroup under the cgroup2 mount, by id (the kernel knows a binding's cgroup only by
+/// id): a walk of every cgroup directory, for where file handles are refused.
 pub fn paths_by_id(mount: &Path) -> std::collections::HashMap<u64, PathBuf> {
     let mut found = std::collections::HashMap::new();
     let mut stack = vec![mount.to_path_buf()];

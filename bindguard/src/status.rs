@@ -93,9 +93,6 @@ pub struct Problem {
 pub fn collect(opts: Options) -> Report {
     let mut bindings = Vec::new();
     if pins::bpffs_mounted() {
-        let mount = crate::cgroup::cgroup2_mount()
-            .ok()
-            .and_then(|m| std::fs::File::open(m).ok());
         // Bindings often share a namespace and an interface; each is looked up (a /proc scan,
         // a thread in the namespace) once.
         let mut cache = Cache {
@@ -131,14 +128,12 @@ pub fn collect(opts: Options) -> Report {
             let handles: Vec<_> = parts
                 .into_iter()
                 .map(|part| {
-                    let fds = Fds {
-                        mount: mount.as_ref(),
-                        root: root.as_ref(),
-                    };
+                    let root = root.as_ref();
                     let sets = &sets;
                     scope.spawn(move || {
+                        let mut cgroups = crate::cgroup::Namer::new();
                         part.into_iter()
-                            .map(|(id, dir)| Raw::read(id, dir, fds, sets, opts))
+                            .map(|(id, dir)| Raw::read(id, dir, root, &mut cgroups, sets, opts))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -155,14 +150,12 @@ pub fn collect(opts: Options) -> Report {
         // An attach or detach killed half-way on a cgroup with no binding (any more): its
         // programs still run, so it is listed too.
         let bound: std::collections::HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
+        let mut cgroups = crate::cgroup::Namer::new();
         for (id, dir) in cache.abandoned.clone() {
             if !bound.contains(&id) && attached_links(&dir, id) > 0 {
                 // Its links are all it has (no users/ entry need match): always asked.
-                let fds = Fds {
-                    mount: mount.as_ref(),
-                    root: None,
-                };
-                let raw = Raw::read(id, dir, fds, &sets, Options { links: true });
+                let links = Options { links: true };
+                let raw = Raw::read(id, dir, None, &mut cgroups, &sets, links);
                 bindings.push(read_binding(raw, &mut cache));
             }
         }
@@ -249,15 +242,6 @@ impl Sets {
     }
 }
 
-/// Directories `Raw::read` looks things up in.
-#[derive(Clone, Copy)]
-struct Fds<'a> {
-    /// The cgroup2 mount (cgroup paths by id).
-    mount: Option<&'a std::fs::File>,
-    /// The pins root (binding directories by name).
-    root: Option<&'a std::fs::File>,
-}
-
 /// Which link pins a binding directory has, from its listing alone.
 #[derive(Default)]
 struct Pinned {
@@ -306,11 +290,18 @@ struct Raw {
 }
 
 impl Raw {
-    fn read(cgroup_id: u64, dir: PathBuf, fds: Fds<'_>, sets: &Sets, opts: Options) -> Self {
+    /// `root` is the pins root, opened once: binding directories are opened relative to it,
+    /// one path component each.
+    fn read(
+        cgroup_id: u64,
+        dir: PathBuf,
+        root: Option<&std::fs::File>,
+        cgroups: &mut crate::cgroup::Namer,
+        sets: &Sets,
+        opts: Options,
+    ) -> Self {
         use std::os::fd::AsFd as _;
-        let cgroup = fds
-            .mount
-            .and_then(|m| crate::cgroup::path_of_id(m, cgroup_id));
+        let cgroup = cgroups.path(cgroup_id);
         // One directory listing; the maps are the set's. A binding made by a bindguard that
         // loaded programs per binding has no set to ask: its links are, as with --links.
         let mut pinned = Pinned::default();
@@ -320,7 +311,7 @@ impl Raw {
                 pinned.other.get_or_insert_with(|| hook.to_string());
             }
         };
-        let ask_links = match (fds.root, dir.file_name().and_then(|n| n.to_str())) {
+        let ask_links = match (root, dir.file_name().and_then(|n| n.to_str())) {
             (Some(root), Some(name)) if !opts.links => {
                 progset::binding_pins_at(root.as_fd(), name, &mut add)
             }
