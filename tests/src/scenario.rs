@@ -102,14 +102,19 @@ impl Scenario {
     }
 
     pub fn attach_result(&self, dev: &str, extra: &[&str]) -> (i32, String, String) {
-        Cmd::bindguard()
-            .arg("attach")
-            .arg("--cgroup")
-            .arg(&self.cg.path)
-            .args(["--dev", dev, "--netns"])
-            .arg(self.topo.host.path())
+        self.attach_to(Cmd::bindguard(), &self.cg.path, dev)
             .args(extra)
             .run()
+    }
+
+    /// `bin attach --cgroup CGROUP --dev DEV --netns <the host namespace>`: `bin` is bindguard,
+    /// another build of it, or one given a test environment.
+    pub fn attach_to(&self, bin: Cmd, cgroup: &std::path::Path, dev: &str) -> Cmd {
+        bin.arg("attach")
+            .arg("--cgroup")
+            .arg(cgroup)
+            .args(["--dev", dev, "--netns"])
+            .arg(self.topo.host.path())
     }
 
     pub fn detach(&self) -> (i32, String, String) {

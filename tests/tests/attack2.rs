@@ -31,12 +31,9 @@ use bindguard_tests::{
 };
 
 fn attach_cg(s: &Scenario, cg: &TestCgroup, dev: &str, mode: &str) {
-    let (code, out, err) = Cmd::bindguard()
-        .arg("attach")
-        .arg("--cgroup")
-        .arg(&cg.path)
-        .args(["--dev", dev, "--mode", mode, "--netns"])
-        .arg(s.topo.host.path())
+    let (code, out, err) = s
+        .attach_to(Cmd::bindguard(), &cg.path, dev)
+        .args(["--mode", mode])
         .run();
     assert_eq!(
         code,
@@ -261,13 +258,7 @@ fn upgrades_between_sets_leave_no_unbound_socket_and_no_packet_at_a() {
     let current = bindguard_tests::bindguard_bin();
     let s = Scenario::new();
     let attach_with = |bin: &std::path::PathBuf| {
-        let (code, out, err) = Cmd::new(bin)
-            .arg("attach")
-            .arg("--cgroup")
-            .arg(&s.cg.path)
-            .args(["--dev", UPLINK_B, "--netns"])
-            .arg(s.topo.host.path())
-            .run();
+        let (code, out, err) = s.attach_to(Cmd::new(bin), &s.cg.path, UPLINK_B).run();
         assert_eq!(code, 0, "{} attach: {out}{err}", bin.display());
     };
     attach_with(&variant);

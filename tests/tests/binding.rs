@@ -309,13 +309,7 @@ fn deleted_cgroup_is_reported_and_cleaned_by_detach() {
     root_or_skip!();
     let s = Scenario::new();
     let cg = s.cg.child("gone");
-    let (code, out, err) = Cmd::bindguard()
-        .arg("attach")
-        .arg("--cgroup")
-        .arg(&cg.path)
-        .args(["--dev", UPLINK_B, "--netns"])
-        .arg(s.topo.host.path())
-        .run();
+    let (code, out, err) = s.attach_to(Cmd::bindguard(), &cg.path, UPLINK_B).run();
     assert_eq!(code, 0, "{out}{err}");
     fs::remove_dir(&cg.path).unwrap();
     let entry = s.status_json()["bindings"]

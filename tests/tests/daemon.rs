@@ -591,12 +591,7 @@ fn apply_prune_detaches_only_config_bindings_the_config_dropped() {
         .run();
     assert_eq!(code, 0, "{out}{err}");
     // A binding made by hand is never pruned.
-    let (code, _, err) = Cmd::bindguard()
-        .args(["attach", "--cgroup"])
-        .arg(&manual.path)
-        .args(["--dev", UPLINK_B, "--netns"])
-        .arg(s.topo.host.path())
-        .run();
+    let (code, _, err) = s.attach_to(Cmd::bindguard(), &manual.path, UPLINK_B).run();
     assert_eq!(code, 0, "{err}");
     dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
     let (code, out, err) = Cmd::bindguard()

@@ -466,14 +466,8 @@ fn killed_commands_never_leave_silent_extras() {
 fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
     root_or_skip!();
     let s = Scenario::new();
-    let (code, _, err) = Cmd::bindguard()
-        .env("BINDGUARD_LSM_LIST", "lockdown,capability")
-        .arg("attach")
-        .arg("--cgroup")
-        .arg(&s.cg.path)
-        .args(["--dev", UPLINK_B, "--netns"])
-        .arg(s.topo.host.path())
-        .run();
+    let lsm_list = Cmd::bindguard().env("BINDGUARD_LSM_LIST", "lockdown,capability");
+    let (code, _, err) = s.attach_to(lsm_list, &s.cg.path, UPLINK_B).run();
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("warning: the BPF LSM is not usable"), "{err}");
     assert!(err.contains("lsm="), "{err}");
@@ -539,14 +533,8 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
     // Claim the BPF LSM is usable: on a kernel that then refuses the programs (this one does,
     // with EPERM) the binding is made without them, and says why.
     let s = Scenario::new();
-    let (code, _, err) = Cmd::bindguard()
-        .env("BINDGUARD_LSM_LIST", "lockdown,capability,bpf")
-        .arg("attach")
-        .arg("--cgroup")
-        .arg(&s.cg.path)
-        .args(["--dev", UPLINK_B, "--netns"])
-        .arg(s.topo.host.path())
-        .run();
+    let lsm_list = Cmd::bindguard().env("BINDGUARD_LSM_LIST", "lockdown,capability,bpf");
+    let (code, _, err) = s.attach_to(lsm_list, &s.cg.path, UPLINK_B).run();
     assert_eq!(code, 0, "{err}");
     let entry = s.status_entry().unwrap();
     if entry["lsm"] == true {

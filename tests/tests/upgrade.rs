@@ -21,13 +21,7 @@ fn set_of(cgroup_id: u64) -> Option<PathBuf> {
 }
 
 fn attach_with(bin: &PathBuf, s: &Scenario, dev: &str) -> String {
-    let (code, out, err) = Cmd::new(bin)
-        .arg("attach")
-        .arg("--cgroup")
-        .arg(&s.cg.path)
-        .args(["--dev", dev, "--netns"])
-        .arg(s.topo.host.path())
-        .run();
+    let (code, out, err) = s.attach_to(Cmd::new(bin), &s.cg.path, dev).run();
     assert_eq!(code, 0, "{} attach: {out}{err}", bin.display());
     out
 }
