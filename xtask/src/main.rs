@@ -1,10 +1,12 @@
-//! cargo xtask setup | demo | test | bench | dist
+//! cargo xtask setup | demo | test | vmtest | bench | dist
 //!
 //! Every command first runs `setup`, which installs whatever is missing and is a no-op when
 //! everything is there, so a fresh machine needs nothing but these commands.
 
 mod dist;
+mod kernels;
 mod setup;
+mod vmtest;
 
 use std::{
     io::{BufRead, BufReader},
@@ -38,7 +40,7 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
@@ -178,7 +180,28 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if passed == 0 {
         bail!("no test ran");
     }
+    // The same suites on the kernels people run (Debian 11, 12, 13), in QEMU.
+    let (opts, _) = vmtest::parse_args(&[])?;
+    let results = vmtest::vmtest(&opts)?;
+    let (vm_passed, vm_failed) = results
+        .iter()
+        .fold((0, 0), |(p, f), r| (p + r.passed, f + r.failed));
+    println!(
+        "bindguard suite with the VM matrix: {} passed, {} failed",
+        passed + vm_passed,
+        failed + vm_failed
+    );
     Ok(())
+}
+
+fn vmtest_command(args: &[String]) -> anyhow::Result<()> {
+    let (opts, update) = vmtest::parse_args(args)?;
+    if update {
+        return kernels::update_pins();
+    }
+    setup::ensure()?;
+    build_bins(false)?;
+    vmtest::vmtest(&opts).map(|_| ())
 }
 
 fn main() -> std::process::ExitCode {
@@ -188,9 +211,12 @@ fn main() -> std::process::ExitCode {
         Some("demo") => demo(),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("vmtest") => vmtest_command(&args[1..]),
         Some("dist") if args.len() == 1 => setup::ensure().and_then(|()| dist::dist().map(|_| ())),
         _ => {
-            eprintln!("usage: cargo xtask setup | demo | test [cargo test args] | bench | dist");
+            eprintln!(
+                "usage: cargo xtask setup | demo | test [cargo test args] | vmtest [--kernel K] [-- filter] | bench | dist"
+            );
             return std::process::ExitCode::from(2);
         }
     };

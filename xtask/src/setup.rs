@@ -30,6 +30,12 @@ const TOOLS: &[(&str, &str)] = &[
     // `systemd-analyze verify` of deploy/systemd/bindguard.service in the daemon tests
     ("systemd-analyze", "systemd"),
     ("podman", "podman"),
+    // the VM matrix (cargo xtask vmtest): QEMU, depmod for the guest kernels' modules,
+    // xz for trixie's compressed modules
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("depmod", "kmod"),
+    ("xz", "xz-utils"),
+    ("dpkg-deb", "dpkg"),
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {

@@ -1,0 +1,28 @@
+#!/bin/sh
+# Stage 2 of a VM matrix boot (xtask/src/vmtest.rs). It runs as PID 1 on the host's root,
+# shared read-only over virtio-9p, after the initramfs (xtask/src/kernels.rs) switched to it:
+# it gives the tests the writable places they use, points the kernel's module loader at the
+# guest kernel's own modules, runs the script named by bg.run= and reports its exit code on
+# the console, the only verdict the host reads.
+set -u
+param() { sed -n "s/.*bg\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmpfs /dev/shm
+for d in /tmp /run /var/tmp; do mount -t tmpfs -o mode=1777 tmpfs "$d"; done
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t bpf bpf /sys/fs/bpf
+mount -t securityfs securityfs /sys/kernel/security
+# The host has no modules for this kernel: modprobe reads the unpacked package instead.
+printf '#!/bin/sh\nexec /usr/sbin/modprobe -d %s "$@"\n' "$(param modroot)" > /run/bg-modprobe
+chmod 755 /run/bg-modprobe
+echo /run/bg-modprobe > /proc/sys/kernel/modprobe
+ip link set lo up
+echo "bindguard-vm: kernel $(uname -r) lsm=$(cat /sys/kernel/security/lsm)"
+/bin/sh "$(param run)"
+echo "bindguard-vm: exit=$?"
+sync
+/bin/busybox poweroff -f

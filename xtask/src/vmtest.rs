@@ -1,0 +1,432 @@
+//! `cargo xtask vmtest`: the integration tests on Debian's stock kernels, each booted under
+//! QEMU with the host's root shared read-only over virtio-9p. The test binaries are the ones
+//! built on the host; the guest runs them as root and prints `bindguard-vm: exit=N`, the only
+//! verdict read back (besides the libtest tallies and `SKIP name: reason` lines for the
+//! summary).
+//!
+//! KVM is used when it can run a stock guest (probed by booting one); otherwise TCG. /dev/kvm
+//! exists on these machines but cannot run one, so TCG it is here.
+
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+
+use crate::{
+    cargo,
+    kernels::{self, Kernel},
+    workspace,
+};
+
+/// One boot of the matrix: a kernel series and the command line it gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    pub name: &'static str,
+    pub series: &'static str,
+    /// Added to the kernel command line (an `lsm=` list for the LSM variants).
+    pub cmdline: &'static str,
+    pub why: &'static str,
+}
+
+/// The matrix. 5.10 runs with and without `bpf` in lsm= (Debian 11 leaves it out; 5.10 has no
+/// lsm_cgroup either way); 6.12 runs once more with Ubuntu's default list, which has no `bpf`.
+pub const MATRIX: &[Config] = &[
+    Config {
+        name: "5.10",
+        series: "5.10",
+        cmdline: "",
+        why: "Debian 11, stock lsm= (no bpf)",
+    },
+    Config {
+        name: "5.10-lsm-bpf",
+        series: "5.10",
+        cmdline: "lsm=lockdown,yama,integrity,apparmor,bpf",
+        why: "Debian 11 with bpf added to lsm=",
+    },
+    Config {
+        name: "6.1",
+        series: "6.1",
+        cmdline: "",
+        why: "Debian 12 (Amazon Linux 2023's series), stock lsm= (bpf listed)",
+    },
+    Config {
+        name: "6.12",
+        series: "6.12",
+        cmdline: "",
+        why: "Debian 13 (RHEL 10's series), stock lsm= (bpf listed)",
+    },
+    Config {
+        name: "6.12-ubuntu-lsm",
+        series: "6.12",
+        cmdline: "lsm=landlock,lockdown,yama,integrity,apparmor",
+        why: "Debian 13 with Ubuntu's default lsm= (no bpf)",
+    },
+];
+
+/// The integration test binaries the guests run (tests/tests/<name>.rs). Not the daemon,
+/// deploy, dist, oci and upgrade suites: they test userspace plumbing (systemd, podman, the
+/// packages) that no kernel changes, and the matrix must fit CI's time.
+const SUITES: &[&str] = &[
+    // "kernel",
+    "guarantee",
+    "strict",
+    "attack",
+    "attack2",
+    "binding",
+    "verify",
+    "errors",
+    "exec",
+];
+
+/// What one boot reported.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub name: String,
+    pub exit: Option<i32>,
+    pub passed: u64,
+    pub failed: u64,
+    /// `name: reason` of each test that said it could not run on this kernel.
+    pub skipped: Vec<String>,
+    pub failures: Vec<String>,
+    pub minutes: f64,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.exit == Some(0) && self.failed == 0 && self.passed > 0
+    }
+}
+
+/// Options of `cargo xtask vmtest`.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Configs whose name or series matches (empty: all).
+    pub kernels: Vec<String>,
+    /// Passed to every test binary (test name filters, --exact, ...).
+    pub filter: Vec<String>,
+    pub jobs: usize,
+}
+
+pub fn parse_args(args: &[String]) -> anyhow::Result<(Options, bool)> {
+    let mut o = Options {
+        jobs: 2,
+        ..Options::default()
+    };
+    let mut update = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--kernel" => {
+                let k = it
+                    .next()
+                    .context("--kernel needs 5.10, 6.1, 6.12, a config name or all")?;
+                if k != "all" {
+                    o.kernels.extend(k.split(',').map(String::from));
+                }
+            }
+            "--jobs" => {
+                o.jobs = it
+                    .next()
+                    .and_then(|j| j.parse().ok())
+                    .filter(|j| *j > 0)
+                    .context("--jobs needs a number")?
+            }
+            "--update-pins" => update = true,
+            "--" => o.filter.extend(it.by_ref().cloned()),
+            other => bail!(
+                "vmtest: unknown argument '{other}'; usage: cargo xtask vmtest [--kernel 5.10|6.1|6.12|all] [--jobs N] [--update-pins] [-- <test filter>]"
+            ),
+        }
+    }
+    for k in &o.kernels {
+        if !MATRIX.iter().any(|c| c.name == k || c.series == k) {
+            let names: Vec<&str> = MATRIX.iter().map(|c| c.name).collect();
+            bail!(
+                "vmtest: no kernel '{k}' in the matrix; use one of {}",
+                names.join(", ")
+            );
+        }
+    }
+    Ok((o, update))
+}
+
+fn selected(o: &Options) -> Vec<Config> {
+    MATRIX
+        .iter()
+        .filter(|c| o.kernels.is_empty() || o.kernels.iter().any(|k| k == c.name || k == c.series))
+        .copied()
+        .collect()
+}
+
+/// The test binaries, built (or found up to date) on the host: suite name → executable.
+fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let out = cargo()
+        .args([
+            "test",
+            "-p",
+            "bindguard-tests",
+            "--no-run",
+            "--message-format=json",
+            "--quiet",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .context("building the test binaries")?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut found = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let kinds = &v["target"]["kind"];
+        if v["reason"] == "compiler-artifact"
+            && kinds
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "test"))
+            && let (Some(name), Some(exe)) =
+                (v["target"]["name"].as_str(), v["executable"].as_str())
+            && SUITES.contains(&name)
+        {
+            found.push((name.to_string(), PathBuf::from(exe)));
+        }
+    }
+    found.sort_by_key(|(n, _)| SUITES.iter().position(|s| s == n));
+    if found.len() != SUITES.len() {
+        bail!(
+            "expected the test binaries {SUITES:?}, cargo built {:?}",
+            found.iter().map(|f| &f.0).collect::<Vec<_>>()
+        );
+    }
+    Ok(found)
+}
+
+/// Writes the script the guest runs: every suite, one test at a time (they share the kernel's
+/// state, and a slow emulated CPU has no cores to spare).
+fn run_script(
+    config: &Config,
+    binaries: &[(String, PathBuf)],
+    filter: &[String],
+) -> anyhow::Result<PathBuf> {
+    let dir = kernels::vmtest_dir().join("run");
+    fs::create_dir_all(&dir)?;
+    let ci = std::env::var("CI").unwrap_or_default();
+    let mut s = format!(
+        "# generated by cargo xtask vmtest for {}\n\
+         export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n\
+         export HOME=/tmp CI='{ci}' RUST_BACKTRACE=1 BINDGUARD_VM='{}'\n\
+         cd '{}'\nrc=0\n",
+        config.name,
+        config.name,
+        workspace().join("tests").display()
+    );
+    let filter: Vec<String> = filter
+        .iter()
+        .map(|f| format!("'{}'", f.replace('\'', "")))
+        .collect();
+    for (name, exe) in binaries {
+        s += &format!(
+            "echo 'bindguard-vm: suite {name}'\n'{}' --test-threads=1 --color never {} || rc=1\n",
+            exe.display(),
+            filter.join(" ")
+        );
+    }
+    s += "exit $rc\n";
+    let path = dir.join(format!("{}.sh", config.name));
+    fs::write(&path, s)?;
+    Ok(path)
+}
+
+/// Boots `kernel` with `config` and runs `script`, streaming the console prefixed with the
+/// config's name.
+fn boot(
+    config: &Config,
+    kernel: &Kernel,
+    script: &PathBuf,
+    timeout: Duration,
+) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let stage2 = workspace().join("xtask/src/vm-init.sh");
+    let append = format!(
+        "console=ttyS0 quiet panic=-1 oops=panic {} bg.stage2={} bg.run={} bg.modroot={}",
+        config.cmdline,
+        stage2.display(),
+        script.display(),
+        kernel.modules_root.display()
+    );
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "accel=tcg", "-cpu", "max", "-m", "2048", "-smp", "1"])
+        .args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .arg("-kernel")
+        .arg(&kernel.vmlinuz)
+        .arg("-initrd")
+        .arg(&kernel.initramfs)
+        .args(["-append", &append])
+        .args(["-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting qemu-system-x86_64 (Debian's qemu-system-x86; `cargo xtask setup` installs it)")?;
+    let stdout = child.stdout.take().expect("piped");
+    let pid = child.id();
+    let watchdog = std::thread::spawn(move || {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            std::thread::sleep(Duration::from_secs(1));
+            // SAFETY: kill(pid, 0) only asks whether the process exists.
+            if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                return false;
+            }
+        }
+        // SAFETY: the VM is our child; SIGKILL ends a hung guest.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        true
+    });
+    let mut o = Outcome {
+        name: config.name.into(),
+        ..Outcome::default()
+    };
+    let mut suite = String::new();
+    let mut log = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.unwrap_or_default();
+        let line = line.trim_end_matches('\r');
+        println!("[{}] {line}", config.name);
+        log += line;
+        log.push('\n');
+        if let Some(s) = line.strip_prefix("bindguard-vm: suite ") {
+            suite = s.to_string();
+        } else if let Some(code) = line.strip_prefix("bindguard-vm: exit=") {
+            o.exit = code.trim().parse().ok();
+        } else if let Some(rest) = line.strip_prefix("test result: ") {
+            let num = |key: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|p| p.trim().strip_suffix(key))
+                    .and_then(|n| n.trim().rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            o.passed += num(" passed");
+            o.failed += num(" failed");
+        } else if let Some(skip) = line.strip_prefix("SKIP ") {
+            o.skipped.push(format!("{suite}::{skip}"));
+        } else if line.starts_with("test ") && line.ends_with("... FAILED") {
+            o.failures.push(format!(
+                "{suite}::{}",
+                line.trim_start_matches("test ")
+                    .trim_end_matches(" ... FAILED")
+            ));
+        }
+    }
+    let status = child.wait()?;
+    let timed_out = watchdog.join().unwrap_or(false);
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    o.minutes = started.elapsed().as_secs_f64() / 60.0;
+    let logs = kernels::vmtest_dir().join("logs");
+    fs::create_dir_all(&logs)?;
+    fs::write(logs.join(format!("{}.log", config.name)), &log)?;
+    if timed_out {
+        o.failures.push(format!(
+            "the VM did not finish within {} min",
+            timeout.as_secs() / 60
+        ));
+    } else if o.exit.is_none() {
+        o.failures.push(format!(
+            "the VM stopped without a verdict ({status}): {}",
+            stderr.trim()
+        ));
+    }
+    Ok(o)
+}
+
+/// Runs the selected configs, `jobs` VMs at a time; prints one summary.
+pub fn vmtest(o: &Options) -> anyhow::Result<Vec<Outcome>> {
+    if !crate::is_root() {
+        bail!(
+            "`cargo xtask vmtest` boots VMs whose tests need root on the host's files: run it as root"
+        );
+    }
+    let configs = selected(o);
+    let pins = kernels::read_pins()?;
+    let mut kernels = Vec::new();
+    for c in &configs {
+        let pin = pins
+            .iter()
+            .find(|p| p.series == c.series)
+            .with_context(|| format!("xtask/kernels.pins has no {} kernel", c.series))?;
+        kernels.push(kernels::prepare(pin)?);
+    }
+    let binaries = test_binaries()?;
+    let timeout = Duration::from_secs(
+        std::env::var("BINDGUARD_VM_TIMEOUT_MIN")
+            .ok()
+            .and_then(|m| m.parse::<u64>().ok())
+            .unwrap_or(30)
+            * 60,
+    );
+    let queue = Mutex::new(configs.iter().zip(&kernels).collect::<Vec<_>>());
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..o.jobs.min(configs.len()) {
+            s.spawn(|| {
+                loop {
+                    let Some((c, k)) = queue.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let r = run_script(c, &binaries, &o.filter)
+                        .and_then(|script| boot(c, k, &script, timeout));
+                    let r = r.unwrap_or_else(|e| Outcome {
+                        name: c.name.into(),
+                        failures: vec![format!("{e:#}")],
+                        ..Outcome::default()
+                    });
+                    results.lock().unwrap().push(r);
+                }
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|r| MATRIX.iter().position(|c| c.name == r.name));
+    summarize(&results, &kernels);
+    if results.iter().any(|r| !r.ok()) {
+        bail!("the VM matrix failed (logs: target/vmtest/logs/)");
+    }
+    Ok(results)
+}
+
+fn summarize(results: &[Outcome], kernels: &[Kernel]) {
+    println!("\nVM matrix summary");
+    for r in results {
+        let config = MATRIX.iter().find(|c| c.name == r.name);
+        let release = config
+            .and_then(|c| kernels.iter().find(|k| k.pin.series == c.series))
+            .map_or("?", |k| k.release.as_str());
+        println!(
+            "  {:<16} {:<22} {:>4} passed, {:>2} failed, {:>2} skipped, {:5.1} min  {}  [{}]",
+            r.name,
+            release,
+            r.passed,
+            r.failed,
+            r.skipped.len(),
+            r.minutes,
+            if r.ok() { "ok" } else { "FAILED" },
+            config.map_or("", |c| c.why)
+        );
+        for s in &r.skipped {
+            println!("      skipped {s}");
+        }
+        for f in &r.failures {
+            println!("      FAILED  {f}");
+        }
+    }
+}
