@@ -249,7 +249,7 @@ fn run_script(
 fn boot(
     config: &Config,
     kernel: &Kernel,
-    script: &PathBuf,
+    script: &std::path::Path,
     timeout: Duration,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
