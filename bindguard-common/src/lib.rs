@@ -170,6 +170,10 @@ pub struct KernelLayout {
     pub uring_cmd_sqe: u32,
     pub sqe_level: u32,
     pub sqe_optname: u32,
+    /// What the running kernel lets each program type do ([`features`]), probed by the loader.
+    /// A program reads it as a constant (the verifier prunes the branches it rules out), so a
+    /// helper the kernel refuses for that type is never called.
+    pub features: u32,
 }
 
 impl KernelLayout {
@@ -193,7 +197,25 @@ impl KernelLayout {
         uring_cmd_sqe: Self::MISSING,
         sqe_level: Self::MISSING,
         sqe_optname: Self::MISSING,
+        features: 0,
     };
+}
+
+/// Bits of [`KernelLayout::features`]. The task helpers come three bits per program family,
+/// at the family's shift: bpf_get_current_comm reaches cgroup_sockopt in 6.1 and cgroup_skb
+/// only in 6.16, for example.
+pub mod features {
+    pub const PID_TGID: u32 = 1 << 0;
+    pub const CGROUP_ID: u32 = 1 << 1;
+    pub const COMM: u32 = 1 << 2;
+    /// Shifts of the families (cgroup_sock, cgroup_sock_addr, cgroup_sockopt, cgroup_skb).
+    pub const SOCK: u32 = 0;
+    pub const SOCK_ADDR: u32 = 4;
+    pub const SOCKOPT: u32 = 8;
+    pub const SKB: u32 = 12;
+    /// bpf_set_retval from cgroup_sock (6.1): MPTCP is refused with EPROTONOSUPPORT rather
+    /// than EPERM.
+    pub const SOCK_SET_RETVAL: u32 = 1 << 16;
 }
 
 /// One refusal or drop, sent to user space through the program set's `events` ring buffer

@@ -32,7 +32,7 @@ use aya_ebpf::{
     maps::RingBuf,
     programs::{LsmContext, SkBuffContext, SockAddrContext, SockContext, SockoptContext},
 };
-use bindguard_common::{Counters, Event, KernelLayout, Policy, flags, hook};
+use bindguard_common::{Counters, Event, KernelLayout, Policy, features, flags, hook};
 
 /// Return values of cgroup programs: 1 lets the operation (or packet) through; 0 refuses it
 /// with EPERM (or drops the packet).
@@ -141,6 +141,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
 #[unsafe(no_mangle)]
 static VARIANT: u32 = 1;
 
+const SOCK: Task = Task::Family(features::SOCK);
+const SOCK_ADDR: Task = Task::Family(features::SOCK_ADDR);
+const SOCKOPT: Task = Task::Family(features::SOCKOPT);
+const SKB: Task = Task::Family(features::SKB);
+
 #[inline(always)]
 fn policy() -> &'static Policy {
     // SAFETY: the storage outlives the program run; the kernel never frees it under us.
@@ -153,20 +158,48 @@ fn count(field: fn(&mut Counters) -> &mut u64) {
     unsafe { *field(&mut *STATS.get::<Counters>()) += 1 };
 }
 
+/// Whose context a program runs in, for the task fields of an event.
+#[derive(Clone, Copy)]
+enum Task {
+    /// Softirq (ingress): no task.
+    None,
+    /// A cgroup program family: the task helpers the kernel allows it (KERNEL.features).
+    Family(u32),
+    /// BPF LSM programs may call every task helper.
+    Lsm,
+}
+
+impl Task {
+    #[inline(always)]
+    fn allows(self, helper: u32) -> bool {
+        match self {
+            Task::None => false,
+            Task::Family(shift) => (kernel().features >> shift) & helper != 0,
+            Task::Lsm => true,
+        }
+    }
+}
+
 /// Records a refusal for `bindguard monitor`. A full ring buffer loses the event, never the
-/// enforcement.
+/// enforcement. Task fields a kernel does not let this program type read stay 0.
 #[inline(always)]
-fn report(hook: u32, value: u32, in_task: bool) {
+fn report(hook: u32, value: u32, task: Task) {
     #[cfg(bindguard_variant)]
     let _ = unsafe { core::ptr::read_volatile(&VARIANT) };
-    let (pid, cgroup_id, comm) = if in_task {
-        (
-            (bpf_get_current_pid_tgid() >> 32) as u32,
-            unsafe { bpf_get_current_cgroup_id() },
-            bpf_get_current_comm().unwrap_or([0; 16]),
-        )
+    let pid = if task.allows(features::PID_TGID) {
+        (bpf_get_current_pid_tgid() >> 32) as u32
     } else {
-        (0, 0, [0; 16])
+        0
+    };
+    let cgroup_id = if task.allows(features::CGROUP_ID) {
+        unsafe { bpf_get_current_cgroup_id() }
+    } else {
+        0
+    };
+    let comm = if task.allows(features::COMM) {
+        bpf_get_current_comm().unwrap_or([0; 16])
+    } else {
+        [0; 16]
     };
     let event = Event {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
@@ -193,15 +226,18 @@ pub fn bind_sock_create(ctx: SockContext) -> i32 {
         // MPTCP's subflows are kernel sockets this hook never sees, so a binding written here
         // would not reach them: refuse in a way programs treat as "no MPTCP here" and fall
         // back to TCP.
-        unsafe { bpf_set_retval(-EPROTONOSUPPORT) };
+        // Without bpf_set_retval here (before 6.1) the caller gets EPERM: still refused.
+        if kernel().features & features::SOCK_SET_RETVAL != 0 {
+            unsafe { bpf_set_retval(-EPROTONOSUPPORT) };
+        }
         count(|c| &mut c.mptcp_refused);
-        report(hook::MPTCP, IPPROTO_MPTCP, true);
+        report(hook::MPTCP, IPPROTO_MPTCP, SOCK);
         return REFUSE;
     }
     let cookie = unsafe { bpf_get_netns_cookie(sk.cast()) };
     if policy.ifindex == 0 || cookie != policy.netns_cookie {
         count(|c| &mut c.sockets_refused_netns);
-        report(hook::SOCK_CREATE, 0, true);
+        report(hook::SOCK_CREATE, 0, SOCK);
         return REFUSE;
     }
     unsafe {
@@ -268,7 +304,7 @@ pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
         return ALLOW;
     }
     count(|c| &mut c.sockopt_refused);
-    report(hook::SETSOCKOPT, opt.optname as u32, true);
+    report(hook::SETSOCKOPT, opt.optname as u32, SOCKOPT);
     REFUSE
 }
 
@@ -324,7 +360,7 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
     // have changed the index meanwhile: such an option is refused whatever this copy says.
     // (Real membership options are at most 264 bytes.)
     if (end as usize - start as usize) < opt.optlen as usize {
-        return refuse_membership(opt.level, opt.optname);
+        return refuse_membership(opt.level, opt.optname, SOCKOPT);
     }
     let ok = match kind {
         Membership::Mreqn => {
@@ -346,17 +382,17 @@ fn guard_membership(ctx: &SockoptContext) -> i32 {
     if ok {
         return ALLOW;
     }
-    refuse_membership(opt.level, opt.optname)
+    refuse_membership(opt.level, opt.optname, SOCKOPT)
 }
 
 /// Counts, reports and refuses a multicast membership change (`level`, `optname`).
 #[inline(always)]
-fn refuse_membership(level: i32, optname: i32) -> i32 {
+fn refuse_membership(level: i32, optname: i32, task: Task) -> i32 {
     count(|c| &mut c.multicast_refused);
     report(
         hook::MULTICAST,
         ((level as u32) << 16) | optname as u32,
-        true,
+        task,
     );
     REFUSE
 }
@@ -499,9 +535,27 @@ fn guard_address(ctx: &SockAddrContext, which: u32, addr: Addr) -> i32 {
         if rc == 0 {
             return ALLOW;
         }
+        // bpf_setsockopt takes SO_BINDTOIFINDEX from 6.0; before, the device's name.
+        let mut name = if want == LOOPBACK_IFINDEX {
+            *b"lo\0\0\0\0\0\0\0\0\0\0\0\0\0\0"
+        } else {
+            policy.ifname
+        };
+        let rc = unsafe {
+            bpf_setsockopt(
+                ctx.sock_addr as *mut c_void,
+                SOL_SOCKET,
+                SO_BINDTODEVICE,
+                name.as_mut_ptr().cast(),
+                16,
+            )
+        };
+        if rc == 0 && unsafe { (*sk).bound_dev_if } == want {
+            return ALLOW;
+        }
     }
     count(|c| &mut c.addr_refused);
-    report(which, bound, true);
+    report(which, bound, SOCK_ADDR);
     REFUSE
 }
 
@@ -552,6 +606,7 @@ pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
 /// dropped. Like systemd's RestrictNetworkInterfaces, it checks skb->ifindex.
 #[inline(always)]
 fn filter(ctx: &SkBuffContext, which: u32, in_task: bool) -> i32 {
+    let task = if in_task { SKB } else { Task::None };
     let policy = policy();
     let skb = ctx.skb.skb;
     let ifindex = unsafe { (*skb).ifindex };
@@ -567,7 +622,7 @@ fn filter(ctx: &SkBuffContext, which: u32, in_task: bool) -> i32 {
         let mark = unsafe { (*skb).mark };
         if policy.has(flags::SET_MARK) && mark != policy.mark {
             count(|c| &mut c.mark_dropped);
-            report(hook::MARK, mark, true);
+            report(hook::MARK, mark, task);
             return REFUSE;
         }
         // IP_TOS and IPV6_TCLASS (unprivileged; ssh sets them) rewrite the priority as a side
@@ -584,7 +639,7 @@ fn filter(ctx: &SkBuffContext, which: u32, in_task: bool) -> i32 {
     } else {
         count(|c| &mut c.ingress_dropped);
     }
-    report(which, ifindex, in_task);
+    report(which, ifindex, task);
     REFUSE
 }
 
@@ -620,7 +675,7 @@ pub fn lsm_socket_create(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     count(|c| &mut c.families_refused);
-    report(hook::SOCKET_FAMILY, family as u32, true);
+    report(hook::SOCKET_FAMILY, family as u32, Task::Lsm);
     REFUSE
 }
 
@@ -698,7 +753,7 @@ pub fn lsm_file_receive(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     count(|c| &mut c.fds_refused);
-    report(hook::FILE_RECEIVE, family, true);
+    report(hook::FILE_RECEIVE, family, Task::Lsm);
     REFUSE
 }
 
@@ -719,7 +774,7 @@ pub fn lsm_socket_setsockopt(ctx: LsmContext) -> i32 {
     if !compat {
         return ALLOW;
     }
-    refuse_membership(level, optname)
+    refuse_membership(level, optname, Task::Lsm)
 }
 
 /// io_uring's setsockopt (IORING_OP_URING_CMD, SOCKET_URING_OP_SETSOCKOPT) skips the cgroup
@@ -744,7 +799,7 @@ pub fn lsm_uring_cmd(ctx: LsmContext) -> i32 {
     if level != -1 && optname != -1 && membership(level, optname) == Membership::None {
         return ALLOW;
     }
-    refuse_membership(level, optname)
+    refuse_membership(level, optname, Task::Lsm)
 }
 
 #[cfg(not(test))]

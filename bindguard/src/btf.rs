@@ -248,13 +248,45 @@ impl Btf {
             uring_cmd_sqe: get("io_uring_cmd", "sqe"),
             sqe_level: get("io_uring_sqe", "level"),
             sqe_optname: get("io_uring_sqe", "optname"),
+            features: 0,
         }
     }
+}
+
+/// The fields the LSM program of hook `hook` reads that this kernel's BTF does not have.
+pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
+    let needs: &[&str] = match hook {
+        "lsm_file_receive" => &[
+            "file.f_inode",
+            "file.private_data",
+            "inode.i_mode",
+            "socket.sk",
+            "sock.skc_family",
+            "sock.sk_cgrp_data.cgroup",
+            "cgroup.level",
+            "cgroup.ancestors",
+            "cgroup.kn",
+            "kernfs_node.id",
+        ],
+        "lsm_setsockopt" => &["thread_info.status"],
+        "lsm_uring_cmd" => &[
+            "io_uring_cmd.cmd_op",
+            "io_uring_cmd.sqe",
+            "io_uring_sqe.level",
+            "io_uring_sqe.optname",
+        ],
+        _ => &[],
+    };
+    missing_fields(k)
+        .into_iter()
+        .filter(|f| needs.contains(f))
+        .collect()
 }
 
 /// The fields the LSM programs need that this kernel's BTF does not have.
 pub fn missing_fields(k: &KernelLayout) -> Vec<&'static str> {
     let fields = [
+        ("thread_info.status", k.task_status),
         ("file.f_inode", k.file_f_inode),
         ("file.private_data", k.file_private_data),
         ("inode.i_mode", k.inode_i_mode),

@@ -57,14 +57,19 @@ impl Mode {
         }
     }
 
-    /// The programs this mode attaches, sock_create first so that a binding exists before the
-    /// guards that check it. `lsm`: whether the BPF LSM programs are part of it.
-    pub fn hooks(self, lsm: bool) -> &'static [Hook] {
-        match (self, lsm) {
-            (Mode::Strict, true) => HOOKS,
-            (Mode::Strict, false) => &HOOKS[..LSM_HOOKS_START],
-            (Mode::Bind, _) => &HOOKS[..1],
+    /// Every program this mode uses, sock_create first so that a binding exists before the
+    /// guards that check it.
+    pub fn wants(self) -> &'static [Hook] {
+        match self {
+            Mode::Strict => HOOKS,
+            Mode::Bind => &HOOKS[..1],
         }
+    }
+
+    /// The programs this mode attaches where `available` says the kernel has them (the
+    /// program set holds what the kernel loaded; `doctor` says why the rest is missing).
+    pub fn hooks(self, available: impl Fn(&Hook) -> bool) -> Vec<&'static Hook> {
+        self.wants().iter().filter(|h| available(h)).collect()
     }
 }
 
@@ -101,6 +106,8 @@ pub struct Hook {
     pub program: &'static str,
     pub kind: Kind,
     pub attach_type: bpf_attach_type,
+    /// The rows of the escape table ([`crate::escapes::ESCAPES`]) this program closes.
+    pub rows: &'static [u8],
 }
 
 const fn hook(
@@ -108,12 +115,21 @@ const fn hook(
     program: &'static str,
     kind: Kind,
     attach_type: bpf_attach_type,
+    rows: &'static [u8],
 ) -> Hook {
     Hook {
         name,
         program,
         kind,
         attach_type,
+        rows,
+    }
+}
+
+impl Hook {
+    /// A BPF LSM program (needs the BPF LSM active and lsm_cgroup, 6.0).
+    pub fn is_lsm(&self) -> bool {
+        matches!(self.kind, Kind::Lsm(_))
     }
 }
 
@@ -124,60 +140,70 @@ pub const HOOKS: &[Hook] = &[
         "bind_sock_create",
         Kind::Sock,
         A::BPF_CGROUP_INET_SOCK_CREATE,
+        &[11, 8],
     ),
     hook(
         "setsockopt",
         "guard_setsockopt",
         Kind::Sockopt,
         A::BPF_CGROUP_SETSOCKOPT,
+        &[1, 6],
     ),
     hook(
         "connect4",
         "guard_connect4",
         Kind::SockAddr,
         A::BPF_CGROUP_INET4_CONNECT,
+        &[2, 4],
     ),
     hook(
         "connect6",
         "guard_connect6",
         Kind::SockAddr,
         A::BPF_CGROUP_INET6_CONNECT,
+        &[2, 4],
     ),
     hook(
         "bind4",
         "guard_bind4",
         Kind::SockAddr,
         A::BPF_CGROUP_INET4_BIND,
+        &[2, 4],
     ),
     hook(
         "bind6",
         "guard_bind6",
         Kind::SockAddr,
         A::BPF_CGROUP_INET6_BIND,
+        &[2, 4],
     ),
     hook(
         "sendmsg4",
         "guard_sendmsg4",
         Kind::SockAddr,
         A::BPF_CGROUP_UDP4_SENDMSG,
+        &[2, 4],
     ),
     hook(
         "sendmsg6",
         "guard_sendmsg6",
         Kind::SockAddr,
         A::BPF_CGROUP_UDP6_SENDMSG,
+        &[2, 4],
     ),
     hook(
         "egress",
         "filter_egress",
         Kind::Skb,
         A::BPF_CGROUP_INET_EGRESS,
+        &[3, 5, 9, 10],
     ),
     hook(
         "ingress",
         "filter_ingress",
         Kind::Skb,
         A::BPF_CGROUP_INET_INGRESS,
+        &[3, 5],
     ),
     // From here on: BPF LSM, attached only where the BPF LSM is active.
     hook(
@@ -185,24 +211,28 @@ pub const HOOKS: &[Hook] = &[
         "lsm_socket_create",
         Kind::Lsm("socket_create"),
         A::BPF_LSM_CGROUP,
+        &[14],
     ),
     hook(
         "lsm_file_receive",
         "lsm_file_receive",
         Kind::Lsm("file_receive"),
         A::BPF_LSM_CGROUP,
+        &[12],
     ),
     hook(
         "lsm_setsockopt",
         "lsm_socket_setsockopt",
         Kind::Lsm("socket_setsockopt"),
         A::BPF_LSM_CGROUP,
+        &[7],
     ),
     hook(
         "lsm_uring_cmd",
         "lsm_uring_cmd",
         Kind::Lsm("uring_cmd"),
         A::BPF_LSM_CGROUP,
+        &[7],
     ),
 ];
 
@@ -397,13 +427,15 @@ pub fn require_privileges(action: &'static str) -> Result<(), Error> {
     }
 }
 
+/// Bindings are bpf_links (never legacy attachments, which unprivileged processes can detach
+/// on 6.5+): probed, not read from the version.
 fn require_bpf_link() -> Result<(), Error> {
-    match KernelVersion::current() {
-        Ok(v) if v < KernelVersion::new(5, 7, 0) => Err(Error::KernelTooOld {
-            release: v.to_string(),
-        }),
-        _ => Ok(()),
+    if crate::probe::have_cgroup_links() {
+        return Ok(());
     }
+    Err(Error::KernelTooOld {
+        release: KernelVersion::current().map_or_else(|_| "unknown".into(), |v| v.to_string()),
+    })
 }
 
 /// Binds every new socket of `cgroup` to `iface`. Re-attaching updates the binding without a
@@ -423,9 +455,12 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     let lock = pins::lock()?;
     pins::sweep_abandoned(&lock);
     let set = progset::current(&lock)?;
-    let lsm = opts.mode == Mode::Strict && set.lsm && !crate::lsm::forced_unavailable();
+    let forced_off = crate::lsm::forced_unavailable();
+    let hooks = opts
+        .mode
+        .hooks(|h| set.has(h) && !(h.is_lsm() && forced_off));
+    let lsm = hooks.iter().any(|h| h.is_lsm());
     let policy = policy_for(iface, opts, cgroup.id, lsm);
-    let hooks = opts.mode.hooks(lsm);
     let dir = pins::binding_dir(cgroup.id);
     let cgroup_fd = cgroup.open_dir()?;
     let cgroup_fd = cgroup_fd.as_fd();
@@ -451,7 +486,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
             }
         }
         set.write_policy(cgroup.id, &policy)?;
-        for hook in hooks {
+        for &hook in &hooks {
             let linked = have
                 .iter()
                 .any(|(n, s)| n == hook.name && s.cgroup_id == Some(cgroup.id));
@@ -484,7 +519,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
             .hold(cgroup_fd)
             .with_context(|| format!("linking to cgroup {}", cgroup.path.display()))?;
         set.write_policy(cgroup.id, &policy)?;
-        for hook in hooks {
+        for &hook in &hooks {
             let link = set
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
@@ -518,6 +553,11 @@ fn release(old: &progset::Set, id: u64) {
     }
 }
 
+/// The running build's program set, if pinned.
+pub fn current_set() -> anyhow::Result<progset::Set> {
+    progset::Set::open(&progset::root().join(progset::dir_name(object_hash())))
+}
+
 /// The policy of cgroup `cgroup_id` in the running build's program set: what [`attach`] just
 /// wrote (cheaper than [`read_policy`], which first finds the set a binding's links run).
 pub fn current_policy(cgroup_id: u64) -> anyhow::Result<Policy> {
@@ -531,10 +571,8 @@ pub fn current_policy(cgroup_id: u64) -> anyhow::Result<Policy> {
     })
 }
 
-pub use crate::progset::lsm_failure;
-
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
-pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[Hook]) -> bool {
+pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[&Hook]) -> bool {
     hooks.iter().all(|h| {
         crate::link::pinned_state(&dir.join(pins::link_name(h.name)))
             .is_ok_and(|s| s.cgroup_id == Some(cgroup_id))
@@ -748,11 +786,19 @@ mod tests {
         };
         assert!(opts.validate().is_err());
         assert!(Options::default().validate().is_ok());
-        assert_eq!(Mode::Strict.hooks(true).len(), HOOKS.len());
-        assert_eq!(Mode::Strict.hooks(false).len(), LSM_HOOKS_START);
-        assert!(matches!(HOOKS[LSM_HOOKS_START].kind, Kind::Lsm(_)));
-        assert!(!matches!(HOOKS[LSM_HOOKS_START - 1].kind, Kind::Lsm(_)));
-        assert_eq!(Mode::Bind.hooks(true), &HOOKS[..1]);
+        assert_eq!(Mode::Strict.hooks(|_| true).len(), HOOKS.len());
+        assert_eq!(Mode::Strict.hooks(|h| !h.is_lsm()).len(), LSM_HOOKS_START);
+        assert!(HOOKS[LSM_HOOKS_START].is_lsm());
+        assert!(!HOOKS[LSM_HOOKS_START - 1].is_lsm());
+        assert_eq!(Mode::Bind.hooks(|_| true), [&HOOKS[0]]);
+        // Every hook closes some row, and every row it names exists.
+        for h in HOOKS {
+            assert!(
+                h.rows.iter().all(|r| crate::escapes::row(*r).is_some()),
+                "{}",
+                h.name
+            );
+        }
     }
 
     #[test]

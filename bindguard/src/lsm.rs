@@ -8,20 +8,76 @@ use std::path::Path;
 pub const SECURITYFS: &str = "/sys/kernel/security";
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
 
-/// What strict mode does not cover without the BPF LSM, and how to turn it on; shared by
-/// attach's warning, status's problem and verify's WARN.
-pub const UNAVAILABLE: &str = "the BPF LSM is not usable, so strict mode cannot refuse AF_PACKET/AF_XDP sockets, sockets received from outside the cgroup (SCM_RIGHTS, pidfd_getfd) or multicast joins by 32-bit setsockopt or io_uring; add `bpf` to the kernel's lsm= parameter (e.g. lsm=landlock,lockdown,yama,integrity,apparmor,bpf) and reboot, on a kernel that lets root load BPF LSM programs";
+/// Whether strict mode's BPF LSM programs can run here, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Usable,
+    /// `bpf` is not in the active LSM list (the list as the kernel gave it).
+    NotListed(String),
+    /// `bpf` is listed, but the kernel has no per-cgroup BPF LSM programs (lsm_cgroup, 6.0).
+    NoLsmCgroup,
+    /// `bpf` is listed and lsm_cgroup exists, but the kernel refuses the program (some
+    /// hardened kernels refuse every BTF-attached program).
+    Refused(String),
+}
 
-/// Whether strict mode's BPF LSM programs can run here: `bpf` is among the active LSMs *and*
-/// the kernel loads an lsm_cgroup program (some hardened kernels list `bpf` but refuse every
-/// BTF-attached program with EPERM). Mounts securityfs when `mount` is true and it is not
-/// mounted (read-only commands pass false).
-pub fn usable(mount: bool) -> bool {
+impl State {
+    /// One sentence: what is wrong and how to change it.
+    pub fn describe(&self) -> String {
+        match self {
+            State::Usable => "the BPF LSM is active".into(),
+            State::NotListed(list) => {
+                let list = list.trim();
+                let example = if list.is_empty() {
+                    "bpf".to_string()
+                } else {
+                    format!("{list},bpf")
+                };
+                format!(
+                    "the BPF LSM is not active (lsm={list}): add `bpf` to the kernel's lsm= boot parameter (e.g. lsm={example}) and reboot"
+                )
+            }
+            State::NoLsmCgroup => "the kernel has no per-cgroup BPF LSM programs (BPF_LSM_CGROUP): Linux 6.0 or later has them".into(),
+            State::Refused(e) => format!(
+                "`bpf` is an active LSM but the kernel refuses to load BPF LSM programs ({e}; a lockdown or hardening setting): boot a kernel that allows them"
+            ),
+        }
+    }
+}
+
+/// The BPF LSM's state here: the active list, then a test load of an lsm_cgroup program.
+/// Mounts securityfs when `mount` is true and it is not mounted (read-only commands pass
+/// false).
+pub fn state(mount: bool) -> State {
     if let Ok(forced) = std::env::var("BINDGUARD_LSM_LIST") {
         // Tests: a list stands for what the kernel says, probe included.
-        return lists_bpf(&forced);
+        return if lists_bpf(&forced) {
+            State::Usable
+        } else {
+            State::NotListed(forced)
+        };
     }
-    bpf_lsm_active(mount) && probe_load().is_ok()
+    let list = active_list(mount);
+    if !lists_bpf(&list) {
+        return State::NotListed(list);
+    }
+    match probe_load() {
+        Ok(()) => State::Usable,
+        // No such attach type (or no such LSM hook function in the BTF): before 6.0.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
+            State::NoLsmCgroup
+        }
+        Err(e) => State::Refused(match e.raw_os_error() {
+            Some(libc::EPERM) => "EPERM".into(),
+            Some(libc::EACCES) => "EACCES".into(),
+            _ => e.to_string(),
+        }),
+    }
+}
+
+/// Whether strict mode's BPF LSM programs can run here.
+pub fn usable(mount: bool) -> bool {
+    state(mount) == State::Usable
 }
 
 /// Whether BINDGUARD_LSM_LIST (the test hook for the "not active" path) says the BPF LSM is
@@ -33,37 +89,22 @@ pub fn forced_unavailable() -> bool {
 
 /// Loads (and at once closes) the smallest lsm_cgroup program, `return 1`, on socket_create.
 pub fn probe_load() -> std::io::Result<()> {
-    use std::os::fd::{FromRawFd, OwnedFd};
     static RESULT: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
     let result = RESULT.get_or_init(|| {
         let btf_id = crate::btf::Btf::from_sys_fs()
             .ok()
             .and_then(|b| b.func_id("bpf_lsm_socket_create"))
             .ok_or(libc::ENOENT)?;
-        // r0 = 1; exit
-        let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
-        let license = c"GPL";
-        let mut attr = [0u8; 128];
-        let put = |attr: &mut [u8; 128], at: usize, v: u64, width: usize| {
-            attr[at..at + width].copy_from_slice(&v.to_le_bytes()[..width]);
-        };
-        put(&mut attr, 0, 29, 4); // prog_type = BPF_PROG_TYPE_LSM
-        put(&mut attr, 4, 2, 4); // insn_cnt
-        put(&mut attr, 8, insns.as_ptr() as u64, 8);
-        put(&mut attr, 16, license.as_ptr() as u64, 8);
-        put(&mut attr, 68, 43, 4); // expected_attach_type = BPF_LSM_CGROUP
-        put(&mut attr, 108, u64::from(btf_id), 4); // attach_btf_id
-        let fd = crate::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_PROG_LOAD, &mut attr)
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-        // SAFETY: the kernel returned a new fd we own; dropping it unloads the program.
-        drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
-        Ok(())
+        // BPF_PROG_TYPE_LSM, BPF_LSM_CGROUP
+        crate::probe::load(29, 43, &crate::probe::RETURN_1, btf_id)
+            .map(drop)
+            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
     });
     result.map_err(std::io::Error::from_raw_os_error)
 }
 
-/// Whether `bpf` is among the active LSMs.
-fn bpf_lsm_active(mount: bool) -> bool {
+/// The active LSMs as the kernel lists them ("" if securityfs cannot be read).
+pub fn active_list(mount: bool) -> String {
     if !Path::new(LSM_LIST).exists() && mount {
         let _ = nix::mount::mount(
             Some("securityfs"),
@@ -75,7 +116,9 @@ fn bpf_lsm_active(mount: bool) -> bool {
             None::<&str>,
         );
     }
-    std::fs::read_to_string(LSM_LIST).is_ok_and(|l| lists_bpf(&l))
+    std::fs::read_to_string(LSM_LIST)
+        .map(|l| l.trim().to_string())
+        .unwrap_or_default()
 }
 
 fn lists_bpf(list: &str) -> bool {

@@ -19,6 +19,9 @@ use clap::{Args, Parser, Subcommand};
     about = "Pin every socket of a cgroup to one network interface, enforced in the kernel with eBPF"
 )]
 struct Cli {
+    /// Show the kernel verifier's log when it refuses a program (never the only message).
+    #[arg(long, short, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +113,13 @@ enum Command {
     },
     /// Print the man page (roff) to stdout: `bindguard manpage > bindguard.1`.
     Manpage,
+    /// What this kernel lets strict mode cover, row by row of the escape table, with the fix
+    /// for each row it cannot; needs no binding. Exits 1 when some row is not covered.
+    Doctor {
+        /// Print the JSON document described in the README.
+        #[arg(long)]
+        json: bool,
+    },
     /// List every binding with its policy, links, counters and problems.
     Status {
         /// Print the stable JSON document described in the README.
@@ -179,6 +189,7 @@ impl BindingArgs {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let verbose = cli.verbose;
     match cli.command {
         Command::Exec { binding, command } => {
             let opts = binding.options()?;
@@ -200,14 +211,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = enforcer::attach(&cg, &iface, &opts).with_context(|| {
                 format!("attaching cgroup {} to {}", cg.path.display(), iface.name)
             })?;
-            let policy = enforcer::current_policy(cg.id)?;
-            if opts.mode == Mode::Strict && !policy.has(bindguard_common::flags::LSM) {
-                match enforcer::lsm_failure() {
-                    Some(why) => eprintln!(
-                        "bindguard: warning: the BPF LSM programs failed to load ({why}); strict mode is attached without them: {}",
-                        bindguard::lsm::UNAVAILABLE
-                    ),
-                    None => eprintln!("bindguard: warning: {}", bindguard::lsm::UNAVAILABLE),
+            if opts.mode == Mode::Strict
+                && let Some(w) = enforcer::current_set()
+                    .ok()
+                    .and_then(|set| bindguard::doctor::attach_warning(&set))
+            {
+                eprintln!("bindguard: warning: {w}");
+                if verbose {
+                    for l in bindguard::progset::left_out() {
+                        if let Some(log) = l.log {
+                            eprintln!("--- verifier log of {} ---\n{log}", l.hook.program);
+                        }
+                    }
                 }
             }
             if opts.existing == enforcer::Existing::Destroy {
@@ -304,6 +319,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Manpage => {
             use clap::CommandFactory as _;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
+        Command::Doctor { json } => {
+            let report = bindguard::doctor::run()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", bindguard::doctor::render(&report, verbose));
+            }
+            if !report.complete {
+                return Ok(ExitCode::from(1));
+            }
         }
         Command::Status { json, links } => {
             // The pins root is root-only (0700): for anyone else "no bindings" would be a lie.

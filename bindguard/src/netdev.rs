@@ -45,10 +45,7 @@ pub fn validate_name(name: &str) -> Result<(), Error> {
 pub fn resolve(name: &str, netns: &Netns) -> anyhow::Result<Interface> {
     validate_name(name)?;
     let owned = name.to_string();
-    let (ifindex, cookie) = netns.run(move || -> std::io::Result<(u32, u64)> {
-        let ifindex = nix::net::if_::if_nametoindex(owned.as_str()).unwrap_or(0);
-        Ok((ifindex, crate::netns::cookie_of_current_thread()?))
-    })??;
+    let ifindex = netns.run(move || nix::net::if_::if_nametoindex(owned.as_str()).unwrap_or(0))?;
     if ifindex == 0 {
         return Err(Error::UnknownInterface {
             name: name.to_string(),
@@ -59,7 +56,7 @@ pub fn resolve(name: &str, netns: &Netns) -> anyhow::Result<Interface> {
     Ok(Interface {
         name: name.to_string(),
         ifindex,
-        netns_cookie: cookie,
+        netns_cookie: netns.cookie()?,
         netns_ino: netns.ino,
     })
 }

@@ -82,10 +82,28 @@ impl Netns {
         })
     }
 
-    /// The namespace's cookie, as bpf_get_netns_cookie() reports it in programs.
+    /// The namespace's cookie, as bpf_get_netns_cookie() reports it in programs: from
+    /// SO_NETNS_COOKIE, or where the kernel has no such option (before 5.14) from a program
+    /// that sees a socket made there ([`cookie_from_a_program`]).
     pub fn cookie(&self) -> anyhow::Result<u64> {
-        self.run(cookie_of_current_thread)?
-            .with_context(|| format!("reading the cookie of {}", self.label))
+        if crate::probe::have_netns_cookie_sockopt() {
+            return self
+                .run(cookie_of_current_thread)?
+                .with_context(|| format!("reading the cookie of {}", self.label));
+        }
+        static KNOWN: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+        let mut known = KNOWN.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, cookie)) = known.iter().find(|(ino, _)| *ino == self.ino) {
+            return Ok(*cookie);
+        }
+        let cookie = cookie_from_a_program(self).with_context(|| {
+            format!(
+                "finding the cookie of {} (this kernel has no SO_NETNS_COOKIE: a throwaway cgroup and program read it)",
+                self.label
+            )
+        })?;
+        known.push((self.ino, cookie));
+        Ok(cookie)
     }
 }
 
@@ -144,4 +162,101 @@ pub fn find_by_ino(ino: u64) -> Option<Netns> {
         .chain(procs)
         .find(|p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.ino() == ino))
         .and_then(|p| Netns::open(&p).ok())
+}
+
+/// The cookie of `netns` as a cgroup program sees it, for kernels without SO_NETNS_COOKIE: a
+/// sock_create program that stores bpf_get_netns_cookie() in a one-slot array is linked to a
+/// throwaway cgroup, and a forked child joins that cgroup and `netns` and makes one socket.
+/// (Before 5.14 a namespace's cookie is only handed out to BPF.)
+fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+    use crate::probe::{ADD64_IMM, CALL, EXIT, MOV64_IMM, MOV64_REG, insn, load};
+    // BPF_MAP_CREATE: array, 4-byte key, 8-byte value, one entry.
+    let mut map_attr = [2u32, 4, 8, 1, 0, 0, 0, 0];
+    let map = crate::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_CREATE, &mut map_attr)
+        .context("creating a one-slot array map (BPF_MAP_CREATE)")?;
+    // SAFETY: a new fd the kernel gave us.
+    let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
+    let fd = map.as_raw_fd();
+    let insns = [
+        insn(MOV64_REG, 6, 1, 0, 0),
+        insn(MOV64_REG, 1, 6, 0, 0),
+        insn(CALL, 0, 0, 0, 122),  // bpf_get_netns_cookie(ctx)
+        insn(0x7b, 10, 0, -8, 0),  // *(u64 *)(fp - 8) = r0
+        insn(0x62, 10, 0, -12, 0), // *(u32 *)(fp - 12) = 0
+        insn(0x18, 1, 1, 0, fd),   // r1 = the map (ld_imm64, BPF_PSEUDO_MAP_FD)
+        0,
+        insn(MOV64_REG, 2, 10, 0, 0),
+        insn(ADD64_IMM, 2, 0, 0, -12),
+        insn(MOV64_REG, 3, 10, 0, 0),
+        insn(ADD64_IMM, 3, 0, 0, -8),
+        insn(MOV64_IMM, 4, 0, 0, 0),
+        insn(CALL, 0, 0, 0, 2), // bpf_map_update_elem
+        insn(MOV64_IMM, 0, 0, 0, 1),
+        insn(EXIT, 0, 0, 0, 0),
+    ];
+    let prog = load(9, 2, &insns, 0).context("loading the cookie reader (BPF_PROG_LOAD)")?;
+    let dir =
+        crate::cgroup::cgroup2_mount()?.join(format!("bindguard-cookie-{}", std::process::id()));
+    fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    struct Remove<'a>(&'a Path);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(self.0);
+        }
+    }
+    let _remove = Remove(&dir);
+    let cgroup = File::open(&dir)?;
+    let _link = crate::link::create_cgroup_link(
+        prog.as_fd(),
+        cgroup.as_fd(),
+        aya_obj::generated::bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
+    )
+    .context("linking the cookie reader (BPF_LINK_CREATE)")?;
+    let procs = fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))?;
+    let (procs, ns) = (procs.as_raw_fd(), netns.file.as_raw_fd());
+    // SAFETY: the child only makes system calls (async-signal-safe) and _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error()).context("fork");
+    }
+    if pid == 0 {
+        // SAFETY: plain system calls on fds the parent opened.
+        unsafe {
+            let ok = libc::write(procs, b"0".as_ptr().cast(), 1) == 1
+                && libc::setns(ns, libc::CLONE_NEWNET) == 0
+                && libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) >= 0;
+            libc::_exit(if ok { 0 } else { 1 });
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        anyhow::bail!("the child that makes a socket in {} failed", netns.label);
+    }
+    let (key, mut value) = (0u32, 0u64);
+    #[repr(C)]
+    struct Elem {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let mut attr = Elem {
+        map_fd: fd as u32,
+        _pad: 0,
+        key: (&key as *const u32) as u64,
+        value: (&mut value as *mut u64) as u64,
+        flags: 0,
+    };
+    crate::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    if value == 0 {
+        anyhow::bail!("the cookie reader saw no socket");
+    }
+    Ok(value)
 }

@@ -7,7 +7,13 @@
 //!                                              stats         per-CPU cgroup storage: Counters
 //!                                              events        ring buffer shared by all bindings
 //!                                              users/<id>    one empty dir per binding on it
+//!                                              absent/<hook>/<why>  a program this kernel
+//!                                                            cannot run, and why ([`Why`])
 //! ```
+//! A set holds every program the kernel accepted when it was loaded; what it could not load
+//! is recorded under `absent/`, so `attach`, `status` and `verify` know which escape rows
+//! are open on this kernel without probing again (`doctor` probes and says how to close
+//! them).
 //! A set is created under the pins lock in `programs/new-<hash>-<pid>` and renamed into place,
 //! so a kill at any moment leaves a whole set or a staging dir the next command removes. Sets of
 //! other builds (other object hashes) live beside it; a set other than the running build's is
@@ -43,6 +49,7 @@ pub const POLICY: &str = "policy";
 pub const STATS: &str = "stats";
 pub const EVENTS: &str = "events";
 const USERS: &str = "users";
+const ABSENT: &str = "absent";
 const HOLD: &str = "hold";
 const NEW_PREFIX: &str = "new-";
 
@@ -65,9 +72,8 @@ fn prog_pin(name: &str) -> String {
 pub struct Set {
     pub hash: u64,
     pub dir: PathBuf,
-    /// Whether the BPF LSM programs are part of the set (they load only where the kernel lets
-    /// BTF-attached programs load).
-    pub lsm: bool,
+    /// The hooks whose programs the set holds (bit i: `HOOKS[i]`).
+    present: u32,
     policy: OwnedFd,
     stats: OwnedFd,
 }
@@ -138,12 +144,35 @@ impl Set {
         Ok(Self {
             hash,
             dir: dir.to_path_buf(),
-            lsm: dir
-                .join(prog_pin(HOOKS[enforcer::LSM_HOOKS_START].name))
-                .exists(),
+            present: present_hooks(dir),
             policy: open(POLICY, std::mem::size_of::<Policy>())?,
             stats: open(STATS, std::mem::size_of::<Counters>())?,
         })
+    }
+
+    /// Whether the set holds the program of `hook` (the kernel loaded it).
+    pub fn has(&self, hook: &Hook) -> bool {
+        HOOKS
+            .iter()
+            .position(|h| h.name == hook.name)
+            .is_some_and(|i| self.present & (1 << i) != 0)
+    }
+
+    /// The escape rows strict mode leaves open with this set's programs (one the kernel does
+    /// not need, such as the io_uring guard before io_uring has setsockopt, leaves none).
+    pub fn open_rows(&self) -> Vec<(&'static crate::escapes::Escape, Vec<&'static Hook>)> {
+        let absent = self.absent();
+        crate::escapes::open_rows(|h| {
+            self.has(h)
+                || absent
+                    .iter()
+                    .any(|(a, w)| a.name == h.name && *w == Why::NotNeeded)
+        })
+    }
+
+    /// Why the set lacks the programs it lacks, as the loader recorded it.
+    pub fn absent(&self) -> Vec<(&'static Hook, Why)> {
+        absent_hooks(&self.dir)
     }
 
     /// The pinned program of `hook`.
@@ -322,7 +351,92 @@ impl Set {
     }
 }
 
+/// Which of [`HOOKS`] have a program pinned in the set at `dir` (one listing).
+fn present_hooks(dir: &Path) -> u32 {
+    let mut bits = 0;
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if let Some(hook) = e.file_name().to_str().and_then(|n| n.strip_prefix("prog_"))
+            && let Some(i) = HOOKS.iter().position(|h| h.name == hook)
+        {
+            bits |= 1 << i;
+        }
+    }
+    bits
+}
+
+/// Why a program of the set could not be loaded on this kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// The kernel lacks what the program guards (io_uring setsockopt before 6.7): the row
+    /// it closes cannot happen here.
+    NotNeeded,
+    /// The BPF LSM is not active or lsm_cgroup is missing (the reason in words).
+    LsmUnavailable,
+    /// The kernel's BTF lacks fields the program reads.
+    BtfLacks,
+    /// The kernel refused the program (verifier or attach type).
+    Refused,
+}
+
+impl Why {
+    fn code(&self) -> &'static str {
+        match self {
+            Why::NotNeeded => "not-needed",
+            Why::LsmUnavailable => "lsm-unavailable",
+            Why::BtfLacks => "btf-lacks",
+            Why::Refused => "refused",
+        }
+    }
+
+    fn from_code(code: &str) -> Option<Self> {
+        [
+            Why::NotNeeded,
+            Why::LsmUnavailable,
+            Why::BtfLacks,
+            Why::Refused,
+        ]
+        .into_iter()
+        .find(|w| w.code() == code)
+    }
+}
+
+fn absent_hooks(dir: &Path) -> Vec<(&'static Hook, Why)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir.join(ABSENT))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Some(hook) = e
+            .file_name()
+            .to_str()
+            .and_then(|n| HOOKS.iter().find(|h| h.name == n))
+        else {
+            continue;
+        };
+        let why = fs::read_dir(e.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .find_map(|w| Why::from_code(w.file_name().to_str()?))
+            .unwrap_or(Why::Refused);
+        out.push((hook, why));
+    }
+    out
+}
+
 fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
+    for e in fs::read_dir(dir.join(ABSENT))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for w in fs::read_dir(e.path()).into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(w.path());
+        }
+        let _ = fs::remove_dir(e.path());
+    }
+    let _ = fs::remove_dir(dir.join(ABSENT));
     let users = dir.join(USERS);
     for e in fs::read_dir(&users).into_iter().flatten().flatten() {
         let _ = fs::remove_dir(e.path());
@@ -533,20 +647,6 @@ pub fn sweep_abandoned(_lock: &pins::Lock) {
     }
 }
 
-/// The kernel's layout for the BPF LSM programs, resolved once per set load.
-fn kernel_types() -> anyhow::Result<(aya::Btf, KernelLayout)> {
-    let btf = aya::Btf::from_sys_fs().context("reading the kernel's BTF for the LSM programs")?;
-    let layout = crate::btf::Btf::from_sys_fs()?.kernel_layout();
-    let missing = crate::btf::missing_fields(&layout);
-    if !missing.is_empty() {
-        anyhow::bail!(
-            "the kernel's BTF lacks {} needed by the strict-mode LSM programs",
-            missing.join(", ")
-        );
-    }
-    Ok((btf, layout))
-}
-
 fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
     fs::create_dir_all(root()).with_context(|| format!("creating {}", root().display()))?;
     let staging = root().join(format!(
@@ -575,76 +675,178 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
     result
 }
 
-/// Loads every program into the kernel (the verifier runs here, once per build) and pins the
-/// programs and maps into `dir`.
-fn fill(dir: &Path) -> anyhow::Result<()> {
-    // The BPF LSM programs belong to the set where the kernel loads them (`lsm::usable` test
-    // loads one); elsewhere they are simply absent.
-    let types = if crate::lsm::usable(true) {
-        Some(kernel_types()?)
-    } else {
-        None
-    };
-    let layout = types.as_ref().map_or(KernelLayout::UNKNOWN, |t| t.1);
+/// A program of the set the kernel did not load, and why.
+#[derive(Debug, Clone)]
+pub struct LeftOut {
+    pub hook: &'static Hook,
+    pub why: Why,
+    /// One line: what the kernel lacks or said.
+    pub detail: String,
+    /// The verifier's log, for `--verbose` (never the only message).
+    pub log: Option<String>,
+}
+
+/// What this kernel lets the set's programs do: the BPF LSM's state and the kernel's
+/// layout (with the probed [`bindguard_common::features`]) for the programs' `KERNEL`.
+pub struct KernelTypes {
+    pub lsm: crate::lsm::State,
+    pub btf: Option<aya::Btf>,
+    pub layout: KernelLayout,
+}
+
+impl KernelTypes {
+    pub fn probe() -> Self {
+        let lsm = crate::lsm::state(true);
+        let mut layout = crate::btf::Btf::from_sys_fs()
+            .map(|b| b.kernel_layout())
+            .unwrap_or(KernelLayout::UNKNOWN);
+        layout.features = crate::probe::features();
+        let btf = if lsm == crate::lsm::State::Usable {
+            aya::Btf::from_sys_fs().ok()
+        } else {
+            None
+        };
+        Self { lsm, btf, layout }
+    }
+
+    /// Why `hook` cannot be loaded here before trying, if something already says so.
+    fn ruled_out(&self, hook: &'static Hook) -> Option<LeftOut> {
+        let left = |why, detail: String| LeftOut {
+            hook,
+            why,
+            detail,
+            log: None,
+        };
+        if !hook.is_lsm() {
+            return None;
+        }
+        if self.lsm != crate::lsm::State::Usable {
+            return Some(left(Why::LsmUnavailable, self.lsm.describe()));
+        }
+        if self.btf.is_none() {
+            return Some(left(
+                Why::BtfLacks,
+                "the kernel's BTF cannot be read".into(),
+            ));
+        }
+        let missing = crate::btf::missing_fields_for(&self.layout, hook.name);
+        if hook.name == "lsm_uring_cmd" && self.layout.sqe_optname == KernelLayout::MISSING {
+            return Some(left(
+                Why::NotNeeded,
+                "this kernel's io_uring has no setsockopt (SOCKET_URING_OP_SETSOCKOPT, Linux 6.7): nothing to guard".into(),
+            ));
+        }
+        (!missing.is_empty()).then(|| {
+            left(
+                Why::BtfLacks,
+                format!("the kernel's BTF lacks {}", missing.join(", ")),
+            )
+        })
+    }
+}
+
+/// Loads every program the kernel accepts (the verifier runs here, once per build) and, with
+/// `pin`, pins them and the maps into that directory. Returns what was left out. Only
+/// sock_create (and the storage holder) are required: bind mode is that program alone.
+pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result<Vec<LeftOut>> {
     let mut ebpf = EbpfLoader::new()
-        .override_global("KERNEL", &layout, true)
+        .override_global("KERNEL", &kernel.layout, true)
         .load(enforcer::EBPF_OBJECT)
         .context("loading bindguard's eBPF object")?;
-    for (name, pin) in [("POLICY", POLICY), ("STATS", STATS), ("EVENTS", EVENTS)] {
-        let path = dir.join(pin);
-        ebpf.map_mut(name)
-            .with_context(|| format!("map {name} missing from the eBPF object"))?
-            .pin(&path)
-            .with_context(|| format!("pinning {}", path.display()))?;
+    if let Some(dir) = pin {
+        for (name, pin) in [("POLICY", POLICY), ("STATS", STATS), ("EVENTS", EVENTS)] {
+            let path = dir.join(pin);
+            ebpf.map_mut(name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))?
+                .pin(&path)
+                .with_context(|| format!("pinning {}", path.display()))?;
+        }
+        fs::create_dir(dir.join(USERS))
+            .with_context(|| format!("creating {}", dir.join(USERS).display()))?;
     }
-    fs::create_dir(dir.join(USERS))
-        .with_context(|| format!("creating {}", dir.join(USERS).display()))?;
-    let hold = Hook {
+    static HOLD_HOOK: Hook = Hook {
         name: HOLD,
         program: "hold_storage",
         kind: Kind::Sock,
         attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
+        rows: &[],
     };
-    let hooks = if types.is_some() {
-        HOOKS
-    } else {
-        &HOOKS[..enforcer::LSM_HOOKS_START]
-    };
-    for hook in std::iter::once(&hold).chain(hooks) {
+    let mut left_out = Vec::new();
+    for (i, hook) in std::iter::once(&HOLD_HOOK).chain(HOOKS).enumerate() {
+        if let Some(l) = kernel.ruled_out(hook) {
+            left_out.push(l);
+            continue;
+        }
         let program = ebpf
             .program_mut(hook.program)
             .with_context(|| format!("program {} missing from the eBPF object", hook.program))?;
-        let fd = match load_program(program, hook, types.as_ref().map(|t| &t.0))
-            .with_context(|| format!("loading {} (verifier)", hook.program))
-        {
+        let fd = match load_program(program, hook, kernel.btf.as_ref()) {
             Ok(fd) => fd,
-            // The LSM programs cannot be run through the verifier on the test kernel (it
-            // refuses every BTF-attached program); a rejection elsewhere must not cost the
-            // whole set: it is made without them (status: lsm-unavailable), the reason kept.
-            Err(e) if matches!(hook.kind, Kind::Lsm(_)) => {
-                for lsm in &HOOKS[enforcer::LSM_HOOKS_START..] {
-                    let _ = fs::remove_file(dir.join(prog_pin(lsm.name)));
-                }
-                if let Ok(mut f) = LSM_FAILURE.lock() {
-                    *f = Some(format!("{e:#}"));
-                }
-                break;
+            // The binding itself (sock_create and its storage holder) is required.
+            Err(e) if i < 2 => {
+                return Err(e).with_context(|| format!("loading {} (verifier)", hook.program));
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                left_out.push(refused(hook, &e));
+                continue;
+            }
         };
-        let path = dir.join(prog_pin(hook.name));
-        link::pin(fd.as_fd(), &path).with_context(|| format!("pinning {}", path.display()))?;
+        if let Some(dir) = pin {
+            let path = dir.join(prog_pin(hook.name));
+            link::pin(fd.as_fd(), &path).with_context(|| format!("pinning {}", path.display()))?;
+        }
+    }
+    if let Some(dir) = pin {
+        for l in &left_out {
+            let p = dir.join(ABSENT).join(l.hook.name).join(l.why.code());
+            fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        }
+    }
+    Ok(left_out)
+}
+
+/// A refusal in one line (the verifier's last words), the log kept apart.
+fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
+    let log = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<aya::programs::ProgramError>() {
+            Some(aya::programs::ProgramError::LoadError { verifier_log, .. }) => {
+                Some(verifier_log.to_string())
+            }
+            _ => None,
+        })
+        .filter(|l| !l.trim().is_empty());
+    let cause = log
+        .as_deref()
+        .and_then(|l| {
+            l.lines().rev().map(str::trim).find(|l| {
+                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
+            })
+        })
+        .map(str::to_string)
+        .unwrap_or_else(|| e.chain().last().map(|c| c.to_string()).unwrap_or_default());
+    LeftOut {
+        hook,
+        why: Why::Refused,
+        detail: format!("the kernel refused {}: {cause}", hook.program),
+        log,
+    }
+}
+
+/// What the loads of this process left out (for attach's warning; `doctor` probes anew).
+pub fn left_out() -> Vec<LeftOut> {
+    LEFT_OUT.lock().map(|l| l.clone()).unwrap_or_default()
+}
+
+static LEFT_OUT: std::sync::Mutex<Vec<LeftOut>> = std::sync::Mutex::new(Vec::new());
+
+fn fill(dir: &Path) -> anyhow::Result<()> {
+    let left = load_programs(Some(dir), &KernelTypes::probe())?;
+    if let Ok(mut l) = LEFT_OUT.lock() {
+        *l = left;
     }
     Ok(())
 }
-
-/// Why this process left the BPF LSM programs out of the set it loaded, if the kernel
-/// refused them although it loads LSM programs.
-pub fn lsm_failure() -> Option<String> {
-    LSM_FAILURE.lock().ok()?.clone()
-}
-
-static LSM_FAILURE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
 
 fn load_program(
     program: &mut Program,

@@ -143,8 +143,9 @@ pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Re
 
 /// Whether every link of a binding is pinned and attached to its cgroup.
 pub fn links_healthy(dir: &Path, policy: &Policy, cgroup_id: u64) -> bool {
-    let hooks = enforcer::mode_of(policy).hooks(policy.has(bindguard_common::flags::LSM));
-    enforcer::links_complete(dir, cgroup_id, hooks)
+    let set = crate::progset::set_of_binding(dir);
+    let hooks = enforcer::mode_of(policy).hooks(|h| set.as_ref().is_none_or(|s| s.has(h)));
+    enforcer::links_complete(dir, cgroup_id, &hooks)
 }
 
 /// Compares one configured binding with the kernel.

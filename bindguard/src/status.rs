@@ -286,7 +286,7 @@ struct Raw {
     links: Links,
     policy: anyhow::Result<Policy>,
     counters: Counters,
-    set_hash: Option<u64>,
+    set: Option<Arc<progset::Set>>,
 }
 
 impl Raw {
@@ -319,7 +319,7 @@ impl Raw {
         };
         if ask_links {
             let (links, legacy) = progset::read_binding_dir(&dir);
-            let (policy, counters, set_hash) =
+            let (policy, counters, set) =
                 policy_and_counters(cgroup_id, &dir, &links, legacy, sets);
             return Self {
                 cgroup_id,
@@ -328,7 +328,7 @@ impl Raw {
                 links: Links::Asked(links),
                 policy,
                 counters,
-                set_hash,
+                set,
             };
         }
         let set = sets.of(cgroup_id, &dir, &pinned);
@@ -340,7 +340,7 @@ impl Raw {
             cgroup_id,
             dir,
             cgroup,
-            set_hash: set.as_ref().map(|i| i.set.hash),
+            set: set.as_ref().map(|i| i.set.clone()),
             links: Links::Listed(pinned, set),
             policy,
             counters,
@@ -369,7 +369,7 @@ fn policy_and_counters(
     links: &[(String, std::io::Result<link::LinkState>)],
     legacy: bool,
     sets: &Sets,
-) -> (anyhow::Result<Policy>, Counters, Option<u64>) {
+) -> (anyhow::Result<Policy>, Counters, Option<Arc<progset::Set>>) {
     if legacy {
         let policy = enforcer::read_policy(dir);
         return (
@@ -385,7 +385,7 @@ fn policy_and_counters(
         return (Err(no_set(dir)), Counters::default(), None);
     };
     let (policy, counters) = read_maps(&info.set, cgroup_id);
-    (policy, counters, Some(info.set.hash))
+    (policy, counters, Some(info.set.clone()))
 }
 
 fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
@@ -396,7 +396,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         links: raw_links,
         policy,
         counters,
-        set_hash,
+        set,
     } = raw;
     let mut problems = Vec::new();
     let policy = policy.unwrap_or_else(|e| {
@@ -407,7 +407,8 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         Policy::default()
     });
     let mode = enforcer::mode_of(&policy);
-    let hooks = mode.hooks(policy.has(flags::LSM));
+    // The hooks the binding's set holds: what the kernel could load when it was made.
+    let hooks = mode.hooks(|h| set.as_ref().is_none_or(|s| s.has(h)));
     let mut links = Vec::with_capacity(hooks.len());
     let mut detached = false;
     for hook in hooks {
@@ -489,17 +490,31 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             ),
         });
     }
-    if set_hash != Some(enforcer::object_hash()) && problems.is_empty() {
+    if set.as_ref().map(|s| s.hash) != Some(enforcer::object_hash()) && problems.is_empty() {
         problems.push(Problem {
             kind: "programs-outdated",
             message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
         });
     }
-    if mode == enforcer::Mode::Strict && !policy.has(flags::LSM) {
-        problems.push(Problem {
-            kind: "lsm-unavailable",
-            message: crate::lsm::UNAVAILABLE.into(),
-        });
+    if mode == enforcer::Mode::Strict
+        && let Some(set) = &set
+    {
+        let open = set.open_rows();
+        if !open.is_empty() {
+            problems.push(Problem {
+                kind: "rows-open",
+                message: format!(
+                    "this kernel cannot run {}: escape rows {} are not covered; `bindguard doctor` says why and how to close them",
+                    open.iter()
+                        .flat_map(|(_, hooks)| hooks.iter().map(|h| h.name))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    crate::escapes::row_list(&open)
+                ),
+            });
+        }
     }
     let ifname = netdev::name_from_bytes(&policy.ifname);
     let ns = cache

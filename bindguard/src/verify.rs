@@ -376,8 +376,9 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
     let ifname = netdev::name_from_bytes(&policy.ifname);
     // The kernel's side: every link pinned and attached to this cgroup.
     let mut link_problems = Vec::new();
-    let hooks = mode.hooks(policy.has(flags::LSM));
-    for hook in hooks {
+    let set = crate::progset::set_of_binding(&dir);
+    let hooks = mode.hooks(|h| set.as_ref().is_none_or(|s| s.has(h)));
+    for hook in &hooks {
         let path = dir.join(pins::link_name(hook.name));
         match link::pinned_state(&path) {
             Ok(s) if s.cgroup_id == Some(binding_id) => {}
@@ -394,12 +395,20 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             format!("not enforced: {}", link_problems.join("; "))
         },
     ));
-    if mode == enforcer::Mode::Strict && !policy.has(flags::LSM) {
-        checks.push(Check {
-            name: "bpf lsm".into(),
-            outcome: Outcome::Warn,
-            detail: crate::lsm::UNAVAILABLE.into(),
-        });
+    if mode == enforcer::Mode::Strict
+        && let Some(set) = &set
+    {
+        let open = set.open_rows();
+        if !open.is_empty() {
+            checks.push(Check {
+                name: "kernel coverage".into(),
+                outcome: Outcome::Warn,
+                detail: format!(
+                    "escape rows {} are not covered on this kernel; `bindguard doctor` says why and how to close them",
+                    crate::escapes::row_list(&open)
+                ),
+            });
+        }
     }
     let Some(ns) = netns::find_by_ino(policy.netns_ino) else {
         checks.push(Check::new(

@@ -1,0 +1,213 @@
+//! `bindguard doctor`: what this kernel and its boot parameters let strict mode cover, as the
+//! escape table's rows — covered or not, why, and the fix. It needs no binding: it loads
+//! bindguard's programs (unpinned, dropped at exit) exactly as the program set would, so its
+//! answer is the kernel's, not a guess from a version number.
+
+use serde::Serialize;
+
+use crate::{
+    enforcer::Hook,
+    escapes::{ESCAPES, hooks_of},
+    lsm,
+    progset::{self, KernelTypes, LeftOut, Why},
+};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `uname -r`.
+    pub kernel: String,
+    /// The active LSM list (`/sys/kernel/security/lsm`).
+    pub lsm_list: String,
+    pub bpf_lsm: String,
+    /// Whether strict mode covers every row the programs close on this kernel.
+    pub complete: bool,
+    pub rows: Vec<Row>,
+    /// Kernel features bindguard adapts to, beyond the rows.
+    pub notes: Vec<String>,
+    /// Each program that did not load, with the verifier's log (shown with --verbose).
+    #[serde(skip)]
+    pub logs: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub row: u8,
+    pub escape: &'static str,
+    /// "covered", "open" or "not-applicable" (the kernel has nothing there to guard).
+    pub state: &'static str,
+    /// The programs (or userspace mechanism) that close it.
+    pub by: String,
+    /// Why it is open or not applicable, and how to close it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+}
+
+/// Probes everything strict mode needs. Needs the privileges `attach` needs.
+pub fn run() -> anyhow::Result<Report> {
+    crate::enforcer::require_privileges("doctor")?;
+    let kernel = KernelTypes::probe();
+    let left_out = progset::load_programs(None, &kernel)?;
+    Ok(report(&kernel, &left_out))
+}
+
+fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
+    let absent = |h: &Hook| left_out.iter().find(|l| l.hook.name == h.name);
+    let mut rows = Vec::new();
+    for e in ESCAPES {
+        let (state, by, why) = match e.by_userspace {
+            Some(how) => ("covered", how.to_string(), None),
+            None => {
+                let hooks: Vec<&Hook> = hooks_of(e.row).collect();
+                let by = hooks.iter().map(|h| h.name).collect::<Vec<_>>().join(", ");
+                let missing: Vec<&LeftOut> = hooks.iter().filter_map(|h| absent(h)).collect();
+                if missing.is_empty() {
+                    ("covered", by, None)
+                } else if missing.iter().all(|l| l.why == Why::NotNeeded) {
+                    ("not-applicable", by, Some(missing[0].detail.clone()))
+                } else {
+                    let why: Vec<String> = missing
+                        .iter()
+                        .filter(|l| l.why != Why::NotNeeded)
+                        .map(|l| format!("{}: {}", l.hook.name, l.detail))
+                        .collect();
+                    ("open", by, Some(dedup_lsm(why)))
+                }
+            }
+        };
+        rows.push(Row {
+            row: e.row,
+            escape: e.what,
+            state,
+            by,
+            why,
+        });
+    }
+    let f = kernel.layout.features;
+    let mut notes = Vec::new();
+    if f & bindguard_common::features::SOCK_SET_RETVAL == 0 {
+        notes.push("row 8: MPTCP sockets are refused with EPERM, not EPROTONOSUPPORT (bpf_set_retval in cgroup_sock programs arrived in 6.1): programs that would fall back to TCP on EPROTONOSUPPORT fail instead".into());
+    }
+    use bindguard_common::features as F;
+    for (shift, family) in [(F::SOCKOPT, "setsockopt"), (F::SKB, "egress filter")] {
+        if (f >> shift) & F::COMM == 0 {
+            notes.push(format!(
+                "monitor: events of the {family} carry no process name on this kernel (bpf_get_current_comm is not allowed there)"
+            ));
+        }
+        if (f >> shift) & F::PID_TGID == 0 {
+            notes.push(format!(
+                "monitor: events of the {family} carry no pid on this kernel"
+            ));
+        }
+    }
+    if !crate::probe::have_netns_cookie_sockopt() {
+        notes.push("no SO_NETNS_COOKIE (5.14): a namespace's cookie is read by a throwaway program when a binding is made".into());
+    }
+    let complete = rows.iter().all(|r| r.state != "open");
+    Report {
+        kernel: nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        lsm_list: lsm::active_list(true),
+        bpf_lsm: kernel.lsm.describe(),
+        complete,
+        rows,
+        notes,
+        logs: left_out
+            .iter()
+            .filter_map(|l| Some((l.hook.program.to_string(), l.log.clone()?)))
+            .collect(),
+    }
+}
+
+/// The LSM programs all fail for one reason when the BPF LSM is off: say it once.
+fn dedup_lsm(why: Vec<String>) -> String {
+    let reason = |w: &String| w.split_once(": ").map(|(_, r)| r.to_string());
+    let first = why.first().and_then(reason);
+    if why.len() > 1 && why.iter().all(|w| reason(w) == first) {
+        let names: Vec<&str> = why.iter().filter_map(|w| w.split(": ").next()).collect();
+        return format!("{}: {}", names.join(", "), first.unwrap_or_default());
+    }
+    why.join("; ")
+}
+
+/// The text form: one line per row, then the notes.
+pub fn render(r: &Report, verbose: bool) -> String {
+    let mut out = format!(
+        "kernel {}; LSMs: {}\n{}\n\nROW  STATE           ESCAPE\n",
+        r.kernel,
+        if r.lsm_list.is_empty() {
+            "(unknown)"
+        } else {
+            &r.lsm_list
+        },
+        r.bpf_lsm
+    );
+    for row in &r.rows {
+        let state = match row.state {
+            "covered" => "covered",
+            "open" => "NOT COVERED",
+            _ => "n/a",
+        };
+        out += &format!("{:>3}  {state:<15} {}\n", row.row, row.escape);
+        if let Some(why) = &row.why {
+            out += &format!("     {:<15} {}\n", "", why);
+        }
+    }
+    for n in &r.notes {
+        out += &format!("note: {n}\n");
+    }
+    let open: Vec<String> = r
+        .rows
+        .iter()
+        .filter(|r| r.state == "open")
+        .map(|r| r.row.to_string())
+        .collect();
+    if open.is_empty() {
+        out += "strict mode covers every row on this kernel\n";
+    } else {
+        out += &format!(
+            "strict mode does not cover rows {} on this kernel\n",
+            open.join(", ")
+        );
+    }
+    if verbose {
+        for (program, log) in &r.logs {
+            out += &format!("\n--- verifier log of {program} ---\n{log}\n");
+        }
+    }
+    out
+}
+
+/// attach's warning when strict mode's set lacks programs: one line naming the open rows
+/// and the reason, or None when every row is covered.
+pub fn attach_warning(set: &progset::Set) -> Option<String> {
+    let open = set.open_rows();
+    if open.is_empty() {
+        return None;
+    }
+    // This process loaded the set: the loader's own words. Otherwise the recorded reason.
+    let loaded_now = progset::left_out();
+    let mut reasons: Vec<String> = Vec::new();
+    for (_, hooks) in &open {
+        for h in hooks {
+            let why = match loaded_now.iter().find(|l| l.hook.name == h.name) {
+                Some(l) => l.detail.clone(),
+                None => match set.absent().iter().find(|(a, _)| a.name == h.name) {
+                    Some((_, Why::LsmUnavailable)) => lsm::state(false).describe(),
+                    Some((_, Why::BtfLacks)) => "the kernel's BTF lacks fields it reads".into(),
+                    _ => "the kernel refused it".into(),
+                },
+            };
+            let line = format!("{}: {why}", h.name);
+            if !reasons.contains(&line) {
+                reasons.push(line);
+            }
+        }
+    }
+    Some(format!(
+        "strict mode cannot cover escape rows {} on this kernel ({}); `bindguard doctor` lists every row",
+        crate::escapes::row_list(&open),
+        dedup_lsm(reasons)
+    ))
+}
