@@ -182,7 +182,8 @@ pub fn render(r: &Report, verbose: bool) -> String {
 /// attach's warning when strict mode's set lacks programs: one line naming the open rows
 /// and the reason, or None when every row is covered.
 pub fn attach_warning(set: &progset::Set) -> Option<String> {
-    let open = set.open_rows();
+    let forced_off = lsm::forced_unavailable();
+    let open = set.open_rows(|h| !(h.is_lsm() && forced_off));
     if open.is_empty() {
         return None;
     }
@@ -192,6 +193,7 @@ pub fn attach_warning(set: &progset::Set) -> Option<String> {
     for (_, hooks) in &open {
         for h in hooks {
             let why = match loaded_now.iter().find(|l| l.hook.name == h.name) {
+                _ if h.is_lsm() && forced_off => lsm::state(false).describe(),
                 Some(l) => l.detail.clone(),
                 None => match set.absent().iter().find(|(a, _)| a.name == h.name) {
                     Some((_, Why::LsmUnavailable)) => lsm::state(false).describe(),

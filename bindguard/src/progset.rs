@@ -158,12 +158,16 @@ impl Set {
             .is_some_and(|i| self.present & (1 << i) != 0)
     }
 
-    /// The escape rows strict mode leaves open with this set's programs (one the kernel does
-    /// not need, such as the io_uring guard before io_uring has setsockopt, leaves none).
-    pub fn open_rows(&self) -> Vec<(&'static crate::escapes::Escape, Vec<&'static Hook>)> {
+    /// The escape rows strict mode leaves open with this set's programs, of which a binding
+    /// links those `linked` allows (one the kernel does not need, such as the io_uring guard
+    /// before io_uring has setsockopt, leaves none).
+    pub fn open_rows(
+        &self,
+        linked: impl Fn(&Hook) -> bool,
+    ) -> Vec<(&'static crate::escapes::Escape, Vec<&'static Hook>)> {
         let absent = self.absent();
         crate::escapes::open_rows(|h| {
-            self.has(h)
+            (self.has(h) && linked(h))
                 || absent
                     .iter()
                     .any(|(a, w)| a.name == h.name && *w == Why::NotNeeded)

@@ -144,7 +144,9 @@ pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Re
 /// Whether every link of a binding is pinned and attached to its cgroup.
 pub fn links_healthy(dir: &Path, policy: &Policy, cgroup_id: u64) -> bool {
     let set = crate::progset::set_of_binding(dir);
-    let hooks = enforcer::mode_of(policy).hooks(|h| set.as_ref().is_none_or(|s| s.has(h)));
+    let lsm = policy.has(bindguard_common::flags::LSM);
+    let hooks = enforcer::mode_of(policy)
+        .hooks(|h| set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || lsm));
     enforcer::links_complete(dir, cgroup_id, &hooks)
 }
 

@@ -408,7 +408,9 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     });
     let mode = enforcer::mode_of(&policy);
     // The hooks the binding's set holds: what the kernel could load when it was made.
-    let hooks = mode.hooks(|h| set.as_ref().is_none_or(|s| s.has(h)));
+    let hooks = mode.hooks(|h| {
+        set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || policy.has(flags::LSM))
+    });
     let mut links = Vec::with_capacity(hooks.len());
     let mut detached = false;
     for hook in hooks {
@@ -499,7 +501,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     if mode == enforcer::Mode::Strict
         && let Some(set) = &set
     {
-        let open = set.open_rows();
+        let open = set.open_rows(|h| !h.is_lsm() || policy.has(flags::LSM));
         if !open.is_empty() {
             problems.push(Problem {
                 kind: "rows-open",

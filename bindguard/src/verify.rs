@@ -377,7 +377,9 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
     // The kernel's side: every link pinned and attached to this cgroup.
     let mut link_problems = Vec::new();
     let set = crate::progset::set_of_binding(&dir);
-    let hooks = mode.hooks(|h| set.as_ref().is_none_or(|s| s.has(h)));
+    let hooks = mode.hooks(|h| {
+        set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || policy.has(flags::LSM))
+    });
     for hook in &hooks {
         let path = dir.join(pins::link_name(hook.name));
         match link::pinned_state(&path) {
@@ -398,7 +400,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
     if mode == enforcer::Mode::Strict
         && let Some(set) = &set
     {
-        let open = set.open_rows();
+        let open = set.open_rows(|h| !h.is_lsm() || policy.has(flags::LSM));
         if !open.is_empty() {
             checks.push(Check {
                 name: "kernel coverage".into(),

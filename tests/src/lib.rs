@@ -16,7 +16,7 @@ pub mod scenario;
 pub mod topology;
 
 pub use listener::{Listener, Peer};
-pub use privilege::require_root;
+pub use privilege::{require_root, skip};
 pub use run::{Cmd, bindguard_bin, probe_bin};
 pub use scenario::{FLOWS, Proto, Scenario};
 pub use topology::{TestCgroup, Topology};

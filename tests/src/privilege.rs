@@ -23,3 +23,20 @@ macro_rules! root_or_skip {
         }
     };
 }
+
+/// Says that `test` cannot run on this kernel and why: on stderr, and appended to
+/// $BINDGUARD_SKIP_LOG (libtest hides a passing test's output; `cargo xtask test` and the VM
+/// matrix list these lines by name in their summaries).
+pub fn skip(test: &str, reason: &str) {
+    eprintln!("SKIP {test}: {reason}");
+    if let Some(path) = std::env::var_os("BINDGUARD_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {reason}");
+        }
+    }
+}

@@ -80,12 +80,12 @@ fn binding_outlives_attacher_and_detach_restores_routing() {
     assert_eq!(entry["mode"], "strict", "strict is the default");
     assert_eq!(entry["mark"], 42);
     assert_eq!(entry["priority"], 3);
-    // lsm-unavailable only says what this kernel cannot do (see guarantee.rs).
+    // rows-open only says what this kernel cannot do (see kernel.rs).
     let problems: Vec<_> = entry["problems"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|p| p["kind"] != "lsm-unavailable")
+        .filter(|p| p["kind"] != "rows-open")
         .collect();
     assert_eq!(problems.len(), 0, "{entry}");
     assert!(attached_programs(&s.cg.path).contains("sock_create"));

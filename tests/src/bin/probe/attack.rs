@@ -27,6 +27,17 @@
 //!   uring-bindtodev IFNAME     the same on a ring made by the 64-bit io_uring_setup
 //!   tcp-scope IFINDEX          TCP connect to ADDR%IFINDEX (unbound helper for ingress tests)
 //!
+//! The BPF LSM rows (tests/tests/kernel.rs):
+//!   packet-send IFINDEX        AF_PACKET (CAP_NET_RAW): a broadcast frame carrying TOKEN on IFINDEX
+//!   compat-join IFINDEX        ADDR is a group: IP_ADD_MEMBERSHIP naming IFINDEX by a 32-bit
+//!                              setsockopt (int 0x80), held 600 ms
+//!   fd-receive PATH            print `ready`, receive a socket by SCM_RIGHTS on the unix
+//!                              datagram socket PATH, send TOKEN through it
+//!   fd-give PATH               make a UDP socket and pass it by SCM_RIGHTS to PATH
+//!   fd-hold SECONDS            make a UDP socket, let any process ptrace us (Yama), print
+//!                              `pid=N fd=M`, sleep
+//!   pidfd-take PID FD          pidfd_getfd(PID, FD), send TOKEN through it
+//!
 //! Ingress (print `ready`, then `got PAYLOAD` for what arrives within SECONDS; ADDR is where
 //! the bound socket would send to, or the address it binds):
 //!   recv-unspec SECONDS        IPv4 UDP bound to 0.0.0.0:PORT, connect(ADDR), connect(AF_UNSPEC)
@@ -171,6 +182,20 @@ fn sendto(fd: i32, payload: &[u8], sa: &(libc::sockaddr_storage, libc::socklen_t
             sa.1,
         ) as i64
     }
+}
+
+/// A filesystem unix socket address.
+fn unix_addr(path: &str) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: plain data, filled below.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    sun.sun_family = libc::AF_UNIX as u16;
+    for (d, s) in sun.sun_path.iter_mut().zip(path.bytes()) {
+        *d = s as libc::c_char;
+    }
+    (
+        sun,
+        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+    )
 }
 
 fn mapped(v4: Ipv4Addr) -> IpAddr {
@@ -840,6 +865,164 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
                 super::show(super::get_int(fd, libc::SO_BINDTOIFINDEX))
             );
             step("sendto", sendto(fd, msg, &dest))
+        }
+        "packet-send" => {
+            let proto = 0x88b5u16; // IEEE 802 local experimental
+            let s = bindguard::sockopt::new_socket(
+                libc::AF_PACKET,
+                libc::SOCK_DGRAM,
+                i32::from(proto.to_be()),
+            )
+            .unwrap_or_else(|e| report(&e));
+            // SAFETY: plain data, filled below.
+            let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto.to_be();
+            sll.sll_ifindex = num(0) as i32;
+            sll.sll_halen = 6;
+            sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+            // SAFETY: sendto on our fd with a sockaddr_ll of the size given.
+            let rc = unsafe {
+                libc::sendto(
+                    s.as_raw_fd(),
+                    msg.as_ptr().cast(),
+                    msg.len(),
+                    0,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
+                )
+            };
+            step("sendto(AF_PACKET)", rc as _)
+        }
+        "compat-join" => {
+            let s = udp();
+            let IpAddr::V4(group) = ip else {
+                panic!("compat-join wants an IPv4 group")
+            };
+            let buf = low_memory(4096);
+            let mreqn = libc::ip_mreqn {
+                imr_multiaddr: libc::in_addr {
+                    s_addr: u32::from(group).to_be(),
+                },
+                imr_address: libc::in_addr { s_addr: 0 },
+                imr_ifindex: num(0) as i32,
+            };
+            // SAFETY: copying the option into our low page.
+            unsafe { std::ptr::write_unaligned(buf.cast::<libc::ip_mreqn>(), mreqn) };
+            #[cfg(target_arch = "x86_64")]
+            let rc = syscall32(
+                SYS32_SETSOCKOPT,
+                [
+                    s.as_raw_fd() as u32,
+                    libc::SOL_IP as u32,
+                    libc::IP_ADD_MEMBERSHIP as u32,
+                    buf as usize as u32,
+                    std::mem::size_of::<libc::ip_mreqn>() as u32,
+                ],
+            );
+            #[cfg(not(target_arch = "x86_64"))]
+            let rc = -38;
+            let ok = ring_step("join", rc as i32) >= 0;
+            std::thread::sleep(Duration::from_millis(600));
+            ok
+        }
+        "fd-give" => {
+            let s = udp();
+            let unix = bindguard::sockopt::new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
+                .unwrap_or_else(|e| report(&e));
+            let to = unix_addr(arg(0));
+            let mut cbuf =
+                control(&[(libc::SOL_SOCKET, libc::SCM_RIGHTS, as_bytes(&s.as_raw_fd()))]);
+            let mut iov = libc::iovec {
+                iov_base: msg.as_ptr() as *mut _,
+                iov_len: msg.len(),
+            };
+            // SAFETY: plain data, filled below.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_name = (&to.0 as *const libc::sockaddr_un) as *mut _;
+            hdr.msg_namelen = to.1;
+            hdr.msg_iov = &mut iov;
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = cbuf.as_mut_ptr().cast();
+            hdr.msg_controllen = cbuf.len();
+            // SAFETY: sendmsg with the header built above.
+            step(
+                "sendmsg(SCM_RIGHTS)",
+                unsafe { libc::sendmsg(unix.as_raw_fd(), &hdr, 0) } as _,
+            )
+        }
+        "fd-receive" => 'receive: {
+            let unix = bindguard::sockopt::new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
+                .unwrap_or_else(|e| report(&e));
+            let at = unix_addr(arg(0));
+            // SAFETY: bind on our fd with a sockaddr_un of the size given.
+            let rc = unsafe {
+                libc::bind(
+                    unix.as_raw_fd(),
+                    (&at.0 as *const libc::sockaddr_un).cast(),
+                    at.1,
+                )
+            };
+            if !step("bind(unix)", rc as _) {
+                break 'receive false;
+            }
+            println!("ready");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let mut data = [0u8; 256];
+            let mut iov = libc::iovec {
+                iov_base: data.as_mut_ptr().cast(),
+                iov_len: data.len(),
+            };
+            let mut cbuf = vec![0u8; 64];
+            // SAFETY: plain data, filled below.
+            let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+            hdr.msg_iov = &mut iov;
+            hdr.msg_iovlen = 1;
+            hdr.msg_control = cbuf.as_mut_ptr().cast();
+            hdr.msg_controllen = cbuf.len();
+            // SAFETY: recvmsg into the buffers above.
+            let got = unsafe { libc::recvmsg(unix.as_raw_fd(), &mut hdr, 0) };
+            step("recvmsg", got as _);
+            // SAFETY: walking the control buffer the kernel filled.
+            let fd = unsafe {
+                let c = libc::CMSG_FIRSTHDR(&hdr);
+                (!c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS)
+                    .then(|| std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>()))
+            };
+            let _ = std::fs::remove_file(arg(0));
+            match fd {
+                Some(fd) => {
+                    println!("received: fd");
+                    step("sendto", sendto(fd, msg, &dest))
+                }
+                None => {
+                    println!(
+                        "received: no fd (MSG_CTRUNC={})",
+                        hdr.msg_flags & libc::MSG_CTRUNC != 0
+                    );
+                    false
+                }
+            }
+        }
+        "fd-hold" => {
+            let s = udp();
+            // SAFETY: prctl with plain integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::c_ulong::MAX, 0, 0, 0) };
+            println!("pid={} fd={}", std::process::id(), s.as_raw_fd());
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            std::thread::sleep(Duration::from_secs(u64::from(num(0))));
+            true
+        }
+        "pidfd-take" => 'take: {
+            // SAFETY: pidfd_open and pidfd_getfd with integer arguments.
+            let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, num(0) as i32, 0) };
+            if !step("pidfd_open", pidfd as _) {
+                break 'take false;
+            }
+            // SAFETY: as above.
+            let fd =
+                unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, num(1) as i32, 0) };
+            step("pidfd_getfd", fd as _) && step("sendto", sendto(fd as i32, msg, &dest))
         }
         "tcp-scope" => {
             let s = new_socket(family, libc::SOCK_STREAM).unwrap_or_else(|e| report(&e));

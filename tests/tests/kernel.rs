@@ -1,0 +1,282 @@
+//! What a kernel lets strict mode cover, proven on the kernel at hand (the VM matrix boots
+//! Debian's 5.10, 6.1 and 6.12 for these): `doctor`, `attach`, `status` and `verify` name the
+//! same open rows, and the BPF LSM rows hold where the kernel runs BPF LSM programs — each
+//! judged by what peer A's sniffer saw, each shown leaking in bind mode so the test can fail.
+//!
+//! Whether a kernel must run the BPF LSM programs is not left to the kernel under test to
+//! say: in the VM matrix (BINDGUARD_VM names the boot) Debian 12 and 13 with their stock lsm=
+//! must, and the others must not; a kernel that quietly lost them fails here.
+
+use std::{collections::BTreeSet, io::BufRead, time::Duration};
+
+use bindguard_tests::{
+    Cmd, Peer, Scenario,
+    listener::PORT,
+    root_or_skip,
+    scenario::{mcast_group, token},
+    skip,
+    topology::{DEST4, UPLINK_A, UPLINK_B},
+};
+
+/// Whether the kernel under test must run strict mode's BPF LSM programs.
+fn lsm_expected() -> bool {
+    match std::env::var("BINDGUARD_VM").as_deref() {
+        Ok("6.1") | Ok("6.12") => true,
+        Ok(other) if !other.is_empty() => false,
+        _ => bindguard::lsm::usable(false),
+    }
+}
+
+/// Runs the LSM row test `name` when this kernel has the BPF LSM; otherwise says why not.
+fn lsm_or_skip(name: &str) -> bool {
+    if lsm_expected() {
+        return true;
+    }
+    skip(
+        &format!("kernel::{name}"),
+        &bindguard::lsm::state(false).describe(),
+    );
+    false
+}
+
+/// The rows `doctor --json` reports open, and its exit code.
+fn doctor() -> (BTreeSet<u64>, i32, String) {
+    let (code, out, err) = Cmd::bindguard().args(["doctor", "--json"]).run();
+    let v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("doctor --json: {e}: {out}{err}"));
+    let open = v["rows"]
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["state"] == "open")
+        .map(|r| r["row"].as_u64().unwrap())
+        .collect();
+    (open, code, out)
+}
+
+#[test]
+fn doctor_attach_status_and_verify_agree_on_the_open_rows() {
+    root_or_skip!();
+    let (open, code, out) = doctor();
+    let lsm_rows: BTreeSet<u64> = [7, 12, 14].into();
+    if lsm_expected() {
+        assert!(open.is_empty(), "rows open where the BPF LSM runs: {out}");
+        assert_eq!(code, 0, "{out}");
+    } else {
+        assert_eq!(open, lsm_rows, "{out}");
+        assert_eq!(code, 1, "doctor exits 1 when a row is open: {out}");
+        // The fix is named: the lsm= parameter, a kernel with lsm_cgroup, or what refused.
+        assert!(
+            out.contains("lsm=") || out.contains("6.0") || out.contains("refuses"),
+            "{out}"
+        );
+    }
+    let (text_code, text, _) = Cmd::bindguard().arg("doctor").run();
+    assert_eq!(text_code, code);
+    assert_eq!(text.matches("NOT COVERED").count(), open.len(), "{text}");
+
+    let s = Scenario::new();
+    let (code, _, err) = s.attach_result(UPLINK_B, &[]);
+    assert_eq!(code, 0, "{err}");
+    let problems: Vec<String> = s.status_entry().unwrap()["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap().to_string())
+        .collect();
+    let (_, verify, _) = Cmd::bindguard()
+        .arg("verify")
+        .arg("--cgroup")
+        .arg(&s.cg.path)
+        .run();
+    if open.is_empty() {
+        assert!(!err.contains("escape rows"), "{err}");
+        assert!(!problems.contains(&"rows-open".to_string()), "{problems:?}");
+        assert!(!verify.contains("kernel coverage"), "{verify}");
+        assert_eq!(s.status_entry().unwrap()["lsm"], true);
+    } else {
+        assert!(err.contains("cannot cover escape rows 7, 12, 14"), "{err}");
+        assert!(problems.contains(&"rows-open".to_string()), "{problems:?}");
+        assert!(
+            verify.contains("WARN") && verify.contains("rows 7, 12, 14"),
+            "{verify}"
+        );
+    }
+    // Bind mode needs sock_create alone: no warning about rows on any kernel.
+    let b = Scenario::new();
+    let (code, _, err) = b.attach_result(UPLINK_B, &["--mode", "bind"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("escape rows"), "{err}");
+    assert!(
+        !b.status_entry().unwrap()["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "rows-open")
+    );
+}
+
+/// Runs `attack` from the bound cgroup as `who`; returns its output.
+fn attack(s: &Scenario, who: &str, args: &[&str]) -> String {
+    let cmd = s.probe_bound().arg("attack").args(args);
+    let cmd = if who.is_empty() {
+        cmd.as_nobody()
+    } else {
+        cmd.as_nobody_with(who)
+    };
+    let (_, out, err) = cmd.run();
+    format!("{out}{err}")
+}
+
+#[test]
+fn af_packet_is_refused_with_the_bpf_lsm_and_leaks_without() {
+    root_or_skip!();
+    if !lsm_or_skip("af_packet_is_refused_with_the_bpf_lsm_and_leaks_without") {
+        return;
+    }
+    for mode in ["strict", "bind"] {
+        let s = Scenario::new();
+        s.attach(UPLINK_B, &["--mode", mode]);
+        let tok = token("packet");
+        let a = s.topo.host.ifindex(UPLINK_A).to_string();
+        let out = attack(
+            &s,
+            "net_raw",
+            &["packet-send", DEST4, &PORT.to_string(), &tok, &a],
+        );
+        let at_a = s
+            .listener
+            .frame_with(Peer::A, &tok, Duration::from_millis(800));
+        if mode == "strict" {
+            assert!(out.contains("error errno=1"), "strict: {out}");
+            assert!(!at_a, "strict: the frame reached peer A: {out}");
+            assert!(s.counter("families_refused") >= 1);
+        } else {
+            assert!(
+                at_a,
+                "bind mode was expected to let the frame out by upA: {out}"
+            );
+        }
+    }
+}
+
+/// A UDP socket made outside the cgroup is handed to a bound process (uid 65534, no
+/// capabilities) by `how`; the receiver sends the token through it.
+fn handed_in(s: &Scenario, how: &str) -> (String, bool) {
+    let tok = token(how);
+    let port = PORT.to_string();
+    let out = if how == "scm" {
+        let path = format!("/tmp/bg-scm-{}", bindguard_tests::unique("s"));
+        let mut child = s
+            .probe_bound()
+            .args(["attack", "fd-receive", DEST4, &port, &tok, &path])
+            .as_nobody()
+            .spawn();
+        let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut out = String::new();
+        while reader.read_line(&mut out).unwrap_or(0) > 0 && !out.contains("ready") {}
+        let _ =
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o777));
+        let (_, give, _) = s
+            .probe_unbound()
+            .args(["attack", "fd-give", DEST4, &port, &tok, &path])
+            .as_nobody()
+            .run();
+        let _ = std::io::Read::read_to_string(&mut reader, &mut out);
+        let _ = bindguard_tests::run::wait_output(child, Duration::from_secs(10));
+        format!("{give}{out}")
+    } else {
+        let mut holder = s
+            .probe_unbound()
+            .args(["attack", "fd-hold", DEST4, &port, &tok, "10"])
+            .as_nobody()
+            .spawn();
+        let mut reader = std::io::BufReader::new(holder.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(k))
+                .unwrap_or_else(|| panic!("fd-hold printed {line}"))
+                .to_string()
+        };
+        let out = attack(
+            s,
+            "",
+            &[
+                "pidfd-take",
+                DEST4,
+                &port,
+                &tok,
+                &field("pid="),
+                &field("fd="),
+            ],
+        );
+        let _ = holder.kill();
+        let _ = holder.wait();
+        out
+    };
+    let at_a = s
+        .listener
+        .frame_with(Peer::A, &tok, Duration::from_millis(800));
+    (out, at_a)
+}
+
+#[test]
+fn sockets_handed_in_from_outside_are_refused_with_the_bpf_lsm() {
+    root_or_skip!();
+    if !lsm_or_skip("sockets_handed_in_from_outside_are_refused_with_the_bpf_lsm") {
+        return;
+    }
+    for how in ["scm", "pidfd"] {
+        for mode in ["strict", "bind"] {
+            let s = Scenario::new();
+            s.attach(UPLINK_B, &["--mode", mode]);
+            let (out, at_a) = handed_in(&s, how);
+            if mode == "strict" {
+                assert!(!at_a, "{how} strict: reached peer A: {out}");
+                let refused = if how == "scm" {
+                    out.contains("received: no fd")
+                } else {
+                    out.contains("pidfd_getfd: error errno=1")
+                };
+                assert!(refused, "{how} strict: not refused on receipt: {out}");
+                assert!(s.counter("fds_refused") >= 1);
+            } else {
+                assert!(
+                    at_a,
+                    "{how} bind: the outside socket was expected to leave by upA: {out}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_32_bit_multicast_join_is_refused_with_the_bpf_lsm() {
+    root_or_skip!();
+    if !lsm_or_skip("a_32_bit_multicast_join_is_refused_with_the_bpf_lsm") {
+        return;
+    }
+    for (i, mode) in ["strict", "bind"].into_iter().enumerate() {
+        let s = Scenario::new();
+        s.attach(UPLINK_B, &["--mode", mode]);
+        let g = mcast_group(78, false, 200 + i as u32);
+        let a = s.topo.host.ifindex(UPLINK_A).to_string();
+        let out = attack(
+            &s,
+            "",
+            &["compat-join", &g.to_string(), &PORT.to_string(), "x", &a],
+        );
+        let at_a = s.listener.report_for(Peer::A, g, Duration::from_secs(2));
+        if mode == "strict" {
+            assert!(out.contains("join: error errno=1"), "strict: {out}");
+            assert!(!at_a, "strict: a report for {g} reached peer A: {out}");
+        } else {
+            assert!(
+                at_a,
+                "bind: the 32-bit join was expected to report by upA: {out}"
+            );
+        }
+    }
+}
