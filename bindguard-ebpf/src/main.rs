@@ -517,11 +517,19 @@ fn guard_address(ctx: &SockAddrContext, which: u32, addr: Addr) -> i32 {
     if bound == want && (allow_lo || !to_loopback) {
         return ALLOW;
     }
-    if allow_lo && bound == 0 {
-        // bind(0.0.0.0 / ::) says nothing about where traffic goes: pin at connect or send.
-        if addr == Addr::Wildcard {
-            return ALLOW;
+    // Whether this hook may call bpf_setsockopt on this kernel (probed by the loader).
+    let may_pin = kernel().features
+        & match which {
+            hook::CONNECT4 | hook::CONNECT6 => features::ADDR_SETSOCKOPT_CONNECT,
+            hook::BIND4 | hook::BIND6 => features::ADDR_SETSOCKOPT_BIND,
+            _ => features::ADDR_SETSOCKOPT_SENDMSG,
         }
+        != 0;
+    if allow_lo && bound == 0 && addr == Addr::Wildcard {
+        // bind(0.0.0.0 / ::) says nothing about where traffic goes: pin at connect or send.
+        return ALLOW;
+    }
+    if allow_lo && bound == 0 && may_pin {
         let mut ifindex = want as i32;
         let rc = unsafe {
             bpf_setsockopt(

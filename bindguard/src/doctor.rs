@@ -100,6 +100,9 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
             ));
         }
     }
+    if f & F::ADDR_SETSOCKOPT_SENDMSG == 0 || f & F::ADDR_SETSOCKOPT_BIND == 0 {
+        notes.push("--allow-loopback: this kernel lets only connect() pin a socket (bpf_setsockopt in bind and sendmsg hooks is newer): an unconnected sendto or a bind to a specific address from a socket not yet pinned is refused".into());
+    }
     if !crate::probe::have_netns_cookie_sockopt() {
         notes.push("no SO_NETNS_COOKIE (5.14): a namespace's cookie is read by a throwaway program when a binding is made".into());
     }

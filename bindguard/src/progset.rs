@@ -823,9 +823,18 @@ fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
     let cause = log
         .as_deref()
         .and_then(|l| {
-            l.lines().rev().map(str::trim).find(|l| {
-                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
-            })
+            // The verifier's last words, less its closing statistics.
+            const STATS: [&str; 5] = [
+                "processed ",
+                "verification time",
+                "stack depth",
+                "max_states_per_insn",
+                "peak_states",
+            ];
+            l.lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
         })
         .map(str::to_string)
         .unwrap_or_else(|| e.chain().last().map(|c| c.to_string()).unwrap_or_default());
