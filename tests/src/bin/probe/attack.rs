@@ -38,6 +38,8 @@
 //!                              `pid=N fd=M`, sleep
 //!   pidfd-take PID FD          pidfd_getfd(PID, FD), send TOKEN through it
 //!
+//!   send-loop SECONDS          a new UDP socket per datagram, as fast as it can, for SECONDS
+//!
 //! Ingress (print `ready`, then `got PAYLOAD` for what arrives within SECONDS; ADDR is where
 //! the bound socket would send to, or the address it binds):
 //!   recv-unspec SECONDS        IPv4 UDP bound to 0.0.0.0:PORT, connect(ADDR), connect(AF_UNSPEC)
@@ -1023,6 +1025,19 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             let fd =
                 unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, num(1) as i32, 0) };
             step("pidfd_getfd", fd as _) && step("sendto", sendto(fd as i32, msg, &dest))
+        }
+        "send-loop" => {
+            let until = Instant::now() + Duration::from_secs(u64::from(num(0)));
+            let mut sent = 0u64;
+            while Instant::now() < until {
+                if let Ok(s) = new_socket(family, libc::SOCK_DGRAM)
+                    && sendto(s.as_raw_fd(), msg, &dest) >= 0
+                {
+                    sent += 1;
+                }
+            }
+            println!("sent={sent}");
+            true
         }
         "tcp-scope" => {
             let s = new_socket(family, libc::SOCK_STREAM).unwrap_or_else(|e| report(&e));
