@@ -6,8 +6,8 @@
 use serde::Serialize;
 
 use crate::{
-    enforcer::Hook,
     escapes::{ESCAPES, hooks_of},
+    hooks::Hook,
     lsm,
     progset::{self, KernelTypes, LeftOut, Why},
 };

@@ -19,10 +19,10 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::{
     cgroup::{self, Cgroup},
-    enforcer::{self, Options},
-    netdev,
+    enforcer, netdev,
     netns::Netns,
     pins,
+    policy::Options,
 };
 
 const PREFIX: &str = "bindguard-exec-";

@@ -5,10 +5,12 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use bindguard::{
     cgroup, config, daemon,
-    enforcer::{self, Attached, Detached, Mode, Options},
+    enforcer::{self, Attached, Detached},
     error, exec, monitor, netdev,
     netns::Netns,
-    oci, reconcile, status, verify,
+    oci,
+    policy::{self, Mode, Options},
+    reconcile, status, verify,
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -140,10 +142,10 @@ struct BindingArgs {
     #[arg(long, value_name = "IFNAME")]
     dev: String,
     /// Set SO_MARK on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = enforcer::parse_u32, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = policy::parse_u32, allow_hyphen_values = true)]
     mark: Option<u32>,
     /// Set SO_PRIORITY on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = enforcer::parse_u32, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = policy::parse_u32, allow_hyphen_values = true)]
     priority: Option<u32>,
     /// strict: the binding plus guards that close the known escapes; bind: exactly
     /// SO_BINDTODEVICE semantics.
@@ -158,7 +160,7 @@ struct BindingArgs {
     netns: Option<PathBuf>,
     /// Strict mode: let the cgroup create sockets of this family too (packet, xdp, vsock, ...;
     /// repeatable). By default only unix, netlink, inet and inet6 sockets may be made.
-    #[arg(long, value_name = "FAMILY", value_parser = enforcer::parse_family)]
+    #[arg(long, value_name = "FAMILY", value_parser = policy::parse_family)]
     allow_family: Vec<u64>,
     /// What to do with sockets the cgroup's processes already hold (made before the binding,
     /// or before they moved in): keep them (verify lists them) or destroy those not bound to
@@ -225,7 +227,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            if opts.existing == enforcer::Existing::Destroy {
+            if opts.existing == policy::Existing::Destroy {
                 let destroyed = bindguard::audit::end_existing(&cg, &iface)?;
                 for (s, fate) in &destroyed {
                     let verb = match fate {

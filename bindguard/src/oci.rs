@@ -20,10 +20,10 @@ use oci_spec::runtime::{ContainerState, Spec, State};
 use crate::{
     Error,
     cgroup::{self, Cgroup},
-    enforcer::{self, Mode, Options},
-    netdev,
+    enforcer, netdev,
     netns::Netns,
     pins,
+    policy::{Mode, Options},
 };
 
 pub const DEV: &str = "io.bindguard.dev";
@@ -83,7 +83,8 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
         annotations
             .get(key)
             .map(|v| {
-                enforcer::parse_u32(v.trim()).map_err(|e| invalid(format!("annotation {key}: {e}")))
+                crate::policy::parse_u32(v.trim())
+                    .map_err(|e| invalid(format!("annotation {key}: {e}")))
             })
             .transpose()
     };
@@ -113,7 +114,7 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
         })
         .unwrap_or_default()
     {
-        allow_families |= enforcer::parse_family(family)
+        allow_families |= crate::policy::parse_family(family)
             .map_err(|e| invalid(format!("annotation {ALLOW_FAMILY}: {e}")))?;
     }
     let opts = Options {

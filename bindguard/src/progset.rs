@@ -41,7 +41,7 @@ use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_map_info, bpf_prog_info};
 use bindguard_common::{Counters, KernelLayout, Policy};
 
 use crate::{
-    enforcer::{self, HOOKS, Hook, Kind},
+    hooks::{self, HOOKS, Hook, Kind},
     link, pins,
 };
 
@@ -523,7 +523,7 @@ fn list_pins(fd: OwnedFd, mut f: impl FnMut(&str)) -> bool {
 /// removed without moving off their set: deleted cgroups, exec and oci-hook cleanup). The
 /// running build's set is kept. Call with the pins lock held.
 pub fn remove_unused_old_sets(_lock: &pins::Lock) {
-    let current = dir_name(enforcer::object_hash());
+    let current = dir_name(hooks::object_hash());
     for dir in list() {
         if dir.file_name().is_some_and(|n| *n == *current) {
             continue;
@@ -617,7 +617,7 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
         })?;
     // Usually the running build's set: asking its program of the same hook is two calls,
     // where finding the set among all of them opens every pinned program.
-    let current = root().join(dir_name(enforcer::object_hash()));
+    let current = root().join(dir_name(hooks::object_hash()));
     let same = link::open_pinned(&current.join(prog_pin(&name)))
         .ok()
         .and_then(|fd| program_id(fd.as_fd()).ok())
@@ -631,7 +631,7 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
 /// The running build's set: opened if pinned, else loaded, verified and pinned (the only step
 /// that parses the kernel's BTF). Call with the pins lock held.
 pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
-    let dir = root().join(dir_name(enforcer::object_hash()));
+    let dir = root().join(dir_name(hooks::object_hash()));
     // A set is renamed into place whole, so an existing directory is a complete set.
     if dir.exists() {
         return Set::open(&dir);
@@ -655,7 +655,7 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
     fs::create_dir_all(root()).with_context(|| format!("creating {}", root().display()))?;
     let staging = root().join(format!(
         "{NEW_PREFIX}{}-{}",
-        dir_name(enforcer::object_hash()),
+        dir_name(hooks::object_hash()),
         std::process::id()
     ));
     if staging.exists() {
@@ -755,7 +755,7 @@ impl KernelTypes {
 pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result<Vec<LeftOut>> {
     let mut ebpf = EbpfLoader::new()
         .override_global("KERNEL", &kernel.layout, true)
-        .load(enforcer::EBPF_OBJECT)
+        .load(hooks::EBPF_OBJECT)
         .context("loading bindguard's eBPF object")?;
     if let Some(dir) = pin {
         for (name, pin) in [("POLICY", POLICY), ("STATS", STATS), ("EVENTS", EVENTS)] {

@@ -145,7 +145,7 @@ pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Re
 pub fn links_healthy(dir: &Path, policy: &Policy, cgroup_id: u64) -> bool {
     let set = crate::progset::set_of_binding(dir);
     let lsm = policy.has(bindguard_common::flags::LSM);
-    let hooks = enforcer::mode_of(policy)
+    let hooks = crate::policy::mode_of(policy)
         .hooks(|h| set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || lsm));
     enforcer::links_complete(dir, cgroup_id, &hooks)
 }
@@ -201,11 +201,11 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
     // Whether the BPF LSM programs are part of the binding is the kernel's answer, not the
     // config's: compare with the same.
     let lsm = have.has(bindguard_common::flags::LSM);
-    let want = enforcer::policy_for(iface, &b.options, cg.id, lsm);
+    let want = crate::policy::policy_for(iface, &b.options, cg.id, lsm);
     if have.abi != ABI_VERSION || have.object_hash != want.object_hash {
         return (Action::Replace, "programs outdated".into());
     }
-    if enforcer::mode_of(&have) != b.options.mode {
+    if crate::policy::mode_of(&have) != b.options.mode {
         return (Action::Replace, "mode changed".into());
     }
     if have.netns_cookie != want.netns_cookie {
@@ -309,7 +309,7 @@ pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
 /// binding's `existing` asks for the sockets its processes already hold.
 pub fn bind(cg: &Cgroup, iface: &Interface, b: &Binding) -> anyhow::Result<Attached> {
     let attached = enforcer::attach(cg, iface, &b.options)?;
-    if b.options.existing == enforcer::Existing::Destroy {
+    if b.options.existing == crate::policy::Existing::Destroy {
         crate::audit::end_existing(cg, iface)?;
     }
     Ok(attached)

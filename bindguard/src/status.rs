@@ -257,7 +257,7 @@ impl Pinned {
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
-        enforcer::HOOKS
+        crate::hooks::HOOKS
             .iter()
             .map(|h| h.name)
             .filter(|n| self.has(n))
@@ -266,7 +266,7 @@ impl Pinned {
 }
 
 fn hook_bit(hook: &str) -> Option<u64> {
-    let i = enforcer::HOOKS.iter().position(|h| h.name == hook)?;
+    let i = crate::hooks::HOOKS.iter().position(|h| h.name == hook)?;
     (i < 64).then(|| 1 << i)
 }
 
@@ -406,7 +406,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         });
         Policy::default()
     });
-    let mode = enforcer::mode_of(&policy);
+    let mode = crate::policy::mode_of(&policy);
     // The hooks the binding's set holds: what the kernel could load when it was made.
     let hooks = mode.hooks(|h| {
         set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || policy.has(flags::LSM))
@@ -492,13 +492,13 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             ),
         });
     }
-    if set.as_ref().map(|s| s.hash) != Some(enforcer::object_hash()) && problems.is_empty() {
+    if set.as_ref().map(|s| s.hash) != Some(crate::hooks::object_hash()) && problems.is_empty() {
         problems.push(Problem {
             kind: "programs-outdated",
             message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
         });
     }
-    if mode == enforcer::Mode::Strict
+    if mode == crate::policy::Mode::Strict
         && let Some(set) = &set
     {
         let open = set.open_rows(|h| !h.is_lsm() || policy.has(flags::LSM));
@@ -578,7 +578,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         priority: policy.has(flags::SET_PRIORITY).then_some(policy.priority),
         mode: mode.as_str().into(),
         allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
-        allow_families: enforcer::family_names(policy.families),
+        allow_families: crate::policy::family_names(policy.families),
         lsm: policy.has(flags::LSM),
         links,
         counters,

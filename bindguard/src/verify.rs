@@ -372,7 +372,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             Policy::default()
         }
     };
-    let mode = enforcer::mode_of(&policy);
+    let mode = crate::policy::mode_of(&policy);
     let ifname = netdev::name_from_bytes(&policy.ifname);
     // The kernel's side: every link pinned and attached to this cgroup.
     let mut link_problems = Vec::new();
@@ -397,7 +397,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             format!("not enforced: {}", link_problems.join("; "))
         },
     ));
-    if mode == enforcer::Mode::Strict
+    if mode == crate::policy::Mode::Strict
         && let Some(set) = &set
     {
         let open = set.open_rows(|h| !h.is_lsm() || policy.has(flags::LSM));
@@ -512,7 +512,7 @@ fn finish(
     cg: Cgroup,
     binding_cgroup: PathBuf,
     policy: &Policy,
-    mode: enforcer::Mode,
+    mode: crate::policy::Mode,
     checks: Vec<Check>,
     unbound_sockets: Vec<UnboundSocket>,
     started: Instant,

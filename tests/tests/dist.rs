@@ -69,7 +69,7 @@ fn assert_version(bin: &Path) {
         "bindguard {} (commit {}, ebpf {:016x})\n",
         bindguard::version::VERSION,
         git_commit(),
-        bindguard::enforcer::object_hash()
+        bindguard::hooks::object_hash()
     );
     assert_eq!(out, expected, "stale dist/? run `cargo xtask dist`");
 }

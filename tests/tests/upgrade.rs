@@ -37,7 +37,7 @@ fn an_upgrade_moves_the_binding_without_an_unbound_socket_and_drops_the_old_set(
     // Bound by the "old" build.
     attach_with(&variant, &s, UPLINK_B);
     let old_set = set_of(s.cg.id).expect("the variant's set records the binding");
-    let current_name = bindguard::progset::dir_name(bindguard::enforcer::object_hash());
+    let current_name = bindguard::progset::dir_name(bindguard::hooks::object_hash());
     assert_ne!(
         old_set.file_name().unwrap().to_string_lossy(),
         current_name,

@@ -296,9 +296,8 @@ fn main() {
     if run("latency") {
         phase("first attach (loads the program set)", started);
         for _ in 0..latency_n.min(7) {
-            let dir = bindguard::progset::root().join(bindguard::progset::dir_name(
-                bindguard::enforcer::object_hash(),
-            ));
+            let dir = bindguard::progset::root()
+                .join(bindguard::progset::dir_name(bindguard::hooks::object_hash()));
             if let Ok(set) = bindguard::progset::Set::open(&dir) {
                 if set.in_use() {
                     break;
