@@ -34,6 +34,13 @@ pub enum Attached {
     Replaced(PathBuf),
 }
 
+/// Finishes what killed commands left half-done: bindings being made or removed, then program
+/// sets being loaded.
+fn sweep_abandoned(lock: &pins::Lock) {
+    pins::sweep_abandoned(lock);
+    progset::sweep_abandoned(lock);
+}
+
 /// Refuses early, naming the capability, instead of failing deep inside bpf(2).
 pub fn require_privileges(action: &'static str) -> Result<(), Error> {
     use caps::{CapSet, Capability};
@@ -76,7 +83,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     require_bpf_link()?;
     pins::ensure_bpffs()?;
     let lock = pins::lock()?;
-    pins::sweep_abandoned(&lock);
+    sweep_abandoned(&lock);
     let set = progset::current(&lock)?;
     let forced_off = crate::lsm::forced_unavailable();
     let hooks = opts
@@ -287,7 +294,7 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     let interrupted = pins::abandoned_locked(&lock)
         .iter()
         .any(|(id, _)| *id == cgroup.id);
-    pins::sweep_abandoned(&lock);
+    sweep_abandoned(&lock);
     if !dir.exists() {
         if interrupted {
             return Ok(Detached::Removed(dir));
@@ -312,7 +319,7 @@ pub fn remove_stale() -> anyhow::Result<usize> {
         return Ok(0);
     }
     let lock = pins::lock()?;
-    pins::sweep_abandoned(&lock);
+    sweep_abandoned(&lock);
     let mut cgroups = crate::cgroup::Namer::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut removed = 0;

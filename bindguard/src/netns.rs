@@ -88,7 +88,7 @@ impl Netns {
     pub fn cookie(&self) -> anyhow::Result<u64> {
         if crate::probe::have_netns_cookie_sockopt() {
             return self
-                .run(cookie_of_current_thread)?
+                .run(crate::sockopt::netns_cookie)?
                 .with_context(|| format!("reading the cookie of {}", self.label));
         }
         static KNOWN: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
@@ -105,34 +105,6 @@ impl Netns {
         known.push((self.ino, cookie));
         Ok(cookie)
     }
-}
-
-/// SO_NETNS_COOKIE of a socket made on this thread (Linux 5.14+). An AF_UNIX socket is used
-/// so that a bound cgroup, which refuses INET sockets in foreign namespaces, cannot interfere.
-pub fn cookie_of_current_thread() -> std::io::Result<u64> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, out-pointer and length for SO_NETNS_COOKIE's u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// Finds a live namespace by inode: the caller's, a named one in /run/netns, or any process's.

@@ -207,7 +207,7 @@ pub fn have_cgroup_links() -> bool {
 pub fn have_netns_cookie_sockopt() -> bool {
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| {
-        !matches!(crate::netns::cookie_of_current_thread(),
+        !matches!(crate::sockopt::netns_cookie(),
             Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT))
     })
 }
