@@ -4,13 +4,16 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use bindguard::{
-    cgroup, config, daemon,
-    enforcer::{self, Attached, Detached},
-    error, exec, monitor, netdev,
-    netns::Netns,
-    oci,
-    policy::{self, Mode, Options},
-    reconcile, status, verify,
+    binding::{
+        cgroup,
+        enforcer::{self, Attached, Detached},
+        netdev,
+        netns::Netns,
+        policy::{self, Mode, Options},
+    },
+    commands::{exec, monitor, oci, status, verify},
+    error,
+    service::{config, daemon, reconcile},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -216,11 +219,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if opts.mode == Mode::Strict
                 && let Some(w) = enforcer::current_set()
                     .ok()
-                    .and_then(|set| bindguard::doctor::attach_warning(&set))
+                    .and_then(|set| bindguard::commands::doctor::attach_warning(&set))
             {
                 eprintln!("bindguard: warning: {w}");
                 if verbose {
-                    for l in bindguard::progset::left_out() {
+                    for l in bindguard::kernel::progset::left_out() {
                         if let Some(log) = l.log {
                             eprintln!("--- verifier log of {} ---\n{log}", l.hook.program);
                         }
@@ -228,11 +231,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             if opts.existing == policy::Existing::Destroy {
-                let destroyed = bindguard::audit::end_existing(&cg, &iface)?;
+                let destroyed = bindguard::binding::audit::end_existing(&cg, &iface)?;
                 for (s, fate) in &destroyed {
                     let verb = match fate {
-                        bindguard::audit::Fate::Destroyed => "destroyed",
-                        bindguard::audit::Fate::Bound => format!("bound to {}", iface.name).leak(),
+                        bindguard::binding::audit::Fate::Destroyed => "destroyed",
+                        bindguard::binding::audit::Fate::Bound => {
+                            format!("bound to {}", iface.name).leak()
+                        }
                     };
                     eprintln!(
                         "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
@@ -323,11 +328,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
         }
         Command::Doctor { json } => {
-            let report = bindguard::doctor::run()?;
+            let report = bindguard::commands::doctor::run()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", bindguard::doctor::render(&report, verbose));
+                print!("{}", bindguard::commands::doctor::render(&report, verbose));
             }
             if !report.complete {
                 return Ok(ExitCode::from(1));
@@ -335,12 +340,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json, links } => {
             // The pins root is root-only (0700): for anyone else "no bindings" would be a lie.
-            if let Err(e) = std::fs::read_dir(bindguard::pins::root())
+            if let Err(e) = std::fs::read_dir(bindguard::kernel::pins::root())
                 && e.kind() == std::io::ErrorKind::PermissionDenied
             {
                 eprintln!(
                     "bindguard: warning: cannot read {} ({e}), so bindings are not shown; run status as root",
-                    bindguard::pins::root().display()
+                    bindguard::kernel::pins::root().display()
                 );
             }
             let report = status::collect(status::Options { links });

@@ -718,7 +718,8 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let sample = root.join("deploy/config/bindguard.toml");
     let mount = Path::new("/sys/fs/cgroup");
     let text = fs::read_to_string(&sample).unwrap();
-    let parsed = bindguard::config::parse_file(&sample, &text, mount).expect("sample parses");
+    let parsed =
+        bindguard::service::config::parse_file(&sample, &text, mount).expect("sample parses");
     assert!(!parsed.is_empty());
     // Every commented-out example parses too.
     let uncommented = text
@@ -728,7 +729,8 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         .replace("\n#on_recreate", "\non_recreate")
         .replace("\n#netns", "\nnetns")
         .replace("\n#mode", "\nmode");
-    let all = bindguard::config::parse_file(&sample, &uncommented, mount).expect("examples parse");
+    let all = bindguard::service::config::parse_file(&sample, &uncommented, mount)
+        .expect("examples parse");
     assert_eq!(all.len(), 3);
 }
 
@@ -772,9 +774,9 @@ fn removed_pins_are_repaired_and_a_recreated_cgroup_is_bound_again() {
     // The whole pin directory removed: bound again. Renamed away first, in one step: the daemon
     // starts repairing at the first change it sees, and would re-pin into a directory being
     // emptied file by file.
-    let aside = bindguard::pins::root().join(format!("gone-{}", s.cg.id));
+    let aside = bindguard::kernel::pins::root().join(format!("gone-{}", s.cg.id));
     fs::rename(s.cg.pins(), &aside).unwrap();
-    bindguard::pins::remove_dir(&aside).unwrap();
+    bindguard::kernel::pins::remove_dir(&aside).unwrap();
     assert!(
         wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
             .is_some_and(|e| problems(&e).is_empty())),

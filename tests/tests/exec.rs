@@ -22,7 +22,7 @@ fn exec(s: &Scenario, command: &[&str]) -> Cmd {
 
 /// The transient cgroup of the `bindguard exec` with this pid.
 fn transient(pid: u32) -> PathBuf {
-    bindguard::cgroup::cgroup2_mount()
+    bindguard::binding::cgroup::cgroup2_mount()
         .unwrap()
         .join(format!("bindguard-exec-{pid}"))
 }
@@ -53,7 +53,7 @@ fn assert_cleaned(cg: &std::path::Path, id_hint: Option<u64>) {
     assert!(!cg.exists(), "{} left behind", cg.display());
     if let Some(id) = id_hint {
         assert!(
-            !bindguard::pins::binding_dir(id).exists(),
+            !bindguard::kernel::pins::binding_dir(id).exists(),
             "pins left behind"
         );
     }
@@ -106,7 +106,7 @@ fn exec_forwards_signals_and_cleans_up() {
     let (cg, _) = wait_started(pid, 2);
     let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
     assert!(
-        bindguard::pins::binding_dir(id).exists(),
+        bindguard::kernel::pins::binding_dir(id).exists(),
         "bound while running"
     );
     nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();

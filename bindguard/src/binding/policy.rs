@@ -5,8 +5,8 @@ use bindguard_common::{ABI_VERSION, Policy, flags};
 
 use crate::{
     Error,
-    hooks::{HOOKS, Hook, object_hash},
-    netdev::{self, Interface},
+    binding::netdev::{self, Interface},
+    kernel::hooks::{HOOKS, Hook, object_hash},
 };
 
 /// What a binding enforces beyond SO_BINDTODEVICE.
@@ -234,7 +234,7 @@ pub fn mode_of(policy: &Policy) -> Mode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::LSM_HOOKS_START;
+    use crate::kernel::hooks::LSM_HOOKS_START;
 
     #[test]
     fn numbers_are_decimal_or_hex() {

@@ -15,12 +15,15 @@ use bindguard_common::{Counters, Policy};
 
 use crate::{
     Error,
-    cgroup::Cgroup,
-    hooks::{Hook, object_hash},
-    netdev::Interface,
-    pins,
-    policy::{Options, policy_for},
-    progset,
+    binding::{
+        cgroup::Cgroup,
+        netdev::Interface,
+        policy::{Options, policy_for},
+    },
+    kernel::{
+        hooks::{Hook, object_hash},
+        pins, progset,
+    },
 };
 
 /// What `attach` did.
@@ -60,7 +63,7 @@ pub fn require_privileges(action: &'static str) -> Result<(), Error> {
 /// Bindings are bpf_links (never legacy attachments, which unprivileged processes can detach
 /// on 6.5+): probed, not read from the version.
 fn require_bpf_link() -> Result<(), Error> {
-    if crate::probe::have_cgroup_links() {
+    if crate::kernel::probe::have_cgroup_links() {
         return Ok(());
     }
     Err(Error::KernelTooOld {
@@ -71,21 +74,21 @@ fn require_bpf_link() -> Result<(), Error> {
 /// Binds every new socket of `cgroup` to `iface`. Re-attaching updates the binding without a
 /// moment in which new sockets are unbound.
 ///
-/// The programs come from the build's pinned set ([`crate::progset`]); only the first attach
+/// The programs come from the build's pinned set ([`progset`]); only the first attach
 /// after an install or upgrade loads (and verifies) them. A binding is the set's programs
 /// linked to the cgroup plus the cgroup's policy in the set's storage, written *before* any
-/// enforcing program is linked ([`crate::progset::Set::hold`]), so no socket ever meets a
+/// enforcing program is linked ([`progset::Set::hold`]), so no socket ever meets a
 /// zero policy.
 pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
     opts.validate()?;
-    crate::cgroup::refuse_root(cgroup)?;
+    crate::binding::cgroup::refuse_root(cgroup)?;
     require_privileges("attach")?;
     require_bpf_link()?;
     pins::ensure_bpffs()?;
     let lock = pins::lock()?;
     sweep_abandoned(&lock);
     let set = progset::current(&lock)?;
-    let forced_off = crate::lsm::forced_unavailable();
+    let forced_off = crate::kernel::lsm::forced_unavailable();
     let hooks = opts
         .mode
         .hooks(|h| set.has(h) && !(h.is_lsm() && forced_off));
@@ -128,7 +131,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
             let link = set
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
-            crate::link::pin(link.as_fd(), &pin)
+            crate::kernel::link::pin(link.as_fd(), &pin)
                 .with_context(|| format!("pinning {}", pin.display()))?;
             changed = true;
         }
@@ -154,7 +157,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
             let path = staging.dir.join(pins::link_name(hook.name));
-            crate::link::pin(link.as_fd(), &path)
+            crate::kernel::link::pin(link.as_fd(), &path)
                 .with_context(|| format!("pinning {}", path.display()))?;
         }
     }
@@ -204,7 +207,7 @@ pub fn current_policy(cgroup_id: u64) -> anyhow::Result<Policy> {
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
 pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[&Hook]) -> bool {
     hooks.iter().all(|h| {
-        crate::link::pinned_state(&dir.join(pins::link_name(h.name)))
+        crate::kernel::link::pinned_state(&dir.join(pins::link_name(h.name)))
             .is_ok_and(|s| s.cgroup_id == Some(cgroup_id))
     })
 }
@@ -273,7 +276,7 @@ pub enum Detached {
 /// leftovers of bindings whose cgroups were deleted (the kernel already detached them).
 pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     require_privileges("detach")?;
-    let cgroup = match crate::cgroup::resolve(arg) {
+    let cgroup = match crate::binding::cgroup::resolve(arg) {
         Ok(c) => c,
         Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
             let removed = remove_stale()?;
@@ -320,7 +323,7 @@ pub fn remove_stale() -> anyhow::Result<usize> {
     }
     let lock = pins::lock()?;
     sweep_abandoned(&lock);
-    let mut cgroups = crate::cgroup::Namer::new();
+    let mut cgroups = crate::binding::cgroup::Namer::new();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut removed = 0;
     // Old sets whose last binding went with its cgroup go too (after the loop, below).
@@ -362,5 +365,5 @@ pub fn cgroup_gone(dir: &Path) -> bool {
     !links.is_empty()
         && links
             .iter()
-            .all(|p| crate::link::pinned_state(p).is_ok_and(|s| s.cgroup_id.is_none()))
+            .all(|p| crate::kernel::link::pinned_state(p).is_ok_and(|s| s.cgroup_id.is_none()))
 }

@@ -34,7 +34,7 @@ pub struct Hook {
     pub program: &'static str,
     pub kind: Kind,
     pub attach_type: bpf_attach_type,
-    /// The rows of the escape table ([`crate::escapes::ESCAPES`]) this program closes.
+    /// The rows of the escape table ([`crate::kernel::escapes::ESCAPES`]) this program closes.
     pub rows: &'static [u8],
 }
 
@@ -186,7 +186,9 @@ mod tests {
         // Every hook closes some row, and every row it names exists.
         for h in HOOKS {
             assert!(
-                h.rows.iter().all(|r| crate::escapes::row(*r).is_some()),
+                h.rows
+                    .iter()
+                    .all(|r| crate::kernel::escapes::row(*r).is_some()),
                 "{}",
                 h.name
             );

@@ -40,7 +40,7 @@ use aya::{
 use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_map_info, bpf_prog_info};
 use bindguard_common::{Counters, KernelLayout, Policy};
 
-use crate::{
+use crate::kernel::{
     hooks::{self, HOOKS, Hook, Kind},
     link, pins,
 };
@@ -164,9 +164,9 @@ impl Set {
     pub fn open_rows(
         &self,
         linked: impl Fn(&Hook) -> bool,
-    ) -> Vec<(&'static crate::escapes::Escape, Vec<&'static Hook>)> {
+    ) -> Vec<(&'static crate::kernel::escapes::Escape, Vec<&'static Hook>)> {
         let absent = self.absent();
-        crate::escapes::open_rows(|h| {
+        crate::kernel::escapes::open_rows(|h| {
             (self.has(h) && linked(h))
                 || absent
                     .iter()
@@ -538,8 +538,8 @@ pub fn remove_unused_old_sets(_lock: &pins::Lock) {
 }
 
 /// Drops the `users/<id>` entry of cgroup `id` from every set: for callers that remove a
-/// binding's pins without [`crate::enforcer::detach`] (exec and oci-hook cleanup, stale
-/// bindings). An entry left behind only costs an inode, and delays removing an old set.
+/// binding's pins without a detach (exec and oci-hook cleanup, stale bindings). An entry left
+/// behind only costs an inode, and delays removing an old set.
 pub fn forget_user(id: u64) {
     for dir in list() {
         let _ = fs::remove_dir(dir.join(USERS).join(id.to_string()));
@@ -693,19 +693,19 @@ pub struct LeftOut {
 /// What this kernel lets the set's programs do: the BPF LSM's state and the kernel's
 /// layout (with the probed [`bindguard_common::features`]) for the programs' `KERNEL`.
 pub struct KernelTypes {
-    pub lsm: crate::lsm::State,
+    pub lsm: crate::kernel::lsm::State,
     pub btf: Option<aya::Btf>,
     pub layout: KernelLayout,
 }
 
 impl KernelTypes {
     pub fn probe() -> Self {
-        let lsm = crate::lsm::state(true);
-        let mut layout = crate::btf::Btf::from_sys_fs()
+        let lsm = crate::kernel::lsm::state(true);
+        let mut layout = crate::kernel::btf::Btf::from_sys_fs()
             .map(|b| b.kernel_layout())
             .unwrap_or(KernelLayout::UNKNOWN);
-        layout.features = crate::probe::features();
-        let btf = if lsm == crate::lsm::State::Usable {
+        layout.features = crate::kernel::probe::features();
+        let btf = if lsm == crate::kernel::lsm::State::Usable {
             aya::Btf::from_sys_fs().ok()
         } else {
             None
@@ -724,7 +724,7 @@ impl KernelTypes {
         if !hook.is_lsm() {
             return None;
         }
-        if self.lsm != crate::lsm::State::Usable {
+        if self.lsm != crate::kernel::lsm::State::Usable {
             return Some(left(Why::LsmUnavailable, self.lsm.describe()));
         }
         if self.btf.is_none() {
@@ -733,7 +733,7 @@ impl KernelTypes {
                 "the kernel's BTF cannot be read".into(),
             ));
         }
-        let missing = crate::btf::missing_fields_for(&self.layout, hook.name);
+        let missing = crate::kernel::btf::missing_fields_for(&self.layout, hook.name);
         if hook.name == "lsm_uring_cmd" && self.layout.sqe_optname == KernelLayout::MISSING {
             return Some(left(
                 Why::NotNeeded,

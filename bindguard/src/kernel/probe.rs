@@ -12,7 +12,7 @@ use std::{
 use aya_obj::generated::bpf_cmd;
 use bindguard_common::features;
 
-use crate::link::sys_bpf;
+use crate::kernel::link::sys_bpf;
 
 // Program and attach types (include/uapi/linux/bpf.h).
 const PROG_CGROUP_SKB: u32 = 8;
@@ -207,7 +207,7 @@ pub fn have_cgroup_links() -> bool {
 pub fn have_netns_cookie_sockopt() -> bool {
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| {
-        !matches!(crate::sockopt::netns_cookie(),
+        !matches!(crate::kernel::sockopt::netns_cookie(),
             Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT))
     })
 }
