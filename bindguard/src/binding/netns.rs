@@ -144,6 +144,7 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
     use crate::kernel::probe::{ADD64_IMM, CALL, EXIT, MOV64_IMM, MOV64_REG, insn, load};
+    crate::kernel::probe::raise_memlock();
     // BPF_MAP_CREATE: array, 4-byte key, 8-byte value, one entry.
     let mut map_attr = [2u32, 4, 8, 1, 0, 0, 0, 0];
     let map =

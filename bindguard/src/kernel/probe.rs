@@ -176,6 +176,31 @@ pub fn features() -> u32 {
     })
 }
 
+/// Before 5.11 the kernel charges BPF maps, programs and every cgroup's storage to the
+/// caller's RLIMIT_MEMLOCK (64 KiB by default on those kernels: a few bindings); later kernels
+/// account them to the memory cgroup and ignore it. Raised once per process, to infinity where
+/// allowed (CAP_SYS_RESOURCE), else the soft limit to the hard one; the shipped unit sets
+/// LimitMEMLOCK=infinity.
+pub fn raise_memlock() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let inf = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
+        // SAFETY: setrlimit/getrlimit with valid pointers to rlimit structs.
+        unsafe {
+            if libc::setrlimit(libc::RLIMIT_MEMLOCK, &inf) != 0 {
+                let mut now = inf;
+                if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut now) == 0 {
+                    now.rlim_cur = now.rlim_max;
+                    libc::setrlimit(libc::RLIMIT_MEMLOCK, &now);
+                }
+            }
+        }
+    });
+}
+
 /// Whether cgroup bpf_links can be made (5.7): BPF_LINK_CREATE with a real program and a
 /// target that is not a cgroup answers EBADF where links exist, EINVAL where the command
 /// or the attach type is unknown (cilium's HaveAttachCgroup does the same).

@@ -631,6 +631,8 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
 /// The running build's set: opened if pinned, else loaded, verified and pinned (the only step
 /// that parses the kernel's BTF). Call with the pins lock held.
 pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
+    // Linking a cgroup allocates its storage, charged to RLIMIT_MEMLOCK before 5.11.
+    crate::kernel::probe::raise_memlock();
     let dir = root().join(dir_name(hooks::object_hash()));
     // A set is renamed into place whole, so an existing directory is a complete set.
     if dir.exists() {
@@ -753,6 +755,7 @@ impl KernelTypes {
 /// `pin`, pins them and the maps into that directory. Returns what was left out. Only
 /// sock_create (and the storage holder) are required: bind mode is that program alone.
 pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result<Vec<LeftOut>> {
+    crate::kernel::probe::raise_memlock();
     let mut ebpf = EbpfLoader::new()
         .override_global("KERNEL", &kernel.layout, true)
         .load(hooks::EBPF_OBJECT)
