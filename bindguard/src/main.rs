@@ -276,8 +276,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
-            Detached::Removed(dir) => {
-                println!("detached {} (removed {})", cgroup.display(), dir.display())
+            // The path detached, not the argument: `self` names the caller's cgroup.
+            Detached::Removed { cgroup, pins } => {
+                println!("detached {} (removed {})", cgroup.display(), pins.display())
             }
             Detached::Stale(n) => println!(
                 "cgroup {} no longer exists; removed {n} binding(s) of deleted cgroups",

@@ -670,6 +670,11 @@ fn cgroup_self_binds_the_callers_cgroup() {
         .in_cgroup(&s.cg)
         .run();
     assert_eq!(code, 0, "{out}{err}");
+    // It names the cgroup it detached, not the word it was given.
+    assert!(
+        out.starts_with(&format!("detached {} ", s.cg.path.display())),
+        "{out}"
+    );
     assert!(!s.cg.pins().exists());
 }
 
