@@ -381,6 +381,11 @@ fn apply(path: Option<&std::path::Path>, dry_run: bool, prune: bool) -> anyhow::
         for s in &steps {
             println!("{s}");
         }
+        // Exit as the run would when the plan already shows that it fails.
+        if let Some((code, why)) = reconcile::foreseen_failure(&steps) {
+            eprintln!("bindguard: {why}");
+            return Ok(ExitCode::from(code as u8));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let outcome = reconcile::execute(steps, &config);

@@ -571,6 +571,56 @@ fn apply_dry_run_changes_nothing_and_apply_is_idempotent() {
     assert_ne!(code, 0, "closed binding let a socket through");
 }
 
+/// `apply --dry-run` exits as `apply` would when the plan already shows a failure: a
+/// configured cgroup that does not exist and is not created.
+#[test]
+fn apply_dry_run_exits_as_apply_would_for_a_missing_cgroup() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let absent = s.cg.path.join("absent");
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "{}{}",
+            binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+            binding(&absent, UPLINK_B, &s.topo, "")
+        ),
+    );
+    let apply = |extra: &[&str]| {
+        Cmd::bindguard()
+            .args(["apply", "--config"])
+            .arg(&conf)
+            .args(extra)
+            .run()
+    };
+    let (code, out, err) = apply(&["--dry-run"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("? waiting") && out.contains("+ attach"),
+        "{out}"
+    );
+    assert!(
+        err.contains("apply would exit 1")
+            && err.contains(&absent.display().to_string())
+            && err.contains("create = true"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!s.cg.pins().exists(), "dry run attached");
+    let dry_run_code = code;
+    let (code, out, err) = apply(&[]);
+    assert_eq!(
+        code, dry_run_code,
+        "apply and its dry run disagree: {out}{err}"
+    );
+    assert!(
+        s.cg.pins().exists(),
+        "apply still binds what it can: {out}{err}"
+    );
+}
+
 #[test]
 fn apply_prune_detaches_only_config_bindings_the_config_dropped() {
     root_or_skip!();
