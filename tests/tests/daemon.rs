@@ -621,6 +621,33 @@ fn apply_dry_run_exits_as_apply_would_for_a_missing_cgroup() {
     );
 }
 
+/// The conffile the package installs binds nothing, and `apply` (dry or not) and the daemon
+/// take it as it is: no error, nothing attached.
+#[test]
+fn the_shipped_config_applies_nothing_and_the_daemon_runs_idle_on_it() {
+    root_or_skip!();
+    let _g = shared();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("deploy/config/bindguard.toml");
+    for extra in [&["--dry-run"][..], &[]] {
+        let (code, out, err) = Cmd::bindguard()
+            .args(["apply", "--config"])
+            .arg(&shipped)
+            .args(extra)
+            .run();
+        assert_eq!(code, 0, "apply {extra:?}: {out}{err}");
+        assert_eq!(out.trim(), "no bindings in the config", "{extra:?}");
+        assert_eq!(err, "", "{extra:?}");
+    }
+    let dir = TempDir::new();
+    let mut d = Daemon::start(&shipped, &dir);
+    assert!(d.log().contains("ready: 0 binding(s)"), "{}", d.log());
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait(), 0, "{}", d.log());
+}
+
 #[test]
 fn apply_prune_detaches_only_config_bindings_the_config_dropped() {
     root_or_skip!();
@@ -766,25 +793,10 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify: {err}");
     assert!(!err.contains("bindguard.service:"), "warnings: {err}");
-    // The drop-in and the sample config are what the README shows.
+    // The drop-in is what the README shows. (The sample config: config.rs's unit tests.)
     let dropin =
         fs::read_to_string(root.join("deploy/systemd/bindguard-binding.conf.example")).unwrap();
     assert!(dropin.contains("ExecStartPre=+/usr/bin/bindguard attach --cgroup self --dev eth3"));
-    let sample = root.join("deploy/config/bindguard.toml");
-    let mount = Path::new("/sys/fs/cgroup");
-    let text = fs::read_to_string(&sample).unwrap();
-    let parsed = bindguard::config::parse_file(&sample, &text, mount).expect("sample parses");
-    assert!(!parsed.is_empty());
-    // Every commented-out example parses too.
-    let uncommented = text
-        .replace("\n#[[binding]]", "\n[[binding]]")
-        .replace("\n#cgroup", "\ncgroup")
-        .replace("\n#dev", "\ndev")
-        .replace("\n#on_recreate", "\non_recreate")
-        .replace("\n#netns", "\nnetns")
-        .replace("\n#mode", "\nmode");
-    let all = bindguard::config::parse_file(&sample, &uncommented, mount).expect("examples parse");
-    assert_eq!(all.len(), 3);
 }
 
 fn which(tool: &str) -> Result<PathBuf, ()> {
