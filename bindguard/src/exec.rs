@@ -51,18 +51,45 @@ impl TransientCgroup {
     }
 }
 
-/// Kills what is left in `path`, removes its binding's pins and the cgroup.
+/// Kills what is left in `path`, waits until the cgroup is empty, then removes its binding's
+/// pins and the cgroup. In that order: a process still running when the pins went would make
+/// its next sockets unbound. A cgroup that cannot be emptied keeps its binding (fail closed).
 fn remove(path: &Path, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while populated(path) {
+        // cgroup.kill is 5.14+; before, every member is killed by pid (again, for late forks).
+        if fs::write(path.join("cgroup.kill"), "1").is_err() {
+            for pid in fs::read_to_string(path.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let pins = pins::binding_dir(id);
     if pins.exists() {
         let _ = pins::remove_dir(&pins);
         crate::progset::forget_user(id);
     }
-    let _ = fs::write(path.join("cgroup.kill"), "1");
-    let deadline = Instant::now() + Duration::from_secs(5);
     while fs::remove_dir(path).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether processes still run in the cgroup at `path` (cgroup.events; a cgroup already gone
+/// is empty).
+fn populated(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.events"))
+        .is_ok_and(|e| e.lines().any(|l| l.trim() == "populated 1"))
 }
 
 impl Drop for TransientCgroup {

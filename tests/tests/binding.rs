@@ -151,7 +151,13 @@ fn retargeting_never_leaves_a_socket_unbound() {
     );
     let spread = out.split("ifindexes=").nth(1).unwrap().trim();
     assert_eq!(spread.split(',').count(), 2, "only {ifa} and {ifb}: {out}");
-    assert!(retargets >= 10, "re-targeted {retargets} times");
+    // Under the VM matrix's emulated CPU one attach takes ~0.5 s instead of ~1.5 ms.
+    let least = if std::env::var_os("BINDGUARD_VM").is_some() {
+        2
+    } else {
+        10
+    };
+    assert!(retargets >= least, "re-targeted {retargets} times");
     eprintln!("{retargets} re-targets during the loop: {out}");
 }
 

@@ -217,6 +217,7 @@ fn vmtest_command(args: &[String]) -> anyhow::Result<()> {
     }
     setup::ensure()?;
     build_bins(false)?;
+    build_variant()?;
     vmtest::vmtest(&opts).map(|_| ())
 }
 
