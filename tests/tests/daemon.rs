@@ -61,6 +61,15 @@ fn binding(cgroup: &Path, dev: &str, topo: &Topology, extra: &str) -> String {
     )
 }
 
+/// `bindguard apply --config CONFIG [extra]`.
+fn apply(config: &Path, extra: &[&str]) -> (i32, String, String) {
+    Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(config)
+        .args(extra)
+        .run()
+}
+
 /// A running `bindguard daemon`, SIGKILLed on drop (also when the test panics).
 struct Daemon {
     child: Option<Child>,
@@ -529,13 +538,7 @@ fn apply_dry_run_changes_nothing_and_apply_is_idempotent() {
     let s = Scenario::new();
     let dir = TempDir::new();
     let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
-    let apply = |extra: &[&str]| {
-        Cmd::bindguard()
-            .args(["apply", "--config"])
-            .arg(&conf)
-            .args(extra)
-            .run()
-    };
+    let apply = |extra: &[&str]| apply(&conf, extra);
     let (code, out, err) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("+ attach"), "{out}");
@@ -588,13 +591,7 @@ fn apply_dry_run_exits_as_apply_would_for_a_missing_cgroup() {
             binding(&absent, UPLINK_B, &s.topo, "")
         ),
     );
-    let apply = |extra: &[&str]| {
-        Cmd::bindguard()
-            .args(["apply", "--config"])
-            .arg(&conf)
-            .args(extra)
-            .run()
-    };
+    let apply = |extra: &[&str]| apply(&conf, extra);
     let (code, out, err) = apply(&["--dry-run"]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(
@@ -632,11 +629,7 @@ fn the_shipped_config_applies_nothing_and_the_daemon_runs_idle_on_it() {
         .unwrap()
         .join("deploy/config/bindguard.toml");
     for extra in [&["--dry-run"][..], &[]] {
-        let (code, out, err) = Cmd::bindguard()
-            .args(["apply", "--config"])
-            .arg(&shipped)
-            .args(extra)
-            .run();
+        let (code, out, err) = apply(&shipped, extra);
         assert_eq!(code, 0, "apply {extra:?}: {out}{err}");
         assert_eq!(out.trim(), "no bindings in the config", "{extra:?}");
         assert_eq!(err, "", "{extra:?}");
