@@ -3,7 +3,8 @@
 //! `cargo xtask setup` installs what this needs.
 //!
 //! It also sets what `bindguard --version` names: the git commit (BINDGUARD_GIT_COMMIT) and the
-//! FNV-1a 64 of the object (BINDGUARD_EBPF_HASH, the hash `enforcer::object_hash()` computes).
+//! FNV-1a 64 of the object (BINDGUARD_EBPF_HASH, the hash `kernel::hooks::object_hash()`
+//! computes).
 use std::{
     env,
     path::{Path, PathBuf},
@@ -101,7 +102,7 @@ fn remap_paths(workspace: &Path) -> String {
     flags
 }
 
-/// Same function as `enforcer::object_hash()` (a unit test checks that they agree).
+/// Same function as `kernel::hooks::object_hash()` (a unit test checks that they agree).
 fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)

@@ -216,6 +216,11 @@ pub mod features {
     /// bpf_set_retval from cgroup_sock (6.1): MPTCP is refused with EPROTONOSUPPORT rather
     /// than EPERM.
     pub const SOCK_SET_RETVAL: u32 = 1 << 16;
+    /// bpf_setsockopt from the connect, bind and sendmsg address hooks (`--allow-loopback`
+    /// pins a socket's device there; 5.10 allows it in connect hooks only).
+    pub const ADDR_SETSOCKOPT_CONNECT: u32 = 1 << 17;
+    pub const ADDR_SETSOCKOPT_BIND: u32 = 1 << 18;
+    pub const ADDR_SETSOCKOPT_SENDMSG: u32 = 1 << 19;
 }
 
 /// One refusal or drop, sent to user space through the program set's `events` ring buffer

@@ -1,33 +1,20 @@
 //! bindguard: pin every socket of a cgroup to one network interface, enforced in the kernel.
 //!
-//! One module per kernel concept: [`cgroup`] (cgroup v2 paths and ids), [`netns`] and
-//! [`netdev`] (namespaces, interfaces), [`pins`] (bpffs layout), [`link`] (bpf_link queries),
-//! [`enforcer`] (load, attach, pin, update, detach) and [`status`] (read it all back).
+//! Four layers; arrows only point down (`main → commands | service → binding → kernel`), and
+//! [`error`] (user-facing errors, exit codes) and [`version`] are usable by all:
+//!
+//! - [`kernel`]: bpf(2), bpffs and the pin layout, the hook table, the shared program set,
+//!   BTF, the BPF LSM and feature probes.
+//! - [`binding`]: what one binding is: cgroup, namespace and interface, the policy, and the
+//!   enforcer that attaches, updates and detaches it.
+//! - [`commands`]: status, verify, monitor, exec, the OCI hook and doctor.
+//! - [`service`]: the config, the reconcile plan and the daemon.
 
-pub mod audit;
-pub mod btf;
-pub mod cgroup;
-pub mod config;
-pub mod daemon;
-pub mod doctor;
-pub mod enforcer;
+pub mod binding;
+pub mod commands;
 pub mod error;
-pub mod escapes;
-pub mod exec;
-pub mod link;
-pub mod lsm;
-pub mod monitor;
-pub mod netdev;
-pub mod netns;
-pub mod oci;
-pub mod pins;
-pub mod probe;
-pub mod progset;
-pub mod reconcile;
-pub mod sockopt;
-pub mod sockreset;
-pub mod status;
-pub mod verify;
+pub mod kernel;
+pub mod service;
 pub mod version;
 
 pub use error::Error;

@@ -4,11 +4,16 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use bindguard::{
-    cgroup, config, daemon,
-    enforcer::{self, Attached, Detached, Mode, Options},
-    error, exec, monitor, netdev,
-    netns::Netns,
-    oci, reconcile, status, verify,
+    binding::{
+        cgroup,
+        enforcer::{self, Attached, Detached},
+        netdev,
+        netns::Netns,
+        policy::{self, Mode, Options},
+    },
+    commands::{exec, monitor, oci, status, verify},
+    error,
+    service::{config, daemon, reconcile},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -146,10 +151,10 @@ struct BindingArgs {
     #[arg(long, value_name = "IFNAME")]
     dev: String,
     /// Set SO_MARK on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = enforcer::parse_u32, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = policy::parse_u32, allow_hyphen_values = true)]
     mark: Option<u32>,
     /// Set SO_PRIORITY on every new socket (decimal or 0x hex).
-    #[arg(long, value_name = "N", value_parser = enforcer::parse_u32, allow_hyphen_values = true)]
+    #[arg(long, value_name = "N", value_parser = policy::parse_u32, allow_hyphen_values = true)]
     priority: Option<u32>,
     /// strict: the binding plus guards that close the known escapes; bind: exactly
     /// SO_BINDTODEVICE semantics.
@@ -164,7 +169,7 @@ struct BindingArgs {
     netns: Option<PathBuf>,
     /// Strict mode: let the cgroup create sockets of this family too (packet, xdp, vsock, ...;
     /// repeatable). By default only unix, netlink, inet and inet6 sockets may be made.
-    #[arg(long, value_name = "FAMILY", value_parser = enforcer::parse_family)]
+    #[arg(long, value_name = "FAMILY", value_parser = policy::parse_family)]
     allow_family: Vec<u64>,
     /// What to do with sockets the cgroup's processes already hold (made before the binding,
     /// or before they moved in): keep them (verify lists them) or destroy those not bound to
@@ -220,23 +225,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if opts.mode == Mode::Strict
                 && let Some(w) = enforcer::current_set()
                     .ok()
-                    .and_then(|set| bindguard::doctor::attach_warning(&set))
+                    .and_then(|set| bindguard::commands::doctor::attach_warning(&set))
             {
                 eprintln!("bindguard: warning: {w}");
                 if verbose {
-                    for l in bindguard::progset::left_out() {
+                    for l in bindguard::kernel::progset::left_out() {
                         if let Some(log) = l.log {
                             eprintln!("--- verifier log of {} ---\n{log}", l.hook.program);
                         }
                     }
                 }
             }
-            if opts.existing == enforcer::Existing::Destroy {
-                let destroyed = bindguard::audit::end_existing(&cg, &iface)?;
+            if opts.existing == policy::Existing::Destroy {
+                let destroyed = bindguard::binding::audit::end_existing(&cg, &iface)?;
                 for (s, fate) in &destroyed {
                     let verb = match fate {
-                        bindguard::audit::Fate::Destroyed => "destroyed",
-                        bindguard::audit::Fate::Bound => format!("bound to {}", iface.name).leak(),
+                        bindguard::binding::audit::Fate::Destroyed => "destroyed",
+                        bindguard::binding::audit::Fate::Bound => {
+                            format!("bound to {}", iface.name).leak()
+                        }
                     };
                     eprintln!(
                         "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
@@ -333,11 +340,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Doctor { json } => {
-            let report = bindguard::doctor::run()?;
+            let report = bindguard::commands::doctor::run()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                print!("{}", bindguard::doctor::render(&report, verbose));
+                print!("{}", bindguard::commands::doctor::render(&report, verbose));
             }
             if !report.complete {
                 return Ok(ExitCode::from(1));
@@ -345,12 +352,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Status { json, links } => {
             // The pins root is root-only (0700): for anyone else "no bindings" would be a lie.
-            if let Err(e) = std::fs::read_dir(bindguard::pins::root())
+            if let Err(e) = std::fs::read_dir(bindguard::kernel::pins::root())
                 && e.kind() == std::io::ErrorKind::PermissionDenied
             {
                 eprintln!(
                     "bindguard: warning: cannot read {} ({e}), so bindings are not shown; run status as root",
-                    bindguard::pins::root().display()
+                    bindguard::kernel::pins::root().display()
                 );
             }
             let report = status::collect(status::Options { links });

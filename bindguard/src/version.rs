@@ -27,7 +27,7 @@ mod tests {
     fn build_rs_hash_agrees_with_object_hash() {
         assert_eq!(
             super::EBPF_HASH,
-            format!("{:016x}", crate::enforcer::object_hash())
+            format!("{:016x}", crate::kernel::hooks::object_hash())
         );
     }
 }

@@ -80,7 +80,9 @@ impl Container {
 
     /// The container's cgroup v2 (runc's default: /<id> under the mount).
     pub fn cgroup(&self) -> PathBuf {
-        bindguard::cgroup::cgroup2_mount().unwrap().join(&self.id)
+        bindguard::binding::cgroup::cgroup2_mount()
+            .unwrap()
+            .join(&self.id)
     }
 }
 

@@ -133,7 +133,7 @@ impl Drop for Podman {
         for h in hierarchies.flatten() {
             remove_cgroup_tree(&h.path().join(&self.cgroup_parent));
         }
-        if let Ok(v2) = bindguard::cgroup::cgroup2_mount() {
+        if let Ok(v2) = bindguard::binding::cgroup::cgroup2_mount() {
             remove_cgroup_tree(&v2.join(&self.cgroup_parent));
         }
     }

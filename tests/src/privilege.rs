@@ -40,3 +40,20 @@ pub fn skip(test: &str, reason: &str) {
         }
     }
 }
+
+/// io_uring features some attacks need, as the running kernel's BTF shows them (the loader
+/// reads the same BTF): IORING_OP_SOCKET (5.19) and SOCKET_URING_OP_SETSOCKOPT (6.7).
+#[derive(Debug, Clone, Copy)]
+pub struct Uring {
+    pub socket: bool,
+    pub setsockopt: bool,
+}
+
+pub fn uring() -> Uring {
+    let btf = bindguard::kernel::btf::Btf::from_sys_fs().ok();
+    let has = |s: &str, f: &str| btf.as_ref().is_some_and(|b| b.offset(s, f).is_some());
+    Uring {
+        socket: has("io_socket", "domain"),
+        setsockopt: has("io_uring_sqe", "optname"),
+    }
+}

@@ -99,8 +99,8 @@ impl NetnsGuard {
     }
 
     pub fn ifindex(&self, ifname: &str) -> u32 {
-        let ns = bindguard::netns::Netns::open(&self.path()).expect("open netns");
-        bindguard::netdev::resolve(ifname, &ns)
+        let ns = bindguard::binding::netns::Netns::open(&self.path()).expect("open netns");
+        bindguard::binding::netdev::resolve(ifname, &ns)
             .expect("interface exists")
             .ifindex
     }
@@ -223,7 +223,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new() -> Self {
-        let mount = bindguard::cgroup::cgroup2_mount().expect("a cgroup2 mount");
+        let mount = bindguard::binding::cgroup::cgroup2_mount().expect("a cgroup2 mount");
         Self::create(mount.join(unique("bgt")))
     }
 
@@ -239,7 +239,7 @@ impl TestCgroup {
     }
 
     pub fn pins(&self) -> PathBuf {
-        bindguard::pins::binding_dir(self.id)
+        bindguard::kernel::pins::binding_dir(self.id)
     }
 }
 
@@ -253,8 +253,8 @@ impl Drop for TestCgroup {
     fn drop(&mut self) {
         let pins = self.pins();
         if pins.exists() {
-            let _ = bindguard::pins::remove_dir(&pins);
-            bindguard::progset::forget_user(self.id);
+            let _ = bindguard::kernel::pins::remove_dir(&pins);
+            bindguard::kernel::progset::forget_user(self.id);
         }
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -832,9 +832,9 @@ fn removed_pins_are_repaired_and_a_recreated_cgroup_is_bound_again() {
     // The whole pin directory removed: bound again. Renamed away first, in one step: the daemon
     // starts repairing at the first change it sees, and would re-pin into a directory being
     // emptied file by file.
-    let aside = bindguard::pins::root().join(format!("gone-{}", s.cg.id));
+    let aside = bindguard::kernel::pins::root().join(format!("gone-{}", s.cg.id));
     fs::rename(s.cg.pins(), &aside).unwrap();
-    bindguard::pins::remove_dir(&aside).unwrap();
+    bindguard::kernel::pins::remove_dir(&aside).unwrap();
     assert!(
         wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
             .is_some_and(|e| problems(&e).is_empty())),

@@ -15,7 +15,7 @@ fn hooks_d_entry_is_oci_hooks_1_0_0_for_the_dev_annotation() {
     );
     let when = v["when"]["annotations"].as_object().unwrap();
     assert_eq!(when.keys().collect::<Vec<_>>(), [r"^io\.bindguard\.dev$"]);
-    assert_eq!(bindguard::oci::DEV, "io.bindguard.dev");
+    assert_eq!(bindguard::commands::oci::DEV, "io.bindguard.dev");
     let stages: Vec<&str> = v["stages"]
         .as_array()
         .unwrap()
@@ -25,7 +25,7 @@ fn hooks_d_entry_is_oci_hooks_1_0_0_for_the_dev_annotation() {
     assert_eq!(stages, ["createRuntime", "poststop"]);
     for stage in stages {
         stage
-            .parse::<bindguard::oci::Stage>()
+            .parse::<bindguard::commands::oci::Stage>()
             .expect("a stage the hook runs at");
     }
     let installer = include_str!("../../deploy/kubernetes/bindguard-installer.yaml");

@@ -69,7 +69,7 @@ fn assert_version(bin: &Path) {
         "bindguard {} (commit {}, ebpf {:016x})\n",
         bindguard::version::VERSION,
         git_commit(),
-        bindguard::enforcer::object_hash()
+        bindguard::kernel::hooks::object_hash()
     );
     assert_eq!(out, expected, "stale dist/? run `cargo xtask dist`");
 }
@@ -206,7 +206,7 @@ fn static_binary_binds_from_a_chroot_holding_only_itself() {
     let (_scratch, release) = dist.unpack();
     let s = Scenario::new();
     // The chroot sees the host's bpffs through /sys: make sure there is one to see.
-    bindguard::pins::ensure_bpffs().expect("bpffs");
+    bindguard::kernel::pins::ensure_bpffs().expect("bpffs");
     let root = Chroot::new(&release.join("bindguard"));
     let mut inside: Vec<String> = fs::read_dir(&root.dir.path)
         .unwrap()
@@ -260,9 +260,9 @@ fn static_binary_binds_from_a_chroot_holding_only_itself() {
             .map(|p| p["kind"].as_str().unwrap().to_string())
             .collect()
     };
-    let host = serde_json::to_value(bindguard::status::collect(bindguard::status::Options {
-        links: true,
-    }))
+    let host = serde_json::to_value(bindguard::commands::status::collect(
+        bindguard::commands::status::Options { links: true },
+    ))
     .unwrap();
     let host_entry = host["bindings"]
         .as_array()
@@ -440,9 +440,9 @@ fn deb_installs_lists_its_files_runs_and_purges() {
 }
 
 /// Bindings whose namespace is `netns` (the test's own: nobody else's binding can name it).
-fn bindings_in(netns: &Path) -> Vec<bindguard::status::Binding> {
+fn bindings_in(netns: &Path) -> Vec<bindguard::commands::status::Binding> {
     let inode = fs::metadata(netns).unwrap().ino();
-    bindguard::status::collect(bindguard::status::Options::default())
+    bindguard::commands::status::collect(bindguard::commands::status::Options::default())
         .bindings
         .into_iter()
         .filter(|b| b.netns.inode == inode)
@@ -492,7 +492,7 @@ fn podman_runs_the_hooks_d_entry_for_annotated_containers() {
         "one binding while the container runs: {bound:?}"
     );
     let cgroup = bound[0].cgroup.clone().expect("the container's cgroup");
-    let parent = bindguard::cgroup::cgroup2_mount()
+    let parent = bindguard::binding::cgroup::cgroup2_mount()
         .unwrap()
         .join(&podman.cgroup_parent);
     assert!(

@@ -96,7 +96,11 @@ fn bad_cgroups_exit_2() {
     if let Some(v1) = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup/cpu"]
         .into_iter()
         .find(|p| std::path::Path::new(p).is_dir())
-        .filter(|p| !bindguard::cgroup::cgroup2_mount().unwrap().starts_with(p))
+        .filter(|p| {
+            !bindguard::binding::cgroup::cgroup2_mount()
+                .unwrap()
+                .starts_with(p)
+        })
     {
         refused(&cg, attach(v1.as_ref(), &["--dev", "lo"]), 2, "cgroup v1");
     }

@@ -3,10 +3,12 @@
 use std::{path::PathBuf, time::Duration};
 
 use bindguard_tests::{
-    Cmd, Peer, Scenario, root_or_skip,
+    Cmd, Peer, Scenario,
+    listener::PORT,
+    root_or_skip,
     run::wait_output,
     scenario::{busybox_client, token},
-    topology::UPLINK_B,
+    topology::{DEST4, UPLINK_B},
 };
 use nix::{sys::signal::Signal, unistd::Pid};
 
@@ -20,7 +22,7 @@ fn exec(s: &Scenario, command: &[&str]) -> Cmd {
 
 /// The transient cgroup of the `bindguard exec` with this pid.
 fn transient(pid: u32) -> PathBuf {
-    bindguard::cgroup::cgroup2_mount()
+    bindguard::binding::cgroup::cgroup2_mount()
         .unwrap()
         .join(format!("bindguard-exec-{pid}"))
 }
@@ -51,7 +53,7 @@ fn assert_cleaned(cg: &std::path::Path, id_hint: Option<u64>) {
     assert!(!cg.exists(), "{} left behind", cg.display());
     if let Some(id) = id_hint {
         assert!(
-            !bindguard::pins::binding_dir(id).exists(),
+            !bindguard::kernel::pins::binding_dir(id).exists(),
             "pins left behind"
         );
     }
@@ -104,7 +106,7 @@ fn exec_forwards_signals_and_cleans_up() {
     let (cg, _) = wait_started(pid, 2);
     let id = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&cg).unwrap());
     assert!(
-        bindguard::pins::binding_dir(id).exists(),
+        bindguard::kernel::pins::binding_dir(id).exists(),
         "bound while running"
     );
     nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
@@ -135,4 +137,44 @@ fn exec_cleans_up_after_sigkill_of_the_command() {
     let out = wait_output(child, Duration::from_secs(10)).expect("exec ended");
     assert_eq!(out.status.code(), Some(137), "{out:?}");
     assert_cleaned(&cg, Some(id));
+}
+
+/// The command exits and leaves a background child (uid 65534) that keeps sending: exec kills
+/// it and waits for the cgroup to empty before it removes the binding, so none of the child's
+/// datagrams leaves by upA. exec used to unpin first, and 1–34 datagrams of the child reached
+/// peer A in 6 of 12 rounds (issue #17).
+#[test]
+fn exec_kills_what_the_command_left_behind_before_it_unbinds() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let probe = bindguard_tests::probe_bin();
+    // A new socket per datagram: a socket made while the binding was still there stays bound.
+    let script = format!(
+        "setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all --bounding-set=-all \
+         sh -c '{} attack send-loop {DEST4} {PORT} exec-left 30 >/dev/null 2>&1 & sleep 0.3'",
+        probe.display()
+    );
+    for round in 0..6 {
+        let (a, b) = (s.listener.packets(Peer::A), s.listener.packets(Peer::B));
+        let (code, out, err) = exec(&s, &["sh", "-c", &script]).run();
+        assert_eq!(code, 0, "round {round}: {out}{err}");
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            s.listener.packets(Peer::A),
+            a,
+            "round {round}: the left-behind child's datagrams reached peer A"
+        );
+        assert!(
+            s.listener.packets(Peer::B) > b,
+            "round {round}: the child never sent"
+        );
+    }
+    // Control: the same sender outside the binding follows the routing table to A.
+    let a = s.listener.packets(Peer::A);
+    let (_, out, _) = s
+        .probe_unbound()
+        .args(["send", "udp", DEST4, &PORT.to_string(), "exec-left"])
+        .run();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(s.listener.packets(Peer::A) > a, "control: {out}");
 }

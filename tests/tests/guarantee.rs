@@ -36,7 +36,7 @@ fn the_root_cgroup_is_refused_in_every_spelling() {
     // the mount's root is the test cgroup, so a missing guard binds that, never the host.
     let cg = TestCgroup::new();
     let sub = cg.child("sub");
-    let mount = bindguard::cgroup::cgroup2_mount().unwrap();
+    let mount = bindguard::binding::cgroup::cgroup2_mount().unwrap();
     let m = mount.display().to_string();
     let link = std::env::temp_dir().join(bindguard_tests::unique("bgln"));
     let bg = bindguard_tests::bindguard_bin();
@@ -104,7 +104,7 @@ fn the_namespace_root_is_refused_through_the_hosts_mount_too() {
         }
     }
     let cg = TestCgroup::new();
-    let mount = bindguard::cgroup::cgroup2_mount().unwrap();
+    let mount = bindguard::binding::cgroup::cgroup2_mount().unwrap();
     let m = mount.display().to_string();
     let rel = cg.path.strip_prefix(&mount).unwrap().display().to_string();
     let host = RmDir(std::env::temp_dir().join(bindguard_tests::unique("bghm")));

@@ -23,7 +23,7 @@ fn lsm_expected() -> bool {
     match std::env::var("BINDGUARD_VM").as_deref() {
         Ok("6.1") | Ok("6.12") => true,
         Ok(other) if !other.is_empty() => false,
-        _ => bindguard::lsm::usable(false),
+        _ => bindguard::kernel::lsm::usable(false),
     }
 }
 
@@ -34,7 +34,7 @@ fn lsm_or_skip(name: &str) -> bool {
     }
     skip(
         &format!("kernel::{name}"),
-        &bindguard::lsm::state(false).describe(),
+        &bindguard::kernel::lsm::state(false).describe(),
     );
     false
 }

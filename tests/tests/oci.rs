@@ -42,13 +42,13 @@ fn annotated_container_leaves_by_the_annotated_interface() {
         assert_eq!(s.receivers(&tok), [Peer::B], "tcp v6={v6}");
         assert_eq!(s.receivers(&format!("{tok}-udp")), [Peer::B], "udp v6={v6}");
         assert!(
-            bindguard::pins::binding_dir(id).exists(),
+            bindguard::kernel::pins::binding_dir(id).exists(),
             "bound while running"
         );
         let out = wait_output(run, Duration::from_secs(30)).expect("runc run ended");
         assert!(out.status.success(), "{out:?}");
         assert!(
-            !bindguard::pins::binding_dir(id).exists(),
+            !bindguard::kernel::pins::binding_dir(id).exists(),
             "poststop removed the pins of cgroup {id}"
         );
     }
@@ -67,7 +67,10 @@ fn unannotated_container_follows_the_routing_table() {
     let run = c.spawn();
     let id = cgroup_id(&c);
     assert_eq!(s.receivers(&tok), [Peer::A]);
-    assert!(!bindguard::pins::binding_dir(id).exists(), "no binding");
+    assert!(
+        !bindguard::kernel::pins::binding_dir(id).exists(),
+        "no binding"
+    );
     let out = wait_output(run, Duration::from_secs(30)).expect("runc run ended");
     assert!(out.status.success(), "{out:?}");
 }

@@ -381,7 +381,7 @@ fn monitor_reports_each_refusal() {
             "sendmsg4" => F::SOCK_ADDR,
             _ => F::SOCK,
         };
-        let has = |bit: u32| (bindguard::probe::features() >> shift) & bit != 0;
+        let has = |bit: u32| (bindguard::kernel::probe::features() >> shift) & bit != 0;
         assert_eq!(e["pid"].as_u64().unwrap() > 0, has(F::PID_TGID), "{e}");
         let command = if has(F::COMM) { "bg-probe" } else { "" };
         assert_eq!(e["command"], command, "{e}");

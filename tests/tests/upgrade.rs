@@ -15,7 +15,7 @@ use bindguard_tests::{
 
 /// The program set directory a cgroup's binding is recorded in (its `users/<id>` entry).
 fn set_of(cgroup_id: u64) -> Option<PathBuf> {
-    bindguard::progset::list()
+    bindguard::kernel::progset::list()
         .into_iter()
         .find(|d| d.join("users").join(cgroup_id.to_string()).exists())
 }
@@ -37,7 +37,8 @@ fn an_upgrade_moves_the_binding_without_an_unbound_socket_and_drops_the_old_set(
     // Bound by the "old" build.
     attach_with(&variant, &s, UPLINK_B);
     let old_set = set_of(s.cg.id).expect("the variant's set records the binding");
-    let current_name = bindguard::progset::dir_name(bindguard::enforcer::object_hash());
+    let current_name =
+        bindguard::kernel::progset::dir_name(bindguard::kernel::hooks::object_hash());
     assert_ne!(
         old_set.file_name().unwrap().to_string_lossy(),
         current_name,
@@ -70,7 +71,7 @@ fn an_upgrade_moves_the_binding_without_an_unbound_socket_and_drops_the_old_set(
 
     // End on the current build: the variant's set is gone, the binding is healthy and enforces.
     attach_with(&current, &s, UPLINK_B);
-    let variant_sets: Vec<PathBuf> = bindguard::progset::list()
+    let variant_sets: Vec<PathBuf> = bindguard::kernel::progset::list()
         .into_iter()
         .filter(|d| *d == old_set)
         .collect();

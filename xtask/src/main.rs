@@ -196,7 +196,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     if passed == 0 {
         bail!("no test ran");
     }
-    // The same suites on the kernels people run (Debian 11, 12, 13), in QEMU.
+    // The same suites on the kernels people run (Debian 11, 12, 13), in QEMU, driving the
+    // release binaries.
+    build_bins(true)?;
     let (opts, _) = vmtest::parse_args(&[])?;
     let results = vmtest::vmtest(&opts)?;
     let (vm_passed, vm_failed) = results
@@ -217,6 +219,7 @@ fn vmtest_command(args: &[String]) -> anyhow::Result<()> {
     }
     setup::ensure()?;
     build_bins(false)?;
+    build_bins(true)?;
     build_variant()?;
     vmtest::vmtest(&opts).map(|_| ())
 }

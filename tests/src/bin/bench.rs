@@ -296,10 +296,10 @@ fn main() {
     if run("latency") {
         phase("first attach (loads the program set)", started);
         for _ in 0..latency_n.min(7) {
-            let dir = bindguard::progset::root().join(bindguard::progset::dir_name(
-                bindguard::enforcer::object_hash(),
-            ));
-            if let Ok(set) = bindguard::progset::Set::open(&dir) {
+            let dir = bindguard::kernel::progset::root().join(
+                bindguard::kernel::progset::dir_name(bindguard::kernel::hooks::object_hash()),
+            );
+            if let Ok(set) = bindguard::kernel::progset::Set::open(&dir) {
                 if set.in_use() {
                     break;
                 }
@@ -574,7 +574,7 @@ fn main() {
         }
         let mut hook_create = Vec::new();
         let mut hook_stop = Vec::new();
-        let mount = bindguard::cgroup::cgroup2_mount().unwrap();
+        let mount = bindguard::binding::cgroup::cgroup2_mount().unwrap();
         for n in 0..latency_n {
             let id = format!("bgbench{}x{n}", std::process::id());
             let path = mount.join(&id);
@@ -745,7 +745,7 @@ fn scale_phase(report: &mut String, scale: usize, started: Instant) {
         let _ = writeln!(report, "| {from}–{} | {} |", from + bucket - 1, stats(v));
     }
     phase("scale: status over all bindings", started);
-    let total = bindguard::pins::list().len();
+    let total = bindguard::kernel::pins::list().len();
     // Untimed once: the memory samples dropped the dentry cache, and the first lookup of each
     // cgroup by handle reconnects its dentry (a directory search in the parent) — a cold-cache
     // cost reported in BENCHMARKS.md, not the steady state measured here.
@@ -785,7 +785,7 @@ fn scale_phase(report: &mut String, scale: usize, started: Instant) {
         poststop_ms.push(start.elapsed().as_secs_f64() * 1e3);
         assert!(o.status.success(), "oci-hook poststop: {o:?}");
         if pins.exists() {
-            let _ = bindguard::pins::remove_dir(&pins);
+            let _ = bindguard::kernel::pins::remove_dir(&pins);
             panic!("oci-hook poststop left {}", pins.display());
         }
     }
@@ -864,7 +864,7 @@ fn empty_program(
     );
     // SAFETY: a new fd from the kernel.
     let link = unsafe { OwnedFd::from_raw_fd(link as i32) };
-    let id = bindguard::progset::program_id(prog.as_fd()).unwrap();
+    let id = bindguard::kernel::progset::program_id(prog.as_fd()).unwrap();
     (id, link, prog)
 }
 
@@ -1213,8 +1213,9 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
         std::thread::sleep(Duration::from_millis(10));
     }
     let rss_ready = rss_mib(pid);
-    let pins = bindguard::pins::binding_dir(cg.id);
-    let ifindex_now = || bindguard::enforcer::read_policy(&pins).map_or(u32::MAX, |p| p.ifindex);
+    let pins = bindguard::kernel::pins::binding_dir(cg.id);
+    let ifindex_now =
+        || bindguard::binding::enforcer::read_policy(&pins).map_or(u32::MAX, |p| p.ifindex);
 
     let stop = Arc::new(AtomicBool::new(false));
     let (link_tx, link_rx) = mpsc::channel();

@@ -26,7 +26,7 @@
 #[path = "probe/attack.rs"]
 mod attack;
 
-use bindguard::sockopt::{get_int, set_bindtodevice};
+use bindguard::kernel::sockopt::{get_int, set_bindtodevice};
 use std::{
     collections::BTreeMap,
     io::Write,
@@ -36,7 +36,7 @@ use std::{
 };
 
 fn new_socket(family: i32, kind: i32) -> std::io::Result<OwnedFd> {
-    bindguard::sockopt::new_socket(family, kind, 0)
+    bindguard::kernel::sockopt::new_socket(family, kind, 0)
 }
 
 fn report(e: &std::io::Error) -> ! {

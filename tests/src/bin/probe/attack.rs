@@ -38,6 +38,8 @@
 //!                              `pid=N fd=M`, sleep
 //!   pidfd-take PID FD          pidfd_getfd(PID, FD), send TOKEN through it
 //!
+//!   send-loop SECONDS          a new UDP socket per datagram, as fast as it can, for SECONDS
+//!
 //! Ingress (print `ready`, then `got PAYLOAD` for what arrives within SECONDS; ADDR is where
 //! the bound socket would send to, or the address it binds):
 //!   recv-unspec SECONDS        IPv4 UDP bound to 0.0.0.0:PORT, connect(ADDR), connect(AF_UNSPEC)
@@ -216,7 +218,7 @@ fn udp_datagram(port: u16, payload: &[u8]) -> Vec<u8> {
 
 fn raw_udp_socket(v6: bool) -> OwnedFd {
     let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
-    let s = bindguard::sockopt::new_socket(family, libc::SOCK_RAW, libc::IPPROTO_UDP)
+    let s = bindguard::kernel::sockopt::new_socket(family, libc::SOCK_RAW, libc::IPPROTO_UDP)
         .unwrap_or_else(|e| report(&e));
     if v6 {
         let off: i32 = 6;
@@ -775,7 +777,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             } else {
                 libc::IPPROTO_ICMP
             };
-            let s = bindguard::sockopt::new_socket(family, libc::SOCK_DGRAM, proto)
+            let s = bindguard::kernel::sockopt::new_socket(family, libc::SOCK_DGRAM, proto)
                 .unwrap_or_else(|e| report(&e));
             let fd = s.as_raw_fd();
             let echo = echo_request(v6, msg);
@@ -868,7 +870,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
         }
         "packet-send" => {
             let proto = 0x88b5u16; // IEEE 802 local experimental
-            let s = bindguard::sockopt::new_socket(
+            let s = bindguard::kernel::sockopt::new_socket(
                 libc::AF_PACKET,
                 libc::SOCK_DGRAM,
                 i32::from(proto.to_be()),
@@ -928,7 +930,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
         }
         "fd-give" => {
             let s = udp();
-            let unix = bindguard::sockopt::new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
+            let unix = bindguard::kernel::sockopt::new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
                 .unwrap_or_else(|e| report(&e));
             let to = unix_addr(arg(0));
             let mut cbuf =
@@ -952,7 +954,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             )
         }
         "fd-receive" => 'receive: {
-            let unix = bindguard::sockopt::new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
+            let unix = bindguard::kernel::sockopt::new_socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0)
                 .unwrap_or_else(|e| report(&e));
             let at = unix_addr(arg(0));
             // SAFETY: bind on our fd with a sockaddr_un of the size given.
@@ -1023,6 +1025,19 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             let fd =
                 unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, num(1) as i32, 0) };
             step("pidfd_getfd", fd as _) && step("sendto", sendto(fd as i32, msg, &dest))
+        }
+        "send-loop" => {
+            let until = Instant::now() + Duration::from_secs(u64::from(num(0)));
+            let mut sent = 0u64;
+            while Instant::now() < until {
+                if let Ok(s) = new_socket(family, libc::SOCK_DGRAM)
+                    && sendto(s.as_raw_fd(), msg, &dest) >= 0
+                {
+                    sent += 1;
+                }
+            }
+            println!("sent={sent}");
+            true
         }
         "tcp-scope" => {
             let s = new_socket(family, libc::SOCK_STREAM).unwrap_or_else(|e| report(&e));

@@ -4,7 +4,7 @@
 //! CONFIG_INET_DIAG_DESTROY) aborts them, so programs see the error at once and reconnect;
 //! their new sockets are bound to the new interface.
 
-use crate::{
+use crate::binding::{
     audit::{self, DiagSocket},
     netns::Netns,
 };

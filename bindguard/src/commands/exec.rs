@@ -18,11 +18,13 @@ use anyhow::Context as _;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::{
-    cgroup::{self, Cgroup},
-    enforcer::{self, Options},
-    netdev,
-    netns::Netns,
-    pins,
+    binding::{
+        cgroup::{self, Cgroup},
+        enforcer, netdev,
+        netns::Netns,
+        policy::Options,
+    },
+    kernel::pins,
 };
 
 const PREFIX: &str = "bindguard-exec-";
@@ -78,7 +80,7 @@ fn remove(path: &Path, id: u64) {
     let pins = pins::binding_dir(id);
     if pins.exists() {
         let _ = pins::remove_dir(&pins);
-        crate::progset::forget_user(id);
+        crate::kernel::progset::forget_user(id);
     }
     while fs::remove_dir(path).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

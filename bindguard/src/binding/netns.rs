@@ -86,9 +86,9 @@ impl Netns {
     /// SO_NETNS_COOKIE, or where the kernel has no such option (before 5.14) from a program
     /// that sees a socket made there ([`cookie_from_a_program`]).
     pub fn cookie(&self) -> anyhow::Result<u64> {
-        if crate::probe::have_netns_cookie_sockopt() {
+        if crate::kernel::probe::have_netns_cookie_sockopt() {
             return self
-                .run(cookie_of_current_thread)?
+                .run(crate::kernel::sockopt::netns_cookie)?
                 .with_context(|| format!("reading the cookie of {}", self.label));
         }
         static KNOWN: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
@@ -105,34 +105,6 @@ impl Netns {
         known.push((self.ino, cookie));
         Ok(cookie)
     }
-}
-
-/// SO_NETNS_COOKIE of a socket made on this thread (Linux 5.14+). An AF_UNIX socket is used
-/// so that a bound cgroup, which refuses INET sockets in foreign namespaces, cannot interfere.
-pub fn cookie_of_current_thread() -> std::io::Result<u64> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::Datagram,
-        SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: valid fd, out-pointer and length for SO_NETNS_COOKIE's u64.
-    let rc = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&sock),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// Finds a live namespace by inode: the caller's, a named one in /run/netns, or any process's.
@@ -171,11 +143,12 @@ pub fn find_by_ino(ino: u64) -> Option<Netns> {
 fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    use crate::probe::{ADD64_IMM, CALL, EXIT, MOV64_IMM, MOV64_REG, insn, load};
+    use crate::kernel::probe::{ADD64_IMM, CALL, EXIT, MOV64_IMM, MOV64_REG, insn, load};
     // BPF_MAP_CREATE: array, 4-byte key, 8-byte value, one entry.
     let mut map_attr = [2u32, 4, 8, 1, 0, 0, 0, 0];
-    let map = crate::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_CREATE, &mut map_attr)
-        .context("creating a one-slot array map (BPF_MAP_CREATE)")?;
+    let map =
+        crate::kernel::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_CREATE, &mut map_attr)
+            .context("creating a one-slot array map (BPF_MAP_CREATE)")?;
     // SAFETY: a new fd the kernel gave us.
     let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
     let fd = map.as_raw_fd();
@@ -197,8 +170,8 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
         insn(EXIT, 0, 0, 0, 0),
     ];
     let prog = load(9, 2, &insns, 0).context("loading the cookie reader (BPF_PROG_LOAD)")?;
-    let dir =
-        crate::cgroup::cgroup2_mount()?.join(format!("bindguard-cookie-{}", std::process::id()));
+    let dir = crate::binding::cgroup::cgroup2_mount()?
+        .join(format!("bindguard-cookie-{}", std::process::id()));
     fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
     struct Remove<'a>(&'a Path);
     impl Drop for Remove<'_> {
@@ -208,7 +181,7 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
     }
     let _remove = Remove(&dir);
     let cgroup = File::open(&dir)?;
-    let _link = crate::link::create_cgroup_link(
+    let _link = crate::kernel::link::create_cgroup_link(
         prog.as_fd(),
         cgroup.as_fd(),
         aya_obj::generated::bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
@@ -254,7 +227,7 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
         value: (&mut value as *mut u64) as u64,
         flags: 0,
     };
-    crate::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    crate::kernel::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
     if value == 0 {
         anyhow::bail!("the cookie reader saw no socket");
     }

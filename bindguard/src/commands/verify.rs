@@ -20,13 +20,18 @@ use bindguard_common::{Policy, flags};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Error, audit,
-    audit::UnboundSocket,
-    cgroup::{self, Cgroup},
-    enforcer, link, netdev,
-    netns::{self, Netns},
-    pins,
-    sockopt::{get_int, new_socket, set_bindtodevice},
+    Error,
+    binding::{
+        audit,
+        audit::UnboundSocket,
+        cgroup::{self, Cgroup},
+        enforcer, netdev,
+        netns::{self, Netns},
+    },
+    kernel::{
+        link, pins,
+        sockopt::{get_int, new_socket, set_bindtodevice},
+    },
 };
 
 /// Destinations whose routes are compared when `--to` is not given (documentation ranges; a
@@ -105,11 +110,11 @@ pub struct ProbeOutput {
 
 #[derive(Debug, Serialize)]
 pub struct Report {
-    #[serde(serialize_with = "crate::cgroup::serialize_lossy")]
+    #[serde(serialize_with = "crate::binding::cgroup::serialize_lossy")]
     pub cgroup: PathBuf,
     pub cgroup_id: u64,
     /// The cgroup whose binding applies (the cgroup itself or an ancestor).
-    #[serde(serialize_with = "crate::cgroup::serialize_lossy")]
+    #[serde(serialize_with = "crate::binding::cgroup::serialize_lossy")]
     pub binding_cgroup: PathBuf,
     pub ifname: String,
     pub ifindex: u32,
@@ -372,11 +377,11 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             Policy::default()
         }
     };
-    let mode = enforcer::mode_of(&policy);
+    let mode = crate::binding::policy::mode_of(&policy);
     let ifname = netdev::name_from_bytes(&policy.ifname);
     // The kernel's side: every link pinned and attached to this cgroup.
     let mut link_problems = Vec::new();
-    let set = crate::progset::set_of_binding(&dir);
+    let set = crate::kernel::progset::set_of_binding(&dir);
     let hooks = mode.hooks(|h| {
         set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || policy.has(flags::LSM))
     });
@@ -397,7 +402,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             format!("not enforced: {}", link_problems.join("; "))
         },
     ));
-    if mode == enforcer::Mode::Strict
+    if mode == crate::binding::policy::Mode::Strict
         && let Some(set) = &set
     {
         let open = set.open_rows(|h| !h.is_lsm() || policy.has(flags::LSM));
@@ -407,7 +412,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
                 outcome: Outcome::Warn,
                 detail: format!(
                     "escape rows {} are not covered on this kernel; `bindguard doctor` says why and how to close them",
-                    crate::escapes::row_list(&open)
+                    crate::kernel::escapes::row_list(&open)
                 ),
             });
         }
@@ -512,7 +517,7 @@ fn finish(
     cg: Cgroup,
     binding_cgroup: PathBuf,
     policy: &Policy,
-    mode: enforcer::Mode,
+    mode: crate::binding::policy::Mode,
     checks: Vec<Check>,
     unbound_sockets: Vec<UnboundSocket>,
     started: Instant,

@@ -337,10 +337,10 @@ pub fn abandoned_locked(_lock: &Lock) -> Vec<(u64, PathBuf)> {
 
 /// Removes what [`abandoned`] finds. A staging directory's programs were attached but never
 /// published, so the cgroup's binding is whatever was published before; a dead one's detach
-/// is completed.
+/// is completed. Program sets have their own staging directories: the caller sweeps those too
+/// (`progset::sweep_abandoned`), so that bpffs layout does not depend on the program set.
 pub fn sweep_abandoned(lock: &Lock) {
     for (_, dir) in abandoned_locked(lock) {
         let _ = remove_dir(&dir);
     }
-    crate::progset::sweep_abandoned(lock);
 }

@@ -32,8 +32,10 @@ use toml::Spanned;
 
 use crate::{
     Error,
-    enforcer::{Existing, Mode, Options},
-    netdev,
+    binding::{
+        netdev,
+        policy::{Existing, Mode, Options},
+    },
 };
 
 /// The default config file.
@@ -271,7 +273,7 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
             let parsed = match n.get_ref() {
                 Number::Int(i) => u32::try_from(*i)
                     .map_err(|_| format!("'{i}' is not a number from 0 to 4294967295")),
-                Number::Text(t) => crate::enforcer::parse_u32(t),
+                Number::Text(t) => crate::binding::policy::parse_u32(t),
             };
             parsed
                 .map(Some)
@@ -295,7 +297,7 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
         if let Some(list) = &raw.allow_family {
             for name in list.get_ref() {
                 allow_families |=
-                    crate::enforcer::parse_family(name).map_err(|w| at(list.span(), w))?;
+                    crate::binding::policy::parse_family(name).map_err(|w| at(list.span(), w))?;
             }
         }
         let on_recreate = match raw.on_recreate.as_ref().map(|s| (s.get_ref().as_str(), s)) {
@@ -348,8 +350,8 @@ fn cgroup_path(text: &str, mount: &Path) -> Result<PathBuf, String> {
             "cgroup \"self\" means bindguard's own cgroup and is for the command line only; name the cgroup".into(),
         );
     }
-    let joined =
-        crate::cgroup::join_under_mount(mount, Path::new(text)).map_err(|e| e.to_string())?;
+    let joined = crate::binding::cgroup::join_under_mount(mount, Path::new(text))
+        .map_err(|e| e.to_string())?;
     let mut out = PathBuf::new();
     for c in joined.components() {
         match c {

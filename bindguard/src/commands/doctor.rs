@@ -5,9 +5,9 @@
 
 use serde::Serialize;
 
-use crate::{
-    enforcer::Hook,
+use crate::kernel::{
     escapes::{ESCAPES, hooks_of},
+    hooks::Hook,
     lsm,
     progset::{self, KernelTypes, LeftOut, Why},
 };
@@ -44,7 +44,7 @@ pub struct Row {
 
 /// Probes everything strict mode needs. Needs the privileges `attach` needs.
 pub fn run() -> anyhow::Result<Report> {
-    crate::enforcer::require_privileges("doctor")?;
+    crate::binding::enforcer::require_privileges("doctor")?;
     let kernel = KernelTypes::probe();
     let left_out = progset::load_programs(None, &kernel)?;
     Ok(report(&kernel, &left_out))
@@ -100,7 +100,10 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
             ));
         }
     }
-    if !crate::probe::have_netns_cookie_sockopt() {
+    if f & F::ADDR_SETSOCKOPT_SENDMSG == 0 || f & F::ADDR_SETSOCKOPT_BIND == 0 {
+        notes.push("--allow-loopback: this kernel lets only connect() pin a socket (bpf_setsockopt in bind and sendmsg hooks is newer): an unconnected sendto or a bind to a specific address from a socket not yet pinned is refused".into());
+    }
+    if !crate::kernel::probe::have_netns_cookie_sockopt() {
         notes.push("no SO_NETNS_COOKIE (5.14): a namespace's cookie is read by a throwaway program when a binding is made".into());
     }
     let complete = rows.iter().all(|r| r.state != "open");
@@ -209,7 +212,7 @@ pub fn attach_warning(set: &progset::Set) -> Option<String> {
     }
     Some(format!(
         "strict mode cannot cover escape rows {} on this kernel ({}); `bindguard doctor` lists every row",
-        crate::escapes::row_list(&open),
+        crate::kernel::escapes::row_list(&open),
         dedup_lsm(reasons)
     ))
 }

@@ -43,13 +43,17 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    Error, cgroup,
-    config::{self, Config, OnRecreate},
-    enforcer, link,
-    netdev::{self, Interface},
-    pins,
-    reconcile::{self, Action, Namespaces},
-    sockreset,
+    Error,
+    binding::{
+        cgroup, enforcer,
+        netdev::{self, Interface},
+        sockreset,
+    },
+    kernel::{link, pins},
+    service::{
+        config::{self, Config, OnRecreate},
+        reconcile::{self, Action, Namespaces},
+    },
 };
 
 /// RTMGRP_LINK: the multicast group of RTM_NEWLINK / RTM_DELLINK.
@@ -693,7 +697,7 @@ impl Daemon {
                 let tx = self.tx.clone();
                 tokio::spawn(async move {
                     for _ in 0..200 {
-                        if crate::netns::Netns::open(&path).is_ok() {
+                        if crate::binding::netns::Netns::open(&path).is_ok() {
                             break;
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

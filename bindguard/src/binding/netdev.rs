@@ -2,7 +2,7 @@
 
 use anyhow::Context as _;
 
-use crate::{Error, netns::Netns};
+use crate::{Error, binding::netns::Netns};
 use bindguard_common::IFNAME_MAX;
 
 /// An interface resolved inside one namespace: what a binding records.

@@ -40,8 +40,8 @@ use aya::{
 use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_map_info, bpf_prog_info};
 use bindguard_common::{Counters, KernelLayout, Policy};
 
-use crate::{
-    enforcer::{self, HOOKS, Hook, Kind},
+use crate::kernel::{
+    hooks::{self, HOOKS, Hook, Kind},
     link, pins,
 };
 
@@ -164,9 +164,9 @@ impl Set {
     pub fn open_rows(
         &self,
         linked: impl Fn(&Hook) -> bool,
-    ) -> Vec<(&'static crate::escapes::Escape, Vec<&'static Hook>)> {
+    ) -> Vec<(&'static crate::kernel::escapes::Escape, Vec<&'static Hook>)> {
         let absent = self.absent();
-        crate::escapes::open_rows(|h| {
+        crate::kernel::escapes::open_rows(|h| {
             (self.has(h) && linked(h))
                 || absent
                     .iter()
@@ -523,7 +523,7 @@ fn list_pins(fd: OwnedFd, mut f: impl FnMut(&str)) -> bool {
 /// removed without moving off their set: deleted cgroups, exec and oci-hook cleanup). The
 /// running build's set is kept. Call with the pins lock held.
 pub fn remove_unused_old_sets(_lock: &pins::Lock) {
-    let current = dir_name(enforcer::object_hash());
+    let current = dir_name(hooks::object_hash());
     for dir in list() {
         if dir.file_name().is_some_and(|n| *n == *current) {
             continue;
@@ -538,8 +538,8 @@ pub fn remove_unused_old_sets(_lock: &pins::Lock) {
 }
 
 /// Drops the `users/<id>` entry of cgroup `id` from every set: for callers that remove a
-/// binding's pins without [`crate::enforcer::detach`] (exec and oci-hook cleanup, stale
-/// bindings). An entry left behind only costs an inode, and delays removing an old set.
+/// binding's pins without a detach (exec and oci-hook cleanup, stale bindings). An entry left
+/// behind only costs an inode, and delays removing an old set.
 pub fn forget_user(id: u64) {
     for dir in list() {
         let _ = fs::remove_dir(dir.join(USERS).join(id.to_string()));
@@ -617,7 +617,7 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
         })?;
     // Usually the running build's set: asking its program of the same hook is two calls,
     // where finding the set among all of them opens every pinned program.
-    let current = root().join(dir_name(enforcer::object_hash()));
+    let current = root().join(dir_name(hooks::object_hash()));
     let same = link::open_pinned(&current.join(prog_pin(&name)))
         .ok()
         .and_then(|fd| program_id(fd.as_fd()).ok())
@@ -631,7 +631,7 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
 /// The running build's set: opened if pinned, else loaded, verified and pinned (the only step
 /// that parses the kernel's BTF). Call with the pins lock held.
 pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
-    let dir = root().join(dir_name(enforcer::object_hash()));
+    let dir = root().join(dir_name(hooks::object_hash()));
     // A set is renamed into place whole, so an existing directory is a complete set.
     if dir.exists() {
         return Set::open(&dir);
@@ -655,7 +655,7 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
     fs::create_dir_all(root()).with_context(|| format!("creating {}", root().display()))?;
     let staging = root().join(format!(
         "{NEW_PREFIX}{}-{}",
-        dir_name(enforcer::object_hash()),
+        dir_name(hooks::object_hash()),
         std::process::id()
     ));
     if staging.exists() {
@@ -693,19 +693,19 @@ pub struct LeftOut {
 /// What this kernel lets the set's programs do: the BPF LSM's state and the kernel's
 /// layout (with the probed [`bindguard_common::features`]) for the programs' `KERNEL`.
 pub struct KernelTypes {
-    pub lsm: crate::lsm::State,
+    pub lsm: crate::kernel::lsm::State,
     pub btf: Option<aya::Btf>,
     pub layout: KernelLayout,
 }
 
 impl KernelTypes {
     pub fn probe() -> Self {
-        let lsm = crate::lsm::state(true);
-        let mut layout = crate::btf::Btf::from_sys_fs()
+        let lsm = crate::kernel::lsm::state(true);
+        let mut layout = crate::kernel::btf::Btf::from_sys_fs()
             .map(|b| b.kernel_layout())
             .unwrap_or(KernelLayout::UNKNOWN);
-        layout.features = crate::probe::features();
-        let btf = if lsm == crate::lsm::State::Usable {
+        layout.features = crate::kernel::probe::features();
+        let btf = if lsm == crate::kernel::lsm::State::Usable {
             aya::Btf::from_sys_fs().ok()
         } else {
             None
@@ -724,7 +724,7 @@ impl KernelTypes {
         if !hook.is_lsm() {
             return None;
         }
-        if self.lsm != crate::lsm::State::Usable {
+        if self.lsm != crate::kernel::lsm::State::Usable {
             return Some(left(Why::LsmUnavailable, self.lsm.describe()));
         }
         if self.btf.is_none() {
@@ -733,7 +733,7 @@ impl KernelTypes {
                 "the kernel's BTF cannot be read".into(),
             ));
         }
-        let missing = crate::btf::missing_fields_for(&self.layout, hook.name);
+        let missing = crate::kernel::btf::missing_fields_for(&self.layout, hook.name);
         if hook.name == "lsm_uring_cmd" && self.layout.sqe_optname == KernelLayout::MISSING {
             return Some(left(
                 Why::NotNeeded,
@@ -755,7 +755,7 @@ impl KernelTypes {
 pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result<Vec<LeftOut>> {
     let mut ebpf = EbpfLoader::new()
         .override_global("KERNEL", &kernel.layout, true)
-        .load(enforcer::EBPF_OBJECT)
+        .load(hooks::EBPF_OBJECT)
         .context("loading bindguard's eBPF object")?;
     if let Some(dir) = pin {
         for (name, pin) in [("POLICY", POLICY), ("STATS", STATS), ("EVENTS", EVENTS)] {
@@ -823,9 +823,18 @@ fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
     let cause = log
         .as_deref()
         .and_then(|l| {
-            l.lines().rev().map(str::trim).find(|l| {
-                !l.is_empty() && !l.starts_with("processed ") && !l.starts_with("verification time")
-            })
+            // The verifier's last words, less its closing statistics.
+            const STATS: [&str; 5] = [
+                "processed ",
+                "verification time",
+                "stack depth",
+                "max_states_per_insn",
+                "peak_states",
+            ];
+            l.lines()
+                .rev()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
         })
         .map(str::to_string)
         .unwrap_or_else(|| e.chain().last().map(|c| c.to_string()).unwrap_or_default());

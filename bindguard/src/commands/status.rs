@@ -9,7 +9,10 @@ use std::{
 use bindguard_common::{Counters, Policy, flags};
 use serde::Serialize;
 
-use crate::{enforcer, link, netdev, netns, pins, progset};
+use crate::{
+    binding::{enforcer, netdev, netns},
+    kernel::{link, pins, progset},
+};
 
 /// Version of the JSON document `status --json` prints; bumped on incompatible changes.
 /// 2: `link_id` is null unless `--links`; each link has `pinned`.
@@ -27,7 +30,7 @@ pub struct Report {
 #[derive(Debug, Serialize)]
 pub struct Binding {
     /// Path of the cgroup, or null if it was deleted.
-    #[serde(serialize_with = "crate::cgroup::serialize_lossy_opt")]
+    #[serde(serialize_with = "crate::binding::cgroup::serialize_lossy_opt")]
     pub cgroup: Option<PathBuf>,
     pub cgroup_id: u64,
     pub pins: PathBuf,
@@ -132,7 +135,7 @@ pub fn collect(opts: Options) -> Report {
                     let root = root.as_ref();
                     let sets = &sets;
                     scope.spawn(move || {
-                        let mut cgroups = crate::cgroup::Namer::new();
+                        let mut cgroups = crate::binding::cgroup::Namer::new();
                         part.into_iter()
                             .map(|(id, dir)| Raw::read(id, dir, root, &mut cgroups, sets, opts))
                             .collect::<Vec<_>>()
@@ -151,7 +154,7 @@ pub fn collect(opts: Options) -> Report {
         // An attach or detach killed half-way on a cgroup with no binding (any more): its
         // programs still run, so it is listed too.
         let bound: std::collections::HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
-        let mut cgroups = crate::cgroup::Namer::new();
+        let mut cgroups = crate::binding::cgroup::Namer::new();
         for (id, dir) in cache.abandoned.clone() {
             if !bound.contains(&id) && attached_links(&dir, id) > 0 {
                 // Its links are all it has (no users/ entry need match): always asked.
@@ -258,7 +261,7 @@ impl Pinned {
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
-        enforcer::HOOKS
+        crate::kernel::hooks::HOOKS
             .iter()
             .map(|h| h.name)
             .filter(|n| self.has(n))
@@ -267,7 +270,9 @@ impl Pinned {
 }
 
 fn hook_bit(hook: &str) -> Option<u64> {
-    let i = enforcer::HOOKS.iter().position(|h| h.name == hook)?;
+    let i = crate::kernel::hooks::HOOKS
+        .iter()
+        .position(|h| h.name == hook)?;
     (i < 64).then(|| 1 << i)
 }
 
@@ -297,7 +302,7 @@ impl Raw {
         cgroup_id: u64,
         dir: PathBuf,
         root: Option<&std::fs::File>,
-        cgroups: &mut crate::cgroup::Namer,
+        cgroups: &mut crate::binding::cgroup::Namer,
         sets: &Sets,
         opts: Options,
     ) -> Self {
@@ -407,7 +412,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         });
         Policy::default()
     });
-    let mode = enforcer::mode_of(&policy);
+    let mode = crate::binding::policy::mode_of(&policy);
     // The hooks the binding's set holds: what the kernel could load when it was made.
     let hooks = mode.hooks(|h| {
         set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || policy.has(flags::LSM))
@@ -493,13 +498,15 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             ),
         });
     }
-    if set.as_ref().map(|s| s.hash) != Some(enforcer::object_hash()) && problems.is_empty() {
+    if set.as_ref().map(|s| s.hash) != Some(crate::kernel::hooks::object_hash())
+        && problems.is_empty()
+    {
         problems.push(Problem {
             kind: "programs-outdated",
             message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
         });
     }
-    if mode == enforcer::Mode::Strict
+    if mode == crate::binding::policy::Mode::Strict
         && let Some(set) = &set
     {
         let open = set.open_rows(|h| !h.is_lsm() || policy.has(flags::LSM));
@@ -514,7 +521,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
                         .into_iter()
                         .collect::<Vec<_>>()
                         .join(", "),
-                    crate::escapes::row_list(&open)
+                    crate::kernel::escapes::row_list(&open)
                 ),
             });
         }
@@ -579,7 +586,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         priority: policy.has(flags::SET_PRIORITY).then_some(policy.priority),
         mode: mode.as_str().into(),
         allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
-        allow_families: enforcer::family_names(policy.families),
+        allow_families: crate::binding::policy::family_names(policy.families),
         lsm: policy.has(flags::LSM),
         links,
         counters,

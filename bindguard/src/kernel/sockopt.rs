@@ -1,5 +1,6 @@
 //! Raw socket calls shared by `verify`'s probe and the test clients: making a socket and
-//! reading or setting the SOL_SOCKET options a binding is about.
+//! reading or setting the SOL_SOCKET options a binding is about, and the network namespace
+//! cookie (which the feature probes ask for too).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 
@@ -50,4 +51,32 @@ pub fn set_bindtodevice(fd: i32, name: &str) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// SO_NETNS_COOKIE of a socket made on this thread (Linux 5.14+). An AF_UNIX socket is used
+/// so that a bound cgroup, which refuses INET sockets in foreign namespaces, cannot interfere.
+pub fn netns_cookie() -> std::io::Result<u64> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+    let sock = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid fd, out-pointer and length for SO_NETNS_COOKIE's u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&sock),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

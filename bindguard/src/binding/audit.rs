@@ -26,7 +26,7 @@ use netlink_packet_sock_diag::{
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
 use serde::Serialize;
 
-use crate::netns::Netns;
+use crate::binding::netns::Netns;
 
 /// One socket of the namespace, as sock_diag reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,11 +247,12 @@ pub fn destroy_unbound(
 /// `--existing=destroy` for a binding just made: [`destroy_unbound`] with the policy read back
 /// from its pins, in the namespace of `iface`.
 pub fn end_existing(
-    cgroup: &crate::cgroup::Cgroup,
-    iface: &crate::netdev::Interface,
+    cgroup: &crate::binding::cgroup::Cgroup,
+    iface: &crate::binding::netdev::Interface,
 ) -> anyhow::Result<Vec<(UnboundSocket, Fate)>> {
-    let policy = crate::enforcer::read_policy(&crate::pins::binding_dir(cgroup.id))?;
-    let Some(ns) = crate::netns::find_by_ino(iface.netns_ino) else {
+    let policy =
+        crate::binding::enforcer::read_policy(&crate::kernel::pins::binding_dir(cgroup.id))?;
+    let Some(ns) = crate::binding::netns::find_by_ino(iface.netns_ino) else {
         // A closed binding of a namespace that does not exist: no socket there to end.
         return Ok(Vec::new());
     };

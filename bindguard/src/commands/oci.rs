@@ -19,11 +19,13 @@ use oci_spec::runtime::{ContainerState, Spec, State};
 
 use crate::{
     Error,
-    cgroup::{self, Cgroup},
-    enforcer::{self, Mode, Options},
-    netdev,
-    netns::Netns,
-    pins,
+    binding::{
+        cgroup::{self, Cgroup},
+        enforcer, netdev,
+        netns::Netns,
+        policy::{Mode, Options},
+    },
+    kernel::pins,
 };
 
 pub const DEV: &str = "io.bindguard.dev";
@@ -83,7 +85,8 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
         annotations
             .get(key)
             .map(|v| {
-                enforcer::parse_u32(v.trim()).map_err(|e| invalid(format!("annotation {key}: {e}")))
+                crate::binding::policy::parse_u32(v.trim())
+                    .map_err(|e| invalid(format!("annotation {key}: {e}")))
             })
             .transpose()
     };
@@ -113,7 +116,7 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
         })
         .unwrap_or_default()
     {
-        allow_families |= enforcer::parse_family(family)
+        allow_families |= crate::binding::policy::parse_family(family)
             .map_err(|e| invalid(format!("annotation {ALLOW_FAMILY}: {e}")))?;
     }
     let opts = Options {
@@ -260,7 +263,7 @@ fn poststop(state: &State) -> anyhow::Result<Outcome> {
             if dir.exists() {
                 let _lock = pins::lock()?;
                 pins::remove_dir(&dir)?;
-                crate::progset::forget_user(cg.id);
+                crate::kernel::progset::forget_user(cg.id);
                 removed += 1;
             }
         }

@@ -12,7 +12,7 @@ use std::{
 use aya_obj::generated::bpf_cmd;
 use bindguard_common::features;
 
-use crate::link::sys_bpf;
+use crate::kernel::link::sys_bpf;
 
 // Program and attach types (include/uapi/linux/bpf.h).
 const PROG_CGROUP_SKB: u32 = 8;
@@ -29,6 +29,9 @@ const GET_CURRENT_PID_TGID: i32 = 14;
 const GET_CURRENT_COMM: i32 = 16;
 const GET_CURRENT_CGROUP_ID: i32 = 80;
 const SET_RETVAL: i32 = 187;
+const SETSOCKOPT: i32 = 42;
+const ATTACH_INET4_BIND: u32 = 8;
+const ATTACH_UDP4_SENDMSG: u32 = 14;
 
 /// One eBPF instruction.
 pub(crate) const fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> u64 {
@@ -122,6 +125,25 @@ fn allows(family: Family, helper: i32) -> bool {
     load(prog_type, attach_type, &insns, 0).is_ok()
 }
 
+/// Whether a cgroup_sock_addr program of `attach_type` may call bpf_setsockopt (loads
+/// `bpf_setsockopt(ctx, SOL_SOCKET, SO_BINDTODEVICE, <16 zero bytes>, 16); return 1`).
+fn addr_setsockopt(attach_type: u32) -> bool {
+    const ST_DW: u8 = 0x7a; // *(u64 *)(dst + off) = imm
+    let insns = [
+        insn(ST_DW, 10, 0, -16, 0),
+        insn(ST_DW, 10, 0, -8, 0),
+        insn(MOV64_IMM, 2, 0, 0, 1),
+        insn(MOV64_IMM, 3, 0, 0, 25),
+        insn(MOV64_REG, 4, 10, 0, 0),
+        insn(ADD64_IMM, 4, 0, 0, -16),
+        insn(MOV64_IMM, 5, 0, 0, 16),
+        insn(CALL, 0, 0, 0, SETSOCKOPT),
+        RETURN_1[0],
+        RETURN_1[1],
+    ];
+    load(PROG_CGROUP_SOCK_ADDR, attach_type, &insns, 0).is_ok()
+}
+
 /// The [`features`] bits of this kernel, for the programs' `KERNEL.features`.
 pub fn features() -> u32 {
     static BITS: OnceLock<u32> = OnceLock::new();
@@ -140,6 +162,15 @@ pub fn features() -> u32 {
         }
         if allows(Family::Sock, SET_RETVAL) {
             bits |= features::SOCK_SET_RETVAL;
+        }
+        for (attach_type, bit) in [
+            (ATTACH_INET4_CONNECT, features::ADDR_SETSOCKOPT_CONNECT),
+            (ATTACH_INET4_BIND, features::ADDR_SETSOCKOPT_BIND),
+            (ATTACH_UDP4_SENDMSG, features::ADDR_SETSOCKOPT_SENDMSG),
+        ] {
+            if addr_setsockopt(attach_type) {
+                bits |= bit;
+            }
         }
         bits
     })
@@ -176,7 +207,7 @@ pub fn have_cgroup_links() -> bool {
 pub fn have_netns_cookie_sockopt() -> bool {
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| {
-        !matches!(crate::netns::cookie_of_current_thread(),
+        !matches!(crate::kernel::sockopt::netns_cookie(),
             Err(e) if e.raw_os_error() == Some(libc::ENOPROTOOPT))
     })
 }

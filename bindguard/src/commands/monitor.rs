@@ -19,7 +19,10 @@ use bindguard_common::{Event, hook};
 use serde::Serialize;
 use tokio::{io::unix::AsyncFd, sync::mpsc};
 
-use crate::{enforcer, netdev, pins, progset};
+use crate::{
+    binding::{enforcer, netdev},
+    kernel::{pins, progset},
+};
 
 /// One event as `monitor --json` prints it (one object per line).
 #[derive(Debug, Clone, Serialize)]
@@ -31,7 +34,7 @@ pub struct Record {
     /// The cgroup of the task, when the event happened in a task (0 for received packets).
     pub cgroup_id: u64,
     /// Path of that cgroup (or of the binding's cgroup when the task's is unknown).
-    #[serde(serialize_with = "crate::cgroup::serialize_lossy_opt")]
+    #[serde(serialize_with = "crate::binding::cgroup::serialize_lossy_opt")]
     pub cgroup: Option<PathBuf>,
     pub pid: u32,
     pub command: String,
@@ -272,7 +275,7 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
     );
     // Cgroups are named by file handle as events name them (one lookup per new id, not a
     // walk of every cgroup: a flood of events from unknown ids stays cheap).
-    let mut namer = crate::cgroup::Namer::new();
+    let mut namer = crate::binding::cgroup::Namer::new();
     let mut paths: std::collections::HashMap<u64, Option<std::path::PathBuf>> =
         std::collections::HashMap::new();
     let mut rescan = tokio::time::interval(Duration::from_secs(1));

@@ -91,12 +91,12 @@ pub fn forced_unavailable() -> bool {
 pub fn probe_load() -> std::io::Result<()> {
     static RESULT: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
     let result = RESULT.get_or_init(|| {
-        let btf_id = crate::btf::Btf::from_sys_fs()
+        let btf_id = crate::kernel::btf::Btf::from_sys_fs()
             .ok()
             .and_then(|b| b.func_id("bpf_lsm_socket_create"))
             .ok_or(libc::ENOENT)?;
         // BPF_PROG_TYPE_LSM, BPF_LSM_CGROUP
-        crate::probe::load(29, 43, &crate::probe::RETURN_1, btf_id)
+        crate::kernel::probe::load(29, 43, &crate::kernel::probe::RETURN_1, btf_id)
             .map(drop)
             .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
     });

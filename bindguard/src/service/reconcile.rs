@@ -13,12 +13,14 @@ use bindguard_common::{ABI_VERSION, Policy, flags};
 
 use crate::{
     Error,
-    cgroup::{self, Cgroup},
-    config::{Binding, Config},
-    enforcer::{self, Attached},
-    netdev::{self, Interface},
-    netns::Netns,
-    pins,
+    binding::{
+        cgroup::{self, Cgroup},
+        enforcer::{self, Attached},
+        netdev::{self, Interface},
+        netns::Netns,
+    },
+    kernel::pins,
+    service::config::{Binding, Config},
 };
 
 /// What one step does.
@@ -143,9 +145,9 @@ pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Re
 
 /// Whether every link of a binding is pinned and attached to its cgroup.
 pub fn links_healthy(dir: &Path, policy: &Policy, cgroup_id: u64) -> bool {
-    let set = crate::progset::set_of_binding(dir);
+    let set = crate::kernel::progset::set_of_binding(dir);
     let lsm = policy.has(bindguard_common::flags::LSM);
-    let hooks = enforcer::mode_of(policy)
+    let hooks = crate::binding::policy::mode_of(policy)
         .hooks(|h| set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || lsm));
     enforcer::links_complete(dir, cgroup_id, &hooks)
 }
@@ -201,11 +203,11 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
     // Whether the BPF LSM programs are part of the binding is the kernel's answer, not the
     // config's: compare with the same.
     let lsm = have.has(bindguard_common::flags::LSM);
-    let want = enforcer::policy_for(iface, &b.options, cg.id, lsm);
+    let want = crate::binding::policy::policy_for(iface, &b.options, cg.id, lsm);
     if have.abi != ABI_VERSION || have.object_hash != want.object_hash {
         return (Action::Replace, "programs outdated".into());
     }
-    if enforcer::mode_of(&have) != b.options.mode {
+    if crate::binding::policy::mode_of(&have) != b.options.mode {
         return (Action::Replace, "mode changed".into());
     }
     if have.netns_cookie != want.netns_cookie {
@@ -309,8 +311,8 @@ pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
 /// binding's `existing` asks for the sockets its processes already hold.
 pub fn bind(cg: &Cgroup, iface: &Interface, b: &Binding) -> anyhow::Result<Attached> {
     let attached = enforcer::attach(cg, iface, &b.options)?;
-    if b.options.existing == enforcer::Existing::Destroy {
-        crate::audit::end_existing(cg, iface)?;
+    if b.options.existing == crate::binding::policy::Existing::Destroy {
+        crate::binding::audit::end_existing(cg, iface)?;
     }
     Ok(attached)
 }

@@ -1,9 +1,9 @@
 //! The escape table (README, "Modes and the escapes they close") as data: each row, and what
-//! closes it — programs of the hook table ([`crate::enforcer::HOOKS`], whose `rows` name them)
-//! or bindguard's own userspace. `attach`, `status`, `verify` and `doctor` read coverage from
+//! closes it — programs of the hook table ([`super::hooks::HOOKS`], whose `rows` name them) or
+//! bindguard's own userspace. `attach`, `status`, `verify` and `doctor` read coverage from
 //! here, so they cannot disagree about which rows a kernel leaves open.
 
-use crate::enforcer::{HOOKS, Hook};
+use crate::kernel::hooks::{HOOKS, Hook};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Escape {

@@ -1,0 +1,18 @@
+//! The binding layer: what one binding is, and making, changing and removing it.
+//!
+//! - [`cgroup`], [`netns`], [`netdev`]: what a binding names (a cgroup, a namespace, an
+//!   interface inside it), resolved from what the user typed.
+//! - [`policy`]: the user's options ([`policy::Options`], [`policy::Mode`]), their parsers,
+//!   and the policy value the programs read.
+//! - [`enforcer`]: attach, detach, remove_stale; reading a binding's policy and counters.
+//! - [`audit`], [`sockreset`]: sockets the programs never saw (listed, or destroyed).
+//!
+//! May import: [`crate::kernel`] and [`crate::error`]. Never `commands` or `service`.
+
+pub mod audit;
+pub mod cgroup;
+pub mod enforcer;
+pub mod netdev;
+pub mod netns;
+pub mod policy;
+pub mod sockreset;

@@ -1,0 +1,197 @@
+//! The hook table: every program of bindguard's eBPF object, how it is loaded and attached,
+//! where its link is pinned and which escape rows it closes; and the object itself. It sits
+//! below the program set (which loads the programs) and the enforcer (which links them), so
+//! neither has to import the other for it.
+
+use aya_obj::generated::bpf_attach_type::{self, self as A};
+
+/// The eBPF object built from bindguard-ebpf by build.rs.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bindguard"));
+
+/// FNV-1a of [`EBPF_OBJECT`] (computed by build.rs): identifies the program set a binding
+/// runs and names its pin directory.
+pub const fn object_hash() -> u64 {
+    include!(concat!(env!("OUT_DIR"), "/object_hash"))
+}
+
+/// Which aya program type loads a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sock,
+    Sockopt,
+    SockAddr,
+    Skb,
+    /// A BPF LSM program attached per cgroup (lsm_cgroup); the string is the LSM hook.
+    Lsm(&'static str),
+}
+
+/// One program of a binding and where its link is pinned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hook {
+    /// Pinned as `link_<name>`.
+    pub name: &'static str,
+    /// The function name in bindguard-ebpf.
+    pub program: &'static str,
+    pub kind: Kind,
+    pub attach_type: bpf_attach_type,
+    /// The rows of the escape table ([`crate::kernel::escapes::ESCAPES`]) this program closes.
+    pub rows: &'static [u8],
+}
+
+const fn hook(
+    name: &'static str,
+    program: &'static str,
+    kind: Kind,
+    attach_type: bpf_attach_type,
+    rows: &'static [u8],
+) -> Hook {
+    Hook {
+        name,
+        program,
+        kind,
+        attach_type,
+        rows,
+    }
+}
+
+impl Hook {
+    /// A BPF LSM program (needs the BPF LSM active and lsm_cgroup, 6.0).
+    pub fn is_lsm(&self) -> bool {
+        matches!(self.kind, Kind::Lsm(_))
+    }
+}
+
+/// Every program, in attach order.
+pub const HOOKS: &[Hook] = &[
+    hook(
+        "sock_create",
+        "bind_sock_create",
+        Kind::Sock,
+        A::BPF_CGROUP_INET_SOCK_CREATE,
+        &[11, 8],
+    ),
+    hook(
+        "setsockopt",
+        "guard_setsockopt",
+        Kind::Sockopt,
+        A::BPF_CGROUP_SETSOCKOPT,
+        &[1, 6],
+    ),
+    hook(
+        "connect4",
+        "guard_connect4",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET4_CONNECT,
+        &[2, 4],
+    ),
+    hook(
+        "connect6",
+        "guard_connect6",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET6_CONNECT,
+        &[2, 4],
+    ),
+    hook(
+        "bind4",
+        "guard_bind4",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET4_BIND,
+        &[2, 4],
+    ),
+    hook(
+        "bind6",
+        "guard_bind6",
+        Kind::SockAddr,
+        A::BPF_CGROUP_INET6_BIND,
+        &[2, 4],
+    ),
+    hook(
+        "sendmsg4",
+        "guard_sendmsg4",
+        Kind::SockAddr,
+        A::BPF_CGROUP_UDP4_SENDMSG,
+        &[2, 4],
+    ),
+    hook(
+        "sendmsg6",
+        "guard_sendmsg6",
+        Kind::SockAddr,
+        A::BPF_CGROUP_UDP6_SENDMSG,
+        &[2, 4],
+    ),
+    hook(
+        "egress",
+        "filter_egress",
+        Kind::Skb,
+        A::BPF_CGROUP_INET_EGRESS,
+        &[3, 5, 9, 10],
+    ),
+    hook(
+        "ingress",
+        "filter_ingress",
+        Kind::Skb,
+        A::BPF_CGROUP_INET_INGRESS,
+        &[3, 5],
+    ),
+    // From here on: BPF LSM, attached only where the BPF LSM is active.
+    hook(
+        "lsm_socket_create",
+        "lsm_socket_create",
+        Kind::Lsm("socket_create"),
+        A::BPF_LSM_CGROUP,
+        &[14],
+    ),
+    hook(
+        "lsm_file_receive",
+        "lsm_file_receive",
+        Kind::Lsm("file_receive"),
+        A::BPF_LSM_CGROUP,
+        &[12],
+    ),
+    hook(
+        "lsm_setsockopt",
+        "lsm_socket_setsockopt",
+        Kind::Lsm("socket_setsockopt"),
+        A::BPF_LSM_CGROUP,
+        &[7],
+    ),
+    hook(
+        "lsm_uring_cmd",
+        "lsm_uring_cmd",
+        Kind::Lsm("uring_cmd"),
+        A::BPF_LSM_CGROUP,
+        &[7],
+    ),
+];
+
+/// Index of the first BPF LSM hook in [`HOOKS`].
+pub const LSM_HOOKS_START: usize = 10;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_hash_is_the_embedded_objects() {
+        let h = EBPF_OBJECT.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        assert_eq!(h, object_hash());
+    }
+
+    #[test]
+    fn lsm_hooks_come_last_and_every_row_exists() {
+        assert!(HOOKS[LSM_HOOKS_START].is_lsm());
+        assert!(!HOOKS[LSM_HOOKS_START - 1].is_lsm());
+        // Every hook closes some row, and every row it names exists.
+        for h in HOOKS {
+            assert!(
+                h.rows
+                    .iter()
+                    .all(|r| crate::kernel::escapes::row(*r).is_some()),
+                "{}",
+                h.name
+            );
+        }
+    }
+}
