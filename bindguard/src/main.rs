@@ -116,8 +116,14 @@ enum Command {
         #[arg(value_name = "SHELL")]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to stdout: `bindguard manpage > bindguard.1`.
-    Manpage,
+    /// Print the man page (roff) to stdout: `bindguard manpage > bindguard.1`; with --dir,
+    /// write it and one page per subcommand (bindguard-attach.1, ...) there.
+    Manpage {
+        /// Write bindguard.1 and bindguard-SUBCOMMAND.1 into this directory (made if missing)
+        /// and print their paths.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// What this kernel lets strict mode cover, row by row of the escape table, with the fix
     /// for each row it cannot; needs no binding. Exits 1 when some row is not covered.
     Doctor {
@@ -283,8 +289,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
-            Detached::Removed(dir) => {
-                println!("detached {} (removed {})", cgroup.display(), dir.display())
+            // The path detached, not the argument: `self` names the caller's cgroup.
+            Detached::Removed { cgroup, pins } => {
+                println!("detached {} (removed {})", cgroup.display(), pins.display())
             }
             Detached::Stale(n) => println!(
                 "cgroup {} no longer exists; removed {n} binding(s) of deleted cgroups",
@@ -323,9 +330,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &mut std::io::stdout(),
             );
         }
-        Command::Manpage => {
+        Command::Manpage { dir: None } => {
             use clap::CommandFactory as _;
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+        }
+        Command::Manpage { dir: Some(dir) } => {
+            for page in write_manpages(&dir)? {
+                println!("{}", page.display());
+            }
         }
         Command::Doctor { json } => {
             let report = bindguard::commands::doctor::run()?;
@@ -372,6 +384,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Writes bindguard.1 and a bindguard-SUBCOMMAND.1 for every subcommand but the hidden ones
+/// into `dir`; returns the files written.
+fn write_manpages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mut cli = Cli::command().disable_help_subcommand(true);
+    // Gives each subcommand its display name, `bindguard-attach`: the page's name and title.
+    cli.build();
+    let subcommands: Vec<clap::Command> = cli
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set())
+        .cloned()
+        .collect();
+    std::iter::once(cli)
+        .chain(subcommands)
+        .map(|cmd| {
+            // Every page's footer names the build, as the main page's does by default.
+            let man = clap_mangen::Man::new(cmd)
+                .source(format!("bindguard {}", bindguard::version::LONG));
+            man.generate_to(dir)
+                .with_context(|| format!("writing {}", dir.join(man.get_filename()).display()))
+        })
+        .collect()
+}
+
 /// `bindguard apply`: the plan, printed as it runs.
 fn apply(path: Option<&std::path::Path>, dry_run: bool, prune: bool) -> anyhow::Result<ExitCode> {
     let mount = cgroup::cgroup2_mount()?;
@@ -386,6 +423,11 @@ fn apply(path: Option<&std::path::Path>, dry_run: bool, prune: bool) -> anyhow::
     if dry_run {
         for s in &steps {
             println!("{s}");
+        }
+        // Exit as the run would when the plan already shows that it fails.
+        if let Some((code, why)) = reconcile::foreseen_failure(&steps) {
+            eprintln!("bindguard: {why}");
+            return Ok(ExitCode::from(code as u8));
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -454,5 +496,54 @@ fn one_line(e: &anyhow::Error) -> String {
     match e.chain().find_map(|c| c.downcast_ref::<bindguard::Error>()) {
         Some(typed) => typed.to_string(),
         None => format!("{e:#}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `manpage --dir`: one page per subcommand, with its options, named as man(1) looks
+    /// them up; none for the hidden probe or for `help`.
+    #[test]
+    fn manpage_dir_writes_a_page_per_subcommand() {
+        let dir = std::env::temp_dir().join(format!("bindguard-man-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let written = write_manpages(&dir).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(written.len(), names.len());
+        // Every subcommand but the hidden probe (and no `help`), and the main page.
+        use clap::CommandFactory as _;
+        let mut want = vec!["bindguard.1".to_string()];
+        want.extend(
+            Cli::command()
+                .get_subcommands()
+                .filter(|s| !s.is_hide_set())
+                .map(|s| format!("bindguard-{}.1", s.get_name())),
+        );
+        want.sort();
+        assert_eq!(names, want);
+        assert!(names.len() > 10, "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.contains("probe") || n.contains("help"))
+        );
+        let attach = std::fs::read_to_string(dir.join("bindguard-attach.1")).unwrap();
+        assert!(attach.contains(".TH bindguard-attach 1"), "{attach}");
+        assert!(attach.contains(bindguard::version::LONG), "{attach}");
+        for option in ["\\-\\-cgroup", "\\-\\-dev", "\\-\\-allow\\-loopback"] {
+            assert!(
+                attach.contains(option),
+                "{option} not in bindguard-attach.1"
+            );
+        }
+        let main = std::fs::read_to_string(dir.join("bindguard.1")).unwrap();
+        assert!(main.contains("bindguard\\-attach(1)"), "{main}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -61,6 +61,15 @@ fn binding(cgroup: &Path, dev: &str, topo: &Topology, extra: &str) -> String {
     )
 }
 
+/// `bindguard apply --config CONFIG [extra]`.
+fn apply(config: &Path, extra: &[&str]) -> (i32, String, String) {
+    Cmd::bindguard()
+        .args(["apply", "--config"])
+        .arg(config)
+        .args(extra)
+        .run()
+}
+
 /// A running `bindguard daemon`, SIGKILLed on drop (also when the test panics).
 struct Daemon {
     child: Option<Child>,
@@ -529,13 +538,7 @@ fn apply_dry_run_changes_nothing_and_apply_is_idempotent() {
     let s = Scenario::new();
     let dir = TempDir::new();
     let conf = dir.write("c.toml", &binding(&s.cg.path, UPLINK_B, &s.topo, ""));
-    let apply = |extra: &[&str]| {
-        Cmd::bindguard()
-            .args(["apply", "--config"])
-            .arg(&conf)
-            .args(extra)
-            .run()
-    };
+    let apply = |extra: &[&str]| apply(&conf, extra);
     let (code, out, err) = apply(&["--dry-run"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("+ attach"), "{out}");
@@ -569,6 +572,73 @@ fn apply_dry_run_changes_nothing_and_apply_is_idempotent() {
     assert!(out.contains("waiting-for-interface"), "{out}");
     let (code, _, _) = s.send(s.probe_bound(), Proto::Udp, false);
     assert_ne!(code, 0, "closed binding let a socket through");
+}
+
+/// `apply --dry-run` exits as `apply` would when the plan already shows a failure: a
+/// configured cgroup that does not exist and is not created.
+#[test]
+fn apply_dry_run_exits_as_apply_would_for_a_missing_cgroup() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let absent = s.cg.path.join("absent");
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "{}{}",
+            binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+            binding(&absent, UPLINK_B, &s.topo, "")
+        ),
+    );
+    let apply = |extra: &[&str]| apply(&conf, extra);
+    let (code, out, err) = apply(&["--dry-run"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("? waiting") && out.contains("+ attach"),
+        "{out}"
+    );
+    assert!(
+        err.contains("apply would exit 1")
+            && err.contains(&absent.display().to_string())
+            && err.contains("create = true"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(!s.cg.pins().exists(), "dry run attached");
+    let dry_run_code = code;
+    let (code, out, err) = apply(&[]);
+    assert_eq!(
+        code, dry_run_code,
+        "apply and its dry run disagree: {out}{err}"
+    );
+    assert!(
+        s.cg.pins().exists(),
+        "apply still binds what it can: {out}{err}"
+    );
+}
+
+/// The conffile the package installs binds nothing, and `apply` (dry or not) and the daemon
+/// take it as it is: no error, nothing attached.
+#[test]
+fn the_shipped_config_applies_nothing_and_the_daemon_runs_idle_on_it() {
+    root_or_skip!();
+    let _g = shared();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("deploy/config/bindguard.toml");
+    for extra in [&["--dry-run"][..], &[]] {
+        let (code, out, err) = apply(&shipped, extra);
+        assert_eq!(code, 0, "apply {extra:?}: {out}{err}");
+        assert_eq!(out.trim(), "no bindings in the config", "{extra:?}");
+        assert_eq!(err, "", "{extra:?}");
+    }
+    let dir = TempDir::new();
+    let mut d = Daemon::start(&shipped, &dir);
+    assert!(d.log().contains("ready: 0 binding(s)"), "{}", d.log());
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait(), 0, "{}", d.log());
 }
 
 #[test]
@@ -670,6 +740,11 @@ fn cgroup_self_binds_the_callers_cgroup() {
         .in_cgroup(&s.cg)
         .run();
     assert_eq!(code, 0, "{out}{err}");
+    // It names the cgroup it detached, not the word it was given.
+    assert!(
+        out.starts_with(&format!("detached {} ", s.cg.path.display())),
+        "{out}"
+    );
     assert!(!s.cg.pins().exists());
 }
 
@@ -711,27 +786,10 @@ fn the_unit_file_passes_systemd_analyze_verify() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify: {err}");
     assert!(!err.contains("bindguard.service:"), "warnings: {err}");
-    // The drop-in and the sample config are what the README shows.
+    // The drop-in is what the README shows. (The sample config: config.rs's unit tests.)
     let dropin =
         fs::read_to_string(root.join("deploy/systemd/bindguard-binding.conf.example")).unwrap();
     assert!(dropin.contains("ExecStartPre=+/usr/bin/bindguard attach --cgroup self --dev eth3"));
-    let sample = root.join("deploy/config/bindguard.toml");
-    let mount = Path::new("/sys/fs/cgroup");
-    let text = fs::read_to_string(&sample).unwrap();
-    let parsed =
-        bindguard::service::config::parse_file(&sample, &text, mount).expect("sample parses");
-    assert!(!parsed.is_empty());
-    // Every commented-out example parses too.
-    let uncommented = text
-        .replace("\n#[[binding]]", "\n[[binding]]")
-        .replace("\n#cgroup", "\ncgroup")
-        .replace("\n#dev", "\ndev")
-        .replace("\n#on_recreate", "\non_recreate")
-        .replace("\n#netns", "\nnetns")
-        .replace("\n#mode", "\nmode");
-    let all = bindguard::service::config::parse_file(&sample, &uncommented, mount)
-        .expect("examples parse");
-    assert_eq!(all.len(), 3);
 }
 
 fn which(tool: &str) -> Result<PathBuf, ()> {

@@ -33,3 +33,56 @@ fn hooks_d_entry_is_oci_hooks_1_0_0_for_the_dev_annotation() {
     let pod = include_str!("../../deploy/kubernetes/example-pod.yaml");
     assert!(pod.contains("io.bindguard.dev:"));
 }
+
+/// The README's tarball install steps put nothing where the .deb puts its files (/usr/bin,
+/// /usr/share, /usr/lib): a machine with both would have each overwrite the other's. They
+/// install every man page and every shipped completion.
+#[test]
+fn readme_tarball_install_steps_stay_out_of_the_package_s_paths() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let from = readme
+        .find("**Tarball**")
+        .expect("README has the tarball install");
+    let block = &readme[from..];
+    let block = &block[block.find("```sh\n").unwrap() + 6..];
+    let block = &block[..block.find("```").unwrap()];
+    let installs: Vec<Vec<&str>> = block
+        .lines()
+        .map(|l| l.split('#').next().unwrap().split_whitespace().collect())
+        .filter(|w: &Vec<&str>| w.first() == Some(&"install"))
+        .collect();
+    assert!(!installs.is_empty(), "{block}");
+    let mut sources = Vec::new();
+    for words in &installs {
+        // `install [-D] [-m MODE] SRC... DEST` or `install ... -t DIR SRC...`.
+        let dest = match words.iter().position(|w| *w == "-t") {
+            Some(i) => words[i + 1],
+            None => words.last().unwrap(),
+        };
+        assert!(
+            dest.starts_with("/usr/local/") || dest.starts_with("/etc/"),
+            "the tarball install writes {dest}, a path of the .deb's kind: {}",
+            words.join(" ")
+        );
+        sources.extend(
+            words
+                .iter()
+                .skip(1)
+                .filter(|w| !w.starts_with('-') && !w.starts_with('/') && !w.starts_with('0')),
+        );
+    }
+    for shipped in [
+        "bindguard",
+        "man/*.1",
+        "completions/bindguard.bash",
+        "completions/_bindguard",
+        "completions/bindguard.fish",
+        "hooks.d/bindguard.json",
+    ] {
+        assert!(
+            sources.contains(&shipped),
+            "the tarball install steps leave out {shipped}: {sources:?}"
+        );
+    }
+}

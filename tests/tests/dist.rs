@@ -89,8 +89,14 @@ fn tarball_holds_a_static_binary_and_what_goes_with_it() {
     assert!(interp && dynamic, "the glibc build is dynamically linked");
     assert_version(&bin);
 
-    let man = fs::read_to_string(release.join("bindguard.1")).unwrap();
+    let man = fs::read_to_string(release.join("man/bindguard.1")).unwrap();
     assert!(man.contains(".TH bindguard 1"), "{man}");
+    // One page per subcommand, with its options.
+    for sub in SUBCOMMANDS {
+        let page = fs::read_to_string(release.join(format!("man/bindguard-{sub}.1")))
+            .unwrap_or_else(|e| panic!("man/bindguard-{sub}.1: {e}"));
+        assert!(page.contains("OPTIONS"), "bindguard-{sub}.1 has no options");
+    }
     for (file, needle) in [
         ("completions/bindguard.bash", "_bindguard()"),
         ("completions/_bindguard", "#compdef bindguard"),
@@ -121,6 +127,22 @@ fn tarball_holds_a_static_binary_and_what_goes_with_it() {
         );
     }
 }
+
+/// The subcommands with a man page of their own (`bindguard-SUB.1`).
+const SUBCOMMANDS: [&str; 12] = [
+    "attach",
+    "apply",
+    "daemon",
+    "exec",
+    "oci-hook",
+    "detach",
+    "monitor",
+    "verify",
+    "completions",
+    "manpage",
+    "doctor",
+    "status",
+];
 
 /// Files of deploy/`sub` that exist now (the daemon work adds systemd/ and config/).
 fn deploy_files(sub: &str) -> Vec<PathBuf> {
@@ -337,6 +359,11 @@ fn deb_installs_lists_its_files_runs_and_purges() {
     ]
     .map(String::from)
     .to_vec();
+    expected.extend(
+        SUBCOMMANDS
+            .iter()
+            .map(|sub| format!("/usr/share/man/man1/bindguard-{sub}.1.gz")),
+    );
     let mut units = 0;
     for f in deploy_files("systemd") {
         let name = f.file_name().unwrap().to_string_lossy();

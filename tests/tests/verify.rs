@@ -152,3 +152,29 @@ fn strict_rp_filter_is_a_warning_not_a_failure() {
     let (_, out, _) = verify(&s, &[]);
     assert!(out.contains("PASS rp_filter: 2 on upB"), "{out}");
 }
+
+/// What the README says beside the status example: verify's probe refuses on purpose (a
+/// socket moved to lo, a socket from another namespace), which the REFUSED counters count,
+/// and the counters live with the cgroup, so a detach and re-attach of it keeps them.
+#[test]
+fn verify_s_refusals_are_counted_and_counters_survive_a_re_attach() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let refused = |s: &Scenario| s.counter("sockopt_refused") + s.counter("sockets_refused_netns");
+    assert_eq!(refused(&s), 0, "a new binding has refused nothing");
+    let (code, out, err) = verify(&s, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    let after_verify = refused(&s);
+    assert!(
+        s.counter("sockopt_refused") > 0 && s.counter("sockets_refused_netns") > 0,
+        "verify's refusals are not counted: {}",
+        s.status_entry().unwrap()["counters"]
+    );
+    let bound = s.counter("sockets_bound");
+    let (code, out, err) = s.detach();
+    assert_eq!(code, 0, "{out}{err}");
+    s.attach(UPLINK_B, &[]);
+    assert_eq!(refused(&s), after_verify, "re-attach reset the counters");
+    assert_eq!(s.counter("sockets_bound"), bound);
+}

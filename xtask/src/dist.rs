@@ -94,9 +94,10 @@ fn version(bin: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// What the binary prints about itself: man page and completions.
+/// What the binary prints about itself: man pages and completions.
 struct Generated {
-    manpage: Vec<u8>,
+    /// (file name, roff): bindguard.1 and one bindguard-SUBCOMMAND.1 per subcommand.
+    manpages: Vec<(String, Vec<u8>)>,
     /// (shell, file name in the tarball, install path in the package)
     completions: Vec<(Vec<u8>, &'static str, &'static str)>,
 }
@@ -131,10 +132,38 @@ impl Generated {
             completions.push((print(&["completions", shell])?, file, path));
         }
         Ok(Self {
-            manpage: print(&["manpage"])?,
+            manpages: manpages(bin)?,
             completions,
         })
     }
+}
+
+/// `bindguard manpage --dir`: every page, read back sorted by name.
+fn manpages(bin: &Path) -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+    let dir = std::env::temp_dir().join(format!("bindguard-dist-man-{}", std::process::id()));
+    fresh_dir(&dir)?;
+    run(Command::new(bin)
+        .arg("manpage")
+        .arg("--dir")
+        .arg(&dir)
+        .stdout(std::process::Stdio::null()))?;
+    let mut pages = Vec::new();
+    for entry in fs::read_dir(&dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "1") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            pages.push((name, fs::read(&path)?));
+        }
+    }
+    pages.sort();
+    if !pages.iter().any(|(name, _)| name == "bindguard.1") || pages.len() < 2 {
+        bail!(
+            "bindguard manpage --dir wrote {:?}: expected bindguard.1 and a page per subcommand",
+            pages.iter().map(|(n, _)| n).collect::<Vec<_>>()
+        );
+    }
+    fs::remove_dir_all(&dir)?;
+    Ok(pages)
 }
 
 /// Files of deploy/`sub` (none if it does not exist yet), sorted.
@@ -182,7 +211,9 @@ fn stage_tarball(
 ) -> anyhow::Result<()> {
     fresh_dir(tree)?;
     copy(bin, &tree.join("bindguard"), 0o755)?;
-    write(&tree.join("bindguard.1"), &generated.manpage, 0o644)?;
+    for (name, page) in &generated.manpages {
+        write(&tree.join("man").join(name), page, 0o644)?;
+    }
     for (script, file, _) in &generated.completions {
         write(&tree.join("completions").join(file), script, 0o644)?;
     }
@@ -251,11 +282,15 @@ fn stage_deb(
     fresh_dir(staging)?;
     fs::set_permissions(staging, fs::Permissions::from_mode(0o755))?;
     copy(bin, &staging.join("usr/bin/bindguard"), 0o755)?;
-    write(
-        &staging.join("usr/share/man/man1/bindguard.1.gz"),
-        &gzip(&generated.manpage)?,
-        0o644,
-    )?;
+    for (name, page) in &generated.manpages {
+        write(
+            &staging
+                .join("usr/share/man/man1")
+                .join(format!("{name}.gz")),
+            &gzip(page)?,
+            0o644,
+        )?;
+    }
     for (script, _, path) in &generated.completions {
         write(&staging.join(path), script, 0o644)?;
     }

@@ -266,8 +266,9 @@ pub fn read_counters(dir: &Path) -> anyhow::Result<Counters> {
 /// What `detach` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Detached {
-    /// The binding of the cgroup was removed.
-    Removed(PathBuf),
+    /// The binding of the cgroup was removed: the cgroup (absolute, symlinks resolved; `self`
+    /// named) and the pin directory that held it.
+    Removed { cgroup: PathBuf, pins: PathBuf },
     /// The cgroup no longer exists; this many bindings of deleted cgroups were cleaned up.
     Stale(usize),
 }
@@ -300,7 +301,10 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     sweep_abandoned(&lock);
     if !dir.exists() {
         if interrupted {
-            return Ok(Detached::Removed(dir));
+            return Ok(Detached::Removed {
+                cgroup: cgroup.path,
+                pins: dir,
+            });
         }
         return Err(Error::NotBound { path: cgroup.path }.into());
     }
@@ -309,7 +313,10 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     if let Some(on) = on {
         release(&on, cgroup.id);
     }
-    Ok(Detached::Removed(dir))
+    Ok(Detached::Removed {
+        cgroup: cgroup.path,
+        pins: dir,
+    })
 }
 
 /// Removes every binding whose cgroup is gone; returns how many.

@@ -79,10 +79,17 @@ fn option_name(opt: u32) -> String {
 pub fn reason(event: &Event, dev: &str, ifindex: u32) -> String {
     match event.hook {
         hook::SOCK_CREATE => "socket created in another network namespace: refused (EPERM)".into(),
-        hook::SETSOCKOPT => format!(
-            "setsockopt({}) would change the binding to {dev}: refused (EPERM)",
-            option_name(event.value)
-        ),
+        // The event carries the option, not the value asked for: say what holds.
+        hook::SETSOCKOPT => match event.value as i32 {
+            libc::SO_BINDTODEVICE | libc::SO_BINDTOIFINDEX => format!(
+                "setsockopt({}) asked for another interface than {dev} (ifindex {ifindex}), or none: refused (EPERM); the binding to {dev} holds",
+                option_name(event.value)
+            ),
+            _ => format!(
+                "setsockopt({}) asked for another value than the policy's: refused (EPERM); the policy's holds",
+                option_name(event.value)
+            ),
+        },
         hook::EGRESS => format!(
             "packet leaving by ifindex {} instead of {dev} (ifindex {ifindex}): dropped",
             event.value
@@ -312,4 +319,36 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(hook: u32, value: u32) -> Event {
+        Event {
+            hook,
+            value,
+            ..Event::default()
+        }
+    }
+
+    /// Review: a refused SO_BINDTODEVICE to vA read "would change the binding to vB" — vB
+    /// being what holds, not what was asked. The event carries only the option.
+    #[test]
+    fn a_refused_rebind_names_what_holds_not_a_change_to_it() {
+        for opt in [libc::SO_BINDTODEVICE, libc::SO_BINDTOIFINDEX] {
+            let r = reason(&event(hook::SETSOCKOPT, opt as u32), "vB", 7);
+            assert!(r.contains("another interface than vB (ifindex 7)"), "{r}");
+            assert!(r.contains("refused (EPERM)"), "{r}");
+            assert!(r.ends_with("the binding to vB holds"), "{r}");
+            assert!(!r.contains("change the binding to vB"), "{r}");
+        }
+        let r = reason(&event(hook::SETSOCKOPT, libc::SO_MARK as u32), "vB", 7);
+        assert!(
+            r.starts_with("setsockopt(SO_MARK) asked for another value"),
+            "{r}"
+        );
+        assert!(!r.contains("vB"), "a mark is not the binding: {r}");
+    }
 }

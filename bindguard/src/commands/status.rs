@@ -86,8 +86,9 @@ pub struct Options {
 pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
     /// pins-unreadable, programs-outdated (the links run another build's program set, or
-    /// programs an older bindguard loaded for this binding alone), lsm-unavailable,
-    /// stray-programs, waiting-for-interface (a closed binding).
+    /// programs an older bindguard loaded for this binding alone), rows-open (strict mode on a
+    /// kernel that cannot run some guards), stray-programs, waiting-for-interface (a closed
+    /// binding).
     pub kind: &'static str,
     pub message: String,
 }

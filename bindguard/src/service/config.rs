@@ -523,6 +523,32 @@ mode = "bind"
         assert!(msg.contains("/a.toml:1"), "{msg}");
     }
 
+    /// The conffile the package installs binds nothing until edited: every example is
+    /// commented out, and each one parses once uncommented.
+    #[test]
+    fn the_shipped_conffile_binds_nothing_and_its_examples_parse() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/config/bindguard.toml"
+        );
+        let text = fs::read_to_string(path).expect("deploy/config/bindguard.toml");
+        let parsed = parse_file(Path::new(path), &text, Path::new(MOUNT)).expect("it parses");
+        assert_eq!(parsed, Vec::new(), "the shipped config binds something");
+        // A commented-out line of TOML is `#` then the text; prose is `# ` then the text.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix('#') {
+                Some(rest) if !rest.starts_with([' ', '#']) && !rest.is_empty() => rest,
+                _ => l,
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let examples = parse_file(Path::new(path), &uncommented, Path::new(MOUNT))
+            .unwrap_or_else(|e| panic!("an example does not parse: {e}"));
+        assert_eq!(examples.len(), 3, "{uncommented}");
+        assert!(examples.iter().all(|b| b.cgroup.starts_with(MOUNT)));
+    }
+
     #[test]
     fn empty_config_is_no_bindings() {
         assert!(parse("").unwrap().is_empty());

@@ -338,6 +338,32 @@ impl Outcome {
     }
 }
 
+/// What the plan alone says `apply` will end with, before anything runs: None when no step is
+/// known to fail; otherwise the exit code `apply` would give ([`Outcome::exit_code`] of the
+/// plan with no step failed) and one line saying why. `apply --dry-run` exits with it.
+pub fn foreseen_failure(steps: &[Step]) -> Option<(i32, String)> {
+    let planned = Outcome {
+        steps: steps.iter().map(|s| (s.clone(), None)).collect(),
+    };
+    let code = planned.exit_code();
+    if code == 0 {
+        return None;
+    }
+    let missing: Vec<String> = steps
+        .iter()
+        .filter(|s| s.action == Action::WaitCgroup)
+        .map(|s| s.cgroup.display().to_string())
+        .collect();
+    let why = match missing.as_slice() {
+        [one] => format!("cgroup {one} does not exist and its binding has no `create = true`"),
+        many => format!(
+            "cgroups {} do not exist and their bindings have no `create = true`",
+            many.join(", ")
+        ),
+    };
+    Some((code, format!("apply would exit {code}: {why}")))
+}
+
 /// Runs every step of `steps`, going on after a failure so one bad binding does not leave the
 /// others unbound.
 pub fn execute(steps: Vec<Step>, config: &Config) -> Outcome {
@@ -349,4 +375,46 @@ pub fn execute(steps: Vec<Step>, config: &Config) -> Outcome {
         })
         .collect();
     Outcome { steps }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(action: Action, cgroup: &str) -> Step {
+        Step {
+            action,
+            cgroup: cgroup.into(),
+            cgroup_id: None,
+            binding: Some(0),
+            iface: None,
+            why: String::new(),
+        }
+    }
+
+    /// `apply --dry-run` exits as `apply` would when the plan already shows the failure.
+    #[test]
+    fn a_missing_cgroup_without_create_is_foreseen_as_apply_s_exit_1() {
+        assert_eq!(foreseen_failure(&[]), None);
+        assert_eq!(
+            foreseen_failure(&[
+                step(Action::Attach, "/sys/fs/cgroup/a"),
+                step(Action::Unchanged, "/sys/fs/cgroup/b"),
+            ]),
+            None
+        );
+        let steps = [
+            step(Action::Attach, "/sys/fs/cgroup/a"),
+            step(Action::WaitCgroup, "/sys/fs/cgroup/late"),
+        ];
+        let (code, why) = foreseen_failure(&steps).expect("foreseen");
+        let run = Outcome {
+            steps: steps.iter().map(|s| (s.clone(), None)).collect(),
+        };
+        assert_eq!(code, run.exit_code());
+        assert_eq!(code, 1);
+        assert!(why.contains("/sys/fs/cgroup/late"), "{why}");
+        assert!(!why.contains("/sys/fs/cgroup/a "), "{why}");
+        assert!(!why.contains('\n'), "{why}");
+    }
 }
