@@ -59,14 +59,14 @@ pub const MATRIX: &[Config] = &[
         series: "6.1",
         cmdline: "",
         why: "Debian 12 (Amazon Linux 2023's series), stock lsm= (bpf listed)",
-        suites: SUITES,
+        suites: STOCK,
     },
     Config {
         name: "6.12",
         series: "6.12",
         cmdline: "",
         why: "Debian 13 (RHEL 10's series), stock lsm= (bpf listed)",
-        suites: SUITES,
+        suites: STOCK,
     },
     Config {
         name: "6.12-ubuntu-lsm",

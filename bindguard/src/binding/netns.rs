@@ -143,6 +143,8 @@ pub fn find_by_ino(ino: u64) -> Option<Netns> {
 fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+    use aya_obj::generated::bpf_func_id as F;
+
     use crate::kernel::probe::{ADD64_IMM, CALL, EXIT, MOV64_IMM, MOV64_REG, insn, load};
     crate::kernel::probe::raise_memlock();
     // BPF_MAP_CREATE: array, 4-byte key, 8-byte value, one entry.
@@ -166,7 +168,7 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
         insn(MOV64_REG, 3, 10, 0, 0),
         insn(ADD64_IMM, 3, 0, 0, -8),
         insn(MOV64_IMM, 4, 0, 0, 0),
-        insn(CALL, 0, 0, 0, 2), // bpf_map_update_elem
+        insn(CALL, 0, 0, 0, F::BPF_FUNC_map_update_elem as i32),
         insn(MOV64_IMM, 0, 0, 0, 1),
         insn(EXIT, 0, 0, 0, 0),
     ];

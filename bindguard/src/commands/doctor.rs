@@ -199,7 +199,13 @@ pub fn attach_warning(set: &progset::Set) -> Option<String> {
                 _ if h.is_lsm() && forced_off => lsm::state(false).describe(),
                 Some(l) => l.detail.clone(),
                 None => match set.absent().iter().find(|(a, _)| a.name == h.name) {
-                    Some((_, Why::LsmUnavailable)) => lsm::state(false).describe(),
+                    Some((_, Why::LsmUnavailable)) => match lsm::state(false) {
+                        lsm::State::Usable => {
+                            "the BPF LSM was not usable when this build's programs were loaded"
+                                .into()
+                        }
+                        other => other.describe(),
+                    },
                     Some((_, Why::BtfLacks)) => "the kernel's BTF lacks fields it reads".into(),
                     _ => "the kernel refused it".into(),
                 },

@@ -25,11 +25,12 @@ const ATTACH_INET4_CONNECT: u32 = 10;
 const ATTACH_SETSOCKOPT: u32 = 22;
 
 // Helper ids.
-const GET_CURRENT_PID_TGID: i32 = 14;
-const GET_CURRENT_COMM: i32 = 16;
-const GET_CURRENT_CGROUP_ID: i32 = 80;
-const SET_RETVAL: i32 = 187;
-const SETSOCKOPT: i32 = 42;
+use aya_obj::generated::bpf_func_id as F;
+const GET_CURRENT_PID_TGID: i32 = F::BPF_FUNC_get_current_pid_tgid as i32;
+const GET_CURRENT_COMM: i32 = F::BPF_FUNC_get_current_comm as i32;
+const GET_CURRENT_CGROUP_ID: i32 = F::BPF_FUNC_get_current_cgroup_id as i32;
+const SET_RETVAL: i32 = F::BPF_FUNC_set_retval as i32;
+const SETSOCKOPT: i32 = F::BPF_FUNC_setsockopt as i32;
 const ATTACH_INET4_BIND: u32 = 8;
 const ATTACH_UDP4_SENDMSG: u32 = 14;
 
@@ -240,6 +241,12 @@ pub fn have_netns_cookie_sockopt() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn helper_ids_are_the_kernels() {
+        // A wrong id probes another helper (42 is get_numa_node_id, allowed everywhere).
+        assert_eq!((GET_CURRENT_COMM, SETSOCKOPT, SET_RETVAL), (16, 49, 187));
+    }
 
     #[test]
     fn instructions_encode_as_the_kernel_reads_them() {
