@@ -155,6 +155,31 @@ pub fn quote_path(p: &std::path::Path) -> String {
     quote(&p.to_string_lossy())
 }
 
+/// `s` for a line of text output, with every control character (ESC, CR, LF, ...) written as
+/// an escape (`\x1b`, `\r`, `\n`) and a backslash as `\\`. Process names and cgroup names
+/// are chosen by users; printed raw they could rewrite the terminal or forge lines. JSON
+/// output keeps the real bytes (serde escapes them).
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            // Unicode's control characters are C0, DEL and C1 (U+0080..U+009F, e.g. CSI).
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A path as [`printable`] writes it.
+pub fn printable_path(p: &std::path::Path) -> String {
+    printable(&p.to_string_lossy())
+}
+
 /// The exit code for any error that reached the edge: typed errors know theirs, anything else
 /// is an operation that failed.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
@@ -184,5 +209,12 @@ mod tests {
             len: long.len(),
         };
         assert!(e.to_string().len() < 300);
+    }
+
+    #[test]
+    fn printable_escapes_control_characters() {
+        assert_eq!(printable("eth0 /x/y é"), "eth0 /x/y é");
+        assert_eq!(printable("a\x1b[2Jb\rc\nd"), "a\\x1b[2Jb\\rc\\nd");
+        assert_eq!(printable("\x7f\u{9b}\\"), "\\x7f\\x9b\\\\");
     }
 }

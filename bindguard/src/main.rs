@@ -12,7 +12,7 @@ use bindguard::{
         policy::{self, Mode, Options},
     },
     commands::{exec, monitor, oci, status, verify},
-    error,
+    error::{self, printable, printable_path},
     service::{config, daemon, reconcile},
 };
 use clap::{Args, Parser, Subcommand};
@@ -220,7 +220,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("bindguard: warning: {w}");
             }
             let outcome = enforcer::attach(&cg, &iface, &opts).with_context(|| {
-                format!("attaching cgroup {} to {}", cg.path.display(), iface.name)
+                format!(
+                    "attaching cgroup {} to {}",
+                    printable_path(&cg.path),
+                    iface.name
+                )
             })?;
             if opts.mode == Mode::Strict
                 && let Some(w) = enforcer::current_set()
@@ -247,7 +251,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     };
                     eprintln!(
                         "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
-                        s.protocol, s.local, s.remote, s.pid, s.command, s.bound_ifindex
+                        s.protocol,
+                        s.local,
+                        s.remote,
+                        s.pid,
+                        printable(&s.command),
+                        s.bound_ifindex
                     );
                 }
             }
@@ -258,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             println!(
                 "{verb} cgroup {} (id {}) to {} (ifindex {}), mode {}",
-                cg.path.display(),
+                printable_path(&cg.path),
                 cg.id,
                 iface.name,
                 iface.ifindex,
@@ -280,7 +289,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 oci::Outcome::Bound { cgroup, dev } => {
                     eprintln!(
                         "bindguard: bound container cgroup {} to {dev}",
-                        cgroup.display()
+                        printable_path(&cgroup)
                     )
                 }
                 oci::Outcome::Cleaned { removed } => {
@@ -291,11 +300,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
             // The path detached, not the argument: `self` names the caller's cgroup.
             Detached::Removed { cgroup, pins } => {
-                println!("detached {} (removed {})", cgroup.display(), pins.display())
+                println!(
+                    "detached {} (removed {})",
+                    printable_path(&cgroup),
+                    pins.display()
+                )
             }
             Detached::Stale(n) => println!(
                 "cgroup {} no longer exists; removed {n} binding(s) of deleted cgroups",
-                cgroup.display()
+                printable_path(&cgroup)
             ),
         },
         Command::Monitor { json, duration } => {

@@ -400,6 +400,27 @@ fn monitor_reports_each_refusal() {
     );
 }
 
+/// A cgroup with an odd name made by a test: on drop its binding (if any) is detached, its
+/// processes killed, and it is removed.
+struct Dir(std::path::PathBuf);
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = Cmd::bindguard()
+            .arg("detach")
+            .arg("--cgroup")
+            .arg(&self.0)
+            .run();
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..100 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// Review: the owner of a delegated subtree under a bound cgroup names its cgroups, with any
 /// byte but '/' and '\n'. One refusal in a cgroup whose name is not UTF-8 ended
 /// `monitor --json` ("path contains invalid UTF-8 characters"): every later refusal on the
@@ -408,18 +429,6 @@ fn monitor_reports_each_refusal() {
 fn monitor_json_survives_a_cgroup_whose_name_is_not_utf8() {
     root_or_skip!();
     use std::os::unix::{ffi::OsStrExt, fs::MetadataExt};
-    struct Dir(std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
-            for _ in 0..100 {
-                if std::fs::remove_dir(&self.0).is_ok() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-    }
     let s = Scenario::new();
     s.attach(UPLINK_B, &[]);
     let child = Dir(s.cg.path.join(std::ffi::OsStr::from_bytes(b"bgt-\xff")));
@@ -459,4 +468,100 @@ fn monitor_json_survives_a_cgroup_whose_name_is_not_utf8() {
         events.iter().any(|e| e["cgroup_id"] == s.cg.id),
         "no event after the child's:\n{lines}{rest}"
     );
+}
+
+/// Issue #17, item 10: process names (any user sets them) and cgroup names (the owner of a
+/// delegated subtree picks them) reached the terminal raw in text output: an ESC sequence in
+/// either rewrote the screen of whoever ran `status` or `monitor`, a CR forged a line. Text
+/// output escapes control characters; JSON keeps the real names.
+#[test]
+fn text_output_escapes_control_characters_in_names() {
+    root_or_skip!();
+    use std::os::unix::ffi::OsStrExt;
+    // Printed raw, either would be taken by a terminal: ESC, CR, LF and the C1 CSI.
+    let raw = |text: &str| text.chars().any(|c| c.is_control() && c != '\n');
+    let lines_ok = |text: &str| text.lines().all(|l| !raw(l));
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    // cgroupfs refuses '\n' in a name; ESC and CR are accepted.
+    let name = b"bgt-\x1b[2J\rX";
+    let child = Dir(s.cg.path.join(std::ffi::OsStr::from_bytes(name)));
+    std::fs::create_dir(&child.0).unwrap();
+    let comm = "bg\x1b[31m\r\nx";
+
+    let (code, out, err) = s.attach_to(Cmd::bindguard(), &child.0, UPLINK_B).run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        lines_ok(&out) && out.contains("\\x1b[2J\\rX"),
+        "attach: {out:?}"
+    );
+
+    let (code, out, err) = Cmd::bindguard().arg("status").run();
+    assert_eq!(code, 0, "{err}");
+    assert!(lines_ok(&out), "status: {out:?}");
+    assert!(out.contains("bgt-\\x1b[2J\\rX"), "status: {out:?}");
+    let json = s.status_json();
+    let bound = json["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["cgroup"] == child.0.to_str().unwrap());
+    assert!(bound, "status --json lacks the real name: {json}");
+
+    let (code, out, err) = Cmd::bindguard()
+        .arg("verify")
+        .arg("--cgroup")
+        .arg(&child.0)
+        .run();
+    assert!(
+        lines_ok(&out) && lines_ok(&err),
+        "verify ({code}): {out:?} {err:?}"
+    );
+
+    // One refusal in the child by a process whose name has ESC, CR and LF, seen by a text
+    // monitor and then by a JSON one.
+    let refuse = || {
+        let _ = Cmd::probe()
+            .in_cgroup_path(&child.0)
+            .in_netns(&s.topo.host)
+            .env("BG_PROBE_COMM", comm)
+            .arg("mptcp")
+            .run();
+    };
+    let mut events = Vec::new();
+    for json in [false, true] {
+        let mut monitor = Cmd::bindguard()
+            .args(["monitor", "--duration", "30"])
+            .args(json.then_some("--json"))
+            .spawn();
+        let mut stderr = std::io::BufReader::new(monitor.stderr.take().unwrap());
+        let mut ready = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut ready).unwrap();
+        assert!(ready.contains("watching"), "{ready}");
+        refuse();
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(monitor.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let out = bindguard_tests::run::wait_output(monitor, Duration::from_secs(5)).unwrap();
+        events.push(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    let (text, json) = (&events[0], &events[1]);
+    assert!(lines_ok(text), "monitor: {text:?}");
+    assert!(
+        text.contains("bgt-\\x1b[2J\\rX") && text.contains("hook=mptcp"),
+        "monitor: {text:?}"
+    );
+    let event = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .find(|e| e["cgroup"] == child.0.to_str().unwrap() && e["hook"] == "mptcp")
+        .unwrap_or_else(|| panic!("no event of the child: {json}"));
+    use bindguard_common::features as F;
+    let has_comm = (bindguard::kernel::probe::features() >> F::SOCK) & F::COMM != 0;
+    if has_comm {
+        assert_eq!(event["command"], comm, "{event}");
+        assert!(text.contains("bg\\x1b[31m\\r\\nx"), "monitor: {text:?}");
+    }
 }

@@ -21,6 +21,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 
 use crate::{
     binding::{enforcer, netdev},
+    error::{printable, printable_path},
     kernel::{pins, progset},
 };
 
@@ -303,11 +304,16 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
                 if json {
                     writeln!(out, "{}", serde_json::to_string(&record)?)?;
                 } else {
-                    let cg = record.cgroup.as_ref().map_or("?".into(), |p| p.display().to_string());
+                    let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
                     writeln!(
                         out,
                         "{} cgroup={} pid={} comm={} hook={} {}",
-                        record.time, cg, record.pid, record.command, record.hook, record.reason
+                        record.time,
+                        cg,
+                        record.pid,
+                        printable(&record.command),
+                        record.hook,
+                        record.reason
                     )?;
                 }
                 out.flush()?;

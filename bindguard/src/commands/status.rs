@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::{
     binding::{enforcer, netdev, netns},
+    error::printable_path,
     kernel::{link, pins, progset},
 };
 
@@ -634,8 +635,8 @@ pub fn render_table(report: &Report) -> String {
         };
         rows.push([
             b.cgroup
-                .as_ref()
-                .map_or("(deleted)".into(), |p| p.display().to_string()),
+                .as_deref()
+                .map_or("(deleted)".into(), printable_path),
             b.cgroup_id.to_string(),
             b.ifname.clone(),
             b.ifindex.to_string(),

@@ -28,6 +28,7 @@ use crate::{
         enforcer, netdev,
         netns::{self, Netns},
     },
+    error::{printable, printable_path},
     kernel::{
         link, pins,
         sockopt::{get_int, new_socket, set_bindtodevice},
@@ -544,14 +545,17 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(
         out,
         "verify {} -> {} (ifindex {}), mode {}{}",
-        report.cgroup.display(),
+        printable_path(&report.cgroup),
         report.ifname,
         report.ifindex,
         report.mode,
         if report.binding_cgroup == report.cgroup {
             String::new()
         } else {
-            format!(", inherited from {}", report.binding_cgroup.display())
+            format!(
+                ", inherited from {}",
+                printable_path(&report.binding_cgroup)
+            )
         }
     );
     for c in &report.checks {
@@ -567,7 +571,12 @@ pub fn render(report: &Report) -> String {
         let _ = writeln!(
             out,
             "     pid {} ({}) {} {} -> {} bound to ifindex {}",
-            s.pid, s.command, s.protocol, s.local, s.remote, s.bound_ifindex
+            s.pid,
+            printable(&s.command),
+            s.protocol,
+            s.local,
+            s.remote,
+            s.bound_ifindex
         );
     }
     let _ = writeln!(

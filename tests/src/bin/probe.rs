@@ -21,6 +21,8 @@
 //!                                           `-long` suffix passes optlen 8192), hold it 600 ms
 //!   bg-probe attack KIND ADDR PORT TOKEN [ARG...]  further attacks: see probe/attack.rs
 //!
+//! BG_PROBE_COMM=NAME in the environment sets the process name (PR_SET_NAME) first.
+//!
 //! Exit status: 0 when the operation succeeded, 1 when the kernel refused it.
 
 #[path = "probe/attack.rs"]
@@ -630,6 +632,15 @@ fn bench_send(addr: &str, port: &str, n: &str) {
 }
 
 fn main() {
+    // BG_PROBE_COMM: the process name (comm) the kernel reports for this process.
+    if let Some(name) = std::env::var_os("BG_PROBE_COMM") {
+        use std::os::unix::ffi::OsStrExt;
+        let mut buf = name.as_bytes().to_vec();
+        buf.truncate(15);
+        buf.push(0);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+        unsafe { libc::prctl(libc::PR_SET_NAME, buf.as_ptr()) };
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a: Vec<&str> = args.iter().map(String::as_str).collect();
     match a.as_slice() {
