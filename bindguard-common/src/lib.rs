@@ -26,6 +26,11 @@ pub mod flags {
     pub const FROM_CONFIG: u32 = 1 << 4;
     /// Strict mode's BPF LSM programs are attached (the BPF LSM is active).
     pub const LSM: u32 = 1 << 5;
+    /// The binding was made by `oci-hook` at createRuntime: only such bindings are removed by
+    /// its poststop, which names a cgroup from state any caller of the runtime controls.
+    /// (A new bit, no new layout: [`ABI_VERSION`](super::ABI_VERSION) stays; older loaders
+    /// ignore it, and a container bound by one is cleaned up with its deleted cgroup.)
+    pub const FROM_OCI: u32 = 1 << 6;
 }
 
 /// The whole policy of one binding: its cgroup's value in the program set's `policy` cgroup

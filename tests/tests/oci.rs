@@ -134,3 +134,77 @@ fn hook_refuses_malformed_state() {
         assert!(err.contains(needle), "{input}: {err}");
     }
 }
+
+/// Runs `oci-hook` with `state` on stdin; returns (exit code, stderr).
+fn hook(state: &serde_json::Value) -> (Option<i32>, String) {
+    let mut child = Cmd::bindguard().arg("oci-hook").spawn_with_stdin();
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), state.to_string().as_bytes()).unwrap();
+    drop(child.stdin.take());
+    let out = wait_output(child, Duration::from_secs(10)).unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue #17, item 12: a poststop state names its cgroup by container id (runc's default
+/// cgroup is /<id>) and a bundle; whoever runs the runtime chooses both. A poststop whose id
+/// was the name of a cgroup bound by `attach`, with no config.json in its bundle, removed that
+/// binding. Poststop removes only bindings the hook made; those it still removes.
+#[test]
+fn poststop_removes_only_bindings_the_hook_made() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let mount = bindguard::binding::cgroup::cgroup2_mount().unwrap();
+    let name = |cg: &bindguard_tests::topology::TestCgroup| {
+        cg.path
+            .strip_prefix(&mount)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let bundle = std::env::temp_dir().join(format!("bgt-oci-bundle-{}", std::process::id()));
+    std::fs::create_dir_all(&bundle).unwrap();
+    let poststop = |id: &str| {
+        serde_json::json!({
+            "ociVersion": "1.0.2", "id": id, "status": "stopped",
+            "bundle": bundle, "annotations": {"io.bindguard.dev": UPLINK_B},
+        })
+    };
+
+    // A binding made by `attach`: poststop leaves it.
+    s.attach(UPLINK_B, &[]);
+    let (code, err) = hook(&poststop(&name(&s.cg)));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        s.cg.pins().exists(),
+        "poststop removed the binding `attach` made: {err}"
+    );
+    assert!(s.status_entry().is_some(), "status lost the binding");
+
+    // A binding made by the hook at createRuntime: poststop removes it.
+    let cg = bindguard_tests::topology::TestCgroup::new();
+    let mut sleeper = Cmd::new("sleep")
+        .arg("30")
+        .in_cgroup(&cg)
+        .in_netns(&s.topo.host)
+        .spawn();
+    let (code, err) = hook(&serde_json::json!({
+        "ociVersion": "1.0.2", "id": name(&cg), "status": "creating", "pid": sleeper.id(),
+        "bundle": bundle, "annotations": {"io.bindguard.dev": UPLINK_B},
+    }));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        cg.pins().exists(),
+        "createRuntime bound the container: {err}"
+    );
+    let (code, err) = hook(&poststop(&name(&cg)));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let _ = std::fs::remove_dir(&bundle);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        !cg.pins().exists(),
+        "poststop left the hook's binding: {err}"
+    );
+}

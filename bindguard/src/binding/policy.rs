@@ -168,6 +168,8 @@ pub struct Options {
     pub existing: Existing,
     /// The binding comes from a config file (recorded in the policy for `apply --prune`).
     pub from_config: bool,
+    /// The binding is made by `oci-hook` (recorded in the policy for its poststop).
+    pub from_oci: bool,
 }
 
 impl Options {
@@ -206,6 +208,9 @@ pub fn policy_for(iface: &Interface, opts: &Options, cgroup_id: u64, lsm: bool) 
     }
     if opts.from_config {
         f |= flags::FROM_CONFIG;
+    }
+    if opts.from_oci {
+        f |= flags::FROM_OCI;
     }
     if lsm && opts.mode == Mode::Strict {
         f |= flags::LSM;

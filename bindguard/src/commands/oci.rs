@@ -211,7 +211,10 @@ fn create(
     dev: &str,
     annotations: &HashMap<String, String>,
 ) -> anyhow::Result<Outcome> {
-    let opts = options_from(annotations)?;
+    let opts = Options {
+        from_oci: true,
+        ..options_from(annotations)?
+    };
     netdev::validate_name(dev)?;
     let pid = state.pid().filter(|p| *p > 0).ok_or_else(|| {
         invalid(format!(
@@ -249,7 +252,8 @@ fn poststop(state: &State) -> anyhow::Result<Outcome> {
     // The runtime may remove the container's cgroup before poststop (runc does): the kernel
     // then detached the programs and the pins are leftovers, removed with every other such.
     // If the cgroup still exists (named by linux.cgroupsPath, or runc's default /<id>), its
-    // binding is removed directly.
+    // binding is removed directly — only if this hook made it: the state (id, bundle) comes
+    // from whoever runs the runtime, and may name a cgroup `attach` or the config bound.
     let config = Spec::load(state.bundle().join("config.json")).ok();
     let cgroups_path = config
         .as_ref()
@@ -260,7 +264,10 @@ fn poststop(state: &State) -> anyhow::Result<Outcome> {
         let candidate = mount.join(cgroups_path.strip_prefix("/").unwrap_or(&cgroups_path));
         if let Ok(cg) = cgroup::resolve(&candidate) {
             let dir = pins::binding_dir(cg.id);
-            if dir.exists() {
+            let ours = |dir: &Path| {
+                enforcer::read_policy(dir).is_ok_and(|p| p.has(bindguard_common::flags::FROM_OCI))
+            };
+            if dir.exists() && ours(&dir) {
                 let _lock = pins::lock()?;
                 pins::remove_dir(&dir)?;
                 crate::kernel::progset::forget_user(cg.id);

@@ -320,6 +320,7 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
             allow_families,
             existing,
             from_config: true,
+            from_oci: false,
         };
         options.validate().map_err(|e| {
             err_at(
