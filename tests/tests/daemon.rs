@@ -1142,3 +1142,75 @@ fn create_true_makes_the_cgroup_and_binds_it_before_anything_runs_there() {
         [Peer::B]
     );
 }
+
+/// Issue #17, item 7: a `bindings.d/*.toml` that cannot be read — a dangling symlink, a
+/// directory named `x.toml` — was skipped silently on SIGHUP and its binding detached, while a
+/// bad value rejected the reload. Both are now a bad config: the reload is refused, naming the
+/// file, and the running bindings stay. Removing the file is what detaches its binding.
+#[test]
+fn an_unreadable_config_file_on_sighup_changes_nothing() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let other = TestCgroup::new();
+    let dir = TempDir::new();
+    let etc = dir.0.join("etc");
+    let d_dir = etc.join("bindings.d");
+    fs::create_dir_all(&d_dir).unwrap();
+    fs::write(
+        d_dir.join("a.toml"),
+        binding(&s.cg.path, UPLINK_B, &s.topo, ""),
+    )
+    .unwrap();
+    let b = d_dir.join("b.toml");
+    fs::write(&b, binding(&other.path, UPLINK_B, &s.topo, "")).unwrap();
+    let d = Daemon::start(&etc, &dir);
+    assert!(s.cg.pins().exists() && other.pins().exists(), "{}", d.log());
+    let before = entry(&s, other.id).unwrap();
+    let unreadable: [(&str, &dyn Fn()); 2] = [
+        ("dangling symlink", &|| {
+            std::os::unix::fs::symlink(dir.0.join("nowhere.toml"), &b).unwrap()
+        }),
+        ("directory", &|| fs::create_dir(&b).unwrap()),
+    ];
+    for (n, (what, make)) in unreadable.into_iter().enumerate() {
+        let _ = fs::remove_file(&b);
+        let _ = fs::remove_dir(&b);
+        make();
+        d.signal(nix::sys::signal::Signal::SIGHUP);
+        assert!(
+            d.wait_log("reload refused", n + 1, Duration::from_secs(5)),
+            "{what}: {}",
+            d.log()
+        );
+        let refused = d
+            .log()
+            .lines()
+            .filter(|l| l.contains("reload refused"))
+            .nth(n)
+            .unwrap()
+            .to_string();
+        assert!(
+            refused.contains("b.toml"),
+            "{what}: names the file: {refused}"
+        );
+        let after =
+            entry(&s, other.id).unwrap_or_else(|| panic!("{what}: binding detached: {}", d.log()));
+        assert_eq!(link_ids(&after), link_ids(&before), "{what}");
+        assert!(s.cg.pins().exists(), "{what}: {}", d.log());
+    }
+    // Without the file, its binding goes.
+    let _ = fs::remove_dir(&b);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    assert!(
+        d.wait_log("reloaded", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || !other.pins().exists()),
+        "{}",
+        d.log()
+    );
+    assert!(s.cg.pins().exists(), "{}", d.log());
+}

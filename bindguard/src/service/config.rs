@@ -132,35 +132,53 @@ pub fn files_of(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
     let mut files = Vec::new();
     let main = path.join("bindguard.toml");
-    if main.is_file() {
+    if named(&main) {
         files.push(main.clone());
     }
-    files.extend(toml_files(&path.join("bindings.d")));
-    files.extend(toml_files(path).into_iter().filter(|f| *f != main));
+    files.extend(toml_files(&path.join("bindings.d"))?);
+    files.extend(toml_files(path)?.into_iter().filter(|f| *f != main));
     Ok(files)
 }
 
-fn toml_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml") && p.is_file())
-        .collect();
+/// Whether a directory entry of this name exists, whatever it is: a dangling symlink or a
+/// directory named like a config file is listed, and [`load`] refuses it as unreadable
+/// rather than dropping its bindings unseen.
+fn named(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+/// The `*.toml` entries of `dir` in name order (none if `dir` does not exist).
+fn toml_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let unreadable = |e: std::io::Error| Error::Config {
+        file: dir.to_path_buf(),
+        line: 1,
+        why: format!("cannot be listed ({e})"),
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(unreadable(e)),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let p = entry.map_err(unreadable)?.path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            out.push(p);
+        }
+    }
     out.sort();
-    out
+    Ok(out)
 }
 
 /// The default files: /etc/bindguard/bindguard.toml and /etc/bindguard/bindings.d/*.toml
 /// (none of them need exist: no file = no bindings).
-pub fn default_files() -> Vec<PathBuf> {
+pub fn default_files() -> Result<Vec<PathBuf>, Error> {
     let mut files = Vec::new();
-    if Path::new(DEFAULT_FILE).is_file() {
+    if named(Path::new(DEFAULT_FILE)) {
         files.push(PathBuf::from(DEFAULT_FILE));
     }
-    files.extend(toml_files(Path::new(DEFAULT_DIR)));
-    files
+    files.extend(toml_files(Path::new(DEFAULT_DIR))?);
+    Ok(files)
 }
 
 /// Reads and validates the config at `path` (None: the default files). Relative cgroup
@@ -168,7 +186,7 @@ pub fn default_files() -> Vec<PathBuf> {
 pub fn load(path: Option<&Path>, cgroup_mount: &Path) -> anyhow::Result<Config> {
     let files = match path {
         Some(p) => files_of(p)?,
-        None => default_files(),
+        None => default_files()?,
     };
     let mut texts = Vec::new();
     for f in &files {
