@@ -203,20 +203,18 @@ pub fn raise_memlock() {
 }
 
 /// Whether cgroup bpf_links can be made (5.7): BPF_LINK_CREATE with a real program and a
-/// target that is not a cgroup answers EBADF where links exist, EINVAL where the command
-/// or the attach type is unknown (cilium's HaveAttachCgroup does the same).
+/// target that is not a cgroup (the program's own fd: no file system needed, bindguard may run
+/// in a bare chroot) answers EBADF where links exist, EINVAL where the command or the attach
+/// type is unknown (cilium's HaveAttachCgroup does the same with /dev/null).
 pub fn have_cgroup_links() -> bool {
     static HAVE: OnceLock<bool> = OnceLock::new();
     *HAVE.get_or_init(|| {
         let Ok(prog) = load(PROG_CGROUP_SOCK, ATTACH_INET_SOCK_CREATE, &RETURN_1, 0) else {
             return false;
         };
-        let Ok(null) = std::fs::File::open("/dev/null") else {
-            return false;
-        };
         let mut attr = [0u32; 4];
         attr[0] = prog.as_raw_fd() as u32;
-        attr[1] = null.as_raw_fd() as u32;
+        attr[1] = prog.as_raw_fd() as u32;
         attr[2] = ATTACH_INET_SOCK_CREATE;
         match sys_bpf(bpf_cmd::BPF_LINK_CREATE, &mut attr) {
             Ok(fd) => {
