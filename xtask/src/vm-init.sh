@@ -12,7 +12,16 @@ mount -t devtmpfs dev /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
+# The workspace (bg.keep=) may live under a directory that gets a tmpfs (a CI clone in /tmp):
+# hold it on a bind mount and put it back on top.
+ws=$(param keep)
+mkdir -p /dev/shm/ws
+mount --bind "$ws" /dev/shm/ws
 for d in /tmp /run /var/tmp; do mount -t tmpfs -o mode=1777 tmpfs "$d"; done
+case "$ws" in
+/tmp/* | /run/* | /var/tmp/*) mkdir -p "$ws" && mount --move /dev/shm/ws "$ws" ;;
+*) umount /dev/shm/ws ;;
+esac
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t bpf bpf /sys/fs/bpf
 mount -t securityfs securityfs /sys/kernel/security

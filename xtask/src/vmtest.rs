@@ -307,11 +307,12 @@ fn boot(
     let started = Instant::now();
     let stage2 = workspace().join("xtask/src/vm-init.sh");
     let append = format!(
-        "console=ttyS0 quiet panic=-1 oops=panic {} bg.stage2={} bg.run={} bg.modroot={}",
+        "console=ttyS0 quiet panic=-1 oops=panic {} bg.stage2={} bg.run={} bg.modroot={} bg.keep={}",
         config.cmdline,
         stage2.display(),
         script.display(),
-        kernel.modules_root.display()
+        kernel.modules_root.display(),
+        workspace().display()
     );
     let mut child = Command::new("qemu-system-x86_64")
         .args(accel.args())
