@@ -556,6 +556,13 @@ fn racing_a_long_bindtodevice_option_cannot_move_the_socket() {
             .unwrap_or_else(|| panic!("no count in: {out}"));
         if strict {
             assert_eq!(moved, 0, "strict: sockets moved to upA: {out}");
+        } else if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+            // One CPU (the VM matrix): the flipping thread never runs between the two copies,
+            // so the leak this guards against cannot be shown here; the host shows it.
+            bindguard_tests::skip(
+                "attack::racing_a_long_bindtodevice_option_cannot_move_the_socket (bind-mode control)",
+                "one CPU: the racing thread cannot interleave with the option's two copies",
+            );
         } else {
             assert!(moved > 0, "bind mode: the race never moved a socket: {out}");
         }
