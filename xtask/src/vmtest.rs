@@ -208,6 +208,8 @@ fn selected(o: &Options) -> Vec<Config> {
     MATRIX
         .iter()
         .filter(|c| o.kernels.is_empty() || o.kernels.iter().any(|k| k == c.name || k == c.series))
+        // A boot that --suite leaves nothing to run is not booted.
+        .filter(|c| o.suites.is_empty() || c.suites.iter().any(|s| o.suites.iter().any(|o| o == s)))
         .copied()
         .collect()
 }

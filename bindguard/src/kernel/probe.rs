@@ -58,6 +58,9 @@ pub(crate) fn load(
     insns: &[u64],
     attach_btf_id: u32,
 ) -> std::io::Result<OwnedFd> {
+    // Before 5.11 a load is charged to RLIMIT_MEMLOCK (against every BPF object the user
+    // already holds): without this a probe fails with EPERM and reads as "missing".
+    raise_memlock();
     let license = c"GPL";
     let mut attr = [0u8; 128];
     let mut put = |at: usize, v: u64, width: usize| {
