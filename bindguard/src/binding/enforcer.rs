@@ -325,13 +325,20 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
 /// workqueue, ~10 ms here), so a binding whose cgroup directory has just disappeared is given
 /// up to 2 s to be detached. Only the kernel's word (detached links) removes pins.
 pub fn remove_stale() -> anyhow::Result<usize> {
+    remove_stale_within(std::time::Duration::from_secs(2))
+}
+
+/// [`remove_stale`], giving a just-deleted cgroup's links `grace` to be detached. With no
+/// grace it removes what the kernel has already released, without waiting: what a
+/// container's start can afford.
+pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> {
     if !pins::bpffs_mounted() {
         return Ok(0);
     }
     let lock = pins::lock()?;
     sweep_abandoned(&lock);
     let mut cgroups = crate::binding::cgroup::Namer::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + grace;
     let mut removed = 0;
     // Old sets whose last binding went with its cgroup go too (after the loop, below).
     for (id, dir) in pins::list() {
