@@ -150,8 +150,24 @@ pub fn exec(
     let mut previous = SigSet::empty();
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&waited), Some(&mut previous))?;
     let result = run_child(&transient.cgroup.path, netns.map(|_| &ns), command, &waited);
+    // The teardown runs with the signals still blocked: a SIGTERM that arrives now (a
+    // supervisor repeating its stop) must not kill bindguard half-way and leave the cgroup.
+    // What arrived for a command that has ended is dropped, not delivered to bindguard.
+    drop(transient);
+    discard_pending(&waited);
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
     result
+}
+
+/// Takes every pending signal of `set` off the queue without acting on it.
+fn discard_pending(set: &SigSet) {
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: set is a valid signal set, the siginfo pointer may be null, zero is a valid
+    // timeout; sigtimedwait returns -1 (EAGAIN) once nothing of the set is pending.
+    while unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &zero) } > 0 {}
 }
 
 fn run_child(
