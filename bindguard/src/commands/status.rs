@@ -23,6 +23,8 @@ pub const JSON_VERSION: u32 = 2;
 pub struct Report {
     pub version: u32,
     pub bindings: Vec<Binding>,
+    /// Configured bindings the running daemon could not make (they have no pins).
+    pub unbound: Vec<crate::binding::unbound::Unbound>,
     /// Whether every link was asked (`--links`): the table labels its columns by it.
     #[serde(skip)]
     pub links_checked: bool,
@@ -168,6 +170,7 @@ pub fn collect(opts: Options) -> Report {
     Report {
         version: JSON_VERSION,
         bindings,
+        unbound: crate::binding::unbound::read(Path::new(crate::binding::unbound::PATH)),
         links_checked: opts.links,
     }
 }
@@ -608,8 +611,18 @@ fn attached_links(dir: &Path, cgroup_id: u64) -> usize {
 /// The table `status` prints for people: one row per binding.
 pub fn render_table(report: &Report) -> String {
     use std::fmt::Write as _;
+    let mut unbound = String::new();
+    for u in &report.unbound {
+        let _ = writeln!(
+            unbound,
+            "NOT bound (the daemon could not make it): {} ({}): {}",
+            printable_path(&u.cgroup),
+            crate::error::printable(&u.origin),
+            crate::error::printable(&u.why)
+        );
+    }
     if report.bindings.is_empty() {
-        return "no bindings\n".into();
+        return format!("no bindings\n{unbound}");
     }
     let mut rows = vec![
         [
@@ -683,5 +696,6 @@ pub fn render_table(report: &Report) -> String {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
         }
     }
+    out.push_str(&unbound);
     out
 }

@@ -66,7 +66,7 @@ use crate::{
         cgroup, enforcer,
         netdev::{self, Interface},
         policy::Existing,
-        sockreset,
+        sockreset, unbound,
     },
     kernel::{pins, progset},
     service::{
@@ -170,6 +170,7 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             releasing: HashSet::new(),
             states: HashMap::new(),
             failures: HashMap::new(),
+            unbound: Vec::new(),
             event_at: None,
             loaded: false,
         };
@@ -207,6 +208,8 @@ struct Daemon {
     states: HashMap<usize, State>,
     /// binding index -> why it failed (for the readiness report).
     failures: HashMap<usize, String>,
+    /// The failed bindings as last published for `status`.
+    unbound: Vec<unbound::Unbound>,
     /// When the link event being handled was read (its change's log line says how long the
     /// change took from there).
     event_at: Option<Instant>,
@@ -245,6 +248,7 @@ impl Daemon {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&self.counts()),
         ]);
+        self.publish_unbound();
         loop {
             tokio::select! {
                 Some(msg) = rx.recv() => self.on_msg(msg),
@@ -258,6 +262,9 @@ impl Daemon {
             }
         }
         notify(&[sd_notify::NotifyState::Stopping]);
+        if !self.unbound.is_empty() {
+            let _ = unbound::publish(Path::new(unbound::PATH), &[]);
+        }
         info!(
             "stopping; every binding stays in the kernel ({})",
             self.counts()
@@ -338,8 +345,35 @@ impl Daemon {
         self.set.clone()
     }
 
-    fn publish_status(&self) {
+    fn publish_status(&mut self) {
         notify(&[sd_notify::NotifyState::Status(&self.counts())]);
+        self.publish_unbound();
+    }
+
+    /// Keeps `status`'s list of configured bindings that are not bound
+    /// ([`crate::binding::unbound`]) equal to the failed ones.
+    fn publish_unbound(&mut self) {
+        let mut now: Vec<unbound::Unbound> = self
+            .failures
+            .iter()
+            .filter(|(i, _)| self.states.get(i) == Some(&State::Failed))
+            .map(|(i, why)| {
+                let b = &self.config.bindings[*i];
+                unbound::Unbound {
+                    cgroup: b.cgroup.clone(),
+                    origin: b.origin(),
+                    why: why.clone(),
+                }
+            })
+            .collect();
+        now.sort_by(|a, b| a.origin.cmp(&b.origin));
+        if now == self.unbound {
+            return;
+        }
+        match unbound::publish(Path::new(unbound::PATH), &now) {
+            Ok(()) => self.unbound = now,
+            Err(e) => warn!("cannot write {}: {e}", unbound::PATH),
+        }
     }
 
     fn start_link_watchers(&mut self) {
@@ -732,7 +766,11 @@ impl Daemon {
         self.states.insert(i, state);
         self.failures.remove(&i);
         self.made.insert(i, (cg.id, iface.ifindex));
-        self.loaded |= action != Action::Retarget;
+        if action != Action::Retarget {
+            self.loaded = true;
+            // A set may have been loaded anew (its old pins removed by someone): open it again.
+            self.set = None;
+        }
         let mut line = format!(
             "{} {} -> {} ({cause}",
             action.symbol(),
@@ -1191,7 +1229,10 @@ impl Daemon {
             .map(|b| b.cgroup.clone())
             .collect();
         self.config = new;
+        // Indexes name bindings of the old config: forget what was known by them.
         self.states.clear();
+        self.made.clear();
+        self.failures.clear();
         for path in dropped {
             self.held.retain(|_, p| *p != path);
             match enforcer::detach(&path) {
