@@ -607,8 +607,10 @@ pub fn forget() {
 
 /// The running build's set once opened by [`set_of_binding`], and its program ids by hook as
 /// asked: a process that looks at many bindings (`apply`, the daemon) opens it once.
-static CURRENT: Mutex<Option<(std::sync::Arc<Set>, HashMap<String, Option<u32>>)>> =
-    Mutex::new(None);
+static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
+
+/// The running build's set and its program ids by hook name (None: no such program).
+type Current = (std::sync::Arc<Set>, HashMap<String, Option<u32>>);
 
 /// The set a binding directory's links run, if it is a pinned set (None for a binding made by
 /// an older bindguard that loaded programs per binding, or one whose set was removed).

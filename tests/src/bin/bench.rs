@@ -686,7 +686,11 @@ fn main() {
                     vec![100, 1_000, 10_000]
                 }
             },
-            |v| v.split(',').map(|n| n.trim().parse().expect("--daemon-scale N,N")).collect(),
+            |v| {
+                v.split(',')
+                    .map(|n| n.trim().parse().expect("--daemon-scale N,N"))
+                    .collect()
+            },
         );
         let block = daemon_scale_phase(&sizes, if quick { 5 } else { 20 }, started);
         println!("{block}");
@@ -1633,7 +1637,11 @@ fn daemon_scale_one(n: usize, flaps: usize, started: Instant) -> ScaleRow {
     let log_text = || fs::read_to_string(&log).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(900);
     while !log_text().contains("ready:") {
-        assert!(Instant::now() < deadline, "daemon not ready: {}", log_text());
+        assert!(
+            Instant::now() < deadline,
+            "daemon not ready: {}",
+            log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let ready_s = spawned.elapsed().as_secs_f64();
@@ -1652,7 +1660,10 @@ fn daemon_scale_one(n: usize, flaps: usize, started: Instant) -> ScaleRow {
     let ifindex = |id: u64| set.read_policy(id).map_or(u32::MAX, |p| p.ifindex);
     let last = *cgs.ids.last().unwrap();
     let all_at = |want: u32| cgs.ids.iter().all(|&id| ifindex(id) == want);
-    assert!(all_at(s.topo.host.ifindex(UPLINK_B)), "not every binding is on upB");
+    assert!(
+        all_at(s.topo.host.ifindex(UPLINK_B)),
+        "not every binding is on upB"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel();
@@ -1669,12 +1680,18 @@ fn daemon_scale_one(n: usize, flaps: usize, started: Instant) -> ScaleRow {
             if ifindex(last) == want {
                 break Instant::now();
             }
-            assert!(Instant::now() < deadline, "{what}: the last binding never got {want}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the last binding never got {want}"
+            );
             std::thread::sleep(Duration::from_micros(50));
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while !all_at(want) {
-            assert!(Instant::now() < deadline, "{what}: not every binding got {want}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not every binding got {want}"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         at
