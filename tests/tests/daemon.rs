@@ -1256,6 +1256,14 @@ impl Cgroups {
         }
         Self(paths)
     }
+
+    /// One binding to upB per cgroup.
+    fn config(&self, topo: &Topology) -> String {
+        self.0
+            .iter()
+            .map(|p| binding(p, UPLINK_B, topo, ""))
+            .collect()
+    }
 }
 
 impl Drop for Cgroups {
@@ -1298,12 +1306,7 @@ fn under_a_soft_limit_of_1024_fds_all_1200_bindings_are_enforced_and_follow_a_fl
     let dir = TempDir::new();
     let parent = TestCgroup::new();
     let many = Cgroups::under(&parent.path, 1200);
-    let text: String = many
-        .0
-        .iter()
-        .map(|p| binding(p, UPLINK_B, &s.topo, ""))
-        .collect();
-    let conf = dir.write("c.toml", &text);
+    let conf = dir.write("c.toml", &many.config(&s.topo));
     let started = Instant::now();
     let d = Daemon::start_with(&conf, &dir, Some(1024), Duration::from_secs(300));
     eprintln!("1200 bindings ready in {:?}", started.elapsed());
@@ -1363,11 +1366,7 @@ fn two_hundred_cgroups_removed_at_once_do_not_delay_binding_a_new_one() {
     let late = parent.path.join("bgslate");
     let late_guard = Cgroups(vec![late.clone()]);
     let many = Cgroups::under(&parent.path, 200);
-    let mut text: String = many
-        .0
-        .iter()
-        .map(|p| binding(p, UPLINK_B, &s.topo, ""))
-        .collect();
+    let mut text = many.config(&s.topo);
     text.push_str(&binding(&late, UPLINK_B, &s.topo, ""));
     let conf = dir.write("c.toml", &text);
     let d = Daemon::start_with(&conf, &dir, None, Duration::from_secs(120));
@@ -1542,12 +1541,7 @@ fn flaps_under_a_socket_loop_in_300_bound_cgroups_never_leave_by_the_other_uplin
     let dir = TempDir::new();
     let parent = TestCgroup::new();
     let many = Cgroups::under(&parent.path, 300);
-    let text: String = many
-        .0
-        .iter()
-        .map(|p| binding(p, UPLINK_B, &s.topo, ""))
-        .collect();
-    let conf = dir.write("c.toml", &text);
+    let conf = dir.write("c.toml", &many.config(&s.topo));
     let d = Daemon::start_with(&conf, &dir, None, Duration::from_secs(120));
     let list = dir.write(
         "cgroups",

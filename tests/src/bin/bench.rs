@@ -1045,69 +1045,6 @@ fn raw_socket(family: i32, kind: i32, proto: i32) -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
-/// RTM_NEWLINK of `name` in the thread's namespace: (ifindex, when it was read).
-fn watch_newlink(
-    name: &'static str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tx: std::sync::mpsc::Sender<(u32, Instant)>,
-) {
-    use std::os::fd::AsRawFd as _;
-    let sock = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE);
-    // SAFETY: sockaddr_nl is plain data.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    sa.nl_groups = 1; // RTMGRP_LINK
-    // SAFETY: binding our socket to a valid sockaddr_nl.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&sa as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "bind netlink");
-    let mut buf = vec![0u8; 65536];
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        // SAFETY: reading into our buffer.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let at = Instant::now();
-        if n <= 0 {
-            continue;
-        }
-        let mut off = 0usize;
-        let n = n as usize;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            if len < 16 || off + len > n {
-                break;
-            }
-            if kind == libc::RTM_NEWLINK {
-                let msg = &buf[off + 16..off + len];
-                let index = i32::from_ne_bytes(msg[4..8].try_into().unwrap()) as u32;
-                // attributes after the 16-byte ifinfomsg
-                let mut a = 16;
-                while a + 4 <= msg.len() {
-                    let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().unwrap()) as usize;
-                    let atype = u16::from_ne_bytes(msg[a + 2..a + 4].try_into().unwrap());
-                    if alen < 4 || a + alen > msg.len() {
-                        break;
-                    }
-                    if atype == libc::IFLA_IFNAME {
-                        let v = &msg[a + 4..a + alen];
-                        let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-                        if &v[..end] == name.as_bytes() {
-                            let _ = tx.send((index, at));
-                        }
-                    }
-                    a += (alen + 3) & !3;
-                }
-            }
-            off += (len + 3) & !3;
-        }
-    }
-}
-
 /// The first outgoing UDP datagram to `port` (or ARP request for `arp_target`, which such a
 /// datagram triggers first) on each interface of the thread's namespace: (ifindex, when).
 fn watch_first_packets(
@@ -1185,6 +1122,23 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The namespace at `ns` bind-mounted at `dir`/host-netns: a path of its own (the daemon
+/// watches the directory of a configured namespace path, and /run/netns is busy with every
+/// other test's namespaces).
+fn own_netns_path(dir: &Path, ns: &Path) -> (PathBuf, Unmount) {
+    let path = dir.join("host-netns");
+    fs::File::create(&path).unwrap();
+    nix::mount::mount(
+        Some(ns),
+        &path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind-mount the host namespace");
+    (path.clone(), Unmount(path))
+}
+
 /// A bind mount, unmounted on drop.
 struct Unmount(PathBuf);
 
@@ -1217,19 +1171,7 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
     let dir = std::env::temp_dir().join(format!("bindguard-bench-daemon-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let _cleanup = TempDir(dir.clone());
-    // The namespace under a path of its own: the daemon watches the directory of a configured
-    // namespace path, and /run/netns is busy with every other test's namespaces.
-    let ns_path = dir.join("host-netns");
-    fs::File::create(&ns_path).unwrap();
-    nix::mount::mount(
-        Some(&host),
-        &ns_path,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .expect("bind-mount the host namespace");
-    let _unmount = Unmount(ns_path.clone());
+    let (ns_path, _unmount) = own_netns_path(&dir, &host);
     let conf = dir.join("bindguard.toml");
     fs::write(
         &conf,
@@ -1274,7 +1216,7 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
     let (link_tx, link_rx) = mpsc::channel();
     let (pkt_tx, pkt_rx) = mpsc::channel();
     let st = stop.clone();
-    let t1 = in_netns(host.clone(), move || watch_newlink(UPLINK_B, st, link_tx));
+    let t1 = in_netns(host.clone(), move || watch_links(UPLINK_B, st, link_tx));
     let st = stop.clone();
     let t2 = in_netns(host.clone(), move || {
         watch_first_packets(7000, PEER_B4.parse().unwrap(), st, pkt_tx)
@@ -1311,9 +1253,14 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
                 "link add {UPLINK_B} type veth peer name eth0 netns {peer_ns}"
             )],
         );
-        let (index, t_newlink) = link_rx
-            .recv_timeout(Duration::from_secs(2))
-            .expect("RTM_NEWLINK");
+        let (index, t_newlink) = loop {
+            let (new, index, at) = link_rx
+                .recv_timeout(Duration::from_secs(2))
+                .expect("RTM_NEWLINK");
+            if new {
+                break (index, at);
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(2);
         let t_policy = loop {
             if ifindex_now() == index {
@@ -1587,17 +1534,7 @@ fn daemon_scale_one(n: usize, flaps: usize, started: Instant) -> ScaleRow {
     let dir = std::env::temp_dir().join(format!("bindguard-bench-ds-{}-{n}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let _cleanup = TempDir(dir.clone());
-    let ns_path = dir.join("host-netns");
-    fs::File::create(&ns_path).unwrap();
-    nix::mount::mount(
-        Some(&host),
-        &ns_path,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .expect("bind-mount the host namespace");
-    let _unmount = Unmount(ns_path.clone());
+    let (ns_path, _unmount) = own_netns_path(&dir, &host);
     let conf = dir.join("bindguard.toml");
     let mut text = String::new();
     for p in &cgs.paths {
