@@ -1611,3 +1611,51 @@ while True:
     );
     assert!(d.log().contains("closed 300 binding(s)"), "{}", d.log());
 }
+
+/// Issue 23 §1: a configured binding the daemon cannot make was counted, but nothing named it:
+/// the ready line and `status` must.
+#[test]
+fn a_binding_that_cannot_be_made_is_named_by_the_ready_line_and_by_status() {
+    root_or_skip!();
+    let _g = shared();
+    let dir = TempDir::new();
+    let cg = TestCgroup::new();
+    // A "network namespace" that is a plain file: every resolution of it fails.
+    let not_ns = dir.write("not-a-netns", "");
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "[[binding]]\ncgroup = \"{}\"\ndev = \"lo\"\nnetns = \"{}\"\n",
+            cg.path.display(),
+            not_ns.display()
+        ),
+    );
+    let d = Daemon::start(&conf, &dir);
+    let ready = d
+        .log()
+        .lines()
+        .find(|l| l.contains("ready:"))
+        .unwrap()
+        .to_string();
+    assert!(
+        ready.contains("ERROR") && ready.contains("1 failed") && ready.contains("NOT bound"),
+        "{ready}"
+    );
+    assert!(ready.contains(&cg.path.display().to_string()), "{ready}");
+    let (code, out, err) = Cmd::bindguard().args(["status", "--json"]).run();
+    assert_eq!(code, 0, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let unbound = json["unbound"].as_array().expect("an unbound list");
+    assert!(
+        unbound
+            .iter()
+            .any(|u| u["cgroup"] == cg.path.display().to_string()
+                && u["why"]
+                    .as_str()
+                    .unwrap()
+                    .contains("not a network namespace")),
+        "{out}"
+    );
+    let (_, table, _) = Cmd::bindguard().arg("status").run();
+    assert!(table.contains("NOT bound"), "{table}");
+}

@@ -242,7 +242,7 @@ impl Daemon {
         if self.failures.is_empty() {
             info!("{ready}");
         } else {
-            error!("{ready}; NOT bound: {}", self.failed_list());
+            error!("{ready}");
         }
         notify(&[
             sd_notify::NotifyState::Ready,
