@@ -1733,6 +1733,15 @@ fn daemon_scale_one(n: usize, flaps: usize, started: Instant) -> ScaleRow {
 
 /// The daemon-scale phase over `sizes`; returns its block for BENCHMARKS.md.
 fn daemon_scale_phase(sizes: &[usize], flaps: usize, started: Instant) -> String {
+    let load = || {
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+            .to_string()
+    };
+    let load_before = load();
     let rows: Vec<ScaleRow> = sizes
         .iter()
         .map(|&n| daemon_scale_one(n, flaps, started))
@@ -1754,13 +1763,13 @@ fn daemon_scale_phase(sizes: &[usize], flaps: usize, started: Instant) -> String
     );
     let _ = writeln!(
         r,
-        "| bindings | start → ready | DELLINK → all closed | NEWLINK → all re-targeted | daemon's own line (deleted / appeared) | fds | RSS ready → after flaps | idle wake-ups/s | `apply --dry-run` | `apply` (no-op) |"
+        "| bindings | start → ready | DELLINK → all closed | NEWLINK → all re-targeted | the daemon's own line: deleted · appeared | fds | RSS ready → after flaps | idle wake-ups/s | `apply --dry-run` | `apply` (no-op) |"
     );
     let _ = writeln!(r, "|---|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
         let _ = writeln!(
             r,
-            "| {} | {:.2} s | {} | {} | {} / {} | {} | {:.1} → {:.1} MiB | {:.1} | {:.0} ms | {:.0} ms |",
+            "| {} | {:.2} s | {} | {} | {} · {} | {} | {:.1} → {:.1} MiB | {:.1} | {:.0} ms | {:.0} ms |",
             row.n,
             row.ready_s,
             p50_p99(&row.closed),
@@ -1777,8 +1786,9 @@ fn daemon_scale_phase(sizes: &[usize], flaps: usize, started: Instant) -> String
     }
     let _ = writeln!(
         r,
-        "\nWhole phase: {:.0} s.",
-        started.elapsed().as_secs_f64()
+        "\nWhole phase: {:.0} s; load average (1 min) {load_before} at its start, {} at its end.",
+        started.elapsed().as_secs_f64(),
+        load()
     );
     r
 }
