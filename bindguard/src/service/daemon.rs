@@ -988,10 +988,14 @@ impl Daemon {
         }
     }
 
+    /// Every binding, each interface resolved once for the pass (a change meanwhile is a link
+    /// event, handled after it).
     fn apply_all(&mut self, cause: &str) {
+        self.namespaces.cache_interfaces(true);
         for i in 0..self.config.bindings.len() {
             self.ensure(i, None, cause);
         }
+        self.namespaces.cache_interfaces(false);
     }
 
     fn after_change(&mut self) {
@@ -1024,8 +1028,15 @@ impl Daemon {
     /// Returns whether a cgroup watch was added.
     fn refresh_watches(&mut self) -> bool {
         let mut want: HashMap<PathBuf, Watch> = HashMap::new();
-        for b in &self.config.bindings {
-            let mut dir = b.cgroup.parent().map(Path::to_path_buf);
+        // Bindings mostly share parents (10,000 services under one slice): each walked once.
+        let parents: HashSet<&Path> = self
+            .config
+            .bindings
+            .iter()
+            .filter_map(|b| b.cgroup.parent())
+            .collect();
+        for parent in parents {
+            let mut dir = Some(parent.to_path_buf());
             while let Some(d) = dir {
                 if d.is_dir() {
                     if d != self.mount

@@ -132,6 +132,13 @@ impl Namespaces {
         }
     }
 
+    /// Resolves each interface once from now on (`true`), or every time again (`false`): for
+    /// a pass over every binding, during which an interface that changes is seen by the
+    /// link event that follows.
+    pub fn cache_interfaces(&mut self, on: bool) {
+        self.interfaces = on.then(HashMap::new);
+    }
+
     /// Forgets a namespace (its path now names another one, or none).
     pub fn forget(&mut self, path: Option<&Path>) {
         self.open.remove(&path.map(Path::to_path_buf));
