@@ -608,21 +608,28 @@ fn attached_links(dir: &Path, cgroup_id: u64) -> usize {
         .count()
 }
 
-/// The table `status` prints for people: one row per binding.
+/// The table `status` prints for people: one row per binding, then the configured bindings
+/// the daemon could not make.
 pub fn render_table(report: &Report) -> String {
     use std::fmt::Write as _;
-    let mut unbound = String::new();
+    let mut out = render_bindings(report);
     for u in &report.unbound {
         let _ = writeln!(
-            unbound,
+            out,
             "NOT bound (the daemon could not make it): {} ({}): {}",
             printable_path(&u.cgroup),
             crate::error::printable(&u.origin),
             crate::error::printable(&u.why)
         );
     }
+    out
+}
+
+/// One row per binding.
+fn render_bindings(report: &Report) -> String {
+    use std::fmt::Write as _;
     if report.bindings.is_empty() {
-        return format!("no bindings\n{unbound}");
+        return "no bindings\n".into();
     }
     let mut rows = vec![
         [
@@ -696,6 +703,5 @@ pub fn render_table(report: &Report) -> String {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
         }
     }
-    out.push_str(&unbound);
     out
 }
