@@ -23,6 +23,8 @@ pub const JSON_VERSION: u32 = 2;
 pub struct Report {
     pub version: u32,
     pub bindings: Vec<Binding>,
+    /// Configured bindings the running daemon could not make (they have no pins).
+    pub unbound: Vec<crate::binding::unbound::Unbound>,
     /// Whether every link was asked (`--links`): the table labels its columns by it.
     #[serde(skip)]
     pub links_checked: bool,
@@ -168,6 +170,7 @@ pub fn collect(opts: Options) -> Report {
     Report {
         version: JSON_VERSION,
         bindings,
+        unbound: crate::binding::unbound::read(Path::new(crate::binding::unbound::PATH)),
         links_checked: opts.links,
     }
 }
@@ -665,8 +668,25 @@ fn attached_links(dir: &Path, cgroup_id: u64) -> usize {
         .count()
 }
 
-/// The table `status` prints for people: one row per binding.
+/// The table `status` prints for people: one row per binding, then the configured bindings
+/// the daemon could not make.
 pub fn render_table(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = render_bindings(report);
+    for u in &report.unbound {
+        let _ = writeln!(
+            out,
+            "NOT bound (the daemon could not make it): {} ({}): {}",
+            printable_path(&u.cgroup),
+            crate::error::printable(&u.origin),
+            crate::error::printable(&u.why)
+        );
+    }
+    out
+}
+
+/// One row per binding.
+fn render_bindings(report: &Report) -> String {
     use std::fmt::Write as _;
     if report.bindings.is_empty() {
         return "no bindings\n".into();

@@ -124,6 +124,19 @@ pub fn lock() -> anyhow::Result<Lock> {
     Ok(Lock(locked))
 }
 
+/// [`lock`] without waiting: None while another bindguard holds it (the daemon retries
+/// later instead of blocking its event loop).
+pub fn try_lock() -> anyhow::Result<Option<Lock>> {
+    let root = root();
+    trusted_root(&root)?;
+    let dir = fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(Some(Lock(locked))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", root.display())),
+    }
+}
+
 /// Makes sure bindguard's root on bpffs is a real directory that only root can enter, before
 /// anything in it is trusted or locked.
 ///
