@@ -389,6 +389,23 @@ pub fn self_path() -> anyhow::Result<PathBuf> {
     Ok(mount.join(rel.trim_start_matches('/')))
 }
 
+/// The cgroup v2 directory of process `pid`, from /proc/PID/cgroup ("0::/path", relative to
+/// the cgroup2 mount). A container runtime's hook and the NRI plugin find a container's cgroup
+/// this way: from its first process, whatever cgroup driver named it.
+pub fn of_process(pid: i32) -> anyhow::Result<PathBuf> {
+    let text =
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|_| Error::InvalidInput {
+            what: format!(
+                "container process {pid} is gone; the runtime must call bindguard while it exists"
+            ),
+        })?;
+    let rel = self_from_proc(&text).ok_or_else(|| Error::InvalidInput {
+        what: format!("process {pid} is in no cgroup v2 hierarchy"),
+    })?;
+    let mount = cgroup2_mount()?;
+    Ok(mount.join(rel.trim().trim_start_matches('/')))
+}
+
 /// The cgroup v2 path in the text of /proc/PID/cgroup (the `0::` line).
 pub fn self_from_proc(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))

@@ -814,10 +814,7 @@ fn ns_label(key: &Option<PathBuf>) -> String {
 }
 
 fn one_line(e: &anyhow::Error) -> String {
-    match e.chain().find_map(|c| c.downcast_ref::<Error>()) {
-        Some(typed) => typed.to_string(),
-        None => format!("{e:#}"),
-    }
+    crate::error::one_line(e)
 }
 
 /// sd_notify when started by systemd (NOTIFY_SOCKET set); a no-op otherwise.

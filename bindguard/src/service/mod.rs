@@ -1,9 +1,11 @@
 //! The long-running side: the [`config`] of `apply` and `daemon`, the [`reconcile`] plan
-//! (desired state against what the kernel holds) and the [`daemon`] that keeps it true.
+//! (desired state against what the kernel holds) and the [`daemon`] that keeps it true; the
+//! [`nri`] plugin, which binds the containers a container runtime announces.
 //!
 //! May import: [`crate::binding`], [`crate::kernel`] to hold link fds and watch bpffs, and
 //! [`crate::error`]. Never [`crate::commands`].
 
 pub mod config;
 pub mod daemon;
+pub mod nri;
 pub mod reconcile;
