@@ -187,11 +187,11 @@ pub struct Pod {
 impl Containerd {
     /// Starts containerd in `netns` and imports the image; panics when it cannot.
     pub fn start(netns: &NetnsGuard) -> Self {
-        let dir = std::env::temp_dir().join(unique("bgnctd"));
+        let dir = std::env::temp_dir().join(unique("bgn"));
         fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("containerd.sock");
         let nri_socket = dir.join("nri.sock");
-        let cgroup_parent = format!("/{}", unique("bgnpod"));
+        let cgroup_parent = format!("/{}", unique("bgn"));
         let d = dir.display();
         let config = format!(
             r#"version = 3

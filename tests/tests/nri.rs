@@ -135,7 +135,7 @@ fn annotated_pod_reaches_peer_b_only_from_its_first_instruction() {
     let (guard, started) = run_pod(
         &w,
         &PodSpec {
-            name: &bindguard_tests::unique("bgnb"),
+            name: &bindguard_tests::unique("bgn"),
             pod_annotations: &[("io.bindguard.dev", UPLINK_B)],
             container_annotations: &[],
             command: sender(&tok),
@@ -164,7 +164,7 @@ fn container_annotation_binds_and_overrides_the_pods() {
     let (_guard, started) = run_pod(
         &w,
         &PodSpec {
-            name: &bindguard_tests::unique("bgnc"),
+            name: &bindguard_tests::unique("bgn"),
             pod_annotations: &[("io.bindguard.dev", UPLINK_A)],
             container_annotations: &[
                 ("io.bindguard.dev", UPLINK_B),
@@ -194,7 +194,7 @@ fn unannotated_pod_follows_the_routing_table() {
     let (guard, started) = run_pod(
         &w,
         &PodSpec {
-            name: &bindguard_tests::unique("bgnu"),
+            name: &bindguard_tests::unique("bgn"),
             pod_annotations: &[],
             container_annotations: &[],
             command: sender(&tok),
@@ -234,7 +234,7 @@ fn unknown_interface_or_bad_annotation_refuses_the_container_and_nothing_is_sent
         let (guard, started) = run_pod(
             &w,
             &PodSpec {
-                name: &bindguard_tests::unique("bgnx"),
+                name: &bindguard_tests::unique("bgn"),
                 pod_annotations: annotations,
                 container_annotations: &[],
                 command: sender(&tok),
@@ -267,7 +267,7 @@ fn pod_deletion_leaves_no_pins() {
     let (guard, started) = run_pod(
         &w,
         &PodSpec {
-            name: &bindguard_tests::unique("bgnd"),
+            name: &bindguard_tests::unique("bgn"),
             pod_annotations: &[("io.bindguard.dev", UPLINK_B)],
             container_annotations: &[],
             command: vec!["/bin/busybox".into(), "sleep".into(), "86400".into()],
@@ -307,7 +307,7 @@ fn strict_mode_escapes_are_refused_inside_the_pod() {
     let (_guard, started) = run_pod(
         &w,
         &PodSpec {
-            name: &bindguard_tests::unique("bgns"),
+            name: &bindguard_tests::unique("bgn"),
             pod_annotations: &[("io.bindguard.dev", UPLINK_B)],
             container_annotations: &[],
             command: vec!["/bin/sh".into(), "-c".into(), script],
@@ -348,7 +348,7 @@ fn plugin_restart_binds_what_started_meanwhile_and_removes_stale_bindings() {
             ),
         ]
     };
-    let names = ["bgng", "bgnk", "bgnl"].map(bindguard_tests::unique);
+    let names = ["bgn", "bgn", "bgn"].map(bindguard_tests::unique);
     let (gone, started) = run_pod(&w, &annotated(&names[0], looping("x")));
     started.expect("pod 1 starts");
     let gone_id = w.ctd.cgroup_id(&gone.pod).expect("pod 1's cgroup");
