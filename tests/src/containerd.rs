@@ -569,11 +569,14 @@ fn remove_tree(dir: &Path) {
     }
 }
 
-/// `bindguard nri` on a containerd's NRI socket, in `netns` with exactly the DaemonSet's
-/// capabilities ([`PLUGIN_CAPS`]); killed on drop.
+/// `bindguard nri` on a containerd's NRI socket as the DaemonSet runs it: in `netns`, with
+/// exactly the DaemonSet's capabilities ([`PLUGIN_CAPS`]), in a cgroup of its own and a
+/// private cgroup namespace rooted there (a container's); killed on drop.
 pub struct NriPlugin {
     child: Child,
     pub log: PathBuf,
+    // After the child: the cgroup goes once the plugin is dead.
+    _cgroup: crate::TestCgroup,
 }
 
 impl NriPlugin {
@@ -581,16 +584,23 @@ impl NriPlugin {
     pub fn start(ctd: &Containerd, netns: &NetnsGuard) -> Self {
         let log = ctd.dir.join(format!("nri-{}.log", unique("p")));
         let file = fs::File::create(&log).unwrap();
-        let child = Cmd::new("setpriv")
+        let cgroup = crate::TestCgroup::new();
+        let child = Cmd::new("unshare")
+            .args(["--cgroup", "--", "setpriv"])
             .arg(format!("--bounding-set={PLUGIN_CAPS}"))
             .arg("--")
             .arg(crate::bindguard_bin())
             .arg("nri")
             .arg("--socket")
             .arg(&ctd.nri_socket)
+            .in_cgroup(&cgroup)
             .in_netns(netns)
             .spawn_logged(file);
-        let plugin = Self { child, log };
+        let plugin = Self {
+            child,
+            log,
+            _cgroup: cgroup,
+        };
         plugin.wait_log("configured by", Duration::from_secs(10));
         // Synchronize follows Configure; its log line is the last of a (re)connect.
         std::thread::sleep(Duration::from_millis(200));

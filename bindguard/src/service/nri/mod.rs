@@ -101,6 +101,16 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
             settings.socket.display()
         )
     })?;
+    // The pods' cgroup paths are read in the runtime's cgroup namespace (the plugin's own is
+    // a container's), before any thread starts: the cleaner thread inherits it.
+    let runtime = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+        .context("asking the NRI socket for the runtime's pid (SO_PEERCRED)")?
+        .pid();
+    if crate::binding::cgroup::join_namespace_of(runtime).with_context(|| {
+        format!("the runtime (pid {runtime}) must be visible here: run the plugin with hostPID")
+    })? {
+        tracing::info!("joined the cgroup namespace of the runtime (pid {runtime})");
+    }
     let (jobs, queue) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("cleaner".into())
