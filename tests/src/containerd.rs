@@ -172,6 +172,8 @@ pub struct PodSpec<'a> {
     pub name: &'a str,
     pub pod_annotations: &'a [(&'a str, &'a str)],
     pub container_annotations: &'a [(&'a str, &'a str)],
+    /// The container's name in its pod.
+    pub container_name: &'a str,
     /// The container's argv.
     pub command: Vec<String>,
     /// Mount the host's /usr, /lib, /lib64 and the workspace's probe (at /probe) read-only.
@@ -331,21 +333,35 @@ state = '{d}/state'
     /// RunPodSandbox, then CreateContainer and StartContainer. On a refused create or start,
     /// returns the pod (to be removed) and the runtime's error.
     pub fn run_pod(&self, spec: &PodSpec) -> (Pod, Result<(), tonic::Status>) {
-        let config = self.sandbox_config(spec);
-        let sandbox = self
-            .call(async |mut c| {
-                c.run_pod_sandbox(cri::RunPodSandboxRequest {
-                    config: Some(config.clone()),
-                    runtime_handler: String::new(),
-                })
-                .await
-            })
-            .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}", spec.name))
-            .pod_sandbox_id;
         let mut pod = Pod {
-            sandbox,
+            sandbox: self.run_sandbox(spec),
             container: None,
         };
+        let id = match self.create_container(&pod.sandbox, spec) {
+            Ok(id) => id,
+            Err(e) => return (pod, Err(e)),
+        };
+        pod.container = Some(id.clone());
+        (pod, self.start_container(&id))
+    }
+
+    /// RunPodSandbox with `spec`'s name and pod annotations; panics if refused.
+    pub fn run_sandbox(&self, spec: &PodSpec) -> String {
+        let config = self.sandbox_config(spec);
+        self.call(async |mut c| {
+            c.run_pod_sandbox(cri::RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: String::new(),
+            })
+            .await
+        })
+        .unwrap_or_else(|e| panic!("RunPodSandbox {}: {e}", spec.name))
+        .pod_sandbox_id
+    }
+
+    /// CreateContainer of `spec`'s container in `sandbox` (made from `spec`); its id.
+    pub fn create_container(&self, sandbox: &str, spec: &PodSpec) -> Result<String, tonic::Status> {
+        let config = self.sandbox_config(spec);
         let mut mounts = Vec::new();
         if spec.host_libs {
             for p in ["/usr", "/lib", "/lib64"] {
@@ -364,9 +380,15 @@ state = '{d}/state'
                 ..Default::default()
             });
         }
+        let node = cri::NamespaceOption {
+            network: cri::NamespaceMode::Node as i32,
+            pid: cri::NamespaceMode::Pod as i32,
+            ipc: cri::NamespaceMode::Pod as i32,
+            ..Default::default()
+        };
         let container = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata {
-                name: "main".into(),
+                name: spec.container_name.into(),
                 attempt: 0,
             }),
             image: Some(cri::ImageSpec {
@@ -374,43 +396,54 @@ state = '{d}/state'
                 ..Default::default()
             }),
             command: spec.command.clone(),
-            log_path: "main.log".into(),
+            log_path: format!("{}.log", spec.container_name),
             annotations: map(spec.container_annotations),
             mounts,
             linux: Some(cri::LinuxContainerConfig {
                 security_context: Some(cri::LinuxContainerSecurityContext {
-                    namespace_options: Some(cri::NamespaceOption {
-                        network: cri::NamespaceMode::Node as i32,
-                        pid: cri::NamespaceMode::Pod as i32,
-                        ipc: cri::NamespaceMode::Pod as i32,
-                        ..Default::default()
-                    }),
+                    namespace_options: Some(node),
                     ..Default::default()
                 }),
                 ..Default::default()
             }),
             ..Default::default()
         };
-        let created = self.call(async |mut c| {
+        self.call(async |mut c| {
             c.create_container(cri::CreateContainerRequest {
-                pod_sandbox_id: pod.sandbox.clone(),
+                pod_sandbox_id: sandbox.to_string(),
                 config: Some(container.clone()),
                 sandbox_config: Some(config.clone()),
             })
             .await
-        });
-        let id = match created {
-            Ok(r) => r.container_id,
-            Err(e) => return (pod, Err(e)),
-        };
-        pod.container = Some(id.clone());
-        let started = self.call(async |mut c| {
+        })
+        .map(|r| r.container_id)
+    }
+
+    pub fn start_container(&self, id: &str) -> Result<(), tonic::Status> {
+        self.call(async |mut c| {
             c.start_container(cri::StartContainerRequest {
-                container_id: id.clone(),
+                container_id: id.to_string(),
+            })
+            .await
+        })
+        .map(|_| ())
+    }
+
+    /// StopContainer (no grace period) and RemoveContainer.
+    pub fn remove_container(&self, id: &str) {
+        let _ = self.call(async |mut c| {
+            c.stop_container(cri::StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: 0,
             })
             .await
         });
-        (pod, started.map(|_| ()))
+        let _ = self.call(async |mut c| {
+            c.remove_container(cri::RemoveContainerRequest {
+                container_id: id.to_string(),
+            })
+            .await
+        });
     }
 
     /// The pid of a pod's container, from CRI's verbose status.

@@ -233,16 +233,23 @@ impl Plugin {
         let Some(ann) = wanted(pod, ctr) else {
             return Ok(());
         };
-        let check = || -> anyhow::Result<()> {
+        let started = Instant::now();
+        let check = || -> anyhow::Result<String> {
             let (_, dev) = options(&ann, Existing::Keep)?;
             netdev::resolve(&dev, &pod_netns(pod)?)?;
-            Ok(())
+            Ok(dev)
         };
-        check().map_err(|e| {
+        let dev = check().map_err(|e| {
             let msg = format!("{}: {}", who(pod, ctr), crate::error::one_line(&e));
             tracing::warn!("refused {msg}");
             refuse(msg)
-        })
+        })?;
+        tracing::info!(
+            "admitted {}: {dev} exists in its pod's namespace (checked in {:.1} ms)",
+            who(pod, ctr),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(())
     }
 
     fn state_change(&mut self, evt: api::StateChangeEvent) -> Result<(), Status> {
