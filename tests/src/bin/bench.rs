@@ -715,7 +715,7 @@ fn nri_bench(s: &Scenario, n: usize, started: Instant) -> String {
     let mut samples: [(Vec<f64>, Vec<f64>); 3] = Default::default();
     // Round 0 warms up (image snapshot, program set) and is not counted.
     for round in 0..=n {
-        for kind in 0..3 {
+        for (kind, (creates, starts)) in samples.iter_mut().enumerate() {
             let (ctd, pod) = if kind == 0 {
                 (&bare, &pods[0])
             } else {
@@ -734,8 +734,8 @@ fn nri_bench(s: &Scenario, n: usize, started: Instant) -> String {
             let start = t.elapsed().as_secs_f64() * 1e3;
             ctd.remove_container(&id);
             if round > 0 {
-                samples[kind].0.push(create);
-                samples[kind].1.push(start);
+                creates.push(create);
+                starts.push(start);
             }
         }
     }
