@@ -168,6 +168,7 @@ pub struct Containerd {
 }
 
 /// What a test asks a pod to be.
+#[derive(Default)]
 pub struct PodSpec<'a> {
     pub name: &'a str,
     pub pod_annotations: &'a [(&'a str, &'a str)],

@@ -78,8 +78,14 @@ impl Drop for PodGuard<'_> {
     }
 }
 
-fn run_pod<'a>(w: &'a World, spec: &PodSpec) -> (PodGuard<'a>, Result<(), tonic::Status>) {
-    let (pod, result) = w.ctd.run_pod(spec);
+/// Runs a pod of a unique name whose one container is called `main`.
+fn run_pod<'a>(w: &'a World, spec: PodSpec) -> (PodGuard<'a>, Result<(), tonic::Status>) {
+    let name = bindguard_tests::unique("bgn");
+    let (pod, result) = w.ctd.run_pod(&PodSpec {
+        name: &name,
+        container_name: "main",
+        ..spec
+    });
     (PodGuard { ctd: &w.ctd, pod }, result)
 }
 
@@ -134,13 +140,10 @@ fn annotated_pod_reaches_peer_b_only_from_its_first_instruction() {
     let tok = token("nri-bound");
     let (guard, started) = run_pod(
         &w,
-        &PodSpec {
-            name: &bindguard_tests::unique("bgn"),
+        PodSpec {
             pod_annotations: &[("io.bindguard.dev", UPLINK_B)],
-            container_annotations: &[],
-            container_name: "main",
             command: sender(&tok),
-            host_libs: false,
+            ..Default::default()
         },
     );
     started.expect("the annotated pod starts");
@@ -164,16 +167,14 @@ fn container_annotation_binds_and_overrides_the_pods() {
     let tok = token("nri-ctr");
     let (_guard, started) = run_pod(
         &w,
-        &PodSpec {
-            name: &bindguard_tests::unique("bgn"),
+        PodSpec {
             pod_annotations: &[("io.bindguard.dev", UPLINK_A)],
             container_annotations: &[
                 ("io.bindguard.dev", UPLINK_B),
                 ("io.bindguard.mode", "bind"),
             ],
-            container_name: "main",
             command: sender(&tok),
-            host_libs: false,
+            ..Default::default()
         },
     );
     started.expect("the pod starts");
@@ -195,13 +196,10 @@ fn unannotated_pod_follows_the_routing_table() {
     let tok = token("nri-free");
     let (guard, started) = run_pod(
         &w,
-        &PodSpec {
-            name: &bindguard_tests::unique("bgn"),
+        PodSpec {
             pod_annotations: &[],
-            container_annotations: &[],
-            container_name: "main",
             command: sender(&tok),
-            host_libs: false,
+            ..Default::default()
         },
     );
     started.expect("the pod starts");
@@ -236,13 +234,10 @@ fn unknown_interface_or_bad_annotation_refuses_the_container_and_nothing_is_sent
         let tok = token("nri-refused");
         let (guard, started) = run_pod(
             &w,
-            &PodSpec {
-                name: &bindguard_tests::unique("bgn"),
+            PodSpec {
                 pod_annotations: annotations,
-                container_annotations: &[],
-                container_name: "main",
                 command: sender(&tok),
-                host_libs: false,
+                ..Default::default()
             },
         );
         let err = started.expect_err("the container must be refused");
@@ -270,13 +265,10 @@ fn pod_deletion_leaves_no_pins() {
     let _up = shared();
     let (guard, started) = run_pod(
         &w,
-        &PodSpec {
-            name: &bindguard_tests::unique("bgn"),
+        PodSpec {
             pod_annotations: &[("io.bindguard.dev", UPLINK_B)],
-            container_annotations: &[],
-            container_name: "main",
             command: vec!["/bin/busybox".into(), "sleep".into(), "86400".into()],
-            host_libs: false,
+            ..Default::default()
         },
     );
     started.expect("the pod starts");
@@ -311,13 +303,11 @@ fn strict_mode_escapes_are_refused_inside_the_pod() {
         &format!("/probe/bg-probe send udp {DEST4} {PORT} {tok}-ok; exec /bin/busybox sleep 86400");
     let (_guard, started) = run_pod(
         &w,
-        &PodSpec {
-            name: &bindguard_tests::unique("bgn"),
+        PodSpec {
             pod_annotations: &[("io.bindguard.dev", UPLINK_B)],
-            container_annotations: &[],
-            container_name: "main",
             command: vec!["/bin/sh".into(), "-c".into(), script],
             host_libs: true,
+            ..Default::default()
         },
     );
     started.expect("the pod starts");
@@ -354,12 +344,11 @@ fn plugin_restart_binds_what_started_meanwhile_and_removes_stale_bindings() {
             ),
         ]
     };
-    let names = ["bgn", "bgn", "bgn"].map(bindguard_tests::unique);
-    let (gone, started) = run_pod(&w, &annotated(&names[0], looping("x")));
+    let (gone, started) = run_pod(&w, annotated(looping("x")));
     started.expect("pod 1 starts");
     let gone_id = w.ctd.cgroup_id(&gone.pod).expect("pod 1's cgroup");
     let tok_kept = token("nri-kept");
-    let (kept, started) = run_pod(&w, &annotated(&names[1], looping(&tok_kept)));
+    let (kept, started) = run_pod(&w, annotated(looping(&tok_kept)));
     started.expect("pod 2 starts");
     let kept_id = w.ctd.cgroup_id(&kept.pod).expect("pod 2's cgroup");
 
@@ -372,7 +361,7 @@ fn plugin_restart_binds_what_started_meanwhile_and_removes_stale_bindings() {
     // While bindguard is down: pod 1 goes, pod 3 starts — unbound (NRI fails open).
     drop(gone);
     let tok_late = token("nri-late");
-    let (late, started) = run_pod(&w, &annotated(&names[2], looping(&tok_late)));
+    let (late, started) = run_pod(&w, annotated(looping(&tok_late)));
     started.expect("pod 3 starts while the plugin is down");
     let late_id = w.ctd.cgroup_id(&late.pod).expect("pod 3's cgroup");
     assert_eq!(
@@ -417,13 +406,10 @@ fn plugin_restart_binds_what_started_meanwhile_and_removes_stale_bindings() {
 }
 
 /// A pod annotated to be bound to uplink B.
-fn annotated(name: &str, command: Vec<String>) -> PodSpec<'_> {
+fn annotated(command: Vec<String>) -> PodSpec<'static> {
     PodSpec {
-        name,
         pod_annotations: &[("io.bindguard.dev", UPLINK_B)],
-        container_annotations: &[],
-        container_name: "main",
         command,
-        host_libs: false,
+        ..Default::default()
     }
 }

@@ -97,12 +97,7 @@ enum State {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_max_level(tracing::Level::INFO)
-        .try_init();
+    super::log_to_stderr();
     enforcer::require_privileges("daemon")?;
     let mount = cgroup::cgroup2_mount()?;
     let config = config::load(config_path.as_deref(), &mount)?;

@@ -9,3 +9,13 @@ pub mod config;
 pub mod daemon;
 pub mod nri;
 pub mod reconcile;
+
+/// The services' log on stderr: one line per event, INFO and above, no colours.
+fn log_to_stderr() {
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}

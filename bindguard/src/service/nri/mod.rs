@@ -88,12 +88,7 @@ impl Settings {
 /// error: the plugin must be restarted to be asked again) or says it shuts down.
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
     settings.validate()?;
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_max_level(tracing::Level::INFO)
-        .try_init();
+    super::log_to_stderr();
     enforcer::require_privileges("nri")?;
     let mut stream = UnixStream::connect(&settings.socket).with_context(|| {
         format!(
