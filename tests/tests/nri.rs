@@ -413,3 +413,63 @@ fn annotated(command: Vec<String>) -> PodSpec<'static> {
         ..Default::default()
     }
 }
+
+#[test]
+fn a_binding_that_fails_at_start_refuses_the_start_and_nothing_runs() {
+    let test = "a_binding_that_fails_at_start_refuses_the_start_and_nothing_runs";
+    let Some(w) = world(test) else {
+        return;
+    };
+    let _up = shared();
+    // An interface of the pod's namespace that exists at CreateContainer and is gone at
+    // StartContainer, when the plugin binds.
+    let dev = bindguard_tests::unique("bgn");
+    w.topo.host.ip(&[
+        "link",
+        "add",
+        &dev,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{dev}p"),
+    ]);
+    let tok = token("nri-start");
+    let name = bindguard_tests::unique("bgn");
+    let ann = [("io.bindguard.dev", dev.as_str())];
+    let spec = PodSpec {
+        name: &name,
+        pod_annotations: &ann,
+        container_name: "main",
+        command: sender(&tok),
+        ..Default::default()
+    };
+    let guard = PodGuard {
+        ctd: &w.ctd,
+        pod: Pod {
+            sandbox: w.ctd.run_sandbox(&spec),
+            container: None,
+        },
+    };
+    let id = w
+        .ctd
+        .create_container(&guard.pod.sandbox, &spec)
+        .expect("the interface exists at CreateContainer");
+    w.topo.host.ip(&["link", "del", &dev]);
+    let err = w
+        .ctd
+        .start_container(&id)
+        .expect_err("the start must be refused");
+    assert!(
+        err.message().contains("bindguard") && err.message().contains(&dev),
+        "the refusal names the reason: {}",
+        err.message()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    for f in FLOWS {
+        assert!(
+            w.listener.peers_with(&format!("{tok}-{f}")).is_empty(),
+            "{f} was sent by a container whose start was refused"
+        );
+    }
+}
