@@ -31,6 +31,9 @@ pub mod flags {
     /// (A new bit, no new layout: [`ABI_VERSION`](super::ABI_VERSION) stays; older loaders
     /// ignore it, and a container bound by one is cleaned up with its deleted cgroup.)
     pub const FROM_OCI: u32 = 1 << 6;
+    /// The binding was made by `bindguard nri` for a container: only such bindings are
+    /// removed by its Synchronize (stale) and RemoveContainer. (A new bit, no new layout.)
+    pub const FROM_NRI: u32 = 1 << 7;
 }
 
 /// The whole policy of one binding: its cgroup's value in the program set's `policy` cgroup

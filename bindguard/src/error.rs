@@ -188,6 +188,15 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         .map_or(1, Error::exit_code)
 }
 
+/// An error that reached the edge, as one line: a typed error's own message (it says what
+/// to do), else the whole context chain.
+pub fn one_line(err: &anyhow::Error) -> String {
+    match err.chain().find_map(|c| c.downcast_ref::<Error>()) {
+        Some(typed) => typed.to_string(),
+        None => format!("{err:#}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use bindguard::{
     },
     commands::{exec, monitor, oci, status, verify},
     error::{self, printable, printable_path},
-    service::{config, daemon, reconcile},
+    service::{config, daemon, nri, reconcile},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -79,6 +79,19 @@ enum Command {
         /// stopped = poststop).
         #[arg(long, value_name = "STAGE")]
         stage: Option<String>,
+    },
+    /// NRI plugin for containerd 2.x and CRI-O: binds pods and containers annotated
+    /// io.bindguard.dev before their first instruction runs; refuses those it cannot bind.
+    Nri {
+        /// The runtime's NRI socket.
+        #[arg(long, value_name = "PATH", default_value = nri::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// The name the plugin registers with.
+        #[arg(long, value_name = "NAME", default_value = "bindguard")]
+        name: String,
+        /// The plugin's two-digit index (plugins are called in ascending order).
+        #[arg(long, value_name = "NN", default_value = "10")]
+        index: String,
     },
     /// Remove the binding of a cgroup.
     Detach {
@@ -297,6 +310,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Nri {
+            socket,
+            name,
+            index,
+        } => nri::run(&nri::Settings {
+            socket,
+            name,
+            index,
+        })?,
         Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
             // The path detached, not the argument: `self` names the caller's cgroup.
             Detached::Removed { cgroup, pins } => {
@@ -506,10 +528,7 @@ fn main() -> ExitCode {
 
 /// A typed error already says what to do; context only helps for the untyped ones.
 fn one_line(e: &anyhow::Error) -> String {
-    match e.chain().find_map(|c| c.downcast_ref::<bindguard::Error>()) {
-        Some(typed) => typed.to_string(),
-        None => format!("{e:#}"),
-    }
+    error::one_line(e)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! so *which peer received a datagram or connection* tells which interface it left by.
 
 pub mod container;
+pub mod containerd;
 pub mod dist;
 pub mod listener;
 pub mod podman;

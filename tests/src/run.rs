@@ -204,6 +204,17 @@ impl Cmd {
             .expect("spawn")
     }
 
+    /// Spawns with stdout and stderr both written to `log` (a long-running helper whose
+    /// output nobody drains).
+    pub fn spawn_logged(mut self, log: File) -> Child {
+        self.prepare();
+        self.cmd
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn")
+    }
+
     /// Spawns with a writable stdin (close it to signal EOF).
     pub fn spawn_with_stdin(mut self) -> Child {
         self.cmd.stdin(Stdio::piped());

@@ -86,3 +86,31 @@ fn readme_tarball_install_steps_stay_out_of_the_package_s_paths() {
         );
     }
 }
+
+/// The NRI DaemonSet gives the plugin the capabilities the NRI suite runs it with, no more,
+/// and points it at the runtimes' default NRI socket.
+#[test]
+fn nri_daemonset_grants_what_the_nri_suite_runs_with() {
+    let ds = include_str!("../../deploy/kubernetes/bindguard-nri.yaml");
+    let add = ds
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("add: ["))
+        .and_then(|l| l.strip_suffix(']'))
+        .expect("capabilities.add in the DaemonSet");
+    let mut granted: Vec<String> = add.split(',').map(|c| c.trim().to_lowercase()).collect();
+    granted.sort();
+    let mut tested: Vec<String> = bindguard_tests::containerd::PLUGIN_CAPS
+        .split(',')
+        .filter_map(|c| c.strip_prefix('+'))
+        .map(String::from)
+        .collect();
+    tested.sort();
+    assert_eq!(granted, tested);
+    assert!(ds.contains("drop: [ALL]"));
+    assert!(ds.contains("hostPID: true") && ds.contains("hostNetwork: true"));
+    assert!(ds.contains(&format!(
+        r#"["/opt/bindguard/bindguard", "nri", "--socket", "{}"]"#,
+        bindguard::service::nri::DEFAULT_SOCKET
+    )));
+    assert!(!ds.contains("privileged: true"));
+}

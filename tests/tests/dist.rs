@@ -129,12 +129,13 @@ fn tarball_holds_a_static_binary_and_what_goes_with_it() {
 }
 
 /// The subcommands with a man page of their own (`bindguard-SUB.1`).
-const SUBCOMMANDS: [&str; 12] = [
+const SUBCOMMANDS: [&str; 13] = [
     "attach",
     "apply",
     "daemon",
     "exec",
     "oci-hook",
+    "nri",
     "detach",
     "monitor",
     "verify",

@@ -92,13 +92,17 @@ fn host_mirror() -> String {
 
 /// apt-get/apt-cache with a configuration of our own: the three suites (and their security
 /// updates) of the archive the host uses, lists and cache under target/vmtest/apt.
-struct Apt {
+pub(crate) struct Apt {
     dir: PathBuf,
 }
 
 impl Apt {
     fn new(suites: &[&str]) -> anyhow::Result<Self> {
-        let dir = vmtest_dir().join("apt");
+        Self::at(vmtest_dir().join("apt"), suites, true)
+    }
+
+    /// The same in `dir`; `security`: add each suite's security updates (unstable has none).
+    pub(crate) fn at(dir: PathBuf, suites: &[&str], security: bool) -> anyhow::Result<Self> {
         for d in [
             "etc/apt/preferences.d",
             "etc/apt/apt.conf.d",
@@ -112,7 +116,10 @@ impl Apt {
         let mut sources = String::new();
         for s in suites {
             sources += &format!("deb [signed-by={keyring}] {mirror} {s} main\n");
-            sources += &format!("deb [signed-by={keyring}] {mirror}-security {s}-security main\n");
+            if security {
+                sources +=
+                    &format!("deb [signed-by={keyring}] {mirror}-security {s}-security main\n");
+            }
         }
         fs::write(dir.join("etc/apt/sources.list"), sources)?;
         fs::write(dir.join("status"), "")?;
@@ -136,15 +143,15 @@ impl Apt {
         .collect()
     }
 
-    fn cmd(&self, tool: &str) -> Command {
+    pub(crate) fn cmd(&self, tool: &str) -> Command {
         let mut c = Command::new(tool);
         c.args(self.options());
         c
     }
 
-    fn update(&self) -> anyhow::Result<()> {
+    pub(crate) fn update(&self) -> anyhow::Result<()> {
         run(self.cmd("apt-get").args(["update", "-qq"]))
-            .context("apt-get update of the kernel suites (private configuration)")
+            .context("apt-get update (private configuration)")
     }
 
     fn output(&self, tool: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -3,6 +3,7 @@
 //! Every command first runs `setup`, which installs whatever is missing and is a no-op when
 //! everything is there, so a fresh machine needs nothing but these commands.
 
+mod containerd;
 mod dist;
 mod kernels;
 mod setup;

@@ -4,6 +4,8 @@
 //!   runc, podman, systemd for systemd-analyze);
 //! - the x86_64-unknown-linux-musl target (`cargo xtask dist` builds the static binary);
 //! - nightly's rust-src (the eBPF crate builds core for the bpf target);
+//! - containerd 2.x for the NRI tests (Debian unstable's package, extracted under
+//!   target/containerd: see containerd.rs);
 //! - bpf-linker, built against the libLLVM that ships with rustc nightly (same LLVM major,
 //!   detected, never hard-coded).
 
@@ -214,5 +216,6 @@ pub fn ensure() -> anyhow::Result<()> {
     ensure_packages()?;
     ensure_rust_components()?;
     ensure_bpf_linker(&target_dir)?;
+    crate::containerd::ensure()?;
     Ok(())
 }

@@ -389,6 +389,42 @@ pub fn self_path() -> anyhow::Result<PathBuf> {
     Ok(mount.join(rel.trim_start_matches('/')))
 }
 
+/// Moves the calling thread (and the threads it starts later) into the cgroup namespace of
+/// process `pid` (a container runtime), when that is another one: inside a container with a
+/// private cgroup namespace, /proc/PID/cgroup names other pods' cgroups relative to the
+/// container's own (`0::/../../kubepods/...`). Needs CAP_SYS_ADMIN and CAP_SYS_PTRACE, and
+/// `pid` in this PID namespace (hostPID). Returns whether it moved.
+pub fn join_namespace_of(pid: i32) -> anyhow::Result<bool> {
+    let theirs = format!("/proc/{pid}/ns/cgroup");
+    let ino = |p: &str| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let own = ino("/proc/self/ns/cgroup").context("reading /proc/self/ns/cgroup")?;
+    let other = ino(&theirs).with_context(|| format!("reading {theirs}"))?;
+    if own == other {
+        return Ok(false);
+    }
+    let ns = fs::File::open(&theirs).with_context(|| format!("opening {theirs}"))?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .with_context(|| format!("joining the cgroup namespace of process {pid} (setns)"))?;
+    Ok(true)
+}
+
+/// The cgroup v2 directory of process `pid`, from /proc/PID/cgroup ("0::/path", relative to
+/// the cgroup2 mount). A container runtime's hook and the NRI plugin find a container's cgroup
+/// this way: from its first process, whatever cgroup driver named it.
+pub fn of_process(pid: i32) -> anyhow::Result<PathBuf> {
+    let text =
+        fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|_| Error::InvalidInput {
+            what: format!(
+                "container process {pid} is gone; the runtime must call bindguard while it exists"
+            ),
+        })?;
+    let rel = self_from_proc(&text).ok_or_else(|| Error::InvalidInput {
+        what: format!("process {pid} is in no cgroup v2 hierarchy"),
+    })?;
+    let mount = cgroup2_mount()?;
+    Ok(mount.join(rel.trim().trim_start_matches('/')))
+}
+
 /// The cgroup v2 path in the text of /proc/PID/cgroup (the `0::` line).
 pub fn self_from_proc(text: &str) -> Option<&str> {
     text.lines().find_map(|l| l.strip_prefix("0::"))

@@ -4,12 +4,14 @@
 //!   interface inside it), resolved from what the user typed.
 //! - [`policy`]: the user's options ([`policy::Options`], [`policy::Mode`]), their parsers,
 //!   and the policy value the programs read.
+//! - [`annotations`]: the `io.bindguard.*` keys containers and pods ask with (oci-hook, nri).
 //! - [`enforcer`]: attach, detach, remove_stale; reading a binding's policy and counters.
 //! - [`audit`], [`sockreset`]: sockets the programs never saw (listed, or destroyed).
 //! - [`unbound`]: configured bindings the daemon could not make, for `status`.
 //!
 //! May import: [`crate::kernel`] and [`crate::error`]. Never `commands` or `service`.
 
+pub mod annotations;
 pub mod audit;
 pub mod cgroup;
 pub mod enforcer;

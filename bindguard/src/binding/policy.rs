@@ -170,6 +170,8 @@ pub struct Options {
     pub from_config: bool,
     /// The binding is made by `oci-hook` (recorded in the policy for its poststop).
     pub from_oci: bool,
+    /// The binding is made by `bindguard nri` (recorded for its Synchronize and removal).
+    pub from_nri: bool,
 }
 
 impl Options {
@@ -211,6 +213,9 @@ pub fn policy_for(iface: &Interface, opts: &Options, cgroup_id: u64, lsm: bool) 
     }
     if opts.from_oci {
         f |= flags::FROM_OCI;
+    }
+    if opts.from_nri {
+        f |= flags::FROM_NRI;
     }
     if lsm && opts.mode == Mode::Strict {
         f |= flags::LSM;

@@ -9,7 +9,6 @@
 
 use std::{
     collections::HashMap,
-    fs,
     io::Read,
     path::{Path, PathBuf},
 };
@@ -23,19 +22,14 @@ use crate::{
         cgroup::{self, Cgroup},
         enforcer, netdev,
         netns::Netns,
-        policy::{Mode, Options},
+        policy::Options,
     },
     kernel::pins,
 };
 
-pub const DEV: &str = "io.bindguard.dev";
-pub const MARK: &str = "io.bindguard.mark";
-pub const PRIORITY: &str = "io.bindguard.priority";
-pub const MODE: &str = "io.bindguard.mode";
-pub const ALLOW_LOOPBACK: &str = "io.bindguard.allow-loopback";
-/// Comma-separated socket families the container may create beyond unix, netlink, inet and
-/// inet6 (strict mode), e.g. `packet`.
-pub const ALLOW_FAMILY: &str = "io.bindguard.allow-family";
+pub use crate::binding::annotations::{
+    ALLOW_FAMILY, ALLOW_LOOPBACK, DEV, MARK, MODE, PRIORITY, options_from,
+};
 /// Larger state on stdin is refused: no runtime sends that much, and errors must not echo it.
 const STATE_MAX: u64 = 1 << 20;
 
@@ -77,73 +71,6 @@ pub enum Outcome {
 
 fn invalid(what: String) -> Error {
     Error::InvalidInput { what }
-}
-
-/// The binding options an annotation set asks for.
-pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Error> {
-    let number = |key: &str| -> Result<Option<u32>, Error> {
-        annotations
-            .get(key)
-            .map(|v| {
-                crate::binding::policy::parse_u32(v.trim())
-                    .map_err(|e| invalid(format!("annotation {key}: {e}")))
-            })
-            .transpose()
-    };
-    let mode = match annotations.get(MODE) {
-        Some(m) => m
-            .trim()
-            .parse::<Mode>()
-            .map_err(|_| invalid(format!("annotation {MODE}: '{m}' is not strict or bind")))?,
-        None => Mode::default(),
-    };
-    let allow_loopback = match annotations.get(ALLOW_LOOPBACK).map(|v| v.trim()) {
-        None | Some("false" | "0" | "") => false,
-        Some("true" | "1") => true,
-        Some(other) => {
-            return Err(invalid(format!(
-                "annotation {ALLOW_LOOPBACK}: '{other}' is not true or false"
-            )));
-        }
-    };
-    let mut allow_families = 0;
-    for family in annotations
-        .get(ALLOW_FAMILY)
-        .map(|v| {
-            v.split(',')
-                .filter(|f| !f.trim().is_empty())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-    {
-        allow_families |= crate::binding::policy::parse_family(family)
-            .map_err(|e| invalid(format!("annotation {ALLOW_FAMILY}: {e}")))?;
-    }
-    let opts = Options {
-        mark: number(MARK)?,
-        priority: number(PRIORITY)?,
-        mode,
-        allow_loopback,
-        allow_families,
-        ..Options::default()
-    };
-    opts.validate()?;
-    Ok(opts)
-}
-
-/// The cgroup v2 path of `pid`, from /proc/PID/cgroup ("0::/path").
-fn cgroup_of(pid: i32) -> anyhow::Result<PathBuf> {
-    let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|_| {
-        invalid(format!(
-            "container process {pid} is gone; the runtime must call the hook while it exists"
-        ))
-    })?;
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or_else(|| invalid(format!("process {pid} is in no cgroup v2 hierarchy")))?;
-    let mount = cgroup::cgroup2_mount()?;
-    Ok(mount.join(rel.trim().trim_start_matches('/')))
 }
 
 /// Runs the hook on the state read from `input`.
@@ -222,10 +149,10 @@ fn create(
             state.id()
         ))
     })?;
-    let path = cgroup_of(pid)?;
+    let path = cgroup::of_process(pid)?;
     // The container's cgroup must be below the runtime's, never the runtime's own or one of
     // its ancestors: binding that would bind the runtime (and whatever else lives there).
-    if let Ok(own) = cgroup_of(std::process::id() as i32)
+    if let Ok(own) = cgroup::of_process(std::process::id() as i32)
         && own.starts_with(&path)
     {
         return Err(invalid(format!(
@@ -289,6 +216,7 @@ fn poststop(state: &State) -> anyhow::Result<Outcome> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::binding::policy::Mode;
 
     fn ann(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

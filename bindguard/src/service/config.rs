@@ -339,6 +339,7 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
             existing,
             from_config: true,
             from_oci: false,
+            from_nri: false,
         };
         options.validate().map_err(|e| {
             err_at(

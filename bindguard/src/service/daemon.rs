@@ -128,16 +128,7 @@ enum State {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
-    let level = match std::env::var("BINDGUARD_LOG").as_deref() {
-        Ok("debug") => tracing::Level::DEBUG,
-        _ => tracing::Level::INFO,
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .with_max_level(level)
-        .try_init();
+    super::log_to_stderr();
     enforcer::require_privileges("daemon")?;
     raise_nofile();
     let mount = cgroup::cgroup2_mount()?;
@@ -1279,10 +1270,7 @@ fn ns_label(key: &Option<PathBuf>) -> String {
 }
 
 fn one_line(e: &anyhow::Error) -> String {
-    match e.chain().find_map(|c| c.downcast_ref::<Error>()) {
-        Some(typed) => typed.to_string(),
-        None => format!("{e:#}"),
-    }
+    crate::error::one_line(e)
 }
 
 /// Raises the soft limit of open files to the hard one (systemd's advice to programs that need

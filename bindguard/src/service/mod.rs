@@ -1,9 +1,26 @@
 //! The long-running side: the [`config`] of `apply` and `daemon`, the [`reconcile`] plan
-//! (desired state against what the kernel holds) and the [`daemon`] that keeps it true.
+//! (desired state against what the kernel holds) and the [`daemon`] that keeps it true; the
+//! [`nri`] plugin, which binds the containers a container runtime announces.
 //!
 //! May import: [`crate::binding`], [`crate::kernel`] to hold link fds and watch bpffs, and
 //! [`crate::error`]. Never [`crate::commands`].
 
 pub mod config;
 pub mod daemon;
+pub mod nri;
 pub mod reconcile;
+
+/// The services' log on stderr: one line per event, INFO and above, no colours.
+fn log_to_stderr() {
+    // BINDGUARD_LOG=debug adds a line per binding (per socket-reset, per container event).
+    let level = match std::env::var("BINDGUARD_LOG").as_deref() {
+        Ok("debug") => tracing::Level::DEBUG,
+        _ => tracing::Level::INFO,
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .with_max_level(level)
+        .try_init();
+}

@@ -3,13 +3,15 @@
 //! in a rotating order) and reported as median (p25–p75) with ratios. Results go to stdout and
 //! between the markers of BENCHMARKS.md.
 //!
-//!   bg-bench [--quick] [--no-write] [--phases socket,send,guards,runtime,latency,scale,daemon]
+//!   bg-bench [--quick] [--no-write]
+//!            [--phases socket,send,guards,runtime,latency,scale,daemon,daemon-scale,nri]
 //!            [--scale N] [--daemon-only] [--daemon-scale-only] [--daemon-scale N,N,...]
 //!
 //! Phases run in that order; `--phases` picks some (BENCHMARKS.md is only rewritten when all
 //! ran). `--scale N` sets how many bindings the scale phase makes (default 10,000; 50 with
 //! --quick); kernel memory is sampled at 1,000 and at N. `--daemon-only` is `--phases daemon`
-//! (interface re-creation latency, RSS, idle wake-ups).
+//! (interface re-creation latency, RSS, idle wake-ups). `nri` times what `bindguard nri` adds
+//! to a container's CreateContainer and StartContainer on a real containerd 2.x.
 //!
 //! The daemon-scale phase (`--daemon-scale-only`, also part of a full run) starts the daemon
 //! over 100, 1,000 and 10,000 strict bindings on one interface (`--daemon-scale` picks other
@@ -274,6 +276,7 @@ fn main() {
         "scale",
         "daemon",
         "daemon-scale",
+        "nri",
     ];
     let phases: Vec<String> = if args.iter().any(|a| a == "--daemon-only") {
         vec!["daemon".to_string()]
@@ -698,6 +701,9 @@ fn main() {
             write_block(DS_BEGIN, DS_END, &block);
         }
     }
+    if run("nri") {
+        report.push_str(&nri_bench(&s, if quick { 5 } else { 40 }, started));
+    }
     drop(tmp);
     let _ = writeln!(
         report,
@@ -717,6 +723,159 @@ fn main() {
         fs::write(&path, new).expect("write BENCHMARKS.md");
         println!("updated {}", path.canonicalize().unwrap().display());
     }
+}
+
+/// p50 and p99 of `v` (ms).
+fn p50_p99(v: &[f64]) -> (f64, f64) {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.99))
+}
+
+/// `bindguard nri` on a real containerd 2.x: CRI CreateContainer and StartContainer round
+/// trips of containers in a host-network pod, `n` of each kind, interleaved round by round:
+/// on a containerd with no plugin connected (the floor), and on a second one with the plugin
+/// connected, the container not annotated (an NRI round trip per event) or annotated
+/// (CreateContainer looks the interface up in the pod's namespace, StartContainer binds the
+/// cgroup). The plugin's own time per event comes from its log.
+fn nri_bench(s: &Scenario, n: usize, started: Instant) -> String {
+    use bindguard_tests::containerd::{self, Containerd, NriPlugin, PodSpec};
+    phase("nri: CreateContainer/StartContainer on containerd", started);
+    if let Some(why) = containerd::unavailable() {
+        return format!("\nNRI plugin: not measured ({why}).\n");
+    }
+    fn spec<'a>(
+        name: &'a str,
+        container_name: &'a str,
+        container_annotations: &'a [(&'a str, &'a str)],
+        command: &[String],
+    ) -> PodSpec<'a> {
+        PodSpec {
+            name,
+            pod_annotations: &[],
+            container_annotations,
+            container_name,
+            command: command.to_vec(),
+            host_libs: false,
+        }
+    }
+    let sleep: Vec<String> = vec!["/bin/busybox".into(), "sleep".into(), "86400".into()];
+    let bare = Containerd::start(&s.topo.host);
+    let with = Containerd::start(&s.topo.host);
+    let plugin = NriPlugin::start(&with, &s.topo.host);
+    let name = bindguard_tests::unique("bgn");
+    let pods = [&bare, &with].map(|c| c.run_sandbox(&spec(&name, "", &[], &sleep)));
+    let bound: &[(&str, &str)] = &[("io.bindguard.dev", UPLINK_B)];
+    let mut samples: [(Vec<f64>, Vec<f64>); 3] = Default::default();
+    // Round 0 warms up (image snapshot, program set) and is not counted.
+    for round in 0..=n {
+        for (kind, (creates, starts)) in samples.iter_mut().enumerate() {
+            let (ctd, pod) = if kind == 0 {
+                (&bare, &pods[0])
+            } else {
+                (&with, &pods[1])
+            };
+            let cname = format!("c{kind}x{round}");
+            let ann = if kind == 2 { bound } else { &[] };
+            let t = Instant::now();
+            let id = ctd
+                .create_container(pod, &spec(&name, &cname, ann, &sleep))
+                .unwrap_or_else(|e| panic!("CreateContainer: {}", e.message()));
+            let create = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            ctd.start_container(&id)
+                .unwrap_or_else(|e| panic!("StartContainer: {}", e.message()));
+            let start = t.elapsed().as_secs_f64() * 1e3;
+            ctd.remove_container(&id);
+            if round > 0 {
+                creates.push(create);
+                starts.push(start);
+            }
+        }
+    }
+    let log = plugin.log_text();
+    let in_plugin = |what: &str| -> Vec<f64> {
+        log.lines()
+            .filter(|l| l.contains(what))
+            .filter_map(|l| {
+                l.rsplit_once(" in ")?
+                    .1
+                    .trim_end_matches(')')
+                    .strip_suffix(" ms")?
+                    .parse()
+                    .ok()
+            })
+            .skip(1)
+            .collect()
+    };
+    let (checks, binds) = (in_plugin("INFO admitted "), in_plugin("INFO bound "));
+    drop(plugin);
+    drop(with);
+    drop(bare);
+    let mut out = format!(
+        "\nNRI plugin (`bindguard nri`) on containerd {} through CRI: containers in a host-network \
+         pod, {n} of each kind, interleaved; ms, p50 / p99:\n\n\
+         | container | CreateContainer | StartContainer |\n|---|---|---|\n",
+        containerd_version()
+    );
+    for (kind, (create, start)) in [
+        "containerd without the plugin",
+        "with the plugin, not annotated",
+        "with the plugin, annotated (bound at StartContainer)",
+    ]
+    .iter()
+    .zip(&samples)
+    {
+        let (c50, c99) = p50_p99(create);
+        let (s50, s99) = p50_p99(start);
+        let _ = writeln!(
+            out,
+            "| {kind} | {c50:.1} / {c99:.1} | {s50:.1} / {s99:.1} |"
+        );
+    }
+    let p50 = |v: &Vec<f64>| p50_p99(v).0;
+    let _ = writeln!(
+        out,
+        "\nRound trips, annotated against no plugin (p50 difference, within the noise of \
+         container creation): CreateContainer {:+.1} ms, StartContainer {:+.1} ms.",
+        p50(&samples[2].0) - p50(&samples[0].0),
+        p50(&samples[2].1) - p50(&samples[0].1),
+    );
+    for (what, v) in [
+        (
+            "the CreateContainer check (annotations, interface in the pod's namespace)",
+            &checks,
+        ),
+        (
+            "the StartContainer bind (cgroup, namespaces, interface, attach)",
+            &binds,
+        ),
+    ] {
+        if !v.is_empty() {
+            let (a, b) = p50_p99(v);
+            let _ = writeln!(
+                out,
+                "Inside the plugin, {what}: {a:.2} / {b:.2} ms (p50 / p99)."
+            );
+        }
+    }
+    out
+}
+
+fn containerd_version() -> String {
+    let bin = bindguard_tests::containerd::bin_dir().join("containerd");
+    Command::new(bin)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .nth(2)
+                .map(String::from)
+        })
+        .unwrap_or_else(|| "2.x".into())
 }
 
 /// Slab + VmallocUsed + Percpu from /proc/meminfo, in KiB: the kernel memory a binding costs
@@ -1499,7 +1658,8 @@ impl Drop for ScaleCgroups {
     }
 }
 
-fn p50_p99(v: &[f64]) -> String {
+/// `p50 / p99` of `v` (ms) as text; a dash when nothing was measured.
+fn p50_p99_text(v: &[f64]) -> String {
     if v.is_empty() {
         return "–".into();
     }
@@ -1772,10 +1932,10 @@ fn daemon_scale_phase(sizes: &[usize], flaps: usize, started: Instant) -> String
             "| {} | {:.2} s | {} | {} | {} · {} | {} | {:.1} → {:.1} MiB | {:.1} | {:.0} ms | {:.0} ms |",
             row.n,
             row.ready_s,
-            p50_p99(&row.closed),
-            p50_p99(&row.retargeted),
-            p50_p99(&row.daemon_del),
-            p50_p99(&row.daemon_new),
+            p50_p99_text(&row.closed),
+            p50_p99_text(&row.retargeted),
+            p50_p99_text(&row.daemon_del),
+            p50_p99_text(&row.daemon_new),
             row.fds,
             row.rss_ready,
             row.rss_after,
