@@ -57,7 +57,11 @@ pub struct Policy {
     pub mark: u32,
     pub priority: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// Written by userspace only, never read by the programs: how many sockets (or tasks
+    /// whose sockets could not be seen) the last `--existing destroy` or `reset-sockets` pass
+    /// could not end. `status` reports a non-zero count; the next attach writes 0. (The
+    /// former padding: older loaders write 0 there.)
+    pub unreached: u32,
     /// The interface's name when the binding was made, NUL-padded.
     pub ifname: [u8; 16],
     /// Strict mode: socket families beyond AF_UNIX, AF_NETLINK, AF_INET and AF_INET6 that the

@@ -216,7 +216,12 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
     if !links_healthy(&dir, &have, cg.id) {
         return (Action::Replace, "links missing: repairing".into());
     }
-    if have == want {
+    // `unreached` is the last socket pass's result, not something the config asks for.
+    if (bindguard_common::Policy {
+        unreached: 0,
+        ..have
+    }) == want
+    {
         return (Action::Unchanged, String::new());
     }
     let was = netdev::name_from_bytes(&have.ifname);
@@ -312,7 +317,16 @@ pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
 pub fn bind(cg: &Cgroup, iface: &Interface, b: &Binding) -> anyhow::Result<Attached> {
     let attached = enforcer::attach(cg, iface, &b.options)?;
     if b.options.existing == crate::binding::policy::Existing::Destroy {
-        crate::binding::audit::end_existing(cg, iface)?;
+        let pass = crate::binding::sockreset::end_existing(cg, iface)?;
+        if !pass.unreached.is_empty() {
+            // The binding stays (it governs every new socket); what it could not end is an
+            // error, logged and shown by `status` (sockets-unreached).
+            anyhow::bail!(
+                "bound, but {} existing socket(s) or task(s) could not be ended: {}",
+                pass.unreached.len(),
+                pass.unreached.join("; ")
+            );
+        }
     }
     Ok(attached)
 }
