@@ -266,7 +266,7 @@ fn gone(e: &std::io::Error) -> bool {
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const INET_DIAG_BC_JMP: u8 = 1;
 /// inet_diag.h, 5.9+: true when the socket was created in the cgroup with this id.
-const INET_DIAG_BC_CGROUP_COND: u8 = 17;
+const INET_DIAG_BC_CGROUP_COND: u8 = 13;
 /// How many cgroup ids one request carries (each costs 16 bytes of a u16-sized attribute).
 const CGROUPS_PER_REQUEST: usize = 1024;
 
