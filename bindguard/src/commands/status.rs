@@ -692,6 +692,13 @@ pub fn render_table(report: &Report) -> String {
         for p in &b.problems {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
         }
+        if b.counters.events_dropped > 0 {
+            let _ = writeln!(
+                out,
+                "cgroup {}: {} refusal event(s) not sent to monitor (over the binding's rate limit, or the ring buffer was full)",
+                b.cgroup_id, b.counters.events_dropped
+            );
+        }
     }
     out
 }
