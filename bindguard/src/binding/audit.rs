@@ -9,6 +9,7 @@
 //! - the fd table of every task (`/proc/PID/task/TID/fd`: a thread that called
 //!   `unshare(CLONE_FILES)` has its own, and a process whose leader exited has none left
 //!   under `/proc/PID/fd`), for sockets created elsewhere and brought in.
+//!
 //! A task whose fds cannot be read (another uid's without CAP_DAC_READ_SEARCH) is reported as
 //! [`Blind`], never skipped silently.
 
@@ -583,6 +584,42 @@ mod tests {
             ifindex,
             flags: f,
             ..Policy::default()
+        }
+    }
+
+    /// Walks a filter program as inet_diag_bc_run does, for a socket of cgroup `id`.
+    fn run(bc: &[u8], id: u64) -> bool {
+        let mut at = 0usize;
+        let mut len = bc.len() as isize;
+        while len > 0 {
+            let (code, yes, no) = (
+                bc[at],
+                bc[at + 1] as usize,
+                u16::from_ne_bytes([bc[at + 2], bc[at + 3]]) as usize,
+            );
+            let hit = match code {
+                INET_DIAG_BC_CGROUP_COND => {
+                    u64::from_ne_bytes(bc[at + 4..at + 12].try_into().unwrap()) == id
+                }
+                INET_DIAG_BC_JMP => false,
+                other => panic!("op {other}"),
+            };
+            let step = if hit { yes } else { no };
+            at += step;
+            len -= step as isize;
+        }
+        len == 0
+    }
+
+    #[test]
+    fn the_cgroup_filter_accepts_exactly_its_cgroups() {
+        for ids in [vec![7u64], vec![7, 8, 9]] {
+            let bc = cgroup_bytecode(&ids);
+            assert_eq!(bc.len(), ids.len() * 16 - 4);
+            for id in &ids {
+                assert!(run(&bc, *id), "{id} of {ids:?}");
+            }
+            assert!(!run(&bc, 1), "1 of {ids:?}");
         }
     }
 
