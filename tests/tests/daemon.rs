@@ -1276,13 +1276,8 @@ fn existing_destroy_reaches_another_uids_sockets_with_the_units_capabilities() {
             .args(["held", "plain", dest(false), "7000", &tok])
             .as_nobody()
             .spawn_with_stdin();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        if line.trim() != "ready" {
+        let line = bindguard_tests::run::first_line(&mut holder);
+        if line != "ready" {
             let out = bindguard_tests::run::wait_output(holder, Duration::from_secs(5)).unwrap();
             panic!("holder: {line}{}", String::from_utf8_lossy(&out.stderr));
         }
@@ -1381,14 +1376,9 @@ fn reset_sockets_keeps_a_udp_client_on_the_recreated_interface() {
             .in_netns(&s.topo.host)
             .as_nobody()
             .spawn();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(client.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
+        let line = bindguard_tests::run::first_line(&mut client);
         let client = Running(client);
-        assert_eq!(line.trim(), "ready");
+        assert_eq!(line, "ready");
         let before = fs::read_to_string(&phase).unwrap();
         assert_eq!(
             s.listener.wait_for(&before, Duration::from_secs(3)),

@@ -619,13 +619,8 @@ impl Held {
             .args(["held", kind, dest(false), &PORT.to_string(), &token]);
         let cmd = if nobody { cmd.as_nobody() } else { cmd };
         let mut child = cmd.spawn_with_stdin();
-        let mut line = String::new();
-        std::io::BufRead::read_line(
-            &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-            &mut line,
-        )
-        .unwrap();
-        assert_eq!(line.trim(), "ready", "held {kind}");
+        let line = bindguard_tests::run::first_line(&mut child);
+        assert_eq!(line, "ready", "held {kind}");
         Self { child, token }
     }
 

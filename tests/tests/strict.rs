@@ -650,13 +650,7 @@ fn a_refusal_flood_does_not_hide_another_bindings_events() {
         .attach_to(Cmd::bindguard(), &flood_cg.path, UPLINK_B)
         .run();
     assert_eq!(code, 0, "{out}{err}");
-    let mut monitor = Cmd::bindguard()
-        .args(["monitor", "--json", "--duration", "30"])
-        .spawn();
-    let mut stderr = std::io::BufReader::new(monitor.stderr.take().unwrap());
-    let mut ready = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut ready).unwrap();
-    assert!(ready.contains("watching"), "{ready}");
+    let (mut monitor, _stderr) = start_monitor();
     // Read the monitor's output as it comes (a full pipe would stall it).
     let stdout = monitor.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {

@@ -203,17 +203,18 @@ pub fn tasks(cgroup: &Path) -> Tasks {
             .map(|c| c.trim_end_matches('\n').to_string())
             .unwrap_or_default();
         out.commands.entry(pid).or_insert_with(|| command.clone());
+        let blind = |e: std::io::Error| Blind {
+            pid,
+            tid,
+            uid: fs::metadata(&task).map(|m| m.uid()).unwrap_or(u32::MAX),
+            command: command.clone(),
+            error: e.to_string(),
+        };
         let entries = match fs::read_dir(task.join("fd")) {
             Ok(entries) => entries,
             Err(e) if gone(&e) => continue,
             Err(e) => {
-                out.blind.push(Blind {
-                    pid,
-                    tid,
-                    uid: fs::metadata(&task).map(|m| m.uid()).unwrap_or(u32::MAX),
-                    command,
-                    error: e.to_string(),
-                });
+                out.blind.push(blind(e));
                 continue;
             }
         };
@@ -247,13 +248,7 @@ pub fn tasks(cgroup: &Path) -> Tasks {
             }
         }
         if let Some(e) = unreadable {
-            out.blind.push(Blind {
-                pid,
-                tid,
-                uid: fs::metadata(&task).map(|m| m.uid()).unwrap_or(u32::MAX),
-                command,
-                error: e.to_string(),
-            });
+            out.blind.push(blind(e));
         }
     }
     out

@@ -331,22 +331,17 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
                     hook: hook_name(event.hook),
                     reason: reason(&event, &dev, ifindex),
                 };
-                if json {
-                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
-                } else {
-                    let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
-                    writeln!(
-                        out,
-                        "{} cgroup={} pid={} comm={} hook={} {}",
-                        record.time,
-                        cg,
-                        record.pid,
-                        printable(&record.command),
-                        record.hook,
-                        record.reason
-                    )?;
-                }
-                out.flush()?;
+                let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
+                let text = format!(
+                    "{} cgroup={} pid={} comm={} hook={} {}",
+                    record.time,
+                    cg,
+                    record.pid,
+                    printable(&record.command),
+                    record.hook,
+                    record.reason
+                );
+                emit(out, json, &record, &text)?;
             }
             _ = rescan.tick() => {
                 scan(&mut watched);
@@ -363,17 +358,12 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
                         events_dropped: now - *last,
                     };
                     *last = now;
-                    if json {
-                        writeln!(out, "{}", serde_json::to_string(&record)?)?;
-                    } else {
-                        let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
-                        writeln!(
-                            out,
-                            "{} cgroup={cg} dropped {} event(s) of this binding (over its rate limit, or the ring buffer was full)",
-                            record.time, record.events_dropped
-                        )?;
-                    }
-                    out.flush()?;
+                    let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
+                    let text = format!(
+                        "{} cgroup={cg} dropped {} event(s) of this binding (over its rate limit, or the ring buffer was full)",
+                        record.time, record.events_dropped
+                    );
+                    emit(out, json, &record, &text)?;
                 }
             }
             _ = &mut deadline => break,
@@ -381,6 +371,22 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
             _ = sigterm.recv() => break,
         }
     }
+    Ok(())
+}
+
+/// One line: `record` as JSON, or `text`.
+fn emit(
+    out: &mut dyn Write,
+    json: bool,
+    record: &impl Serialize,
+    text: &str,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(record)?)?;
+    } else {
+        writeln!(out, "{text}")?;
+    }
+    out.flush()?;
     Ok(())
 }
 
