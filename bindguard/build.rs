@@ -86,9 +86,11 @@ fn build() -> Result<(), String> {
         "cargo:rustc-env=BINDGUARD_GIT_COMMIT={}",
         git_commit(workspace)
     );
+    // The variant plays the *older* build in the upgrade tests: it ranks one second before
+    // its commit, whatever the two object hashes are.
     println!(
         "cargo:rustc-env=BINDGUARD_COMMIT_TIME={}",
-        commit_time(workspace)
+        commit_time(workspace).saturating_sub(u64::from(variant))
     );
     Ok(())
 }

@@ -8,7 +8,7 @@
 //!                                              events        ring buffer shared by all bindings
 //!                                              users/<id>    one empty dir per binding on it
 //!                                              build-<major>_<minor>_<patch>-<commit time>
-//!                                                            the build that loaded it ([`Rank`])
+//!                                                            each build that used it ([`Rank`])
 //!                                              absent/<hook>/<why>  a program this kernel
 //!                                                            cannot run, and why ([`Why`])
 //! ```
@@ -92,13 +92,22 @@ impl Rank {
         format!("{BUILD_PREFIX}{a}_{b}_{c}-{}", self.commit_time)
     }
 
-    /// The rank recorded in set directory `dir` (of the object with hash `hash`).
+    /// Records in set directory `dir` (this build's own set) that this build uses it: builds
+    /// with one object share a set, and the set ranks as the newest of them.
+    fn raise(&self, dir: &Path) {
+        if Self::of_set(dir, self.object_hash) < *self {
+            let _ = fs::create_dir(dir.join(self.entry()));
+        }
+    }
+
+    /// The rank recorded in set directory `dir` (of the object with hash `hash`): the newest
+    /// build that used it.
     fn of_set(dir: &Path, hash: u64) -> Self {
         let recorded = fs::read_dir(dir)
             .into_iter()
             .flatten()
             .flatten()
-            .find_map(|e| {
+            .filter_map(|e| {
                 let name = e.file_name();
                 let (version, time) = name.to_str()?.strip_prefix(BUILD_PREFIX)?.split_once('-')?;
                 let mut v = version.split('_').map(|p| p.parse::<u64>().ok());
@@ -106,7 +115,8 @@ impl Rank {
                     (v.next()??, v.next()??, v.next()??),
                     time.parse::<u64>().ok()?,
                 ))
-            });
+            })
+            .max();
         let (version, commit_time) = recorded.unwrap_or(((0, 0, 0), 0));
         Self {
             version,
@@ -689,16 +699,20 @@ pub fn forget() {
 
 /// The set a binding directory's links run, if it is a pinned set (None for a binding made by
 /// an older bindguard that loaded programs per binding, or one whose set was removed).
-/// The rank of the build whose set records cgroup `id` as a user (`users/<id>`), without
-/// opening the set's maps: a set of a build with another map layout is ranked too.
+/// The newest rank of the sets that record cgroup `id` as a user (`users/<id>`), without
+/// opening their maps: a set of a build with another map layout is ranked too. A binding
+/// being moved is listed by both sets for a moment; the newer one is where it is going.
 pub fn rank_of_binding(id: u64) -> Option<Rank> {
-    list().into_iter().find_map(|d| {
-        if !d.join(USERS).join(id.to_string()).exists() {
-            return None;
-        }
-        let hash = u64::from_str_radix(d.file_name()?.to_str()?, 16).ok()?;
-        Some(Rank::of_set(&d, hash))
-    })
+    list()
+        .into_iter()
+        .filter_map(|d| {
+            if !d.join(USERS).join(id.to_string()).exists() {
+                return None;
+            }
+            let hash = u64::from_str_radix(d.file_name()?.to_str()?, 16).ok()?;
+            Some(Rank::of_set(&d, hash))
+        })
+        .max()
 }
 
 pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
@@ -732,6 +746,7 @@ pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
     let dir = root().join(dir_name(hooks::object_hash()));
     // A set is renamed into place whole, so an existing directory is a complete set.
     if dir.exists() {
+        Rank::own().raise(&dir);
         return Set::open(&dir);
     }
     load(&dir, lock)?;
