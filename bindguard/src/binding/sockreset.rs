@@ -47,6 +47,22 @@ pub struct Pass {
     pub unreached: Vec<String>,
 }
 
+impl Pass {
+    /// How many sockets were ended, or an error naming every socket and task the pass could
+    /// not reach (the binding stays; the pass already did all it could).
+    pub fn check(self) -> anyhow::Result<usize> {
+        if self.unreached.is_empty() {
+            return Ok(self.ended.len());
+        }
+        anyhow::bail!(
+            "{} socket(s) ended, but {} socket(s) or task(s) could not be reached: {}",
+            self.ended.len(),
+            self.unreached.len(),
+            self.unreached.join("; ")
+        )
+    }
+}
+
 /// `--existing=destroy` for a binding just made: every socket of the cgroup that does not obey
 /// the policy read back from its pins is ended, in the namespace of `iface`.
 pub fn end_existing(
@@ -70,15 +86,15 @@ pub fn end_existing(
 /// `on_recreate = "reset-sockets"`: ends the TCP/UDP sockets of `cgroup` (in `netns`) bound to
 /// a device other than `keep_ifindex`. Unbound sockets (ifindex 0) are left alone: they were
 /// never the binding's.
-pub fn reset_sockets(
-    cgroup: &crate::binding::cgroup::Cgroup,
-    keep_ifindex: u32,
-    netns: &Netns,
-) -> anyhow::Result<Pass> {
-    let pass = end(&cgroup.path, keep_ifindex, netns, |s| {
+pub fn reset_sockets(cgroup: &Path, keep_ifindex: u32, netns: &Netns) -> anyhow::Result<Pass> {
+    use std::os::unix::fs::MetadataExt as _;
+    let pass = end(cgroup, keep_ifindex, netns, |s| {
         s.bound_ifindex != 0 && s.bound_ifindex != keep_ifindex
     })?;
-    record(cgroup.id, &pass);
+    if let Ok(m) = std::fs::metadata(cgroup) {
+        // The cgroup id is its directory's inode.
+        record(m.ino(), &pass);
+    }
     Ok(pass)
 }
 

@@ -525,20 +525,14 @@ impl Daemon {
             let reset = self
                 .namespaces
                 .get(b.netns.as_deref())
-                .and_then(|(ns, _)| sockreset::reset_sockets(&cg, iface.ifindex, ns));
+                .and_then(|(ns, _)| sockreset::reset_sockets(&cg.path, iface.ifindex, ns))
+                .and_then(sockreset::Pass::check);
             match reset {
-                Ok(pass) => {
-                    if !pass.ended.is_empty() {
-                        info!(
-                            "reset {} socket(s) of {} still bound to the old interface",
-                            pass.ended.len(),
-                            cg.path.display()
-                        );
-                    }
-                    for u in &pass.unreached {
-                        error!("resetting the sockets of {}: {u}", cg.path.display());
-                    }
-                }
+                Ok(0) => {}
+                Ok(n) => info!(
+                    "reset {n} socket(s) of {} still bound to the old interface",
+                    cg.path.display()
+                ),
                 Err(e) => error!("resetting the sockets of {}: {e:#}", cg.path.display()),
             }
         }

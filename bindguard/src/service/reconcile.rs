@@ -352,16 +352,11 @@ pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
 pub fn bind(cg: &Cgroup, iface: &Interface, b: &Binding) -> anyhow::Result<Attached> {
     let attached = enforcer::attach(cg, iface, &b.options)?;
     if b.options.existing == crate::binding::policy::Existing::Destroy {
-        let pass = crate::binding::sockreset::end_existing(cg, iface)?;
-        if !pass.unreached.is_empty() {
-            // The binding stays (it governs every new socket); what it could not end is an
-            // error, logged and shown by `status` (sockets-unreached).
-            anyhow::bail!(
-                "bound, but {} existing socket(s) or task(s) could not be ended: {}",
-                pass.unreached.len(),
-                pass.unreached.join("; ")
-            );
-        }
+        // The binding stays (it governs every new socket); what the pass could not end is an
+        // error, logged and shown by `status` (sockets-unreached).
+        crate::binding::sockreset::end_existing(cg, iface)?
+            .check()
+            .context("bound; ending the sockets it already held")?;
     }
     Ok(attached)
 }
