@@ -262,7 +262,7 @@ pub fn mcast_group(tag: u8, v6: bool, n: u32) -> std::net::IpAddr {
     }
 }
 
-/// How many programs bpftool lists on `cgroup`.
+/// How many programs the kernel lists on `cgroup`.
 pub fn program_count(cgroup: &std::path::Path) -> usize {
     attached_programs(cgroup)
         .lines()
@@ -283,12 +283,78 @@ pub fn settled_program_count(cgroup: &std::path::Path, want: usize) -> usize {
     }
 }
 
-/// Programs the kernel has attached to `cgroup` (bpftool's view, independent of bindguard).
+/// Programs the kernel has attached to `cgroup`, one line each (`<program id> <attach type>`,
+/// bpftool's names): the kernel's own answer to BPF_PROG_QUERY, independent of bindguard.
+/// Asked directly, not through bpftool, whose query Debian 11's kernel refuses.
 pub fn attached_programs(cgroup: &std::path::Path) -> String {
-    let out = std::process::Command::new("bpftool")
-        .args(["cgroup", "show"])
-        .arg(cgroup)
-        .output()
-        .expect("bpftool (installed by `cargo xtask setup`)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    use std::os::fd::AsRawFd as _;
+    // The cgroup attach types, by their number in enum bpf_attach_type.
+    const TYPES: &[(u32, &str)] = &[
+        (0, "ingress"),
+        (1, "egress"),
+        (2, "sock_create"),
+        (3, "sock_ops"),
+        (6, "device"),
+        (8, "bind4"),
+        (9, "bind6"),
+        (10, "connect4"),
+        (11, "connect6"),
+        (12, "post_bind4"),
+        (13, "post_bind6"),
+        (14, "sendmsg4"),
+        (15, "sendmsg6"),
+        (18, "sysctl"),
+        (19, "recvmsg4"),
+        (20, "recvmsg6"),
+        (21, "getsockopt"),
+        (22, "setsockopt"),
+        (29, "getpeername4"),
+        (30, "getpeername6"),
+        (31, "getsockname4"),
+        (32, "getsockname6"),
+        (34, "sock_release"),
+        (43, "lsm_cgroup"),
+    ];
+    /// `bpf_attr.query` as Linux 5.10 has it; later kernels' further fields stay zero.
+    #[repr(C)]
+    struct Query {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        pad: u32,
+    }
+    const BPF_PROG_QUERY: libc::c_long = 16;
+    let dir = std::fs::File::open(cgroup).expect("open the cgroup");
+    let mut out = String::new();
+    for &(attach_type, name) in TYPES {
+        let mut ids = [0u32; 64];
+        let mut q = Query {
+            target_fd: dir.as_raw_fd() as u32,
+            attach_type,
+            query_flags: 0,
+            attach_flags: 0,
+            prog_ids: ids.as_mut_ptr() as u64,
+            prog_cnt: ids.len() as u32,
+            pad: 0,
+        };
+        // SAFETY: q is a valid bpf_attr prefix of the size passed; prog_ids points at
+        // prog_cnt u32s that outlive the call. A kernel without this attach type says EINVAL.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_PROG_QUERY,
+                &mut q as *mut Query,
+                std::mem::size_of::<Query>(),
+            )
+        };
+        if rc == 0 {
+            for id in &ids[..(q.prog_cnt as usize).min(ids.len())] {
+                out.push_str(&format!("{id} {name}\n"));
+            }
+        }
+    }
+    out
 }

@@ -84,18 +84,45 @@ impl NetnsGuard {
         sh("ip", &full);
     }
 
-    /// Writes a sysctl inside the namespace (/proc/sys/net is per namespace of the opener).
+    /// `ip -n NAME -batch -`: one process for many commands (under emulation every exec
+    /// costs tens of milliseconds, and a topology needs dozens).
+    pub fn ip_batch(&self, commands: &[String]) {
+        use std::io::Write as _;
+        let mut child = Command::new("ip")
+            .args(["-n", &self.name, "-batch", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("running ip");
+        let mut input = commands.join("\n");
+        input.push('\n');
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip -n {} -batch failed: {}\n{input}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+
+    /// Writes a sysctl inside the namespace: from a thread that joined it, since
+    /// /proc/sys/net is the opener's namespace (no process to start).
     pub fn sysctl(&self, key: &str, value: &str) {
         let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        sh(
-            "nsenter",
-            &[
-                &format!("--net={}", self.path().display()),
-                "sh",
-                "-c",
-                &format!("echo {value} > {path}"),
-            ],
-        );
+        let ns = fs::File::open(self.path()).expect("open netns");
+        let value = value.to_string();
+        std::thread::spawn(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            fs::write(&path, &value).unwrap_or_else(|e| panic!("writing {path}: {e}"));
+        })
+        .join()
+        .expect("sysctl thread");
     }
 
     pub fn ifindex(&self, ifname: &str) -> u32 {
@@ -124,7 +151,8 @@ pub struct Topology {
 }
 
 /// One uplink: a veth from `host` (named `up`) to `peer` (named eth0), with addresses, both
-/// ends up, the peer's default routes back, and a host default route of `metric`.
+/// ends up, the peer's default routes back, and a host default route of `metric`. Three `ip`
+/// processes: the link, the peer's side, the host's side.
 #[allow(clippy::too_many_arguments)]
 fn link_uplink(
     host: &NetnsGuard,
@@ -139,26 +167,19 @@ fn link_uplink(
     host.ip(&[
         "link", "add", up, "type", "veth", "peer", "name", "eth0", "netns", &peer.name,
     ]);
-    host.ip(&["addr", "add", &format!("{host4}/24"), "dev", up]);
-    host.ip(&["addr", "add", &format!("{host6}/64"), "dev", up, "nodad"]);
-    host.ip(&["link", "set", up, "up"]);
-    peer.ip(&["addr", "add", &format!("{peer4}/24"), "dev", "eth0"]);
-    peer.ip(&[
-        "addr",
-        "add",
-        &format!("{peer6}/64"),
-        "dev",
-        "eth0",
-        "nodad",
+    peer.ip_batch(&[
+        format!("addr add {peer4}/24 dev eth0"),
+        format!("addr add {peer6}/64 dev eth0 nodad"),
+        "link set eth0 up".into(),
+        format!("route add default via {host4}"),
+        format!("route add default via {host6}"),
     ]);
-    peer.ip(&["link", "set", "eth0", "up"]);
-    peer.ip(&["route", "add", "default", "via", host4]);
-    peer.ip(&["-6", "route", "add", "default", "via", host6]);
-    host.ip(&[
-        "route", "add", "default", "via", peer4, "dev", up, "metric", metric,
-    ]);
-    host.ip(&[
-        "-6", "route", "add", "default", "via", peer6, "dev", up, "metric", metric,
+    host.ip_batch(&[
+        format!("addr add {host4}/24 dev {up}"),
+        format!("addr add {host6}/64 dev {up} nodad"),
+        format!("link set {up} up"),
+        format!("route add default via {peer4} dev {up} metric {metric}"),
+        format!("route add default via {peer6} dev {up} metric {metric}"),
     ]);
 }
 
@@ -172,8 +193,10 @@ impl Topology {
             (UPLINK_B, &peer_b, HOST_B4, PEER_B4, HOST_B6, PEER_B6, "20"),
         ] {
             link_uplink(&host, peer, up, host4, peer4, host6, peer6, metric);
-            peer.ip(&["addr", "add", &format!("{DEST4}/32"), "dev", "lo"]);
-            peer.ip(&["addr", "add", &format!("{DEST6}/128"), "dev", "lo"]);
+            peer.ip_batch(&[
+                format!("addr add {DEST4}/32 dev lo"),
+                format!("addr add {DEST6}/128 dev lo"),
+            ]);
             // Replies and strays must not be dropped by reverse-path checks in the peers.
             peer.sysctl("net.ipv4.conf.all.rp_filter", "0");
             peer.sysctl("net.ipv4.conf.eth0.rp_filter", "0");

@@ -391,3 +391,37 @@ fn status_json_lists_a_cgroup_whose_name_is_not_utf8() {
     );
     drop(child);
 }
+
+/// On a bpffs without RENAME_EXCHANGE (before Linux 5.15) a binding is replaced in steps: the
+/// new pins are marked ready, the old binding renamed away, the ready one renamed into place.
+/// If bindguard is killed between the two renames, the ready directory *is* the binding: the
+/// next command's sweep publishes it instead of removing it (which would unbind the cgroup).
+#[test]
+fn a_replacement_killed_between_its_renames_is_finished_by_the_next_command() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &["--mode", "bind"]);
+    let pins = s.cg.pins();
+    let work = pins.parent().unwrap().join("work");
+    fs::create_dir_all(&work).unwrap();
+    // The state a kill leaves: no binding directory, its links in work/ready-<id>-<pid>.
+    let ready = work.join(format!("ready-{}-{}", s.cg.id, u32::MAX));
+    fs::rename(&pins, &ready).unwrap();
+    // Any command that takes the pins lock sweeps.
+    let other = TestCgroup::new();
+    let (code, out, err) = s.attach_to(Cmd::bindguard(), &other.path, UPLINK_B).run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        pins.exists(),
+        "the sweep did not publish {}",
+        ready.display()
+    );
+    assert!(!ready.exists());
+    for (proto, v6) in FLOWS {
+        assert_eq!(
+            s.delivered_to(s.probe_bound(), proto, v6),
+            [Peer::B],
+            "{proto:?} v6={v6}"
+        );
+    }
+}

@@ -178,3 +178,38 @@ fn exec_kills_what_the_command_left_behind_before_it_unbinds() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(s.listener.packets(Peer::A) > a, "control: {out}");
 }
+
+/// A stop request that keeps coming (a supervisor's SIGTERM, repeated) also reaches bindguard
+/// while it tears down, after the command ended: it finishes the teardown (kill, unbind,
+/// remove the cgroup) and exits with the command's status. Signals were unblocked before the
+/// teardown, and a SIGTERM then killed bindguard with its transient cgroup left behind (seen on
+/// 6.1/6.12 under emulation, where the window is long).
+#[test]
+fn exec_finishes_its_teardown_under_repeated_sigterm() {
+    root_or_skip!();
+    let s = Scenario::new();
+    for _ in 0..5 {
+        let child = exec(&s, &["sh", "-c", "sleep 30 & sleep 30 & wait"]).spawn();
+        let pid = child.id();
+        let (cg, _) = wait_started(pid, 3);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spam = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).is_ok()
+                {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            })
+        };
+        let out = wait_output(child, Duration::from_secs(20)).expect("exec ended");
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spam.join().unwrap();
+        assert!(
+            matches!(out.status.code(), Some(137 | 143)),
+            "bindguard exits with the command's status, not by the signal: {out:?}"
+        );
+        assert_cleaned(&cg, None);
+    }
+}

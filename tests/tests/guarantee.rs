@@ -470,9 +470,6 @@ fn attach_restores_a_binding_that_lost_links() {
     root_or_skip!();
     let s = Scenario::new();
     s.attach(UPLINK_B, &[]);
-    if !programs_listable(&s.cg.path, "attach_restores_a_binding_that_lost_links") {
-        return;
-    }
     let full = program_count(&s.cg.path);
     assert!(full >= 10);
     std::fs::remove_file(s.cg.pins().join("link_sock_create")).unwrap();
@@ -553,9 +550,6 @@ fn killed_commands_never_leave_silent_extras() {
     }
     // The next commands finish whatever was interrupted.
     s.attach(UPLINK_B, &[]);
-    if !programs_listable(&s.cg.path, "killed_commands_never_leave_silent_extras") {
-        return;
-    }
     // Every program this kernel's set holds (10, and the BPF LSM's where it runs).
     let full = s.status_entry().unwrap()["links"].as_array().unwrap().len();
     assert!(full >= 10);
@@ -663,12 +657,7 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
         err.contains("warning: strict mode cannot cover escape rows 7, 12, 14"),
         "{err}"
     );
-    if programs_listable(
-        &s.cg.path,
-        "lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached",
-    ) {
-        assert_eq!(settled_program_count(&s.cg.path, 10), 10);
-    }
+    assert_eq!(settled_program_count(&s.cg.path, 10), 10);
     assert_eq!(
         s.delivered_to(
             s.probe_bound().as_nobody(),
@@ -677,17 +666,4 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
         ),
         [Peer::B]
     );
-}
-
-/// Whether bpftool can list a cgroup's programs here (the host's bpftool asks with fields
-/// Debian 11's kernel refuses): `test` is skipped by name where it cannot.
-fn programs_listable(cgroup: &std::path::Path, test: &str) -> bool {
-    if program_count(cgroup) > 0 {
-        return true;
-    }
-    bindguard_tests::skip(
-        &format!("guarantee::{test}"),
-        "bpftool cannot list a cgroup's attached programs on this kernel (BPF_PROG_QUERY)",
-    );
-    false
 }

@@ -208,3 +208,69 @@ fn poststop_removes_only_bindings_the_hook_made() {
         "poststop left the hook's binding: {err}"
     );
 }
+
+/// Issue #22, item 8: a container that fails after its createRuntime hook bound it never
+/// reaches poststop, and its binding outlives its cgroup. `status` reports such a binding
+/// as it is (the mode its pins show, no link attached, one problem), and the next container's
+/// createRuntime sweeps it.
+#[test]
+fn a_dead_containers_binding_is_reported_truthfully_and_swept_at_the_next_start() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let dead = bindguard_tests::topology::TestCgroup::new();
+    let (code, out, err) = s.attach_to(Cmd::bindguard(), &dead.path, UPLINK_B).run();
+    assert_eq!(code, 0, "{out}{err}");
+    let pins = dead.pins();
+    std::fs::remove_dir(&dead.path).expect("rmdir the bound cgroup");
+    let entry = || {
+        s.status_json()["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["pins"].as_str() == Some(pins.to_str().unwrap()))
+            .cloned()
+    };
+    let mut seen = None;
+    for _ in 0..200 {
+        seen = entry();
+        if seen.as_ref().is_some_and(|b| b["cgroup"].is_null()) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let b = seen.expect("status lists the dead binding");
+    assert!(b["cgroup"].is_null(), "{b}");
+    assert_eq!(b["mode"], "strict", "the pins are strict mode's: {b}");
+    assert!(
+        b["links"].as_array().unwrap().len() > 1,
+        "every pinned link is listed: {b}"
+    );
+    assert_eq!(
+        bindguard_tests::scenario::problem_kinds(&b),
+        ["cgroup-gone"],
+        "{b}"
+    );
+
+    // The next container's createRuntime sweeps it.
+    let cg = bindguard_tests::topology::TestCgroup::new();
+    let mut sleeper = Cmd::new("sleep")
+        .arg("30")
+        .in_cgroup(&cg)
+        .in_netns(&s.topo.host)
+        .spawn();
+    let mount = bindguard::binding::cgroup::cgroup2_mount().unwrap();
+    let (code, err) = hook(&serde_json::json!({
+        "ociVersion": "1.0.2", "id": cg.path.strip_prefix(&mount).unwrap(), "status": "creating",
+        "pid": sleeper.id(), "bundle": "/nonexistent",
+        "annotations": {"io.bindguard.dev": UPLINK_B},
+    }));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(cg.pins().exists(), "createRuntime bound the container");
+    assert!(
+        !pins.exists(),
+        "createRuntime left the dead binding {}",
+        pins.display()
+    );
+}

@@ -202,7 +202,6 @@ pub fn update_pins() -> anyhow::Result<()> {
 /// A kernel ready to boot.
 #[derive(Debug, Clone)]
 pub struct Kernel {
-    pub pin: Pin,
     /// `uname -r` inside it.
     pub release: String,
     pub vmlinuz: PathBuf,
@@ -236,7 +235,6 @@ pub fn prepare(pin: &Pin) -> anyhow::Result<Kernel> {
     let root = dir.join("root");
     let (modules_root, release) = find_modules(&root)?;
     Ok(Kernel {
-        pin: pin.clone(),
         vmlinuz: root.join("boot").join(format!("vmlinuz-{release}")),
         initramfs: dir.join("initramfs.cpio"),
         release,

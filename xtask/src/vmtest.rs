@@ -92,23 +92,15 @@ const SUITES: &[&str] = &[
     "exec",
 ];
 
-/// Debian 11 runs kernel, guarantee, strict and exec (the kill-by-pid path: no cgroup.kill
-/// before 5.14). Its attack, attack2, binding and verify runs had not completed green when this
-/// matrix landed: `cargo xtask vmtest --kernel 5.10 --suite attack` runs them (a follow-up).
-const DEBIAN_11: &[&str] = &["kernel", "guarantee", "strict", "exec"];
+/// Debian 11 runs every suite, exec included (the kill-by-pid path: no cgroup.kill before
+/// 5.14). What 5.10 cannot do (no MPTCP, no bpf_setsockopt in the address hooks, bpftool
+/// unable to list cgroup programs) each test skips by name.
+const DEBIAN_11: &[&str] = SUITES;
 
-/// 6.1 and 6.12 leave exec out: on them (cgroup.kill, 5.14+) exec_binds_a_static_client_and_
-/// cleans_up found its transient cgroup still there under emulation, which neither the host
-/// nor a hand-run guest reproduces (an open finding); 5.10 runs exec (the kill-by-pid path).
-const STOCK: &[&str] = &[
-    "kernel",
-    "guarantee",
-    "strict",
-    "attack",
-    "attack2",
-    "binding",
-    "verify",
-];
+/// 6.1 and 6.12 run every suite. (exec had been left out on them: its transient cgroup was
+/// left behind under emulation. The cause was a SIGTERM arriving during the teardown, after
+/// exec had unblocked signals; exec_finishes_its_teardown_under_repeated_sigterm shows it.)
+const STOCK: &[&str] = SUITES;
 
 /// A boot that differs from a stock one only in its lsm= list: the rows that list decides
 /// (kernel.rs: what attach, status, verify and doctor say, the LSM rows skipped by name) and
@@ -120,6 +112,8 @@ const LSM_VARIANT: &[&str] = &["kernel", "guarantee"];
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub name: String,
+    /// The kernel's release (uname -r).
+    pub release: String,
     pub exit: Option<i32>,
     pub passed: u64,
     pub failed: u64,
@@ -145,6 +139,9 @@ pub struct Options {
     /// Only these test binaries (tests/tests/<name>.rs); empty: all of [`SUITES`].
     pub suites: Vec<String>,
     pub jobs: usize,
+    /// Print a line per finished boot (and a failed boot's whole console) instead of
+    /// streaming the consoles: for a run beside the host suite, whose output it would cut up.
+    pub quiet: bool,
 }
 
 pub fn parse_args(args: &[String]) -> anyhow::Result<(Options, bool)> {
@@ -303,13 +300,14 @@ fn run_script(
 }
 
 /// Boots `kernel` with `config` and runs `script`, streaming the console prefixed with the
-/// config's name.
+/// config's name (unless `quiet`).
 fn boot(
     config: &Config,
     kernel: &Kernel,
     script: &std::path::Path,
     timeout: Duration,
     accel: Accel,
+    quiet: bool,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let stage2 = workspace().join("xtask/src/vm-init.sh");
@@ -321,7 +319,9 @@ fn boot(
         kernel.modules_root.display(),
         workspace().display()
     );
-    let mut child = Command::new("qemu-system-x86_64")
+    // Niced: beside the host suite, whose tests have deadlines, the guests take what is idle.
+    let mut child = Command::new("nice")
+        .args(["-n", "10", "qemu-system-x86_64"])
         .args(accel.args())
         .args(["-m", "2048", "-smp", "1"])
         .args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
@@ -353,6 +353,7 @@ fn boot(
     });
     let mut o = Outcome {
         name: config.name.into(),
+        release: kernel.release.clone(),
         ..Outcome::default()
     };
     let mut suite = String::new();
@@ -360,7 +361,9 @@ fn boot(
     for line in BufReader::new(stdout).lines() {
         let line = line.unwrap_or_default();
         let line = line.trim_end_matches('\r');
-        println!("[{}] {line}", config.name);
+        if !quiet {
+            println!("[{}] {line}", config.name);
+        }
         log += line;
         log.push('\n');
         if let Some(s) = line.strip_prefix("bindguard-vm: suite ") {
@@ -407,6 +410,19 @@ fn boot(
             stderr.trim()
         ));
     }
+    if quiet && !config.suites.is_empty() {
+        let mut report = format!(
+            "vmtest: {} finished: {} passed, {} failed in {:.1} min (console: target/vmtest/logs/{}.log)\n",
+            config.name, o.passed, o.failed, o.minutes, config.name
+        );
+        // CI shows only what is printed: a failed boot's whole console, in one piece.
+        if !o.ok() {
+            for line in log.lines() {
+                report += &format!("[{}] {line}\n", config.name);
+            }
+        }
+        print!("{report}");
+    }
     Ok(o)
 }
 
@@ -447,8 +463,15 @@ impl Accel {
             why: "",
             suites: &[],
         };
-        let quiet = boot(&probe, kernel, &script, Duration::from_secs(30), Accel::Kvm)?;
-        Ok(if quiet.exit == Some(0) {
+        let probed = boot(
+            &probe,
+            kernel,
+            &script,
+            Duration::from_secs(30),
+            Accel::Kvm,
+            true,
+        )?;
+        Ok(if probed.exit == Some(0) {
             Accel::Kvm
         } else {
             Accel::Tcg
@@ -506,7 +529,7 @@ pub fn vmtest(o: &Options) -> anyhow::Result<Vec<Outcome>> {
                         break;
                     };
                     let r = run_script(c, &binaries, &o.filter)
-                        .and_then(|script| boot(c, k, &script, timeout, accel));
+                        .and_then(|script| boot(c, k, &script, timeout, accel, o.quiet));
                     let r = r.unwrap_or_else(|e| Outcome {
                         name: c.name.into(),
                         failures: vec![format!("{e:#}")],
@@ -519,20 +542,18 @@ pub fn vmtest(o: &Options) -> anyhow::Result<Vec<Outcome>> {
     });
     let mut results = results.into_inner().unwrap();
     results.sort_by_key(|r| MATRIX.iter().position(|c| c.name == r.name));
-    summarize(&results, &kernels);
-    if results.iter().any(|r| !r.ok()) {
-        bail!("the VM matrix failed (logs: target/vmtest/logs/)");
+    if !o.quiet {
+        summarize(&results)?;
     }
     Ok(results)
 }
 
-fn summarize(results: &[Outcome], kernels: &[Kernel]) {
+/// Prints the summary; fails if a boot did.
+pub fn summarize(results: &[Outcome]) -> anyhow::Result<()> {
     println!("\nVM matrix summary");
     for r in results {
         let config = MATRIX.iter().find(|c| c.name == r.name);
-        let release = config
-            .and_then(|c| kernels.iter().find(|k| k.pin.series == c.series))
-            .map_or("?", |k| k.release.as_str());
+        let release = &r.release;
         println!(
             "  {:<16} {:<22} {:>4} passed, {:>2} failed, {:>2} skipped, {:5.1} min  {}  [{}]",
             r.name,
@@ -551,4 +572,8 @@ fn summarize(results: &[Outcome], kernels: &[Kernel]) {
             println!("      FAILED  {f}");
         }
     }
+    if results.iter().any(|r| !r.ok()) {
+        bail!("the VM matrix failed (logs: target/vmtest/logs/)");
+    }
+    Ok(())
 }

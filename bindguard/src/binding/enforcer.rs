@@ -337,38 +337,75 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
 ///
 /// The kernel detaches a removed cgroup's links asynchronously (cgroup_bpf_release runs from a
 /// workqueue, ~10 ms here), so a binding whose cgroup directory has just disappeared is given
-/// up to 2 s to be detached. Only the kernel's word (detached links) removes pins.
+/// up to 2 s to be detached. Only the kernel's word (detached links) removes pins. The daemon
+/// takes the same path one binding at a time ([`release_stale`]) and waits with timers.
 pub fn remove_stale() -> anyhow::Result<usize> {
+    remove_stale_within(std::time::Duration::from_secs(2))
+}
+
+/// [`remove_stale`], giving a just-deleted cgroup's links `grace` to be detached. With no
+/// grace it removes what the kernel has already released, without waiting: what a
+/// container's start can afford.
+pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> {
     if !pins::bpffs_mounted() {
         return Ok(0);
     }
     let lock = pins::lock()?;
     sweep_abandoned(&lock);
     let mut cgroups = crate::binding::cgroup::Namer::new();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let deadline = std::time::Instant::now() + grace;
     let mut removed = 0;
     // Old sets whose last binding went with its cgroup go too (after the loop, below).
-    for (id, dir) in pins::list() {
+    for (id, _) in pins::list() {
         // A binding whose cgroup exists stays, decided without opening its links (poststop
         // runs this on every container stop, with thousands of bindings on the node).
         if cgroups.exists(id) {
             continue;
         }
-        let mut gone = cgroup_gone(&dir);
-        while !gone && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            gone = cgroup_gone(&dir);
-        }
-        if gone {
-            pins::remove_dir(&dir)?;
-            progset::forget_user(id);
-            removed += 1;
+        loop {
+            match release_stale(id, &lock)? {
+                Stale::Removed => removed += 1,
+                Stale::Attached if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                }
+                Stale::Attached | Stale::NoPins => {}
+            }
+            break;
         }
     }
     if removed > 0 {
         progset::remove_unused_old_sets(&lock);
     }
     Ok(removed)
+}
+
+/// What [`release_stale`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stale {
+    /// The kernel had detached every link: the pins are removed.
+    Removed,
+    /// Some link is still attached (the cgroup exists, or the kernel has not detached it yet):
+    /// nothing was touched.
+    Attached,
+    /// No binding is pinned for that cgroup.
+    NoPins,
+}
+
+/// Removes the pins of the binding of cgroup `id` if the kernel has auto-detached its links
+/// (its cgroup was removed), and its entry in the program sets' users; never waits. The
+/// caller sweeps old sets that lost their last user ([`progset::remove_unused_old_sets`]).
+pub fn release_stale(id: u64, _lock: &pins::Lock) -> anyhow::Result<Stale> {
+    let dir = pins::binding_dir(id);
+    if !dir.exists() {
+        return Ok(Stale::NoPins);
+    }
+    if !cgroup_gone(&dir) {
+        return Ok(Stale::Attached);
+    }
+    pins::remove_dir(&dir)?;
+    progset::forget_user(id);
+    Ok(Stale::Removed)
 }
 
 /// A binding's cgroup is gone when the kernel has auto-detached its links.

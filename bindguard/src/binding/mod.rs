@@ -6,6 +6,7 @@
 //!   and the policy value the programs read.
 //! - [`enforcer`]: attach, detach, remove_stale; reading a binding's policy and counters.
 //! - [`audit`], [`sockreset`]: sockets the programs never saw (listed, or destroyed).
+//! - [`unbound`]: configured bindings the daemon could not make, for `status`.
 //!
 //! May import: [`crate::kernel`] and [`crate::error`]. Never `commands` or `service`.
 
@@ -16,3 +17,4 @@ pub mod netdev;
 pub mod netns;
 pub mod policy;
 pub mod sockreset;
+pub mod unbound;

@@ -67,6 +67,19 @@ impl Netns {
     }
 
     /// Runs `f` on a thread that has entered this namespace; the calling thread is untouched.
+    /// Another handle on the same namespace (for work on another thread).
+    pub fn try_clone(&self) -> anyhow::Result<Self> {
+        Ok(Self {
+            file: self
+                .file
+                .try_clone()
+                .with_context(|| format!("duplicating the fd of {}", self.label))?,
+            label: self.label.clone(),
+            ino: self.ino,
+            path: self.path.clone(),
+        })
+    }
+
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
         if Netns::current().is_ok_and(|me| me.ino == self.ino) {
             return Ok(f());

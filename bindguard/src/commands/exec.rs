@@ -121,7 +121,7 @@ fn sweep_abandoned(mount: &Path) {
 }
 
 /// Runs `command` with every socket bound to `dev`; returns its exit status (128+N when it was
-/// killed by signal N).
+/// killed by signal N). The forwarded signals are left blocked: call it last, then exit.
 pub fn exec(
     dev: &str,
     netns: Option<&Path>,
@@ -147,10 +147,13 @@ pub fn exec(
         waited.add(s);
     }
     waited.add(Signal::SIGCHLD);
-    let mut previous = SigSet::empty();
-    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&waited), Some(&mut previous))?;
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&waited), None)?;
     let result = run_child(&transient.cgroup.path, netns.map(|_| &ns), command, &waited);
-    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&previous), None);
+    // The teardown runs with the signals still blocked, and they stay blocked: the caller
+    // exits with the command's status next. A SIGTERM that arrives now (a supervisor
+    // repeating its stop) must neither kill bindguard half-way, leaving the cgroup, nor
+    // replace the command's status with its own; the command it was meant for has ended.
+    drop(transient);
     result
 }
 

@@ -241,6 +241,13 @@ fn create(
     let iface = netdev::resolve(dev, &ns)?;
     enforcer::attach(&cg, &iface, &opts)
         .with_context(|| format!("binding container {} to {dev}", state.id()))?;
+    // A container that failed after its createRuntime hook never reaches poststop, so its
+    // binding outlives its cgroup: each start sweeps such leftovers (those the kernel already
+    // released, without waiting), or a node collects them. The container is bound whatever
+    // the sweep finds.
+    if let Err(e) = enforcer::remove_stale_within(std::time::Duration::ZERO) {
+        eprintln!("bindguard: warning: sweeping bindings of deleted cgroups: {e:#}");
+    }
     Ok(Outcome::Bound {
         cgroup: cg.path,
         dev: dev.to_string(),

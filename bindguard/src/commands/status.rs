@@ -23,6 +23,8 @@ pub const JSON_VERSION: u32 = 2;
 pub struct Report {
     pub version: u32,
     pub bindings: Vec<Binding>,
+    /// Configured bindings the running daemon could not make (they have no pins).
+    pub unbound: Vec<crate::binding::unbound::Unbound>,
     /// Whether every link was asked (`--links`): the table labels its columns by it.
     #[serde(skip)]
     pub links_checked: bool,
@@ -169,6 +171,7 @@ pub fn collect(opts: Options) -> Report {
     Report {
         version: JSON_VERSION,
         bindings,
+        unbound: crate::binding::unbound::read(Path::new(crate::binding::unbound::PATH)),
         links_checked: opts.links,
     }
 }
@@ -406,6 +409,10 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         counters,
         set,
     } = raw;
+    // The policy lives in the cgroup's storage: unreadable and unnamed, the cgroup is gone.
+    if cgroup.is_none() && policy.is_err() {
+        return deleted_binding(cgroup_id, dir, &raw_links);
+    }
     let mut problems = Vec::new();
     let policy = policy.unwrap_or_else(|e| {
         problems.push(Problem {
@@ -605,6 +612,62 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     }
 }
 
+/// A binding whose cgroup was deleted. The kernel detached its links and freed the cgroup's
+/// policy with the cgroup, so nothing is enforced and there is no policy to read: what is left
+/// is the pin directory. Its mode is told by the pins (bind mode pins sock_create alone), and
+/// none of its links is attached.
+fn deleted_binding(cgroup_id: u64, dir: PathBuf, raw_links: &Links) -> Binding {
+    let pinned: Vec<&'static str> = crate::kernel::hooks::HOOKS
+        .iter()
+        .map(|h| h.name)
+        .filter(|name| match raw_links {
+            Links::Listed(pinned, _) => pinned.has(name),
+            Links::Asked(links) => links.iter().any(|(n, _)| n == name),
+        })
+        .collect();
+    let mode = if pinned.iter().any(|h| *h != "sock_create") {
+        crate::binding::policy::Mode::Strict
+    } else {
+        crate::binding::policy::Mode::Bind
+    };
+    let links = pinned
+        .into_iter()
+        .map(|hook| LinkInfo {
+            hook,
+            pinned: true,
+            link_id: None,
+            program_id: None,
+            attached: false,
+        })
+        .collect();
+    Binding {
+        cgroup: None,
+        cgroup_id,
+        pins: dir,
+        ifname: String::new(),
+        ifindex: 0,
+        netns: NetnsInfo {
+            cookie: 0,
+            inode: 0,
+            path: None,
+        },
+        mark: None,
+        priority: None,
+        mode: mode.as_str().into(),
+        allow_loopback: false,
+        allow_families: Vec::new(),
+        lsm: false,
+        links,
+        counters: Counters::default(),
+        problems: vec![Problem {
+            kind: "cgroup-gone",
+            message: format!(
+                "cgroup {cgroup_id} was deleted and the kernel detached its programs; its pins are leftovers: `bindguard detach --cgroup <any deleted cgroup's path>` removes every such binding (so does the next oci-hook call)"
+            ),
+        }],
+    }
+}
+
 /// How many links pinned in `dir` are attached to cgroup `cgroup_id`.
 fn attached_links(dir: &Path, cgroup_id: u64) -> usize {
     std::fs::read_dir(dir)
@@ -615,8 +678,25 @@ fn attached_links(dir: &Path, cgroup_id: u64) -> usize {
         .count()
 }
 
-/// The table `status` prints for people: one row per binding.
+/// The table `status` prints for people: one row per binding, then the configured bindings
+/// the daemon could not make.
 pub fn render_table(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = render_bindings(report);
+    for u in &report.unbound {
+        let _ = writeln!(
+            out,
+            "NOT bound (the daemon could not make it): {} ({}): {}",
+            printable_path(&u.cgroup),
+            crate::error::printable(&u.origin),
+            crate::error::printable(&u.why)
+        );
+    }
+    out
+}
+
+/// One row per binding.
+fn render_bindings(report: &Report) -> String {
     use std::fmt::Write as _;
     if report.bindings.is_empty() {
         return "no bindings\n".into();
@@ -680,6 +760,7 @@ pub fn render_table(report: &Report) -> String {
             .map(|l| match (l.link_id, l.program_id) {
                 (Some(link), Some(prog)) => format!("{}={link}/{prog}", l.hook),
                 (None, Some(prog)) if !report.links_checked => format!("{}={prog}", l.hook),
+                (None, None) if l.pinned && b.cgroup.is_none() => format!("{}=detached", l.hook),
                 _ => format!("{}=MISSING", l.hook),
             })
             .collect();
@@ -689,7 +770,7 @@ pub fn render_table(report: &Report) -> String {
             "pinned links (program)"
         };
         let _ = writeln!(out, "cgroup {} {what}: {}", b.cgroup_id, links.join(" "));
-        for p in &b.problems {
+        for p in b.problems.iter().filter(|p| p.kind != "rows-open") {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
         }
         if b.counters.events_dropped > 0 {
@@ -699,6 +780,21 @@ pub fn render_table(report: &Report) -> String {
                 b.cgroup_id, b.counters.events_dropped
             );
         }
+    }
+    // What the kernel cannot run is the same for every strict binding on it: said once, with
+    // the bindings it concerns.
+    let mut open: Vec<(&str, Vec<String>)> = Vec::new();
+    for b in &report.bindings {
+        for p in b.problems.iter().filter(|p| p.kind == "rows-open") {
+            match open.iter_mut().find(|(m, _)| *m == p.message) {
+                Some((_, ids)) => ids.push(b.cgroup_id.to_string()),
+                None => open.push((&p.message, vec![b.cgroup_id.to_string()])),
+            }
+        }
+    }
+    for (message, ids) in open {
+        let which = if ids.len() == 1 { "cgroup" } else { "cgroups" };
+        let _ = writeln!(out, "{which} {}: {message}", ids.join(", "));
     }
     out
 }

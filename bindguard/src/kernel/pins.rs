@@ -41,6 +41,10 @@ const NEW_PREFIX: &str = "new-";
 /// half-way leaves a directory the next command finishes, never a half binding under the
 /// binding's own name.
 const DEAD_PREFIX: &str = "dead-";
+/// A complete staging directory waiting to replace a binding on a bpffs without
+/// RENAME_EXCHANGE (before Linux 5.15): if the replacement is killed half-way, the next sweep
+/// publishes it when the binding is missing and removes it otherwise.
+const READY_PREFIX: &str = "ready-";
 
 /// Makes sure bpffs is mounted at /sys/fs/bpf, mounting it if needed.
 pub fn ensure_bpffs() -> anyhow::Result<()> {
@@ -91,7 +95,8 @@ pub fn cgroup_id_of(dir: &Path) -> Option<u64> {
     }
     let rest = name
         .strip_prefix(NEW_PREFIX)
-        .or_else(|| name.strip_prefix(DEAD_PREFIX))?;
+        .or_else(|| name.strip_prefix(DEAD_PREFIX))
+        .or_else(|| name.strip_prefix(READY_PREFIX))?;
     rest.rsplit_once('-')?.0.parse().ok()
 }
 
@@ -117,6 +122,19 @@ pub fn lock() -> anyhow::Result<Lock> {
         .map_err(|(_, e)| e)
         .with_context(|| format!("locking {}", root.display()))?;
     Ok(Lock(locked))
+}
+
+/// [`lock`] without waiting: None while another bindguard holds it (the daemon retries
+/// later instead of blocking its event loop).
+pub fn try_lock() -> anyhow::Result<Option<Lock>> {
+    let root = root();
+    trusted_root(&root)?;
+    let dir = fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+    match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => Ok(Some(Lock(locked))),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+        Err((_, e)) => Err(e).with_context(|| format!("locking {}", root.display())),
+    }
 }
 
 /// Makes sure bindguard's root on bpffs is a real directory that only root can enter, before
@@ -197,6 +215,7 @@ pub fn list() -> Vec<(u64, PathBuf)> {
 /// [`Staging::publish`] renames it into place.
 pub struct Staging {
     pub dir: PathBuf,
+    cgroup_id: u64,
     target: PathBuf,
     published: bool,
 }
@@ -212,6 +231,7 @@ impl Staging {
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
             dir,
+            cgroup_id,
             target: binding_dir(cgroup_id),
             published: false,
         })
@@ -226,10 +246,52 @@ impl Staging {
 
     /// Atomically swaps the staged pins with the published binding; returns where the old
     /// binding's pins now are (to be removed by the caller).
-    pub fn exchange(self) -> anyhow::Result<PathBuf> {
+    pub fn exchange(mut self) -> anyhow::Result<PathBuf> {
         let old = self.dir.clone();
-        self.rename(rustix::fs::RenameFlags::EXCHANGE, "exchanging")?;
-        Ok(old)
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &self.dir,
+            rustix::fs::CWD,
+            &self.target,
+            rustix::fs::RenameFlags::EXCHANGE,
+        ) {
+            Ok(()) => {
+                self.published = true;
+                Ok(old)
+            }
+            // bpffs supports RENAME_EXCHANGE from Linux 5.15 on; before, it is refused with
+            // EINVAL, and the swap is done in steps.
+            Err(rustix::io::Errno::INVAL) => self.replace_in_steps(),
+            Err(e) => Err(e).with_context(|| {
+                format!(
+                    "exchanging {} with {}",
+                    self.dir.display(),
+                    self.target.display()
+                )
+            }),
+        }
+    }
+
+    /// The swap without RENAME_EXCHANGE: the complete staging directory is marked ready, the
+    /// binding is renamed away, the ready one renamed into place. Both sets of links stay
+    /// attached throughout, so no socket meets an unbound cgroup; only the pin directory is
+    /// missing for the moment between the two renames, and if bindguard is killed then, the
+    /// next sweep publishes the ready directory (see [`sweep_abandoned`]).
+    fn replace_in_steps(mut self) -> anyhow::Result<PathBuf> {
+        let work = work();
+        let tag = format!("{}-{}", self.cgroup_id, std::process::id());
+        let ready = work.join(format!("{READY_PREFIX}{tag}"));
+        rename_path(&self.dir, &ready)?;
+        self.dir = ready.clone();
+        let dead = work.join(format!("{DEAD_PREFIX}{tag}"));
+        rename_path(&self.target, &dead)?;
+        if let Err(e) = rename_path(&ready, &self.target) {
+            // Put the old binding back; the staged links go with `self`.
+            let _ = rename_path(&dead, &self.target);
+            return Err(e);
+        }
+        self.published = true;
+        Ok(dead)
     }
 
     // rustix, not nix: nix offers renameat2 only on glibc, and the release build is musl.
@@ -245,6 +307,17 @@ impl Staging {
         self.published = true;
         Ok(())
     }
+}
+
+fn rename_path(from: &Path, to: &Path) -> anyhow::Result<()> {
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        from,
+        rustix::fs::CWD,
+        to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
 }
 
 impl Drop for Staging {
@@ -295,6 +368,7 @@ fn work_entries() -> Vec<(u64, Option<i32>, PathBuf)> {
         let Some(rest) = name.to_str().and_then(|n| {
             n.strip_prefix(NEW_PREFIX)
                 .or_else(|| n.strip_prefix(DEAD_PREFIX))
+                .or_else(|| n.strip_prefix(READY_PREFIX))
         }) else {
             continue;
         };
@@ -340,7 +414,20 @@ pub fn abandoned_locked(_lock: &Lock) -> Vec<(u64, PathBuf)> {
 /// is completed. Program sets have their own staging directories: the caller sweeps those too
 /// (`progset::sweep_abandoned`), so that bpffs layout does not depend on the program set.
 pub fn sweep_abandoned(lock: &Lock) {
-    for (_, dir) in abandoned_locked(lock) {
+    // A ready directory first: it may be the binding itself, if a replacement was killed
+    // after renaming the old binding away (its links are attached, the old ones go below).
+    let mut entries = abandoned_locked(lock);
+    entries.sort_by_key(|(_, dir)| !is_ready(dir));
+    for (id, dir) in entries {
+        if is_ready(&dir) && rename_path(&dir, &binding_dir(id)).is_ok() {
+            continue;
+        }
         let _ = remove_dir(&dir);
     }
+}
+
+fn is_ready(dir: &Path) -> bool {
+    dir.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(READY_PREFIX))
 }

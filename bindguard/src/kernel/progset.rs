@@ -692,10 +692,19 @@ pub fn set_of_program(program_id: u32) -> Option<std::sync::Arc<Set>> {
     found
 }
 
-/// Forgets what [`set_of_program`] learnt (after a set was created or removed).
+/// Forgets what [`set_of_program`] and [`set_of_binding`] learnt (after a set was created or
+/// removed).
 pub fn forget() {
     *INDEX.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    *CURRENT.lock().unwrap_or_else(|e| e.into_inner()) = None;
 }
+
+/// The running build's set once opened by [`set_of_binding`], and its program ids by hook as
+/// asked: a process that looks at many bindings (`apply`, the daemon) opens it once.
+static CURRENT: Mutex<Option<Current>> = Mutex::new(None);
+
+/// The running build's set and its program ids by hook name (None: no such program).
+type Current = (std::sync::Arc<Set>, HashMap<String, Option<u32>>);
 
 /// The set a binding directory's links run, if it is a pinned set (None for a binding made by
 /// an older bindguard that loaded programs per binding, or one whose set was removed).
@@ -728,13 +737,23 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
     // Usually the running build's set: asking its program of the same hook is two calls,
     // where finding the set among all of them opens every pinned program.
     let current = root().join(dir_name(hooks::object_hash()));
-    let same = link::open_pinned(&current.join(prog_pin(&name)))
-        .ok()
-        .and_then(|fd| program_id(fd.as_fd()).ok())
-        == Some(state.program_id);
-    if same && let Ok(set) = Set::open(&current) {
-        return Some(std::sync::Arc::new(set));
+    let mut cached = CURRENT.lock().unwrap_or_else(|e| e.into_inner());
+    if cached.is_none()
+        && let Ok(set) = Set::open(&current)
+    {
+        *cached = Some((std::sync::Arc::new(set), HashMap::new()));
     }
+    if let Some((set, ids)) = cached.as_mut() {
+        let id = *ids.entry(name).or_insert_with_key(|name| {
+            link::open_pinned(&current.join(prog_pin(name)))
+                .ok()
+                .and_then(|fd| program_id(fd.as_fd()).ok())
+        });
+        if id == Some(state.program_id) {
+            return Some(set.clone());
+        }
+    }
+    drop(cached);
     set_of_program(state.program_id)
 }
 

@@ -103,6 +103,10 @@ pub fn describe(i: &Interface) -> String {
 #[derive(Default)]
 pub struct Namespaces {
     open: HashMap<Option<PathBuf>, (Netns, u64)>,
+    /// For one plan (interfaces do not change under it): each (namespace, name) resolved once
+    /// (resolving enters the namespace on a thread of its own). None in the daemon, which
+    /// follows interfaces by their events.
+    interfaces: Option<HashMap<(Option<PathBuf>, String), Interface>>,
 }
 
 impl Namespaces {
@@ -118,6 +122,21 @@ impl Namespaces {
             self.open.insert(key.clone(), (ns, cookie));
         }
         Ok(&self.open[&key])
+    }
+
+    /// Namespaces for one plan: interfaces are resolved once each.
+    pub fn for_plan() -> Self {
+        Self {
+            interfaces: Some(HashMap::new()),
+            ..Self::default()
+        }
+    }
+
+    /// Resolves each interface once from now on (`true`), or every time again (`false`): for
+    /// a pass over every binding, during which an interface that changes is seen by the
+    /// link event that follows.
+    pub fn cache_interfaces(&mut self, on: bool) {
+        self.interfaces = on.then(HashMap::new);
     }
 
     /// Forgets a namespace (its path now names another one, or none).
@@ -139,8 +158,16 @@ pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Re
         namespaces.forget(b.netns.as_deref());
         return Ok(netdev::closed(&b.dev, 0, 0));
     }
+    let key = (b.netns.clone(), b.dev.clone());
+    if let Some(known) = namespaces.interfaces.as_ref().and_then(|m| m.get(&key)) {
+        return Ok(known.clone());
+    }
     let (ns, _) = namespaces.get(b.netns.as_deref())?;
-    netdev::resolve_or_closed(&b.dev, ns)
+    let iface = netdev::resolve_or_closed(&b.dev, ns)?;
+    if let Some(m) = namespaces.interfaces.as_mut() {
+        m.insert(key, iface.clone());
+    }
+    Ok(iface)
 }
 
 /// Whether every link of a binding is pinned and attached to its cgroup.
@@ -276,7 +303,7 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
 /// The plan for the whole config; with `prune`, also the detach of every binding made from a
 /// config whose cgroup the config no longer names.
 pub fn plan(config: &Config, prune: bool) -> anyhow::Result<Vec<Step>> {
-    let mut namespaces = Namespaces::default();
+    let mut namespaces = Namespaces::for_plan();
     let mut steps = Vec::new();
     for (i, b) in config.bindings.iter().enumerate() {
         let step = plan_binding(i, b, &mut namespaces)

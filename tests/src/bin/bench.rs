@@ -4,12 +4,19 @@
 //! between the markers of BENCHMARKS.md.
 //!
 //!   bg-bench [--quick] [--no-write] [--phases socket,send,guards,runtime,latency,scale,daemon]
-//!            [--scale N] [--daemon-only]
+//!            [--scale N] [--daemon-only] [--daemon-scale-only] [--daemon-scale N,N,...]
 //!
 //! Phases run in that order; `--phases` picks some (BENCHMARKS.md is only rewritten when all
 //! ran). `--scale N` sets how many bindings the scale phase makes (default 10,000; 50 with
 //! --quick); kernel memory is sampled at 1,000 and at N. `--daemon-only` is `--phases daemon`
 //! (interface re-creation latency, RSS, idle wake-ups).
+//!
+//! The daemon-scale phase (`--daemon-scale-only`, also part of a full run) starts the daemon
+//! over 100, 1,000 and 10,000 strict bindings on one interface (`--daemon-scale` picks other
+//! counts) under a soft RLIMIT_NOFILE of 1,024 and measures start to ready, deletion → every
+//! binding closed and creation → every binding re-targeted over repeated flaps, RSS, idle
+//! wake-ups and `apply` (plan and no-op); it has its own block in BENCHMARKS.md
+//! (`bench:daemon-scale` markers), rewritten whenever the phase ran.
 
 use std::{
     fmt::Write as _,
@@ -27,6 +34,22 @@ use bindguard_tests::{
 
 const BEGIN: &str = "<!-- bench:begin -->";
 const END: &str = "<!-- bench:end -->";
+const DS_BEGIN: &str = "<!-- bench:daemon-scale:begin -->";
+const DS_END: &str = "<!-- bench:daemon-scale:end -->";
+
+/// Replaces the text between `begin` and `end` in BENCHMARKS.md (appending the block when the
+/// markers are missing).
+fn write_block(begin: &str, end: &str, text: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../BENCHMARKS.md");
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    let block = format!("{begin}\n{text}{end}");
+    let new = match (old.find(begin), old.find(end)) {
+        (Some(a), Some(b)) if a < b => format!("{}{block}{}", &old[..a], &old[b + end.len()..]),
+        _ => format!("{old}\n{block}\n"),
+    };
+    fs::write(&path, new).expect("write BENCHMARKS.md");
+    println!("updated {}", path.canonicalize().unwrap().display());
+}
 
 #[derive(Clone, Copy)]
 struct Stats {
@@ -243,10 +266,19 @@ fn main() {
             .and_then(|i| args.get(i + 1).cloned())
     };
     let all = [
-        "socket", "send", "guards", "runtime", "latency", "scale", "daemon",
+        "socket",
+        "send",
+        "guards",
+        "runtime",
+        "latency",
+        "scale",
+        "daemon",
+        "daemon-scale",
     ];
     let phases: Vec<String> = if args.iter().any(|a| a == "--daemon-only") {
         vec!["daemon".to_string()]
+    } else if args.iter().any(|a| a == "--daemon-scale-only") {
+        vec!["daemon-scale".to_string()]
     } else {
         value("--phases").map_or_else(
             || all.iter().map(|p| p.to_string()).collect(),
@@ -645,6 +677,27 @@ fn main() {
     if run("daemon") {
         report.push_str(&daemon_bench(if quick { 10 } else { 50 }, started));
     }
+    if run("daemon-scale") {
+        let sizes: Vec<usize> = value("--daemon-scale").map_or_else(
+            || {
+                if quick {
+                    vec![100, 1_000]
+                } else {
+                    vec![100, 1_000, 10_000]
+                }
+            },
+            |v| {
+                v.split(',')
+                    .map(|n| n.trim().parse().expect("--daemon-scale N,N"))
+                    .collect()
+            },
+        );
+        let block = daemon_scale_phase(&sizes, if quick { 5 } else { 20 }, started);
+        println!("{block}");
+        if !args.iter().any(|a| a == "--no-write") {
+            write_block(DS_BEGIN, DS_END, &block);
+        }
+    }
     drop(tmp);
     let _ = writeln!(
         report,
@@ -992,69 +1045,6 @@ fn raw_socket(family: i32, kind: i32, proto: i32) -> std::os::fd::OwnedFd {
     unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
-/// RTM_NEWLINK of `name` in the thread's namespace: (ifindex, when it was read).
-fn watch_newlink(
-    name: &'static str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    tx: std::sync::mpsc::Sender<(u32, Instant)>,
-) {
-    use std::os::fd::AsRawFd as _;
-    let sock = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE);
-    // SAFETY: sockaddr_nl is plain data.
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as u16;
-    sa.nl_groups = 1; // RTMGRP_LINK
-    // SAFETY: binding our socket to a valid sockaddr_nl.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&sa as *const libc::sockaddr_nl).cast(),
-            std::mem::size_of::<libc::sockaddr_nl>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "bind netlink");
-    let mut buf = vec![0u8; 65536];
-    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        // SAFETY: reading into our buffer.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        let at = Instant::now();
-        if n <= 0 {
-            continue;
-        }
-        let mut off = 0usize;
-        let n = n as usize;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-            if len < 16 || off + len > n {
-                break;
-            }
-            if kind == libc::RTM_NEWLINK {
-                let msg = &buf[off + 16..off + len];
-                let index = i32::from_ne_bytes(msg[4..8].try_into().unwrap()) as u32;
-                // attributes after the 16-byte ifinfomsg
-                let mut a = 16;
-                while a + 4 <= msg.len() {
-                    let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().unwrap()) as usize;
-                    let atype = u16::from_ne_bytes(msg[a + 2..a + 4].try_into().unwrap());
-                    if alen < 4 || a + alen > msg.len() {
-                        break;
-                    }
-                    if atype == libc::IFLA_IFNAME {
-                        let v = &msg[a + 4..a + alen];
-                        let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
-                        if &v[..end] == name.as_bytes() {
-                            let _ = tx.send((index, at));
-                        }
-                    }
-                    a += (alen + 3) & !3;
-                }
-            }
-            off += (len + 3) & !3;
-        }
-    }
-}
-
 /// The first outgoing UDP datagram to `port` (or ARP request for `arp_target`, which such a
 /// datagram triggers first) on each interface of the thread's namespace: (ifindex, when).
 fn watch_first_packets(
@@ -1132,6 +1122,23 @@ fn rss_mib(pid: u32) -> f64 {
         / 1024.0
 }
 
+/// The namespace at `ns` bind-mounted at `dir`/host-netns: a path of its own (the daemon
+/// watches the directory of a configured namespace path, and /run/netns is busy with every
+/// other test's namespaces).
+fn own_netns_path(dir: &Path, ns: &Path) -> (PathBuf, Unmount) {
+    let path = dir.join("host-netns");
+    fs::File::create(&path).unwrap();
+    nix::mount::mount(
+        Some(ns),
+        &path,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .expect("bind-mount the host namespace");
+    (path.clone(), Unmount(path))
+}
+
 /// A bind mount, unmounted on drop.
 struct Unmount(PathBuf);
 
@@ -1164,19 +1171,7 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
     let dir = std::env::temp_dir().join(format!("bindguard-bench-daemon-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let _cleanup = TempDir(dir.clone());
-    // The namespace under a path of its own: the daemon watches the directory of a configured
-    // namespace path, and /run/netns is busy with every other test's namespaces.
-    let ns_path = dir.join("host-netns");
-    fs::File::create(&ns_path).unwrap();
-    nix::mount::mount(
-        Some(&host),
-        &ns_path,
-        None::<&str>,
-        nix::mount::MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .expect("bind-mount the host namespace");
-    let _unmount = Unmount(ns_path.clone());
+    let (ns_path, _unmount) = own_netns_path(&dir, &host);
     let conf = dir.join("bindguard.toml");
     fs::write(
         &conf,
@@ -1221,7 +1216,7 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
     let (link_tx, link_rx) = mpsc::channel();
     let (pkt_tx, pkt_rx) = mpsc::channel();
     let st = stop.clone();
-    let t1 = in_netns(host.clone(), move || watch_newlink(UPLINK_B, st, link_tx));
+    let t1 = in_netns(host.clone(), move || watch_links(UPLINK_B, st, link_tx));
     let st = stop.clone();
     let t2 = in_netns(host.clone(), move || {
         watch_first_packets(7000, PEER_B4.parse().unwrap(), st, pkt_tx)
@@ -1258,9 +1253,14 @@ fn daemon_bench(flaps: usize, started: Instant) -> String {
                 "link add {UPLINK_B} type veth peer name eth0 netns {peer_ns}"
             )],
         );
-        let (index, t_newlink) = link_rx
-            .recv_timeout(Duration::from_secs(2))
-            .expect("RTM_NEWLINK");
+        let (index, t_newlink) = loop {
+            let (new, index, at) = link_rx
+                .recv_timeout(Duration::from_secs(2))
+                .expect("RTM_NEWLINK");
+            if new {
+                break (index, at);
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(2);
         let t_policy = loop {
             if ifindex_now() == index {
@@ -1396,4 +1396,399 @@ fn sh_ip(ns: &str, args: &[&str]) {
         .expect("ip")
         .success();
     assert!(ok, "ip -n {ns} {}", args.join(" "));
+}
+
+// ---- daemon at scale: many bindings on one interface ----------------------------------------
+
+/// RTM_NEWLINK / RTM_DELLINK of `name` in the thread's namespace: (new?, ifindex, when read).
+fn watch_links(
+    name: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tx: std::sync::mpsc::Sender<(bool, u32, Instant)>,
+) {
+    use std::os::fd::AsRawFd as _;
+    let sock = raw_socket(libc::AF_NETLINK, libc::SOCK_RAW, libc::NETLINK_ROUTE);
+    // SAFETY: sockaddr_nl is plain data.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = 1; // RTMGRP_LINK
+    // SAFETY: binding our socket to a valid sockaddr_nl.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            std::mem::size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind netlink");
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        // SAFETY: reading into our buffer.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        let at = Instant::now();
+        if n <= 0 {
+            continue;
+        }
+        let n = n as usize;
+        let mut off = 0usize;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+            if len < 16 || off + len > n {
+                break;
+            }
+            if kind == libc::RTM_NEWLINK || kind == libc::RTM_DELLINK {
+                let msg = &buf[off + 16..off + len];
+                let index = i32::from_ne_bytes(msg[4..8].try_into().unwrap()) as u32;
+                let mut a = 16;
+                while a + 4 <= msg.len() {
+                    let alen = u16::from_ne_bytes(msg[a..a + 2].try_into().unwrap()) as usize;
+                    let atype = u16::from_ne_bytes(msg[a + 2..a + 4].try_into().unwrap());
+                    if alen < 4 || a + alen > msg.len() {
+                        break;
+                    }
+                    if atype == libc::IFLA_IFNAME {
+                        let v = &msg[a + 4..a + alen];
+                        let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+                        if &v[..end] == name.as_bytes() {
+                            let _ = tx.send((kind == libc::RTM_NEWLINK, index, at));
+                        }
+                    }
+                    a += (alen + 3) & !3;
+                }
+            }
+            off += (len + 3) & !3;
+        }
+    }
+}
+
+/// N cgroups `bgs<i>` under a parent of their own; their pins and the directories are removed
+/// on drop.
+struct ScaleCgroups {
+    parent: TestCgroup,
+    paths: Vec<PathBuf>,
+    ids: Vec<u64>,
+}
+
+impl ScaleCgroups {
+    fn new(n: usize) -> Self {
+        let parent = TestCgroup::new();
+        let mut paths = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        for i in 0..n {
+            let p = parent.path.join(format!("bgs{i}"));
+            fs::create_dir(&p).unwrap();
+            ids.push(fs::metadata(&p).unwrap().ino());
+            paths.push(p);
+        }
+        Self { parent, paths, ids }
+    }
+}
+
+impl Drop for ScaleCgroups {
+    fn drop(&mut self) {
+        for (p, id) in self.paths.iter().zip(&self.ids) {
+            let pins = bindguard::kernel::pins::binding_dir(*id);
+            if pins.exists() {
+                let _ = bindguard::kernel::pins::remove_dir(&pins);
+                bindguard::kernel::progset::forget_user(*id);
+            }
+            let _ = fs::remove_dir(p);
+        }
+        let _ = &self.parent;
+    }
+}
+
+fn p50_p99(v: &[f64]) -> String {
+    if v.is_empty() {
+        return "–".into();
+    }
+    format!("{:.2} / {:.2}", quantile(v, 0.5), quantile(v, 0.99))
+}
+
+/// One row of the daemon-scale table.
+struct ScaleRow {
+    n: usize,
+    ready_s: f64,
+    fds: usize,
+    closed: Vec<f64>,
+    retargeted: Vec<f64>,
+    daemon_del: Vec<f64>,
+    daemon_new: Vec<f64>,
+    rss_ready: f64,
+    rss_after: f64,
+    wakeups: f64,
+    plan_ms: f64,
+    noop_ms: f64,
+}
+
+/// The daemon over `n` strict bindings to upB in a fresh topology, `flaps` times upB deleted
+/// and re-created.
+fn daemon_scale_one(n: usize, flaps: usize, started: Instant) -> ScaleRow {
+    use std::os::unix::process::CommandExt as _;
+    use std::sync::{Arc, atomic::AtomicBool, mpsc};
+    phase(&format!("daemon-scale: {n} bindings"), started);
+    let s = Scenario::new();
+    let host = s.topo.host.path();
+    let cgs = ScaleCgroups::new(n);
+    let dir = std::env::temp_dir().join(format!("bindguard-bench-ds-{}-{n}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let _cleanup = TempDir(dir.clone());
+    let (ns_path, _unmount) = own_netns_path(&dir, &host);
+    let conf = dir.join("bindguard.toml");
+    let mut text = String::new();
+    for p in &cgs.paths {
+        let _ = writeln!(
+            text,
+            "[[binding]]\ncgroup = \"{}\"\ndev = \"{UPLINK_B}\"\nnetns = \"{}\"\n",
+            p.display(),
+            ns_path.display()
+        );
+    }
+    fs::write(&conf, text).unwrap();
+    let log = dir.join("daemon.log");
+    let out = fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(bindguard_tests::bindguard_bin());
+    cmd.arg("daemon")
+        .arg("--config")
+        .arg(&conf)
+        .stdout(out.try_clone().unwrap())
+        .stderr(out);
+    // systemd's default soft limit for a service.
+    // SAFETY: only getrlimit/setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+            lim.rlim_cur = 1024;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            Ok(())
+        });
+    }
+    let spawned = Instant::now();
+    let daemon = DaemonGuard(cmd.spawn().expect("spawn daemon"));
+    let pid = daemon.0.id();
+    let log_text = || fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(900);
+    while !log_text().contains("ready:") {
+        assert!(
+            Instant::now() < deadline,
+            "daemon not ready: {}",
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready_s = spawned.elapsed().as_secs_f64();
+    let ready_line = log_text()
+        .lines()
+        .find(|l| l.contains("ready:"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        ready_line.contains(&format!("{n} enforcing")),
+        "not all enforcing: {ready_line}"
+    );
+    let rss_ready = rss_mib(pid);
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+    let set = bindguard::binding::enforcer::current_set().expect("the program set");
+    let ifindex = |id: u64| set.read_policy(id).map_or(u32::MAX, |p| p.ifindex);
+    let last = *cgs.ids.last().unwrap();
+    let all_at = |want: u32| cgs.ids.iter().all(|&id| ifindex(id) == want);
+    assert!(
+        all_at(s.topo.host.ifindex(UPLINK_B)),
+        "not every binding is on upB"
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel();
+    let st = stop.clone();
+    let watcher = in_netns(host.clone(), move || watch_links(UPLINK_B, st, tx));
+    std::thread::sleep(Duration::from_millis(100));
+    let host_ns = s.topo.host.name.clone();
+    let peer_ns = s.topo.peer_b.name.clone();
+    // Waits for the last binding (the daemon writes them in config order) to hold `want`, then
+    // checks every one; returns when the last one did.
+    let settle = |want: u32, what: &str| -> Instant {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let at = loop {
+            if ifindex(last) == want {
+                break Instant::now();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: the last binding never got {want}"
+            );
+            std::thread::sleep(Duration::from_micros(50));
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !all_at(want) {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not every binding got {want}"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        at
+    };
+    let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1e3;
+    let (mut closed, mut retargeted) = (Vec::new(), Vec::new());
+    for flap in 0..flaps {
+        while rx.try_recv().is_ok() {}
+        // Not waited for here: `ip link del` returns only after the kernel's teardown (RCU
+        // grace periods, ~15 ms), long after RTM_DELLINK went out.
+        let mut del = Command::new("ip")
+            .args(["-n", &host_ns, "link", "del", UPLINK_B])
+            .spawn()
+            .expect("ip");
+        let t_del = loop {
+            let (new, _, at) = rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("flap {flap}: no RTM_DELLINK"));
+            if !new {
+                break at;
+            }
+        };
+        closed.push(ms(t_del, settle(0, "deletion")));
+        assert!(del.wait().unwrap().success(), "ip link del {UPLINK_B}");
+        ip_batch(
+            &host_ns,
+            &[format!(
+                "link add {UPLINK_B} type veth peer name eth0 netns {peer_ns}"
+            )],
+        );
+        let (index, t_new) = loop {
+            let (new, index, at) = rx
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap_or_else(|_| panic!("flap {flap}: no RTM_NEWLINK"));
+            if new {
+                break (index, at);
+            }
+        };
+        retargeted.push(ms(t_new, settle(index, "creation")));
+        // Up, as a VPN brings its interface up: two more RTM_NEWLINKs the daemon skips.
+        sh_ip(&host_ns, &["link", "set", UPLINK_B, "up"]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = watcher.join();
+    let rss_after = rss_mib(pid);
+    // The daemon's own account: "... in X ms" on its one line per event.
+    let own = |needle: &str| -> Vec<f64> {
+        log_text()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .filter_map(|l| {
+                l.split(" ms (")
+                    .next()?
+                    .rsplit(' ')
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .collect()
+    };
+    let daemon_del = own("was deleted: closed");
+    let daemon_new = own(" appeared (ifindex");
+    std::thread::sleep(Duration::from_millis(500));
+    let idle_secs = 5;
+    let before = context_switches(pid);
+    std::thread::sleep(Duration::from_secs(idle_secs));
+    let wakeups = (context_switches(pid) - before) as f64 / idle_secs as f64;
+    // `apply` over the same config while the daemon runs: the plan, and a run with nothing
+    // to change.
+    let apply = |extra: &[&str]| {
+        let v: Vec<f64> = (0..3)
+            .map(|_| {
+                timed(
+                    Cmd::bindguard()
+                        .args(["apply", "--config"])
+                        .arg(&conf)
+                        .args(extra),
+                )
+            })
+            .collect();
+        quantile(&v, 0.5)
+    };
+    let plan_ms = apply(&["--dry-run"]);
+    let noop_ms = apply(&[]);
+    drop(daemon);
+    ScaleRow {
+        n,
+        ready_s,
+        fds,
+        closed,
+        retargeted,
+        daemon_del,
+        daemon_new,
+        rss_ready,
+        rss_after,
+        wakeups,
+        plan_ms,
+        noop_ms,
+    }
+}
+
+/// The daemon-scale phase over `sizes`; returns its block for BENCHMARKS.md.
+fn daemon_scale_phase(sizes: &[usize], flaps: usize, started: Instant) -> String {
+    let load = || {
+        fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .next()
+            .unwrap_or("?")
+            .to_string()
+    };
+    let load_before = load();
+    let rows: Vec<ScaleRow> = sizes
+        .iter()
+        .map(|&n| daemon_scale_one(n, flaps, started))
+        .collect();
+    let mut r = String::new();
+    let _ = writeln!(r, "Machine: {}", machine());
+    let _ = writeln!(
+        r,
+        "Command: `cargo xtask bench --daemon-scale-only` ({flaps} flaps per size). bindguard: {}.\n",
+        binary_kind()
+    );
+    let _ = writeln!(
+        r,
+        "### Daemon at scale: N strict bindings on one interface, started under `ulimit -Sn 1024`\n"
+    );
+    let _ = writeln!(
+        r,
+        "An observer in the namespace reads RTM_DELLINK/RTM_NEWLINK on its own netlink socket and polls the policy map of the last binding the daemon writes (then checks all of them). Times in ms, p50 / p99 over the flaps.\n"
+    );
+    let _ = writeln!(
+        r,
+        "| bindings | start → ready | DELLINK → all closed | NEWLINK → all re-targeted | the daemon's own line: deleted · appeared | fds | RSS ready → after flaps | idle wake-ups/s | `apply --dry-run` | `apply` (no-op) |"
+    );
+    let _ = writeln!(r, "|---|---|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        let _ = writeln!(
+            r,
+            "| {} | {:.2} s | {} | {} | {} · {} | {} | {:.1} → {:.1} MiB | {:.1} | {:.0} ms | {:.0} ms |",
+            row.n,
+            row.ready_s,
+            p50_p99(&row.closed),
+            p50_p99(&row.retargeted),
+            p50_p99(&row.daemon_del),
+            p50_p99(&row.daemon_new),
+            row.fds,
+            row.rss_ready,
+            row.rss_after,
+            row.wakeups,
+            row.plan_ms,
+            row.noop_ms
+        );
+    }
+    let _ = writeln!(
+        r,
+        "\nWhole phase: {:.0} s; load average (1 min) {load_before} at its start, {} at its end.",
+        started.elapsed().as_secs_f64(),
+        load()
+    );
+    r
 }

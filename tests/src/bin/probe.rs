@@ -29,6 +29,10 @@
 //!                                           source-group|msfilter|ip-msfilter (a
 //!                                           `-long` suffix passes optlen 8192), hold it 600 ms
 //!   bg-probe attack KIND ADDR PORT TOKEN [ARG...]  further attacks: see probe/attack.rs
+//!   bg-probe lock-udp ADDR PORT             hold a UDP socket's lock until killed: a corked
+//!                                           sendto, then one whose data faults on a
+//!                                           userfaultfd page nobody serves (root); prints
+//!                                           `holding` just before
 //!
 //! BG_PROBE_COMM=NAME in the environment sets the process name (PR_SET_NAME) first.
 //!
@@ -722,6 +726,110 @@ fn bench_send(addr: &str, port: &str, n: &str) {
     println!("{:.1}", start.elapsed().as_nanos() as f64 / n as f64);
 }
 
+/// Holds the lock of a UDP socket for as long as the process lives: with UDP_CORK set and a
+/// datagram pending, udp_sendmsg copies the next chunk from user memory under lock_sock; that
+/// memory is a userfaultfd-registered page whose fault nobody serves, so the copy (and the
+/// lock) waits until the process is killed. SOCK_DESTROY of the socket waits as long.
+fn lock_udp(addr: &str, port: &str) {
+    let ip: IpAddr = addr.parse().expect("ADDR");
+    let dest = SocketAddr::new(ip, port.parse().expect("PORT"));
+    let any: SocketAddr = if ip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .unwrap();
+    let sock = UdpSocket::bind(any).unwrap_or_else(|e| report(&e));
+    let one: libc::c_int = 1;
+    // SAFETY: setsockopt with an int on our socket.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_UDP,
+            libc::UDP_CORK,
+            (&one as *const libc::c_int).cast(),
+            4,
+        )
+    };
+    if rc != 0 {
+        report(&std::io::Error::last_os_error());
+    }
+    sock.send_to(b"corked", dest).unwrap_or_else(|e| report(&e));
+    // userfaultfd(O_CLOEXEC), UFFDIO_API, then one anonymous page registered for missing faults.
+    #[repr(C)]
+    struct Api {
+        api: u64,
+        features: u64,
+        ioctls: u64,
+    }
+    #[repr(C)]
+    struct Register {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
+    const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+    // SAFETY: plain syscalls and ioctls with valid pointers; the page is ours.
+    unsafe {
+        let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as libc::c_int;
+        if uffd < 0 {
+            report(&std::io::Error::last_os_error());
+        }
+        let mut api = Api {
+            api: 0xaa,
+            features: 0,
+            ioctls: 0,
+        };
+        if libc::ioctl(uffd, UFFDIO_API, &mut api) != 0 {
+            report(&std::io::Error::last_os_error());
+        }
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        assert_ne!(page, libc::MAP_FAILED);
+        let mut reg = Register {
+            start: page as u64,
+            len: 4096,
+            mode: 1, // UFFDIO_REGISTER_MODE_MISSING
+            ioctls: 0,
+        };
+        if libc::ioctl(uffd, UFFDIO_REGISTER, &mut reg) != 0 {
+            report(&std::io::Error::last_os_error());
+        }
+        println!("holding");
+        let _ = std::io::stdout().flush();
+        let (sa, len) = match dest {
+            SocketAddr::V4(v4) => {
+                let mut sin: libc::sockaddr_in = std::mem::zeroed();
+                sin.sin_family = libc::AF_INET as u16;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                let mut st: libc::sockaddr_storage = std::mem::zeroed();
+                std::ptr::copy_nonoverlapping(
+                    (&sin as *const libc::sockaddr_in).cast::<u8>(),
+                    (&mut st as *mut libc::sockaddr_storage).cast::<u8>(),
+                    std::mem::size_of::<libc::sockaddr_in>(),
+                );
+                (st, std::mem::size_of::<libc::sockaddr_in>())
+            }
+            SocketAddr::V6(_) => panic!("lock-udp: IPv4 only"),
+        };
+        let rc = libc::sendto(
+            sock.as_raw_fd(),
+            page,
+            100,
+            0,
+            (&sa as *const libc::sockaddr_storage).cast(),
+            len as u32,
+        );
+        println!("sendto returned {rc}");
+    }
+}
+
 fn main() {
     // BG_PROBE_COMM: the process name (comm) the kernel reports for this process.
     if let Some(name) = std::env::var_os("BG_PROBE_COMM") {
@@ -750,6 +858,7 @@ fn main() {
         ["mptcp"] => mptcp(),
         ["marked", how, value, addr, port, token] => send_marked(how, value, addr, port, token),
         ["escape", kind, addr, port, token, arg] => escape(kind, addr, port, token, Some(arg)),
+        ["lock-udp", addr, port] => lock_udp(addr, port),
         ["attack", kind, addr, port, token, rest @ ..] => {
             attack::attack(kind, addr, port, token, rest)
         }
