@@ -86,6 +86,12 @@ fn build() -> Result<(), String> {
         "cargo:rustc-env=BINDGUARD_GIT_COMMIT={}",
         git_commit(workspace)
     );
+    // The variant plays the *older* build in the upgrade tests: it ranks one second before
+    // its commit, whatever the two object hashes are.
+    println!(
+        "cargo:rustc-env=BINDGUARD_COMMIT_TIME={}",
+        commit_time(workspace).saturating_sub(u64::from(variant))
+    );
     Ok(())
 }
 
@@ -118,6 +124,24 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// The commit time (Unix seconds) of the checkout, 0 outside one; a packager can set it with
+/// BINDGUARD_COMMIT_TIME. It orders builds of one version (`kernel::progset::Rank`); the
+/// rebuild triggers are [`git_commit`]'s.
+fn commit_time(workspace: &Path) -> u64 {
+    println!("cargo:rerun-if-env-changed=BINDGUARD_COMMIT_TIME");
+    if let Ok(t) = env::var("BINDGUARD_COMMIT_TIME") {
+        return t.trim().parse().unwrap_or(0);
+    }
+    Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(workspace)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// The short commit of the checkout, "unknown" outside one (a source tarball); a packager can

@@ -6,7 +6,7 @@
 
 /// Bumped whenever [`Policy`], [`Counters`] or [`Event`] change layout, so a newer loader never
 /// misreads pins left by an older one.
-pub const ABI_VERSION: u32 = 4;
+pub const ABI_VERSION: u32 = 5;
 
 /// Maximum interface name length in bytes, without the NUL (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -60,7 +60,11 @@ pub struct Policy {
     pub mark: u32,
     pub priority: u32,
     pub flags: u32,
-    pub _pad: u32,
+    /// Written by userspace only, never read by the programs: how many sockets (or tasks
+    /// whose sockets could not be seen) the last `--existing destroy` or `reset-sockets` pass
+    /// could not end. `status` reports a non-zero count; the next attach writes 0. (The
+    /// former padding: older loaders write 0 there.)
+    pub unreached: u32,
     /// The interface's name when the binding was made, NUL-padded.
     pub ifname: [u8; 16],
     /// Strict mode: socket families beyond AF_UNIX, AF_NETLINK, AF_INET and AF_INET6 that the
@@ -110,7 +114,23 @@ pub struct Counters {
     /// Packets whose priority (changed by IP_TOS, IPV6_TCLASS or a cmsg) was set back to the
     /// policy's.
     pub priority_restored: u64,
+    /// Refusal events not sent to `monitor`: over the binding's rate limit ([`EVENT_BURST`],
+    /// [`EVENT_REFILL_NS`]), or the shared ring buffer was full. The refusals themselves
+    /// happened and are counted above.
+    pub events_dropped: u64,
+    /// The binding's event token bucket on this CPU (the programs' state, not a count).
+    #[cfg_attr(feature = "user", serde(skip))]
+    pub event_tokens: u64,
+    /// bpf_ktime_get_ns() up to which tokens were added to the bucket.
+    #[cfg_attr(feature = "user", serde(skip))]
+    pub event_refill_ns: u64,
 }
+
+/// Each binding may send at most this many events at once per CPU to the ring buffer all
+/// bindings share: one binding's flood cannot hide the others' events.
+pub const EVENT_BURST: u64 = 64;
+/// ... and one more every this many nanoseconds (100 per second per CPU).
+pub const EVENT_REFILL_NS: u64 = 10_000_000;
 
 impl core::ops::AddAssign for Counters {
     fn add_assign(&mut self, o: Self) {
@@ -126,6 +146,7 @@ impl core::ops::AddAssign for Counters {
         self.multicast_refused += o.multicast_refused;
         self.mark_dropped += o.mark_dropped;
         self.priority_restored += o.priority_restored;
+        self.events_dropped += o.events_dropped;
     }
 }
 

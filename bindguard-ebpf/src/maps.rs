@@ -10,7 +10,9 @@ use aya_ebpf::{
     macros::map,
     maps::RingBuf,
 };
-use bindguard_common::{Counters, Event, KernelLayout, Policy, features};
+use bindguard_common::{
+    Counters, EVENT_BURST, EVENT_REFILL_NS, Event, KernelLayout, Policy, features,
+};
 
 /// Filled in by the loader from the running kernel's BTF (a read-only global, so the verifier
 /// sees constants). The sentinel keeps it in .rodata.
@@ -112,12 +114,48 @@ impl Task {
     }
 }
 
-/// Records a refusal for `bindguard monitor`. A full ring buffer loses the event, never the
-/// enforcement. Task fields a kernel does not let this program type read stay 0.
+/// Takes a token from the binding's per-CPU event bucket ([`EVENT_BURST`] deep, one more every
+/// [`EVENT_REFILL_NS`]); counts the event as dropped when there is none.
+#[inline(always)]
+fn admit(now: u64) -> bool {
+    // Per-CPU slot; a softirq interrupting a task's program on this CPU can at worst lose one
+    // refill or let one extra event through.
+    let c = unsafe { &mut *STATS.get::<Counters>() };
+    let elapsed = now.wrapping_sub(c.event_refill_ns);
+    if elapsed >= EVENT_BURST * EVENT_REFILL_NS {
+        c.event_tokens = EVENT_BURST;
+        c.event_refill_ns = now;
+    } else {
+        let add = elapsed / EVENT_REFILL_NS;
+        if add > 0 {
+            let tokens = c.event_tokens + add;
+            c.event_tokens = if tokens > EVENT_BURST {
+                EVENT_BURST
+            } else {
+                tokens
+            };
+            c.event_refill_ns += add * EVENT_REFILL_NS;
+        }
+    }
+    if c.event_tokens == 0 {
+        c.events_dropped += 1;
+        return false;
+    }
+    c.event_tokens -= 1;
+    true
+}
+
+/// Records a refusal for `bindguard monitor`, within the binding's rate limit ([`admit`]). A
+/// full ring buffer loses the event, never the enforcement; either loss is counted in
+/// `events_dropped`. Task fields a kernel does not let this program type read stay 0.
 #[inline(always)]
 pub(crate) fn report(hook: u32, value: u32, task: Task) {
     #[cfg(bindguard_variant)]
     let _ = unsafe { core::ptr::read_volatile(&VARIANT) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !admit(now) {
+        return;
+    }
     let pid = if task.allows(features::PID_TGID) {
         (bpf_get_current_pid_tgid() >> 32) as u32
     } else {
@@ -134,7 +172,7 @@ pub(crate) fn report(hook: u32, value: u32, task: Task) {
         [0; 16]
     };
     let event = Event {
-        ktime_ns: unsafe { bpf_ktime_get_ns() },
+        ktime_ns: now,
         cgroup_id,
         pid,
         hook,
@@ -143,5 +181,7 @@ pub(crate) fn report(hook: u32, value: u32, task: Task) {
         comm,
         binding: policy().cgroup_id,
     };
-    let _ = EVENTS.output::<Event>(&event, 0);
+    if EVENTS.output::<Event>(&event, 0).is_err() {
+        count(|c| &mut c.events_dropped);
+    }
 }

@@ -10,6 +10,7 @@ use bindguard::{
         netdev,
         netns::Netns,
         policy::{self, Mode, Options},
+        sockreset,
     },
     commands::{exec, monitor, oci, status, verify},
     error::{self, printable, printable_path},
@@ -253,14 +254,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            let verb = match outcome {
+                Attached::Created(_) => "bound",
+                Attached::Updated(_) => "re-bound (policy updated in place)",
+                Attached::Replaced(_) => "re-bound (programs replaced)",
+            };
+            let done = format!(
+                "{verb} cgroup {} (id {}) to {} (ifindex {}), mode {}",
+                printable_path(&cg.path),
+                cg.id,
+                iface.name,
+                iface.ifindex,
+                opts.mode.as_str()
+            );
             if opts.existing == policy::Existing::Destroy {
-                let destroyed = bindguard::binding::audit::end_existing(&cg, &iface)?;
-                for (s, fate) in &destroyed {
+                // A partial pass finishes and reports: the binding stays (it governs every new
+                // socket, and sockets already ended cannot be given back); the command fails
+                // and says what is left.
+                let pass = sockreset::end_existing(&cg, &iface)?;
+                for (s, fate) in &pass.ended {
                     let verb = match fate {
-                        bindguard::binding::audit::Fate::Destroyed => "destroyed",
-                        bindguard::binding::audit::Fate::Bound => {
-                            format!("bound to {}", iface.name).leak()
-                        }
+                        sockreset::Fate::Destroyed => "destroyed".to_string(),
+                        sockreset::Fate::Bound => format!("bound to {}", iface.name),
                     };
                     eprintln!(
                         "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
@@ -272,20 +287,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         s.bound_ifindex
                     );
                 }
+                if !pass.unreached.is_empty() {
+                    for u in &pass.unreached {
+                        eprintln!("bindguard: not ended: {u}");
+                    }
+                    println!("{done}");
+                    anyhow::bail!(
+                        "{} of the sockets cgroup {} already held could not be ended (listed above); the binding is in place and governs every new socket; `bindguard status` reports sockets-unreached until the next attach",
+                        pass.unreached.len(),
+                        printable_path(&cg.path)
+                    );
+                }
             }
-            let verb = match outcome {
-                Attached::Created(_) => "bound",
-                Attached::Updated(_) => "re-bound (policy updated in place)",
-                Attached::Replaced(_) => "re-bound (programs replaced)",
-            };
-            println!(
-                "{verb} cgroup {} (id {}) to {} (ifindex {}), mode {}",
-                printable_path(&cg.path),
-                cg.id,
-                iface.name,
-                iface.ifindex,
-                opts.mode.as_str()
-            );
+            println!("{done}");
         }
         Command::Apply {
             config,

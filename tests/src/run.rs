@@ -277,6 +277,19 @@ fn world_executable(program: &Path) -> PathBuf {
     copy
 }
 
+/// The first line `child` writes to its stdout (empty if it ends first), trimmed; the rest
+/// stays in the pipe.
+pub fn first_line(child: &mut Child) -> String {
+    use std::io::Read as _;
+    let out = child.stdout.as_mut().expect("piped stdout");
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while out.read(&mut byte).unwrap_or(0) == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    String::from_utf8_lossy(&line).trim().to_string()
+}
+
 /// Waits for `child` with a deadline, reading its output meanwhile (a child whose output
 /// fills the pipe would otherwise never finish); kills it and returns None if it overruns.
 pub fn wait_output(child: Child, timeout: Duration) -> Option<Output> {

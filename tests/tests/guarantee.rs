@@ -377,6 +377,94 @@ fn existing_sockets_are_kept_or_destroyed_on_request() {
     }
 }
 
+/// A `bg-probe held KIND` started in the cgroup (uid 65534 with `nobody`) before any binding:
+/// a port-bound UDP socket and a TCP connection, both made unbound (leaving by upA).
+struct Held {
+    child: std::process::Child,
+    token: String,
+}
+
+impl Held {
+    fn start(s: &Scenario, kind: &str, nobody: bool) -> Self {
+        let token = token(kind);
+        let cmd = s
+            .probe_bound()
+            .args(["held", kind, dest(false), &PORT.to_string(), &token]);
+        let cmd = if nobody { cmd.as_nobody() } else { cmd };
+        let mut child = cmd.spawn_with_stdin();
+        let line = bindguard_tests::run::first_line(&mut child);
+        assert_eq!(line, "ready", "held {kind}");
+        Self { child, token }
+    }
+
+    /// Lets the probe send through its old sockets; returns (its report, who got the UDP
+    /// datagram, who got the TCP bytes).
+    fn send(mut self, s: &Scenario) -> (String, Vec<Peer>, Vec<Peer>) {
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let out = bindguard_tests::run::wait_output(self.child, Duration::from_secs(10))
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&o.stdout),
+                    String::from_utf8_lossy(&o.stderr)
+                )
+            })
+            .unwrap_or_else(|| "timed out".into());
+        let udp = s.receivers(&format!("{}-udp", self.token));
+        let tcp = s.receivers(&format!("{}-tcp", self.token));
+        (out, udp, tcp)
+    }
+}
+
+/// Whether the kernel can name one thread with a pidfd (PIDFD_THREAD, 6.9+): without it a
+/// socket only a non-leader thread's fd table holds cannot be copied, so a UDP socket there
+/// cannot be bound (TCP is destroyed by sock_diag all the same).
+fn thread_pidfds() -> bool {
+    // SAFETY: pidfd_open of this very thread; the fd is closed at once.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::gettid(), libc::O_EXCL) };
+    if fd >= 0 {
+        unsafe { libc::close(fd as i32) };
+    }
+    fd >= 0
+}
+
+/// Issue 17, item 4: `--existing destroy` finds sockets the way the kernel knows them (sock_diag
+/// by cgroup, every thread's fd table, every holder fd tried), so a socket hidden from a plain
+/// /proc/PID/fd walk is ended too and leaves by the bound uplink afterwards.
+#[test]
+fn existing_destroy_ends_sockets_an_fd_walk_misses() {
+    root_or_skip!();
+    for kind in ["opath", "thread", "zombie"] {
+        let s = Scenario::new();
+        let held = Held::start(&s, kind, false);
+        let (code, out, err) =
+            s.attach_result(UPLINK_B, &["--mode", "bind", "--existing", "destroy"]);
+        let udp_reachable = kind == "opath" || thread_pidfds();
+        let (report, udp, tcp) = held.send(&s);
+        assert_eq!(
+            tcp,
+            [Peer::B],
+            "{kind}: TCP after attach: {report}\n{out}{err}"
+        );
+        if udp_reachable {
+            assert_eq!(code, 0, "{kind}: {out}{err}");
+            assert_eq!(udp, [Peer::B], "{kind}: UDP after attach: {report}\n{err}");
+        } else {
+            bindguard_tests::skip(
+                &format!("existing_destroy_ends_sockets_an_fd_walk_misses ({kind}, UDP)"),
+                "no PIDFD_THREAD (6.9+): the thread's UDP socket cannot be copied; attach must say so",
+            );
+            assert_eq!(code, 1, "{kind}: {out}{err}");
+            assert!(err.contains("not ended: udp"), "{kind}: {err}");
+        }
+        // Whatever was ended or not, the binding is in place.
+        assert_eq!(
+            s.delivered_to(s.probe_bound(), bindguard_tests::Proto::Udp, false),
+            [Peer::B]
+        );
+    }
+}
+
 #[test]
 fn attach_restores_a_binding_that_lost_links() {
     root_or_skip!();

@@ -309,6 +309,14 @@ fn allow_loopback_needs_strict_mode() {
     assert!(!s.cg.pins().exists());
 }
 
+/// Tests that read `monitor` take this: the flood test's events would otherwise fill the
+/// others' monitor pipes (read only at the end), and a stalled monitor loses events.
+static MONITOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn monitor_lock() -> std::sync::MutexGuard<'static, ()> {
+    MONITOR.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `monitor --json` for 30 s, returned once it says it watches the bindings (with the rest of
 /// its stderr, which must stay open while it runs).
 fn start_monitor() -> (
@@ -330,6 +338,7 @@ fn monitor_reports_each_refusal() {
     root_or_skip!();
     let s = Scenario::new();
     s.attach(UPLINK_B, &[]);
+    let _one = monitor_lock();
     let (monitor, _stderr) = start_monitor();
     let ifa = s.topo.host.ifindex(UPLINK_A).to_string();
     let tries: [(&str, &str, Option<&str>, bool); 3] = [
@@ -447,6 +456,7 @@ fn monitor_json_survives_a_cgroup_whose_name_is_not_utf8() {
     let child = Dir(s.cg.path.join(std::ffi::OsStr::from_bytes(b"bgt-\xff")));
     std::fs::create_dir(&child.0).unwrap();
     let child_id = std::fs::metadata(&child.0).unwrap().ino();
+    let _one = monitor_lock();
     let (mut monitor, mut stderr) = start_monitor();
     // A refusal in the oddly named child (as uid 65534), then one in the bound cgroup.
     // A socket in another namespace: refused and reported on every kernel (MPTCP is not built
@@ -549,6 +559,7 @@ fn text_output_escapes_control_characters_in_names() {
             .run();
     };
     let mut events = Vec::new();
+    let _one = monitor_lock();
     for json in [false, true] {
         let mut monitor = Cmd::bindguard()
             .args(["monitor", "--duration", "30"])
@@ -595,4 +606,116 @@ fn have_mptcp() -> bool {
         unsafe { libc::close(fd) };
     }
     fd >= 0
+}
+
+/// Refused setsockopt(SO_BINDTODEVICE, upA) calls as fast as python makes them, for 2 s.
+const FLOOD: &str = r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end = time.time() + 2.0
+n = 0
+while time.time() < end:
+    for _ in range(500):
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"upA")
+        except OSError:
+            n += 1
+print(n)
+"#;
+
+/// 20 refused setsockopt calls, 50 ms apart, starting 300 ms in.
+const TWENTY: &str = r#"
+import socket, time
+time.sleep(0.3)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(20):
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"upA")
+    except OSError:
+        pass
+    time.sleep(0.05)
+"#;
+
+/// Issue 17, item 9: one binding's refusal flood does not hide another binding's events in the
+/// ring buffer they share (each binding's events are rate-limited in the programs), and what
+/// the flood's binding did not send is counted and reported per binding.
+#[test]
+fn a_refusal_flood_does_not_hide_another_bindings_events() {
+    root_or_skip!();
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &[]);
+    let _one = monitor_lock();
+    let flood_cg = bindguard_tests::TestCgroup::new();
+    let (code, out, err) = s
+        .attach_to(Cmd::bindguard(), &flood_cg.path, UPLINK_B)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    let (mut monitor, _stderr) = start_monitor();
+    // Read the monitor's output as it comes (a full pipe would stall it).
+    let stdout = monitor.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stdout }, &mut text);
+        text
+    });
+    let flood = Cmd::new("/usr/bin/python3")
+        .args(["-c", FLOOD])
+        .in_cgroup(&flood_cg)
+        .in_netns(&s.topo.host)
+        .spawn();
+    let (code, _, err) = Cmd::new("/usr/bin/python3")
+        .args(["-c", TWENTY])
+        .in_cgroup(&s.cg)
+        .in_netns(&s.topo.host)
+        .run();
+    assert_eq!(code, 0, "{err}");
+    let flooded = bindguard_tests::run::wait_output(flood, Duration::from_secs(10)).unwrap();
+    let refusals: u64 = String::from_utf8_lossy(&flooded.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    // The monitor reports drops once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = bindguard_tests::run::wait_output(monitor, Duration::from_secs(5));
+    let lines = reader.join().unwrap();
+    let records: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let of = |id: u64| records.iter().filter(move |r| r["binding"] == id);
+    let quiet = of(s.cg.id).filter(|r| r["hook"] == "setsockopt").count();
+    let flood_events = of(flood_cg.id)
+        .filter(|r| r["hook"] == "setsockopt")
+        .count();
+    let reported_drops: u64 = of(flood_cg.id)
+        .filter_map(|r| r["events_dropped"].as_u64())
+        .sum();
+    eprintln!(
+        "flood: {refusals} refusals, {flood_events} events shown, {reported_drops} reported dropped; quiet binding: {quiet} of 20 shown"
+    );
+    assert_eq!(quiet, 20, "the quiet binding's events were hidden");
+    assert!(
+        refusals > 2000,
+        "the flood was too slow to test anything: {refusals}"
+    );
+    assert!(
+        reported_drops > 0 && reported_drops + flood_events as u64 >= refusals / 2,
+        "drops not reported: {reported_drops} of {refusals}"
+    );
+    let status = s.status_json();
+    let flood_entry = status["bindings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["cgroup_id"] == flood_cg.id)
+        .unwrap()
+        .clone();
+    assert!(
+        flood_entry["counters"]["events_dropped"].as_u64().unwrap() >= reported_drops,
+        "{flood_entry}"
+    );
 }

@@ -204,6 +204,20 @@ pub fn current_policy(cgroup_id: u64) -> anyhow::Result<Policy> {
     })
 }
 
+/// Records in the policy of the binding of `cgroup_id` how many sockets its last socket pass
+/// could not end ([`Policy::unreached`]).
+pub fn set_unreached(cgroup_id: u64, n: u32) -> anyhow::Result<()> {
+    let dir = pins::binding_dir(cgroup_id);
+    let set = progset::set_of_binding(&dir)
+        .with_context(|| format!("no link in {} runs a pinned program set", dir.display()))?;
+    let mut policy = set.read_policy(cgroup_id)?;
+    if policy.unreached != n {
+        policy.unreached = n;
+        set.write_policy(cgroup_id, &policy)?;
+    }
+    Ok(())
+}
+
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
 pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[&Hook]) -> bool {
     hooks.iter().all(|h| {

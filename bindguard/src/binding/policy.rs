@@ -229,7 +229,7 @@ pub fn policy_for(iface: &Interface, opts: &Options, cgroup_id: u64, lsm: bool) 
         mark: opts.mark.unwrap_or(0),
         priority: opts.priority.unwrap_or(0),
         flags: f,
-        _pad: 0,
+        unreached: 0,
         ifname: netdev::name_bytes(&iface.name),
         families: opts.allow_families,
         cgroup_id,

@@ -5,6 +5,12 @@
 //! monitor waits on the ring buffer of every live set at once (tokio, one task per buffer; a
 //! binding made by an older bindguard has a buffer of its own), picks up sets and bindings
 //! created while it runs, and prints a line (or a JSON object) per event.
+//!
+//! Each binding may send only so many events (a per-CPU token bucket in the programs, see
+//! `bindguard_common::EVENT_BURST`): one binding's refusal flood cannot hide the others'. What
+//! a binding's programs did not send is counted in its `events_dropped` counter; once a second
+//! the monitor reports the growth of that counter for every binding it has seen events from
+//! (a [`Dropped`] record).
 
 use std::{
     collections::HashSet,
@@ -43,6 +49,22 @@ pub struct Record {
     /// ingress, mptcp, socket_family, file_receive, multicast, mark.
     pub hook: &'static str,
     pub reason: String,
+}
+
+/// Events of one binding its programs did not send since the last report, as `monitor --json`
+/// prints it: `{"time", "binding", "cgroup", "events_dropped"}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Dropped {
+    pub time: String,
+    pub binding: u64,
+    #[serde(serialize_with = "crate::binding::cgroup::serialize_lossy_opt")]
+    pub cgroup: Option<PathBuf>,
+    pub events_dropped: u64,
+}
+
+/// The `events_dropped` counter of the binding of cgroup `id` (0 when it cannot be read).
+fn events_dropped(id: u64) -> u64 {
+    enforcer::read_counters(&pins::binding_dir(id)).map_or(0, |c| c.events_dropped)
 }
 
 fn hook_name(h: u32) -> &'static str {
@@ -279,6 +301,13 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
     let mut namer = crate::binding::cgroup::Namer::new();
     let mut paths: std::collections::HashMap<u64, Option<std::path::PathBuf>> =
         std::collections::HashMap::new();
+    // events_dropped of every binding when the monitor started (drops before it are not
+    // reported), then as last reported, for the bindings events came from.
+    let mut dropped: std::collections::HashMap<u64, u64> = pins::list()
+        .into_iter()
+        .map(|(id, _)| (id, events_dropped(id)))
+        .collect();
+    let mut seen: HashSet<u64> = HashSet::new();
     let mut rescan = tokio::time::interval(Duration::from_secs(1));
     let deadline = tokio::time::sleep(duration.unwrap_or(Duration::MAX / 4));
     tokio::pin!(deadline);
@@ -286,6 +315,7 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
     loop {
         tokio::select! {
             Some((binding, dev, ifindex, event)) = rx.recv() => {
+                seen.insert(binding);
                 let cgroup_id = if event.cgroup_id != 0 { event.cgroup_id } else { binding };
                 let cgroup = paths
                     .entry(cgroup_id)
@@ -301,29 +331,62 @@ async fn stream(json: bool, duration: Option<Duration>, out: &mut dyn Write) -> 
                     hook: hook_name(event.hook),
                     reason: reason(&event, &dev, ifindex),
                 };
-                if json {
-                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
-                } else {
-                    let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
-                    writeln!(
-                        out,
-                        "{} cgroup={} pid={} comm={} hook={} {}",
-                        record.time,
-                        cg,
-                        record.pid,
-                        printable(&record.command),
-                        record.hook,
-                        record.reason
-                    )?;
-                }
-                out.flush()?;
+                let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
+                let text = format!(
+                    "{} cgroup={} pid={} comm={} hook={} {}",
+                    record.time,
+                    cg,
+                    record.pid,
+                    printable(&record.command),
+                    record.hook,
+                    record.reason
+                );
+                emit(out, json, &record, &text)?;
             }
-            _ = rescan.tick() => { scan(&mut watched); }
+            _ = rescan.tick() => {
+                scan(&mut watched);
+                for &binding in &seen {
+                    let now = events_dropped(binding);
+                    let last = dropped.entry(binding).or_insert(0);
+                    if now <= *last {
+                        continue;
+                    }
+                    let record = Dropped {
+                        time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                        binding,
+                        cgroup: paths.entry(binding).or_insert_with(|| namer.path(binding)).clone(),
+                        events_dropped: now - *last,
+                    };
+                    *last = now;
+                    let cg = record.cgroup.as_deref().map_or("?".into(), printable_path);
+                    let text = format!(
+                        "{} cgroup={cg} dropped {} event(s) of this binding (over its rate limit, or the ring buffer was full)",
+                        record.time, record.events_dropped
+                    );
+                    emit(out, json, &record, &text)?;
+                }
+            }
             _ = &mut deadline => break,
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
+    Ok(())
+}
+
+/// One line: `record` as JSON, or `text`.
+fn emit(
+    out: &mut dyn Write,
+    json: bool,
+    record: &impl Serialize,
+    text: &str,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string(record)?)?;
+    } else {
+        writeln!(out, "{text}")?;
+    }
+    out.flush()?;
     Ok(())
 }
 

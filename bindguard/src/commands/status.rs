@@ -90,8 +90,9 @@ pub struct Problem {
     /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
     /// pins-unreadable, programs-outdated (the links run another build's program set, or
     /// programs an older bindguard loaded for this binding alone), rows-open (strict mode on a
-    /// kernel that cannot run some guards), stray-programs, waiting-for-interface (a closed
-    /// binding).
+    /// kernel that cannot run some guards), sockets-unreached (the last `--existing destroy`
+    /// or `reset-sockets` pass could not end some sockets, or could not see some tasks'),
+    /// stray-programs, waiting-for-interface (a closed binding).
     pub kind: &'static str,
     pub message: String,
 }
@@ -534,6 +535,15 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             });
         }
     }
+    if policy.unreached > 0 {
+        problems.push(Problem {
+            kind: "sockets-unreached",
+            message: format!(
+                "the last pass over the sockets the cgroup already held left {} socket(s) or task(s) it could not end or see (the log of the attach or daemon names them): they may still use another interface",
+                policy.unreached
+            ),
+        });
+    }
     let ifname = netdev::name_from_bytes(&policy.ifname);
     let ns = cache
         .namespaces
@@ -762,6 +772,13 @@ fn render_bindings(report: &Report) -> String {
         let _ = writeln!(out, "cgroup {} {what}: {}", b.cgroup_id, links.join(" "));
         for p in b.problems.iter().filter(|p| p.kind != "rows-open") {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
+        }
+        if b.counters.events_dropped > 0 {
+            let _ = writeln!(
+                out,
+                "cgroup {}: {} refusal event(s) not sent to monitor (over the binding's rate limit, or the ring buffer was full)",
+                b.cgroup_id, b.counters.events_dropped
+            );
         }
     }
     // What the kernel cannot run is the same for every strict binding on it: said once, with

@@ -490,12 +490,12 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             },
         ));
     }
-    let unbound = audit::unbound_sockets(&cg.path, &policy, &ns)?;
+    let (unbound, blind) = audit::unbound_sockets(&cg.path, &policy, &ns)?;
     checks.push(Check::new(
         "existing sockets",
         unbound.is_empty(),
         if unbound.is_empty() {
-            "no process in the cgroup holds a socket outside the binding".to_string()
+            "no socket of the cgroup is outside the binding".to_string()
         } else {
             format!(
                 "{} socket(s) not bound to {ifname} (listed below)",
@@ -503,6 +503,17 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             )
         },
     ));
+    if !blind.is_empty() {
+        checks.push(Check::new(
+            "tasks seen",
+            false,
+            blind
+                .iter()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
     Ok(finish(
         cg,
         binding_cgroup,

@@ -7,6 +7,8 @@
 //!                                              stats         per-CPU cgroup storage: Counters
 //!                                              events        ring buffer shared by all bindings
 //!                                              users/<id>    one empty dir per binding on it
+//!                                              build-<major>_<minor>_<patch>-<commit time>
+//!                                                            each build that used it ([`Rank`])
 //!                                              absent/<hook>/<why>  a program this kernel
 //!                                                            cannot run, and why ([`Why`])
 //! ```
@@ -52,6 +54,88 @@ const USERS: &str = "users";
 const ABSENT: &str = "absent";
 const HOLD: &str = "hold";
 const NEW_PREFIX: &str = "new-";
+const BUILD_PREFIX: &str = "build-";
+
+/// A build's place in the upgrade order: two daemons of different builds (an upgrade overlap)
+/// agree on which one's programs a binding should run — the newer build's — so the older one
+/// leaves such bindings alone instead of replacing them back (each would otherwise unpin the
+/// other's set forever). Crate version first, then the commit time, then the object hash
+/// (only so that two builds of one commit still agree). A set pinned by a build that
+/// recorded no rank ranks below every build that does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rank {
+    pub version: (u64, u64, u64),
+    pub commit_time: u64,
+    pub object_hash: u64,
+}
+
+impl Rank {
+    /// The running build's.
+    pub fn own() -> Self {
+        let mut v = env!("CARGO_PKG_VERSION")
+            .split(['.', '-', '+'])
+            .map(|p| p.parse::<u64>().unwrap_or(0));
+        Self {
+            version: (
+                v.next().unwrap_or(0),
+                v.next().unwrap_or(0),
+                v.next().unwrap_or(0),
+            ),
+            commit_time: env!("BINDGUARD_COMMIT_TIME").parse().unwrap_or(0),
+            object_hash: hooks::object_hash(),
+        }
+    }
+
+    /// The set directory entry that records it (bpffs refuses dots).
+    fn entry(&self) -> String {
+        let (a, b, c) = self.version;
+        format!("{BUILD_PREFIX}{a}_{b}_{c}-{}", self.commit_time)
+    }
+
+    /// Records in set directory `dir` (this build's own set) that this build uses it: builds
+    /// with one object share a set, and the set ranks as the newest of them.
+    fn raise(&self, dir: &Path) {
+        if Self::of_set(dir, self.object_hash) < *self {
+            let _ = fs::create_dir(dir.join(self.entry()));
+        }
+    }
+
+    /// The rank recorded in set directory `dir` (of the object with hash `hash`): the newest
+    /// build that used it.
+    fn of_set(dir: &Path, hash: u64) -> Self {
+        let recorded = fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                let (version, time) = name.to_str()?.strip_prefix(BUILD_PREFIX)?.split_once('-')?;
+                let mut v = version.split('_').map(|p| p.parse::<u64>().ok());
+                Some((
+                    (v.next()??, v.next()??, v.next()??),
+                    time.parse::<u64>().ok()?,
+                ))
+            })
+            .max();
+        let (version, commit_time) = recorded.unwrap_or(((0, 0, 0), 0));
+        Self {
+            version,
+            commit_time,
+            object_hash: hash,
+        }
+    }
+}
+
+impl std::fmt::Display for Rank {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (a, b, c) = self.version;
+        write!(
+            f,
+            "{a}.{b}.{c}, commit time {}, ebpf {:016x}",
+            self.commit_time, self.object_hash
+        )
+    }
+}
 
 /// /sys/fs/bpf/bindguard/programs
 pub fn root() -> PathBuf {
@@ -148,6 +232,11 @@ impl Set {
             policy: open(POLICY, std::mem::size_of::<Policy>())?,
             stats: open(STATS, std::mem::size_of::<Counters>())?,
         })
+    }
+
+    /// The build that loaded this set.
+    pub fn rank(&self) -> Rank {
+        Rank::of_set(&self.dir, self.hash)
     }
 
     /// Whether the set holds the program of `hook` (the kernel loaded it).
@@ -446,6 +535,11 @@ fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
         let _ = fs::remove_dir(e.path());
     }
     let _ = fs::remove_dir(&users);
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(BUILD_PREFIX) {
+            let _ = fs::remove_dir(e.path());
+        }
+    }
     pins::remove_dir(dir)
 }
 
@@ -614,6 +708,22 @@ type Current = (std::sync::Arc<Set>, HashMap<String, Option<u32>>);
 
 /// The set a binding directory's links run, if it is a pinned set (None for a binding made by
 /// an older bindguard that loaded programs per binding, or one whose set was removed).
+/// The newest rank of the sets that record cgroup `id` as a user (`users/<id>`), without
+/// opening their maps: a set of a build with another map layout is ranked too. A binding
+/// being moved is listed by both sets for a moment; the newer one is where it is going.
+pub fn rank_of_binding(id: u64) -> Option<Rank> {
+    list()
+        .into_iter()
+        .filter_map(|d| {
+            if !d.join(USERS).join(id.to_string()).exists() {
+                return None;
+            }
+            let hash = u64::from_str_radix(d.file_name()?.to_str()?, 16).ok()?;
+            Some(Rank::of_set(&d, hash))
+        })
+        .max()
+}
+
 pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
     // One link tells: a binding's links all come from one set (attach keeps it so).
     let (name, state) = fs::read_dir(dir)
@@ -655,6 +765,7 @@ pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
     let dir = root().join(dir_name(hooks::object_hash()));
     // A set is renamed into place whole, so an existing directory is a complete set.
     if dir.exists() {
+        Rank::own().raise(&dir);
         return Set::open(&dir);
     }
     load(&dir, lock)?;
@@ -683,17 +794,22 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
         remove_set_dir(&staging)?;
     }
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let result = fill(&staging).and_then(|()| {
-        // rustix, not nix: nix offers renameat2 only on glibc, and the release build is musl.
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &staging,
-            rustix::fs::CWD,
-            dir,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))
-    });
+    let result = fill(&staging)
+        .and_then(|()| {
+            let stamp = staging.join(Rank::own().entry());
+            fs::create_dir(&stamp).with_context(|| format!("creating {}", stamp.display()))
+        })
+        .and_then(|()| {
+            // rustix, not nix: nix offers renameat2 only on glibc, and the release build is musl.
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &staging,
+                rustix::fs::CWD,
+                dir,
+                rustix::fs::RenameFlags::NOREPLACE,
+            )
+            .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))
+        });
     if result.is_err() {
         let _ = remove_set_dir(&staging);
     }

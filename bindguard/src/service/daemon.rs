@@ -790,15 +790,13 @@ impl Daemon {
             let what = format!("ending the unbound sockets of {}", cg.path.display());
             let (cg2, iface2) = (cg.clone(), iface.clone());
             self.off_loop(cg.path.clone(), what, move || {
-                let ended = crate::binding::audit::end_existing(&cg2, &iface2)?;
-                Ok(if ended.is_empty() {
+                // What the pass could not end is an error (logged; `status` shows
+                // sockets-unreached), the rest is done all the same.
+                let ended = crate::binding::sockreset::end_existing(&cg2, &iface2)?.check()?;
+                Ok(if ended == 0 {
                     String::new()
                 } else {
-                    format!(
-                        "ended {} unbound socket(s) of {}",
-                        ended.len(),
-                        cg2.path.display()
-                    )
+                    format!("ended {ended} unbound socket(s) of {}", cg2.path.display())
                 })
             });
         }
@@ -830,7 +828,7 @@ impl Daemon {
         let what = format!("resetting the sockets of {}", path.display());
         let p = path.clone();
         self.off_loop(path, what, move || {
-            let n = sockreset::reset_sockets(&p, ifindex, &ns)?;
+            let n = sockreset::reset_sockets(&p, ifindex, &ns)?.check()?;
             Ok(if n == 0 {
                 String::new()
             } else {

@@ -218,6 +218,34 @@ pub fn plan_binding(
     Ok(step)
 }
 
+/// The rank of the build whose program set the binding in `dir` runs, if it is newer than this
+/// build's (see [`progset::Rank`]): such a binding is left alone, so that two daemons of
+/// different builds converge on the newer one's programs. Logged once per cgroup and build.
+fn newer_build(dir: &std::path::Path, cgroup_id: u64) -> Option<crate::kernel::progset::Rank> {
+    use crate::kernel::progset::{self, Rank};
+    let rank = progset::rank_of_binding(cgroup_id)?;
+    if rank <= Rank::own() {
+        return None;
+    }
+    static LOGGED: std::sync::Mutex<Vec<(std::path::PathBuf, u64)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut logged = LOGGED.lock().unwrap_or_else(|e| e.into_inner());
+    let key = (dir.to_path_buf(), rank.object_hash);
+    if !logged.contains(&key) {
+        logged.push(key);
+        tracing::warn!(
+            "{} runs the programs of a newer bindguard build ({rank}); this build ({}) leaves it to that one",
+            dir.display(),
+            Rank::own()
+        );
+    }
+    Some(rank)
+}
+
+fn left_to(newer: crate::kernel::progset::Rank) -> String {
+    format!("runs the programs of a newer bindguard build ({newer}): left to it")
+}
+
 /// What the kernel holds for `cg` against what `b` wants, with `iface` resolved.
 pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) {
     let dir = pins::binding_dir(cg.id);
@@ -225,6 +253,10 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
         return (Action::Attach, String::new());
     }
     let Ok(have) = enforcer::read_policy(&dir) else {
+        // A newer build's set may have a map layout this build cannot read.
+        if let Some(newer) = newer_build(&dir, cg.id) {
+            return (Action::Unchanged, left_to(newer));
+        }
         return (Action::Replace, "pins unreadable".into());
     };
     // Whether the BPF LSM programs are part of the binding is the kernel's answer, not the
@@ -232,6 +264,9 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
     let lsm = have.has(bindguard_common::flags::LSM);
     let want = crate::binding::policy::policy_for(iface, &b.options, cg.id, lsm);
     if have.abi != ABI_VERSION || have.object_hash != want.object_hash {
+        if let Some(newer) = newer_build(&dir, cg.id) {
+            return (Action::Unchanged, left_to(newer));
+        }
         return (Action::Replace, "programs outdated".into());
     }
     if crate::binding::policy::mode_of(&have) != b.options.mode {
@@ -243,7 +278,12 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
     if !links_healthy(&dir, &have, cg.id) {
         return (Action::Replace, "links missing: repairing".into());
     }
-    if have == want {
+    // `unreached` is the last socket pass's result, not something the config asks for.
+    if (bindguard_common::Policy {
+        unreached: 0,
+        ..have
+    }) == want
+    {
         return (Action::Unchanged, String::new());
     }
     let was = netdev::name_from_bytes(&have.ifname);
@@ -339,7 +379,11 @@ pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
 pub fn bind(cg: &Cgroup, iface: &Interface, b: &Binding) -> anyhow::Result<Attached> {
     let attached = enforcer::attach(cg, iface, &b.options)?;
     if b.options.existing == crate::binding::policy::Existing::Destroy {
-        crate::binding::audit::end_existing(cg, iface)?;
+        // The binding stays (it governs every new socket); what the pass could not end is an
+        // error, logged and shown by `status` (sockets-unreached).
+        crate::binding::sockreset::end_existing(cg, iface)?
+            .check()
+            .context("bound; ending the sockets it already held")?;
     }
     Ok(attached)
 }

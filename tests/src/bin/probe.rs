@@ -7,6 +7,15 @@
 //!   bg-probe bench-socket 4|6 udp|tcp N [DEV]  time socket()(+SO_BINDTODEVICE)+close()
 //!   bg-probe bench-send ADDR PORT N         time unconnected UDP sendto()
 //!   bg-probe hold PORT SECONDS              hold a UDP socket and a TCP listener on PORT
+//!   bg-probe held KIND ADDR PORT TOKEN      make a port-bound UDP socket and a TCP connection
+//!                                           to ADDR, print `ready`, wait for a line on stdin,
+//!                                           then send TOKEN-udp and TOKEN-tcp through them (a
+//!                                           new TCP connection if the old one was destroyed).
+//!                                           KIND hides the sockets from an fd walk: plain,
+//!                                           opath (an O_PATH fd of each at a lower number),
+//!                                           thread (only in one thread's own fd table,
+//!                                           unshare(CLONE_FILES)), zombie (the thread-group
+//!                                           leader has exited)
 //!   bg-probe loop SECONDS                   make sockets in a tight loop; count their bindings
 //!   bg-probe escape KIND ADDR PORT TOKEN [ARG]  try one known escape from a binding, then send
 //!       unspec          UDP connect, connect(AF_UNSPEC) (resets the binding), sendto
@@ -510,6 +519,88 @@ fn hold(port: &str, seconds: &str) {
     std::thread::sleep(Duration::from_secs_f64(seconds.parse().expect("SECONDS")));
 }
 
+/// Moves a socket to a number above 100 and leaves an O_PATH fd of it at its old, lower number.
+fn hide<T: std::os::fd::IntoRawFd + std::os::fd::FromRawFd>(s: T) -> T {
+    let fd = s.into_raw_fd();
+    // SAFETY: fcntl/open/dup3/close on fds this process owns; the O_PATH fd is left open.
+    unsafe {
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+        let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).unwrap();
+        let p = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+        assert!(high >= 0 && p >= 0, "{}", std::io::Error::last_os_error());
+        libc::dup3(p, fd, libc::O_CLOEXEC);
+        libc::close(p);
+        T::from_raw_fd(high)
+    }
+}
+
+fn held(kind: &str, addr: &str, port: &str, token: &str) {
+    let dest = SocketAddr::new(addr.parse().expect("ADDR"), port.parse().expect("PORT"));
+    let (token, k) = (token.to_string(), kind.to_string());
+    let work = move || {
+        if k == "thread" {
+            // SAFETY: this thread gets its own copy of the fd table.
+            if unsafe { libc::unshare(libc::CLONE_FILES) } != 0 {
+                report(&std::io::Error::last_os_error());
+            }
+        }
+        let any: SocketAddr = if dest.is_ipv4() {
+            "0.0.0.0:0"
+        } else {
+            "[::]:0"
+        }
+        .parse()
+        .unwrap();
+        let udp = UdpSocket::bind(any).unwrap_or_else(|e| report(&e));
+        let tcp = TcpStream::connect_timeout(&dest, Duration::from_secs(3))
+            .unwrap_or_else(|e| report(&e));
+        let (udp, mut tcp) = if k == "opath" {
+            (hide(udp), hide(tcp))
+        } else {
+            (udp, tcp)
+        };
+        println!("ready");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let udp_result = match udp.send_to(format!("{token}-udp").as_bytes(), dest) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("errno={}", e.raw_os_error().unwrap_or(0)),
+        };
+        let tcp_result = match tcp.write_all(format!("{token}-tcp").as_bytes()) {
+            Ok(()) => "same".to_string(),
+            Err(e) => {
+                let again = TcpStream::connect_timeout(&dest, Duration::from_secs(3))
+                    .and_then(|mut t| t.write_all(format!("{token}-tcp").as_bytes()));
+                format!(
+                    "new(old: errno={}, new: {again:?})",
+                    e.raw_os_error().unwrap_or(0)
+                )
+            }
+        };
+        drop(tcp);
+        println!("done udp={udp_result} tcp={tcp_result}");
+        std::process::exit(0);
+    };
+    match kind {
+        "plain" | "opath" => work(),
+        "thread" => {
+            let _ = std::thread::spawn(work).join();
+        }
+        "zombie" => {
+            std::thread::spawn(work);
+            // SAFETY: the leader thread exits (the raw syscall: glibc's pthread_exit unwinds,
+            // which Rust's main aborts on); the process lives on in the other thread, which
+            // exits it.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!()
+        }
+        _ => {
+            eprintln!("held: unknown kind {kind}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// socket()+close() (optionally with setsockopt(SO_BINDTODEVICE, DEV) in between) N times;
 /// prints the mean nanoseconds per iteration.
 fn bench_socket(family: &str, kind: &str, n: &str, bind_dev: Option<&str>) {
@@ -755,6 +846,7 @@ fn main() {
         ["send", proto, addr, port, token] => send(proto, addr, port, token),
         ["sockinfo"] => sockinfo(),
         ["hold", port, secs] => hold(port, secs),
+        ["held", kind, addr, port, token] => held(kind, addr, port, token),
         ["bench-socket", family, kind, n] => bench_socket(family, kind, n, None),
         ["bench-socket", family, kind, n, dev] => bench_socket(family, kind, n, Some(dev)),
         ["bench-send", addr, port, n] => bench_send(addr, port, n),
