@@ -27,9 +27,10 @@ use super::{
 use crate::{
     Error,
     binding::{
-        annotations, audit, cgroup, enforcer, netdev,
+        annotations, cgroup, enforcer, netdev,
         netns::Netns,
         policy::{Existing, Options},
+        sockreset,
     },
     error::quote,
     kernel::pins,
@@ -329,7 +330,8 @@ impl Plugin {
         enforcer::attach(&cg, &iface, &opts)
             .with_context(|| format!("binding cgroup {} to {dev}", path.display()))?;
         if opts.existing == Existing::Destroy {
-            for (s, _) in audit::end_existing(&cg, &iface)? {
+            let pass = sockreset::end_existing(&cg, &iface)?;
+            for (s, _) in &pass.ended {
                 tracing::warn!(
                     "{}: ended socket {} {} -> {} made while it ran unbound",
                     who(pod, ctr),
@@ -338,6 +340,10 @@ impl Plugin {
                     s.remote
                 );
             }
+            // The binding stays (it governs every new socket); what could not be reached is
+            // an error the caller logs, and status shows sockets-unreached.
+            pass.check()
+                .with_context(|| format!("ending the sockets {} made unbound", who(pod, ctr)))?;
         }
         self.bound.insert(ctr.id.clone(), cg.id);
         tracing::info!(
