@@ -315,7 +315,8 @@ pub fn attached_programs(cgroup: &std::path::Path) -> String {
         (34, "sock_release"),
         (43, "lsm_cgroup"),
     ];
-    /// `bpf_attr.query` as Linux 5.10 has it; later kernels' further fields stay zero.
+    /// `bpf_attr.query` up to prog_attach_flags (6.0), which a BPF_LSM_CGROUP query must
+    /// give with its prog_ids; for every other type it stays zero, as 5.10 requires.
     #[repr(C)]
     struct Query {
         target_fd: u32,
@@ -325,12 +326,14 @@ pub fn attached_programs(cgroup: &std::path::Path) -> String {
         prog_ids: u64,
         prog_cnt: u32,
         pad: u32,
+        prog_attach_flags: u64,
     }
     const BPF_PROG_QUERY: libc::c_long = 16;
     let dir = std::fs::File::open(cgroup).expect("open the cgroup");
     let mut out = String::new();
     for &(attach_type, name) in TYPES {
         let mut ids = [0u32; 64];
+        let mut flags = [0u32; 64];
         let mut q = Query {
             target_fd: dir.as_raw_fd() as u32,
             attach_type,
@@ -339,9 +342,14 @@ pub fn attached_programs(cgroup: &std::path::Path) -> String {
             prog_ids: ids.as_mut_ptr() as u64,
             prog_cnt: ids.len() as u32,
             pad: 0,
+            prog_attach_flags: if name == "lsm_cgroup" {
+                flags.as_mut_ptr() as u64
+            } else {
+                0
+            },
         };
-        // SAFETY: q is a valid bpf_attr prefix of the size passed; prog_ids points at
-        // prog_cnt u32s that outlive the call. A kernel without this attach type says EINVAL.
+        // SAFETY: q is a valid bpf_attr prefix of the size passed; prog_ids (and
+        // prog_attach_flags) point at prog_cnt u32s that outlive the call. A kernel without this attach type says EINVAL.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_bpf,
