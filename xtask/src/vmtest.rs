@@ -516,9 +516,11 @@ pub fn vmtest(o: &Options) -> anyhow::Result<Vec<Outcome>> {
         configs.len(),
         o.jobs
     );
-    // Longest boots first (popped from the end), so the short lsm= variants fill in at the end.
-    let mut queue: Vec<_> = configs.iter().zip(&kernels).collect();
-    queue.sort_by_key(|(c, _)| c.suites.len());
+    // Longest boots first (popped from the end), so the short lsm= variants fill in at the end;
+    // among equals the matrix's order, oldest kernel first (5.10 is the slowest to emulate).
+    let mut queue: Vec<_> = configs.iter().zip(&kernels).enumerate().collect();
+    queue.sort_by_key(|(i, (c, _))| (c.suites.len(), std::cmp::Reverse(*i)));
+    let queue: Vec<_> = queue.into_iter().map(|(_, ck)| ck).collect();
     let queue = Mutex::new(queue);
     let results = Mutex::new(Vec::new());
     std::thread::scope(|s| {
