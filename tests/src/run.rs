@@ -51,6 +51,7 @@ pub struct Cmd {
     cmd: Command,
     cgroup_procs: Option<File>,
     netns: Option<File>,
+    default_signals: bool,
 }
 
 impl Cmd {
@@ -61,7 +62,16 @@ impl Cmd {
             cmd,
             cgroup_procs: None,
             netns: None,
+            default_signals: false,
         }
+    }
+
+    /// SIGINT and SIGQUIT at their default action in the child: a test run from a
+    /// non-interactive shell's background job inherits them ignored, and a test of what those
+    /// signals do must not depend on how it was started.
+    pub fn default_signals(mut self) -> Self {
+        self.default_signals = true;
+        self
     }
 
     pub fn bindguard() -> Self {
@@ -163,10 +173,11 @@ impl Cmd {
         let netns = self.netns.as_ref().map(|f| f.as_raw_fd());
         // Without a pre_exec hook std can spawn with vfork semantics (posix_spawn) instead of
         // copying this process's page tables: what `bench` times should be bindguard, not that.
-        if procs.is_none() && netns.is_none() {
+        let default_signals = self.default_signals;
+        if procs.is_none() && netns.is_none() && !default_signals {
             return;
         }
-        // SAFETY: only async-signal-safe calls (write, setns) between fork and exec.
+        // SAFETY: only async-signal-safe calls (write, setns, signal) between fork and exec.
         unsafe {
             self.cmd.pre_exec(move || {
                 if let Some(fd) = procs
@@ -178,6 +189,10 @@ impl Cmd {
                     && libc::setns(fd, libc::CLONE_NEWNET) != 0
                 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if default_signals {
+                    libc::signal(libc::SIGINT, libc::SIG_DFL);
+                    libc::signal(libc::SIGQUIT, libc::SIG_DFL);
                 }
                 Ok(())
             });

@@ -14,6 +14,7 @@ use nix::{sys::signal::Signal, unistd::Pid};
 
 fn exec(s: &Scenario, command: &[&str]) -> Cmd {
     Cmd::bindguard()
+        .default_signals()
         .args(["exec", "--dev", UPLINK_B, "--netns"])
         .arg(s.topo.host.path())
         .arg("--")
