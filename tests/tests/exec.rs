@@ -194,11 +194,24 @@ fn exec_finishes_its_teardown_under_repeated_sigterm() {
         let pid = child.id();
         let (cg, _) = wait_started(pid, 3);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Through a pidfd: once bindguard is reaped its pid may name another test's process.
+        // SAFETY: pidfd_open of our own child, which is not reaped before the thread stops.
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        assert!(pidfd >= 0, "pidfd_open");
         let spam = {
             let stop = stop.clone();
             std::thread::spawn(move || {
+                // SAFETY: pidfd_send_signal on a pidfd this test owns; no siginfo.
                 while !stop.load(std::sync::atomic::Ordering::Relaxed)
-                    && nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM).is_ok()
+                    && unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            pidfd,
+                            libc::SIGTERM,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        )
+                    } == 0
                 {
                     std::thread::sleep(Duration::from_micros(200));
                 }
@@ -207,6 +220,8 @@ fn exec_finishes_its_teardown_under_repeated_sigterm() {
         let out = wait_output(child, Duration::from_secs(20)).expect("exec ended");
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         spam.join().unwrap();
+        // SAFETY: the pidfd is ours and no longer used.
+        unsafe { libc::close(pidfd) };
         assert!(
             matches!(out.status.code(), Some(137 | 143)),
             "bindguard exits with the command's status, not by the signal: {out:?}"
