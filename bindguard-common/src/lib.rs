@@ -34,6 +34,15 @@ pub mod flags {
     /// The binding was made by `bindguard nri` for a container: only such bindings are
     /// removed by its Synchronize (stale) and RemoveContainer. (A new bit, no new layout.)
     pub const FROM_NRI: u32 = 1 << 7;
+    /// Strict mode lets the cgroup attach tun/tap devices (`--allow-tun`: the workload is
+    /// itself a VPN client or tunnel that must open one). (A new bit, no new layout.)
+    pub const ALLOW_TUN: u32 = 1 << 8;
+    /// Strict mode lets the cgroup ptrace processes outside it (`--allow-ptrace-out`: a
+    /// debugger inside attaching to something outside). (A new bit, no new layout.)
+    pub const ALLOW_PTRACE_OUT: u32 = 1 << 9;
+    /// Strict mode was asked knowingly below a delegation boundary (`--allow-delegated`):
+    /// read by userspace only, so `status` says it was a choice. (A new bit, no new layout.)
+    pub const ALLOW_DELEGATED: u32 = 1 << 10;
 }
 
 /// The whole policy of one binding: its cgroup's value in the program set's `policy` cgroup
@@ -124,6 +133,12 @@ pub struct Counters {
     /// bpf_ktime_get_ns() up to which tokens were added to the bucket.
     #[cfg_attr(feature = "user", serde(skip))]
     pub event_refill_ns: u64,
+    /// Attaches to tun/tap devices refused (TUNSETIFF on an existing device, TUNSETQUEUE;
+    /// strict mode, BPF LSM).
+    pub devices_refused: u64,
+    /// ptrace, process_vm_readv/writev, /proc/PID/mem and pidfd_getfd access to a process
+    /// outside the binding refused (strict mode, BPF LSM).
+    pub ptrace_refused: u64,
 }
 
 /// Each binding may send at most this many events at once per CPU to the ring buffer all
@@ -147,6 +162,8 @@ impl core::ops::AddAssign for Counters {
         self.mark_dropped += o.mark_dropped;
         self.priority_restored += o.priority_restored;
         self.events_dropped += o.events_dropped;
+        self.devices_refused += o.devices_refused;
+        self.ptrace_refused += o.ptrace_refused;
     }
 }
 
@@ -172,6 +189,10 @@ pub mod hook {
     pub const MULTICAST: u32 = 14;
     /// The egress filter dropped a packet with another mark (value: the packet's mark).
     pub const MARK: u32 = 15;
+    /// BPF LSM refused attaching a tun/tap device (value: 1 TUNSETIFF, 2 TUNSETQUEUE).
+    pub const TUN: u32 = 16;
+    /// BPF LSM refused ptrace-level access to a process outside the binding (value: its pid).
+    pub const PTRACE: u32 = 17;
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF when the programs are
@@ -199,6 +220,11 @@ pub struct KernelLayout {
     pub uring_cmd_sqe: u32,
     pub sqe_level: u32,
     pub sqe_optname: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp` and `task_struct.tgid`: the cgroup (v2) of
+    /// the process a ptrace-level access names.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub task_tgid: u32,
     /// What the running kernel lets each program type do ([`features`]), probed by the loader.
     /// A program reads it as a constant (the verifier prunes the branches it rules out), so a
     /// helper the kernel refuses for that type is never called.
@@ -226,6 +252,9 @@ impl KernelLayout {
         uring_cmd_sqe: Self::MISSING,
         sqe_level: Self::MISSING,
         sqe_optname: Self::MISSING,
+        task_cgroups: Self::MISSING,
+        css_set_dfl_cgrp: Self::MISSING,
+        task_tgid: Self::MISSING,
         features: 0,
     };
 }

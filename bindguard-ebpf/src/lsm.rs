@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::lsm_cgroup,
     programs::LsmContext,
 };
-use bindguard_common::{KernelLayout, Policy, hook};
+use bindguard_common::{KernelLayout, Policy, flags, hook};
 
 use crate::{
     maps::{Task, count, kernel, policy, report},
@@ -53,12 +53,9 @@ fn read_at<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
-/// Whether `sk` was made in the bound cgroup or below it (so this binding's programs govern it).
+/// Whether `cgroup` (a `struct cgroup *`) is the bound cgroup or below it.
 #[inline(always)]
-fn made_in_binding(k: &KernelLayout, sk: u64, bound: u64) -> bool {
-    let Some(cgroup) = read_at::<u64>(sk, k.sock_cgroup) else {
-        return false;
-    };
+fn in_binding(k: &KernelLayout, cgroup: u64, bound: u64) -> bool {
     let Some(level) = read_at::<i32>(cgroup, k.cgroup_level) else {
         return false;
     };
@@ -80,6 +77,12 @@ fn made_in_binding(k: &KernelLayout, sk: u64, bound: u64) -> bool {
         }
     }
     false
+}
+
+/// Whether `sk` was made in the bound cgroup or below it (so this binding's programs govern it).
+#[inline(always)]
+fn made_in_binding(k: &KernelLayout, sk: u64, bound: u64) -> bool {
+    read_at::<u64>(sk, k.sock_cgroup).is_some_and(|cgroup| in_binding(k, cgroup, bound))
 }
 
 /// A socket fd arriving from outside (SCM_RIGHTS, pidfd_getfd — both go through
@@ -166,4 +169,63 @@ pub fn lsm_uring_cmd(ctx: LsmContext) -> i32 {
         return ALLOW;
     }
     refuse_membership(level, optname, Task::Lsm)
+}
+
+/// Refuses a tun/tap attach (`what`: 1 TUNSETIFF on an existing device, 2 TUNSETQUEUE) unless
+/// the policy allows tun devices. What a process writes into a tun device is received on it
+/// and forwarded by the host's routing table: no socket of the cgroup carries it, so no cgroup
+/// program would see it.
+#[inline(always)]
+fn refuse_tun(what: u32) -> i32 {
+    if policy().has(flags::ALLOW_TUN) {
+        return ALLOW;
+    }
+    count(|c| &mut c.devices_refused);
+    report(hook::TUN, what, Task::Lsm);
+    REFUSE
+}
+
+/// TUNSETIFF naming an existing (persistent) device, which its owner may attach without
+/// capabilities. Creating one needs CAP_NET_ADMIN over the namespace (a workload's own
+/// user + network namespace leads nowhere: row 11). Runs for the calling task's cgroup.
+#[lsm_cgroup(hook = "tun_dev_open")]
+pub fn lsm_tun_open(_ctx: LsmContext) -> i32 {
+    refuse_tun(1)
+}
+
+/// TUNSETQUEUE re-attaching a queue of a multi-queue device (a tun fd brought in already
+/// attached once). Runs for the calling task's cgroup.
+#[lsm_cgroup(hook = "tun_dev_attach_queue")]
+pub fn lsm_tun_queue(_ctx: LsmContext) -> i32 {
+    refuse_tun(2)
+}
+
+/// ptrace-level access that controls another process (PTRACE_MODE_ATTACH: ptrace attach and
+/// seize, process_vm_readv/writev, /proc/PID/mem, pidfd_getfd) to a process outside the
+/// binding's subtree: that process sends from outside the binding. Read-only inspection
+/// (PTRACE_MODE_READ: /proc/PID/environ, kcmp) drives nothing and is left alone. Runs for
+/// the calling task's cgroup.
+#[lsm_cgroup(hook = "ptrace_access_check")]
+pub fn lsm_ptrace(ctx: LsmContext) -> i32 {
+    let child: u64 = ctx.arg(0);
+    let mode: u32 = ctx.arg(1);
+    if mode & PTRACE_MODE_ATTACH == 0 {
+        return ALLOW;
+    }
+    let policy = policy();
+    if policy.has(flags::ALLOW_PTRACE_OUT) {
+        return ALLOW;
+    }
+    let k = kernel();
+    // Unknown layout or an unreadable task: refuse (fail closed).
+    let inside = read_at::<u64>(child, k.task_cgroups)
+        .and_then(|cset| read_at::<u64>(cset, k.css_set_dfl_cgrp))
+        .is_some_and(|cgroup| in_binding(&k, cgroup, policy.cgroup_id));
+    if inside {
+        return ALLOW;
+    }
+    let pid = read_at::<i32>(child, k.task_tgid).unwrap_or(0) as u32;
+    count(|c| &mut c.ptrace_refused);
+    report(hook::PTRACE, pid, Task::Lsm);
+    REFUSE
 }

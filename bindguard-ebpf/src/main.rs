@@ -10,12 +10,14 @@
 //! - strict mode adds guards that close the escapes a plain binding leaves open:
 //!   `guard_setsockopt` (changing the binding, multicast joins on another interface),
 //!   `guard_*` address hooks (a binding that was reset or moved), `filter_egress`/
-//!   `filter_ingress` (any packet on another interface, or with another mark), and four BPF
+//!   `filter_ingress` (any packet on another interface, or with another mark), and BPF
 //!   LSM programs that run in the *caller's* context, where the cgroup programs above (which
 //!   run for the socket's cgroup) cannot see: `lsm_socket_create` (AF_PACKET, AF_XDP, ...),
 //!   `lsm_file_receive` (sockets brought in by SCM_RIGHTS or pidfd_getfd),
 //!   `lsm_socket_setsockopt` (32-bit setsockopt, which skips the cgroup sockopt hook) and
-//!   `lsm_uring_cmd` (setsockopt through io_uring).
+//!   `lsm_uring_cmd` (setsockopt through io_uring), `lsm_tun_open`/`lsm_tun_queue` (tun/tap
+//!   devices, whose packets belong to no socket) and `lsm_ptrace` (driving a process outside
+//!   the binding).
 //!
 //! One file per hook family (sock, sockopt, sock_addr, skb, lsm), each with thin entry points;
 //! families share only [`maps`] (globals, maps, count/report), [`uapi`] (constants, verdicts)

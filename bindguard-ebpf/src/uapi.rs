@@ -39,3 +39,5 @@ pub(crate) const S_IFSOCK: u16 = 0o140000;
 pub(crate) const SOCKET_URING_OP_SETSOCKOPT: u32 = 3;
 /// x86's thread_info.status bit for "this is a 32-bit syscall".
 pub(crate) const TS_COMPAT: u32 = 0x0002;
+/// include/linux/ptrace.h: the access controls the task (vs PTRACE_MODE_READ).
+pub(crate) const PTRACE_MODE_ATTACH: u32 = 0x02;

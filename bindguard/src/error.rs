@@ -59,6 +59,18 @@ pub enum Error {
     RootCgroup { path: PathBuf },
 
     #[error(
+        "cgroup {} is below {}, whose cgroup.procs {writer} can write: a process of theirs can move out of the binding (mkdir there, then write its pid to the new cgroup's cgroup.procs); bind {} itself (every process below it), run the workload in a cgroup they cannot leave, or pass --allow-delegated to accept this",
+        quote_path(cgroup),
+        quote_path(boundary),
+        quote_path(boundary)
+    )]
+    Delegated {
+        cgroup: PathBuf,
+        boundary: PathBuf,
+        writer: String,
+    },
+
+    #[error(
         "{what} is {len} bytes long, more than the {max} allowed: '{}'",
         quote(value)
     )]
@@ -123,6 +135,7 @@ impl Error {
             | Error::UnknownInterface { .. }
             | Error::NotNetns { .. }
             | Error::RootCgroup { .. }
+            | Error::Delegated { .. }
             | Error::TooLong { .. }
             | Error::InvalidInput { .. }
             | Error::Config { .. } => 2,

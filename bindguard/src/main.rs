@@ -190,6 +190,18 @@ struct BindingArgs {
     /// the interface, as `ss -K` does.
     #[arg(long, value_name = "WHAT", default_value = "keep", value_parser = ["keep", "destroy"])]
     existing: String,
+    /// Strict mode: let the cgroup attach tun/tap devices (a VPN client or tunnel that must
+    /// open its own). What it writes there is forwarded by the host, outside the binding.
+    #[arg(long)]
+    allow_tun: bool,
+    /// Strict mode: let the cgroup ptrace processes outside it (a debugger inside attaching
+    /// out). A traced process sends from outside the binding.
+    #[arg(long)]
+    allow_ptrace_out: bool,
+    /// Strict mode: bind a cgroup below a delegation boundary anyway (its processes can move
+    /// themselves out of it). `status` and `verify` keep saying so.
+    #[arg(long)]
+    allow_delegated: bool,
 }
 
 impl BindingArgs {
@@ -201,6 +213,9 @@ impl BindingArgs {
             allow_loopback: self.allow_loopback,
             allow_families: self.allow_family.iter().fold(0, |m, f| m | f),
             existing: self.existing.parse()?,
+            allow_tun: self.allow_tun,
+            allow_ptrace_out: self.allow_ptrace_out,
+            allow_delegated: self.allow_delegated,
             ..Options::default()
         })
     }
@@ -253,6 +268,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         }
                     }
                 }
+            }
+            // Strict mode refused a delegated cgroup in attach unless told to accept it; bind
+            // mode, or the acceptance, still hears about it.
+            if let Some(d) = cgroup::delegation(&cg.path, &mut Default::default()) {
+                eprintln!(
+                    "bindguard: warning: cgroup {} is {}: its processes can move themselves out of the binding; bind {} itself to cover them",
+                    printable_path(&cg.path),
+                    d.describe(),
+                    printable_path(&d.boundary)
+                );
             }
             let verb = match outcome {
                 Attached::Created(_) => "bound",

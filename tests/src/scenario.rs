@@ -118,10 +118,15 @@ impl Scenario {
     }
 
     pub fn detach(&self) -> (i32, String, String) {
+        self.detach_cgroup(&self.cg.path)
+    }
+
+    /// `bindguard detach --cgroup PATH`.
+    pub fn detach_cgroup(&self, path: &std::path::Path) -> (i32, String, String) {
         Cmd::bindguard()
             .arg("detach")
             .arg("--cgroup")
-            .arg(&self.cg.path)
+            .arg(path)
             .run()
     }
 

@@ -281,8 +281,18 @@ impl Drop for TestCgroup {
         }
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while fs::remove_dir(&self.path).is_err() && Instant::now() < deadline {
+        while remove_tree(&self.path).is_err() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Removes a cgroup and the cgroups a test's processes made below it, deepest first.
+fn remove_tree(path: &std::path::Path) -> std::io::Result<()> {
+    for e in fs::read_dir(path)?.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            let _ = remove_tree(&e.path());
+        }
+    }
+    fs::remove_dir(path)
 }

@@ -573,7 +573,7 @@ fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
     let (code, _, err) = s.attach_to(lsm_list, &s.cg.path, UPLINK_B).run();
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14"),
+        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14, 20, 21"),
         "{err}"
     );
     assert!(err.contains("lsm="), "{err}");
@@ -585,7 +585,10 @@ fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
             .unwrap()
             .iter()
             .any(|p| p["kind"] == "rows-open"
-                && p["message"].as_str().unwrap().contains("rows 7, 12, 14")),
+                && p["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("rows 7, 12, 14, 20, 21")),
         "{entry}"
     );
     let (_, out, _) = Cmd::bindguard()
@@ -594,7 +597,7 @@ fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
         .arg(&s.cg.path)
         .run();
     assert!(
-        out.contains("WARN") && out.contains("rows 7, 12, 14"),
+        out.contains("WARN") && out.contains("rows 7, 12, 14, 20, 21"),
         "{out}"
     );
     // The rest of strict mode is attached and enforcing.
@@ -654,7 +657,7 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
     // The build's program set is loaded once: by this attach (then the kernel's refusal is
     // quoted) or by an earlier one (then the set records why it has no LSM programs).
     assert!(
-        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14"),
+        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14, 20, 21"),
         "{err}"
     );
     assert_eq!(settled_program_count(&s.cg.path, 10), 10);
@@ -666,4 +669,175 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
         ),
         [Peer::B]
     );
+}
+
+/// A subtree delegated to uid 65534 the way systemd delegates `user@UID.service`: the
+/// directory and its cgroup.procs and cgroup.threads are theirs.
+fn delegate_to_nobody(cg: &TestCgroup) {
+    for p in [
+        cg.path.clone(),
+        cg.path.join("cgroup.procs"),
+        cg.path.join("cgroup.threads"),
+    ] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", p.display()));
+    }
+}
+
+/// `status --json`'s entry for the cgroup at `path`.
+fn status_of(path: &std::path::Path) -> Option<serde_json::Value> {
+    let (_, out, _) = Cmd::bindguard().args(["status", "--json"]).run();
+    let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+    v["bindings"]
+        .as_array()?
+        .iter()
+        .find(|b| b["cgroup"] == path.display().to_string())
+        .cloned()
+}
+
+/// As uid 65534 with no capabilities, from `from`: leaves for a new cgroup `to` (mkdir, then
+/// its own pid into cgroup.procs), then sends `tok` over TCP with busybox's static nc.
+/// Returns the script's output.
+fn walk_out_and_send(
+    s: &Scenario,
+    from: &std::path::Path,
+    to: &std::path::Path,
+    tok: &str,
+) -> String {
+    let script = format!(
+        "mkdir {to} && echo $$ > {to}/cgroup.procs && echo moved && echo {tok} | /bin/busybox nc -w1 {dest} {PORT}",
+        to = to.display(),
+        dest = dest(false),
+    );
+    let (_, out, err) = Cmd::new("sh")
+        .args(["-c", &script])
+        .in_cgroup_path(from)
+        .in_netns(&s.topo.host)
+        .as_nobody()
+        .run();
+    format!("{out}{err}")
+}
+
+#[test]
+fn a_strict_binding_below_a_delegation_boundary_is_refused_and_the_boundary_holds() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let delegated = s.cg.child("user");
+    delegate_to_nobody(&delegated);
+    let bound = delegated.child("bound");
+
+    // Strict below the boundary: refused, one line naming the boundary, the uid and the ways
+    // out; nothing is made.
+    let (code, out, err) = s.attach_to(Cmd::bindguard(), &bound.path, UPLINK_B).run();
+    assert_eq!(code, 2, "{out}{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    for needle in [
+        delegated.path.display().to_string(),
+        "uid 65534".into(),
+        "--allow-delegated".into(),
+    ] {
+        assert!(err.contains(&needle), "{needle} not in: {err}");
+    }
+    assert!(!bound.pins().exists());
+    assert!(status_of(&bound.path).is_none());
+
+    // Accepted knowingly: made, and reported by attach, status, verify and doctor...
+    let (code, _, err) = s
+        .attach_to(Cmd::bindguard(), &bound.path, UPLINK_B)
+        .arg("--allow-delegated")
+        .run();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("escapable-by-migration (uid 65534 via"),
+        "{err}"
+    );
+    let entry = status_of(&bound.path).expect("binding in status");
+    assert_eq!(entry["allow_delegated"], true);
+    let problem = entry["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["kind"] == "escapable-by-migration")
+        .unwrap_or_else(|| panic!("no escapable-by-migration: {entry}"));
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("uid 65534 via {}", delegated.path.display())),
+        "{problem}"
+    );
+    let (_, verify, _) = Cmd::bindguard()
+        .arg("verify")
+        .arg("--cgroup")
+        .arg(&bound.path)
+        .run();
+    assert!(
+        verify.contains("cgroup edge") && verify.contains("escapable-by-migration"),
+        "{verify}"
+    );
+    let (_, doctor, _) = Cmd::bindguard().args(["doctor", "--json"]).run();
+    let doctor: serde_json::Value = serde_json::from_str(&doctor).expect("doctor --json");
+    assert!(
+        doctor["escapable"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["cgroup"] == bound.path.display().to_string() && e["allowed"] == true),
+        "{doctor}"
+    );
+    // ...and the escape is real: this is what the refusal prevents.
+    let tok = token("walkout");
+    let out = walk_out_and_send(&s, &bound.path, &delegated.path.join("free"), &tok);
+    assert!(out.contains("moved"), "{out}");
+    assert_eq!(
+        s.receivers(&tok),
+        vec![Peer::A],
+        "the walk-out left by upA: {out}"
+    );
+    assert_eq!(s.detach_cgroup(&bound.path).0, 0);
+
+    // The first way out the refusal names: bind the boundary. Walking to a new sibling, or
+    // being cloned into one, stays inside the binding.
+    let (code, _, err) = s
+        .attach_to(Cmd::bindguard(), &delegated.path, UPLINK_B)
+        .run();
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("escapable"), "{err}");
+    let tok = token("walkout");
+    let out = walk_out_and_send(&s, &bound.path, &delegated.path.join("free2"), &tok);
+    assert!(out.contains("moved"), "{out}");
+    assert_eq!(s.receivers(&tok), vec![Peer::B], "{out}");
+    let into = delegated.path.join("free3");
+    let (code, _, err) = Cmd::new("mkdir").arg(&into).as_nobody().run();
+    assert_eq!(code, 0, "{err}");
+    let tok = token("clone3");
+    let (_, out, err) = Cmd::probe()
+        .args(["attack", "clone-into", dest(false), &PORT.to_string(), &tok])
+        .arg(&into)
+        .in_cgroup_path(&bound.path)
+        .in_netns(&s.topo.host)
+        .as_nobody()
+        .run();
+    assert!(out.contains("clone3: ok"), "{out}{err}");
+    assert_eq!(s.receivers(&tok), vec![Peer::B], "{out}{err}");
+    assert_eq!(s.detach_cgroup(&delegated.path).0, 0);
+}
+
+#[test]
+fn bind_mode_below_a_delegation_boundary_binds_and_warns() {
+    root_or_skip!();
+    let s = Scenario::new();
+    let delegated = s.cg.child("user");
+    delegate_to_nobody(&delegated);
+    let bound = delegated.child("bound");
+    let (code, _, err) = s
+        .attach_to(Cmd::bindguard(), &bound.path, UPLINK_B)
+        .args(["--mode", "bind"])
+        .run();
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("warning") && err.contains("escapable-by-migration (uid 65534 via"),
+        "{err}"
+    );
+    assert_eq!(s.detach_cgroup(&bound.path).0, 0);
 }

@@ -58,7 +58,7 @@ fn doctor() -> (BTreeSet<u64>, i32, String) {
 fn doctor_attach_status_and_verify_agree_on_the_open_rows() {
     root_or_skip!();
     let (open, code, out) = doctor();
-    let lsm_rows: BTreeSet<u64> = [7, 12, 14].into();
+    let lsm_rows: BTreeSet<u64> = [7, 12, 14, 20, 21].into();
     if lsm_expected() {
         assert!(open.is_empty(), "rows open where the BPF LSM runs: {out}");
         assert_eq!(code, 0, "{out}");
@@ -95,10 +95,13 @@ fn doctor_attach_status_and_verify_agree_on_the_open_rows() {
         assert!(!verify.contains("kernel coverage"), "{verify}");
         assert_eq!(s.status_entry().unwrap()["lsm"], true);
     } else {
-        assert!(err.contains("cannot cover escape rows 7, 12, 14"), "{err}");
+        assert!(
+            err.contains("cannot cover escape rows 7, 12, 14, 20, 21"),
+            "{err}"
+        );
         assert!(problems.contains(&"rows-open".to_string()), "{problems:?}");
         assert!(
-            verify.contains("WARN") && verify.contains("rows 7, 12, 14"),
+            verify.contains("WARN") && verify.contains("rows 7, 12, 14, 20, 21"),
             "{verify}"
         );
     }
@@ -228,20 +231,29 @@ fn sockets_handed_in_from_outside_are_refused_with_the_bpf_lsm() {
     if !lsm_or_skip("sockets_handed_in_from_outside_are_refused_with_the_bpf_lsm") {
         return;
     }
+    // pidfd_getfd asks ptrace_may_access first (row 21's lsm_ptrace refuses it there);
+    // with --allow-ptrace-out it is file_receive (row 12) that refuses the socket.
     for how in ["scm", "pidfd"] {
-        for mode in ["strict", "bind"] {
+        for mode in ["strict", "strict --allow-ptrace-out", "bind"] {
             let s = Scenario::new();
-            s.attach(UPLINK_B, &["--mode", mode]);
+            let mut args = vec!["--mode"];
+            args.extend(mode.split(' '));
+            s.attach(UPLINK_B, &args);
             let (out, at_a) = handed_in(&s, how);
-            if mode == "strict" {
-                assert!(!at_a, "{how} strict: reached peer A: {out}");
+            if mode != "bind" {
+                assert!(!at_a, "{how} {mode}: reached peer A: {out}");
                 let refused = if how == "scm" {
                     out.contains("received: no fd")
                 } else {
                     out.contains("pidfd_getfd: error errno=1")
                 };
-                assert!(refused, "{how} strict: not refused on receipt: {out}");
-                assert!(s.counter("fds_refused") >= 1);
+                assert!(refused, "{how} {mode}: not refused on receipt: {out}");
+                let counter = if how == "pidfd" && mode == "strict" {
+                    "ptrace_refused"
+                } else {
+                    "fds_refused"
+                };
+                assert!(s.counter(counter) >= 1, "{how} {mode}: {counter}");
             } else {
                 assert!(
                     at_a,
@@ -277,6 +289,137 @@ fn a_32_bit_multicast_join_is_refused_with_the_bpf_lsm() {
                 at_a,
                 "bind: the 32-bit join was expected to report by upA: {out}"
             );
+        }
+    }
+}
+
+/// A `/dev/net/tun` node uid 65534 may open, as Debian, Fedora and Ubuntu make theirs (0666);
+/// made in a scratch directory so the machine's own node stays as it is. The tun driver is
+/// loaded first (a module on Debian's kernels; devtmpfs has no node until it is).
+fn tun_node() -> (bindguard_tests::dist::ScratchDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(modprobe) = std::fs::read_to_string("/proc/sys/kernel/modprobe") {
+        let _ = std::process::Command::new(modprobe.trim())
+            .arg("tun")
+            .status();
+    }
+    let dir = bindguard_tests::dist::ScratchDir::new("tun");
+    std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let node = dir.path.join("tun");
+    nix::sys::stat::mknod(
+        &node,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(10, 200),
+    )
+    .expect("mknod tun");
+    std::fs::set_permissions(&node, std::fs::Permissions::from_mode(0o666)).unwrap();
+    (dir, node)
+}
+
+#[test]
+fn a_tun_device_of_the_workloads_user_is_refused_with_the_bpf_lsm() {
+    root_or_skip!();
+    if !lsm_or_skip("a_tun_device_of_the_workloads_user_is_refused_with_the_bpf_lsm") {
+        return;
+    }
+    let (_dir, node) = tun_node();
+    let node = node.display().to_string();
+    for mode in ["strict", "strict --allow-tun", "bind"] {
+        let s = Scenario::new();
+        let mut args = vec!["--mode"];
+        args.extend(mode.split(' '));
+        s.attach(UPLINK_B, &args);
+        // A persistent device the workload's user owns, on a host that forwards (a router,
+        // an appliance), as OpenVPN, wireguard-go and tun2socks are run without root.
+        s.topo.host.ip(&[
+            "tuntap", "add", "dev", "bgtun", "mode", "tun", "user", "65534",
+        ]);
+        s.topo.host.ip(&["link", "set", "bgtun", "up"]);
+        s.topo.host.sysctl("net.ipv4.ip_forward", "1");
+        s.topo.host.sysctl("net.ipv4.conf.bgtun.rp_filter", "0");
+        let tok = token("tun");
+        let out = attack(
+            &s,
+            "",
+            &["tun-inject", DEST4, &PORT.to_string(), &tok, &node, "bgtun"],
+        );
+        let at_a = s
+            .listener
+            .wait_for(&tok, Duration::from_secs(2))
+            .contains(&Peer::A);
+        if mode == "strict" {
+            assert!(out.contains("TUNSETIFF: error errno=1"), "{mode}: {out}");
+            assert!(!at_a, "{mode}: the injected packet reached peer A: {out}");
+            assert!(s.counter("devices_refused") >= 1);
+        } else {
+            assert!(
+                at_a,
+                "{mode}: the injected packet was expected to be forwarded by upA: {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn driving_a_process_outside_the_binding_is_refused_with_the_bpf_lsm() {
+    root_or_skip!();
+    if !lsm_or_skip("driving_a_process_outside_the_binding_is_refused_with_the_bpf_lsm") {
+        return;
+    }
+    for mode in ["strict", "bind"] {
+        let s = Scenario::new();
+        s.attach(UPLINK_B, &["--mode", mode]);
+        for how in ["ptrace", "vm-write", "proc-mem"] {
+            let tok = token("drive");
+            let port = PORT.to_string();
+            // A process of the same uid outside the cgroup (the user's shell, agent, ...),
+            // traceable as under kernel.yama.ptrace_scope = 0.
+            let mut puppet = s
+                .probe_unbound()
+                .args(["attack", "puppet", DEST4, &port, &tok, "10"])
+                .as_nobody()
+                .spawn();
+            let mut reader = std::io::BufReader::new(puppet.stdout.take().unwrap());
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|f| f.strip_prefix(k))
+                    .unwrap_or_else(|| panic!("puppet printed {line}"))
+                    .to_string()
+            };
+            let out = attack(
+                &s,
+                "",
+                &[
+                    "drive",
+                    DEST4,
+                    &port,
+                    &tok,
+                    &field("pid="),
+                    &field("flag="),
+                    how,
+                ],
+            );
+            let at_a = s
+                .listener
+                .wait_for(&tok, Duration::from_secs(2))
+                .contains(&Peer::A);
+            let _ = puppet.kill();
+            let _ = puppet.wait();
+            if mode == "strict" {
+                assert!(out.contains("error errno=1"), "{how}: {out}");
+                assert!(!at_a, "{how}: the driven process sent by upA: {out}");
+            } else {
+                assert!(
+                    at_a,
+                    "{how} bind: the driven process was expected to send by upA: {out}"
+                );
+            }
+        }
+        if mode == "strict" {
+            assert!(s.counter("ptrace_refused") >= 3);
         }
     }
 }

@@ -17,9 +17,22 @@ pub const ALLOW_LOOPBACK: &str = "io.bindguard.allow-loopback";
 /// Comma-separated socket families the container may create beyond unix, netlink, inet and
 /// inet6 (strict mode), e.g. `packet`.
 pub const ALLOW_FAMILY: &str = "io.bindguard.allow-family";
+pub const ALLOW_TUN: &str = "io.bindguard.allow-tun";
+pub const ALLOW_PTRACE_OUT: &str = "io.bindguard.allow-ptrace-out";
+pub const ALLOW_DELEGATED: &str = "io.bindguard.allow-delegated";
 
 /// Every key above: the annotations a pod passes down to its containers.
-pub const KEYS: &[&str] = &[DEV, MARK, PRIORITY, MODE, ALLOW_LOOPBACK, ALLOW_FAMILY];
+pub const KEYS: &[&str] = &[
+    DEV,
+    MARK,
+    PRIORITY,
+    MODE,
+    ALLOW_LOOPBACK,
+    ALLOW_FAMILY,
+    ALLOW_TUN,
+    ALLOW_PTRACE_OUT,
+    ALLOW_DELEGATED,
+];
 
 fn invalid(what: String) -> Error {
     Error::InvalidInput { what }
@@ -43,13 +56,13 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
             .map_err(|_| invalid(format!("annotation {MODE}: '{m}' is not strict or bind")))?,
         None => Mode::default(),
     };
-    let allow_loopback = match annotations.get(ALLOW_LOOPBACK).map(|v| v.trim()) {
-        None | Some("false" | "0" | "") => false,
-        Some("true" | "1") => true,
-        Some(other) => {
-            return Err(invalid(format!(
-                "annotation {ALLOW_LOOPBACK}: '{other}' is not true or false"
-            )));
+    let boolean = |key: &str| -> Result<bool, Error> {
+        match annotations.get(key).map(|v| v.trim()) {
+            None | Some("false" | "0" | "") => Ok(false),
+            Some("true" | "1") => Ok(true),
+            Some(other) => Err(invalid(format!(
+                "annotation {key}: '{other}' is not true or false"
+            ))),
         }
     };
     let mut allow_families = 0;
@@ -69,8 +82,11 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
         mark: number(MARK)?,
         priority: number(PRIORITY)?,
         mode,
-        allow_loopback,
+        allow_loopback: boolean(ALLOW_LOOPBACK)?,
         allow_families,
+        allow_tun: boolean(ALLOW_TUN)?,
+        allow_ptrace_out: boolean(ALLOW_PTRACE_OUT)?,
+        allow_delegated: boolean(ALLOW_DELEGATED)?,
         ..Options::default()
     };
     opts.validate()?;

@@ -160,6 +160,113 @@ pub fn refuse_root(cg: &Cgroup) -> Result<(), Error> {
     Ok(())
 }
 
+/// Who, besides root, can move processes across a cgroup's ancestor: the owner of a
+/// delegated subtree (systemd's `user@UID.service`, a `Delegate=yes` unit with `User=`, a
+/// rootless container runtime's tree), a group, or anyone.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "id")]
+pub enum Writer {
+    Uid(u32),
+    Gid(u32),
+    Everyone,
+    /// The walk ended at a cgroup namespace's root (bindguard sees only that subtree): what
+    /// is above it cannot be checked.
+    NamespaceRoot,
+}
+
+impl std::fmt::Display for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Writer::Uid(u) => write!(f, "uid {u}"),
+            Writer::Gid(g) => write!(f, "group {g}"),
+            Writer::Everyone => write!(f, "every user"),
+            Writer::NamespaceRoot => {
+                write!(
+                    f,
+                    "anyone above this cgroup namespace's root (unseen from here)"
+                )
+            }
+        }
+    }
+}
+
+/// Where a binding's processes can walk out: the topmost ancestor whose `cgroup.procs` (or
+/// `cgroup.threads`) someone other than root can write.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Delegation {
+    #[serde(serialize_with = "serialize_lossy")]
+    pub boundary: PathBuf,
+    pub writer: Writer,
+}
+
+impl Delegation {
+    /// status/verify's words: `escapable-by-migration (uid U via PATH)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "escapable-by-migration ({} via {})",
+            self.writer,
+            self.boundary.display()
+        )
+    }
+}
+
+/// Who can write `file` besides root, from its owner and mode bits.
+fn non_root_writer(file: &Path) -> Option<Writer> {
+    let m = fs::metadata(file).ok()?;
+    let mode = m.mode();
+    if mode & 0o002 != 0 {
+        Some(Writer::Everyone)
+    } else if m.uid() != 0 && mode & 0o200 != 0 {
+        Some(Writer::Uid(m.uid()))
+    } else if m.gid() != 0 && mode & 0o020 != 0 {
+        Some(Writer::Gid(m.gid()))
+    } else {
+        None
+    }
+}
+
+/// Whether processes in `cgroup` can move themselves out of it. The kernel lets a process move
+/// a process between two cgroups when it can write `cgroup.procs` of the destination and of
+/// the two cgroups' common ancestor ("cgroup: require write perm on common ancestor", 4.5;
+/// `clone3(CLONE_INTO_CGROUP)` checks the same), and no program runs on a migration. So an
+/// ancestor *above* the cgroup whose `cgroup.procs` a non-root user can write is a way out for
+/// that user's processes; children of the cgroup are not (they inherit its programs). The
+/// walk goes up to the mount's root; a mount root that is not the hierarchy's root (a cgroup
+/// namespace's, id ≠ 1) is a boundary too, since what lies above it cannot be seen. Returns
+/// the topmost such ancestor. `cache` keeps answers per ancestor across many bindings.
+pub fn delegation(
+    cgroup: &Path,
+    cache: &mut std::collections::HashMap<PathBuf, Option<Writer>>,
+) -> Option<Delegation> {
+    let mount = cgroup2_mount().ok()?;
+    let mut found = None;
+    let mut dir = cgroup.parent();
+    while let Some(d) = dir {
+        if !d.starts_with(&mount) {
+            break;
+        }
+        let writer = cache
+            .entry(d.to_path_buf())
+            .or_insert_with(|| {
+                non_root_writer(&d.join("cgroup.procs"))
+                    .or_else(|| non_root_writer(&d.join("cgroup.threads")))
+                    .or_else(|| {
+                        (d == mount && fs::metadata(d).is_ok_and(|m| m.ino() != 1))
+                            .then_some(Writer::NamespaceRoot)
+                    })
+            })
+            .clone();
+        if let Some(writer) = writer {
+            found = Some(Delegation {
+                boundary: d.to_path_buf(),
+                writer,
+            });
+        }
+        dir = d.parent();
+    }
+    found
+}
+
 /// Whether this process is in the initial cgroup namespace (whose nsfs inode is fixed:
 /// PROC_CGROUP_INIT_INO). False when that cannot be read.
 fn in_initial_cgroup_ns() -> bool {

@@ -60,6 +60,24 @@ pub fn require_privileges(action: &'static str) -> Result<(), Error> {
     }
 }
 
+/// Strict mode promises that no socket of the cgroup leaves by another interface; below a
+/// delegation boundary its processes can walk out of the cgroup (escape row 19), so a strict
+/// binding there is refused unless the caller accepts it (`--allow-delegated`). Bind mode
+/// makes no such promise: its callers warn.
+fn refuse_delegated(cgroup: &Cgroup, opts: &Options) -> Result<(), Error> {
+    if opts.mode != crate::binding::policy::Mode::Strict || opts.allow_delegated {
+        return Ok(());
+    }
+    match crate::binding::cgroup::delegation(&cgroup.path, &mut Default::default()) {
+        Some(d) => Err(Error::Delegated {
+            cgroup: cgroup.path.clone(),
+            boundary: d.boundary,
+            writer: d.writer.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Bindings are bpf_links (never legacy attachments, which unprivileged processes can detach
 /// on 6.5+): probed, not read from the version.
 fn require_bpf_link() -> Result<(), Error> {
@@ -82,6 +100,7 @@ fn require_bpf_link() -> Result<(), Error> {
 pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
     opts.validate()?;
     crate::binding::cgroup::refuse_root(cgroup)?;
+    refuse_delegated(cgroup, opts)?;
     require_privileges("attach")?;
     require_bpf_link()?;
     pins::ensure_bpffs()?;

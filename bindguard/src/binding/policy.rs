@@ -166,6 +166,12 @@ pub struct Options {
     /// Strict mode: extra socket families the cgroup may create (bit N = family N).
     pub allow_families: u64,
     pub existing: Existing,
+    /// Strict mode: the cgroup may attach tun/tap devices (row 20 left open knowingly).
+    pub allow_tun: bool,
+    /// Strict mode: the cgroup may ptrace processes outside it (row 21 left open knowingly).
+    pub allow_ptrace_out: bool,
+    /// Strict mode below a delegation boundary, accepted knowingly (row 19 left open).
+    pub allow_delegated: bool,
     /// The binding comes from a config file (recorded in the policy for `apply --prune`).
     pub from_config: bool,
     /// The binding is made by `oci-hook` (recorded in the policy for its poststop).
@@ -181,6 +187,18 @@ impl Options {
             return Err(Error::InvalidInput {
                 what: "--allow-family needs --mode strict (bind mode refuses no family)".into(),
             });
+        }
+        for (set, flag) in [
+            (self.allow_tun, "--allow-tun"),
+            (self.allow_ptrace_out, "--allow-ptrace-out"),
+        ] {
+            if set && self.mode == Mode::Bind {
+                return Err(Error::InvalidInput {
+                    what: format!(
+                        "{flag} needs --mode strict (bind mode refuses neither tun devices nor ptrace)"
+                    ),
+                });
+            }
         }
         if self.allow_loopback && self.mode == Mode::Bind {
             return Err(Error::InvalidInput {
@@ -216,6 +234,15 @@ pub fn policy_for(iface: &Interface, opts: &Options, cgroup_id: u64, lsm: bool) 
     }
     if opts.from_nri {
         f |= flags::FROM_NRI;
+    }
+    if opts.allow_tun {
+        f |= flags::ALLOW_TUN;
+    }
+    if opts.allow_ptrace_out {
+        f |= flags::ALLOW_PTRACE_OUT;
+    }
+    if opts.allow_delegated {
+        f |= flags::ALLOW_DELEGATED;
     }
     if lsm && opts.mode == Mode::Strict {
         f |= flags::LSM;

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::kernel::{
-    escapes::{ESCAPES, hooks_of},
+    escapes::{Closer, ESCAPES, hooks_of},
     hooks::Hook,
     lsm,
     progset::{self, KernelTypes, LeftOut, Why},
@@ -24,6 +24,8 @@ pub struct Report {
     pub rows: Vec<Row>,
     /// Kernel features bindguard adapts to, beyond the rows.
     pub notes: Vec<String>,
+    /// Bindings whose processes can walk out of them (row 19): `status`'s escapable-by-migration.
+    pub escapable: Vec<Escapable>,
     /// Each program that did not load, with the verifier's log (shown with --verbose).
     #[serde(skip)]
     pub logs: Vec<(String, String)>,
@@ -33,7 +35,8 @@ pub struct Report {
 pub struct Row {
     pub row: u8,
     pub escape: &'static str,
-    /// "covered", "open" or "not-applicable" (the kernel has nothing there to guard).
+    /// "covered", "open", "not-applicable" (the kernel has nothing there to guard) or
+    /// "outside" (nothing bindguard can attach closes it: `why` says what to deny instead).
     pub state: &'static str,
     /// The programs (or userspace mechanism) that close it.
     pub by: String,
@@ -42,21 +45,48 @@ pub struct Row {
     pub why: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct Escapable {
+    pub cgroup: String,
+    pub mode: String,
+    /// Attached with --allow-delegated.
+    pub allowed: bool,
+    pub message: String,
+}
+
 /// Probes everything strict mode needs. Needs the privileges `attach` needs.
 pub fn run() -> anyhow::Result<Report> {
     crate::binding::enforcer::require_privileges("doctor")?;
     let kernel = KernelTypes::probe();
     let left_out = progset::load_programs(None, &kernel)?;
-    Ok(report(&kernel, &left_out))
+    let mut r = report(&kernel, &left_out);
+    r.escapable = crate::commands::status::collect(Default::default())
+        .bindings
+        .into_iter()
+        .filter_map(|b| {
+            let p = b
+                .problems
+                .iter()
+                .find(|p| p.kind == "escapable-by-migration")?;
+            Some(Escapable {
+                cgroup: b.cgroup.as_ref()?.display().to_string(),
+                mode: b.mode.clone(),
+                allowed: b.allow_delegated,
+                message: p.message.clone(),
+            })
+        })
+        .collect();
+    Ok(r)
 }
 
 fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
     let absent = |h: &Hook| left_out.iter().find(|l| l.hook.name == h.name);
     let mut rows = Vec::new();
     for e in ESCAPES {
-        let (state, by, why) = match e.by_userspace {
-            Some(how) => ("covered", how.to_string(), None),
-            None => {
+        let (state, by, why) = match e.closed_by {
+            Closer::Userspace(how) => ("covered", how.to_string(), None),
+            Closer::Outside(advice) => ("outside", String::new(), Some(advice.to_string())),
+            Closer::Hooks => {
                 let hooks: Vec<&Hook> = hooks_of(e.row).collect();
                 let by = hooks.iter().map(|h| h.name).collect::<Vec<_>>().join(", ");
                 let missing: Vec<&LeftOut> = hooks.iter().filter_map(|h| absent(h)).collect();
@@ -70,7 +100,14 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
                         .filter(|l| l.why != Why::NotNeeded)
                         .map(|l| format!("{}: {}", l.hook.name, l.detail))
                         .collect();
-                    ("open", by, Some(dedup_lsm(why)))
+                    let mut why = dedup_lsm(why);
+                    if let Some(w) = e.workaround {
+                        why += &format!("; meanwhile: {w}");
+                    }
+                    if e.row == 21 {
+                        why += &format!("; {}", yama());
+                    }
+                    ("open", by, Some(why))
                 }
             }
         };
@@ -116,10 +153,23 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
         complete,
         rows,
         notes,
+        escapable: Vec::new(),
         logs: left_out
             .iter()
             .filter_map(|l| Some((l.hook.program.to_string(), l.log.clone()?)))
             .collect(),
+    }
+}
+
+/// What Yama lets a process trace here (row 21 without the BPF LSM): the sysctl's value in
+/// words.
+fn yama() -> String {
+    match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+        Ok(v) => match v.trim() {
+            "0" => "kernel.yama.ptrace_scope is 0 here: a process may trace every process of its uid".into(),
+            n => format!("kernel.yama.ptrace_scope is {n} here: a process may trace only its descendants, which stay in the binding"),
+        },
+        Err(_) => "Yama is not active here (no kernel.yama.ptrace_scope): a process may trace every process of its uid".into(),
     }
 }
 
@@ -150,6 +200,7 @@ pub fn render(r: &Report, verbose: bool) -> String {
         let state = match row.state {
             "covered" => "covered",
             "open" => "NOT COVERED",
+            "outside" => "outside",
             _ => "n/a",
         };
         out += &format!("{:>3}  {state:<15} {}\n", row.row, row.escape);
@@ -159,6 +210,15 @@ pub fn render(r: &Report, verbose: bool) -> String {
     }
     for n in &r.notes {
         out += &format!("note: {n}\n");
+    }
+    for e in &r.escapable {
+        out += &format!(
+            "binding {} ({}{}): {}\n",
+            e.cgroup,
+            e.mode,
+            if e.allowed { ", --allow-delegated" } else { "" },
+            e.message
+        );
     }
     let open: Vec<String> = r
         .rows

@@ -84,6 +84,8 @@ fn hook_name(h: u32) -> &'static str {
         hook::FILE_RECEIVE => "file_receive",
         hook::MULTICAST => "multicast",
         hook::MARK => "mark",
+        hook::TUN => "tun",
+        hook::PTRACE => "ptrace",
         _ => "unknown",
     }
 }
@@ -140,6 +142,18 @@ pub fn reason(event: &Event, dev: &str, ifindex: u32) -> String {
         ),
         hook::MARK => format!(
             "packet with mark {} instead of the policy's: dropped",
+            event.value
+        ),
+        hook::TUN => format!(
+            "attaching a tun/tap device ({}) refused (EPERM): its packets would be forwarded outside the binding; --allow-tun allows it",
+            if event.value == 2 {
+                "TUNSETQUEUE"
+            } else {
+                "TUNSETIFF"
+            }
+        ),
+        hook::PTRACE => format!(
+            "ptrace-level access to pid {} outside the binding refused (EPERM): it would send from outside; --allow-ptrace-out allows it",
             event.value
         ),
         _ if event.value == ifindex => {

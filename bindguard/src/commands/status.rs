@@ -46,6 +46,12 @@ pub struct Binding {
     pub allow_loopback: bool,
     /// Socket families allowed beyond unix, netlink, inet and inet6 (`--allow-family`).
     pub allow_families: Vec<String>,
+    /// Strict mode lets the cgroup attach tun/tap devices (`--allow-tun`).
+    pub allow_tun: bool,
+    /// Strict mode lets the cgroup ptrace processes outside it (`--allow-ptrace-out`).
+    pub allow_ptrace_out: bool,
+    /// Strict mode was asked below a delegation boundary knowingly (`--allow-delegated`).
+    pub allow_delegated: bool,
     /// Whether strict mode's BPF LSM programs are attached.
     pub lsm: bool,
     pub links: Vec<LinkInfo>,
@@ -92,7 +98,9 @@ pub struct Problem {
     /// programs an older bindguard loaded for this binding alone), rows-open (strict mode on a
     /// kernel that cannot run some guards), sockets-unreached (the last `--existing destroy`
     /// or `reset-sockets` pass could not end some sockets, or could not see some tasks'),
-    /// stray-programs, waiting-for-interface (a closed binding).
+    /// stray-programs, waiting-for-interface (a closed binding), escapable-by-migration (an
+    /// ancestor's cgroup.procs is writable by a user other than root: their processes can
+    /// move out of the binding).
     pub kind: &'static str,
     pub message: String,
 }
@@ -182,6 +190,8 @@ struct Cache {
     namespaces: std::collections::HashMap<u64, Option<netns::Netns>>,
     names: std::collections::HashMap<(u64, u32), anyhow::Result<Option<String>>>,
     abandoned: Vec<(u64, PathBuf)>,
+    /// Who can write each ancestor's cgroup.procs (bindings share ancestors).
+    writers: std::collections::HashMap<PathBuf, Option<crate::binding::cgroup::Writer>>,
 }
 
 /// One pinned program set with its programs by hook.
@@ -535,6 +545,18 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             });
         }
     }
+    if let Some(path) = &cgroup
+        && let Some(d) = crate::binding::cgroup::delegation(path, &mut cache.writers)
+    {
+        problems.push(Problem {
+            kind: "escapable-by-migration",
+            message: format!(
+                "{}: its processes can move themselves out of the binding (no program sees a migration); bind {} itself to cover them",
+                d.describe(),
+                d.boundary.display()
+            ),
+        });
+    }
     if policy.unreached > 0 {
         problems.push(Problem {
             kind: "sockets-unreached",
@@ -605,6 +627,9 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         mode: mode.as_str().into(),
         allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
         allow_families: crate::binding::policy::family_names(policy.families),
+        allow_tun: policy.has(flags::ALLOW_TUN),
+        allow_ptrace_out: policy.has(flags::ALLOW_PTRACE_OUT),
+        allow_delegated: policy.has(flags::ALLOW_DELEGATED),
         lsm: policy.has(flags::LSM),
         links,
         counters,
@@ -656,6 +681,9 @@ fn deleted_binding(cgroup_id: u64, dir: PathBuf, raw_links: &Links) -> Binding {
         mode: mode.as_str().into(),
         allow_loopback: false,
         allow_families: Vec::new(),
+        allow_tun: false,
+        allow_ptrace_out: false,
+        allow_delegated: false,
         lsm: false,
         links,
         counters: Counters::default(),

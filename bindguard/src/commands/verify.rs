@@ -418,6 +418,24 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
             });
         }
     }
+    if let Some(d) = cgroup::delegation(&binding_cgroup, &mut Default::default()) {
+        // Strict mode promised more than holds here, unless the attach accepted it knowingly.
+        let knowingly =
+            mode != crate::binding::policy::Mode::Strict || policy.has(flags::ALLOW_DELEGATED);
+        checks.push(Check {
+            name: "cgroup edge".into(),
+            outcome: if knowingly {
+                Outcome::Warn
+            } else {
+                Outcome::Fail
+            },
+            detail: format!(
+                "{}: its processes can move themselves out of the binding; bind {} itself to cover them",
+                d.describe(),
+                d.boundary.display()
+            ),
+        });
+    }
     let Some(ns) = netns::find_by_ino(policy.netns_ino) else {
         checks.push(Check::new(
             "network namespace",

@@ -248,6 +248,9 @@ impl Btf {
             uring_cmd_sqe: get("io_uring_cmd", "sqe"),
             sqe_level: get("io_uring_sqe", "level"),
             sqe_optname: get("io_uring_sqe", "optname"),
+            task_cgroups: get("task_struct", "cgroups"),
+            css_set_dfl_cgrp: get("css_set", "dfl_cgrp"),
+            task_tgid: get("task_struct", "tgid"),
             features: 0,
         }
     }
@@ -269,6 +272,15 @@ pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
             "kernfs_node.id",
         ],
         "lsm_setsockopt" => &["thread_info.status"],
+        "lsm_ptrace" => &[
+            "task_struct.cgroups",
+            "css_set.dfl_cgrp",
+            "task_struct.tgid",
+            "cgroup.level",
+            "cgroup.ancestors",
+            "cgroup.kn",
+            "kernfs_node.id",
+        ],
         "lsm_uring_cmd" => &[
             "io_uring_cmd.cmd_op",
             "io_uring_cmd.sqe",
@@ -301,6 +313,9 @@ pub fn missing_fields(k: &KernelLayout) -> Vec<&'static str> {
         ("io_uring_cmd.sqe", k.uring_cmd_sqe),
         ("io_uring_sqe.level", k.sqe_level),
         ("io_uring_sqe.optname", k.sqe_optname),
+        ("task_struct.cgroups", k.task_cgroups),
+        ("css_set.dfl_cgrp", k.css_set_dfl_cgrp),
+        ("task_struct.tgid", k.task_tgid),
     ];
     fields
         .iter()

@@ -1,23 +1,46 @@
 //! The escape table (README, "Modes and the escapes they close") as data: each row, and what
-//! closes it — programs of the hook table ([`super::hooks::HOOKS`], whose `rows` name them) or
-//! bindguard's own userspace. `attach`, `status`, `verify` and `doctor` read coverage from
+//! closes it — programs of the hook table ([`super::hooks::HOOKS`], whose `rows` name them),
+//! bindguard's own userspace, or nothing bindguard can attach (then what to deny instead). `attach`, `status`, `verify` and `doctor` read coverage from
 //! here, so they cannot disagree about which rows a kernel leaves open.
 
 use crate::kernel::hooks::{HOOKS, Hook};
+
+/// What closes a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    /// The programs of the hook table naming this row.
+    Hooks,
+    /// bindguard's own userspace: how.
+    Userspace(&'static str),
+    /// Nothing bindguard can attach: what keeps it shut, and what to deny the workload. Such
+    /// a row is never "open" (no kernel would close it); `doctor` lists it with the advice.
+    Outside(&'static str),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Escape {
     pub row: u8,
     pub what: &'static str,
-    /// Closed by userspace (not by a program): how. None: by the hooks naming this row.
-    pub by_userspace: Option<&'static str>,
+    pub closed_by: Closer,
+    /// Where the hooks cannot run: what an admin can do instead.
+    pub workaround: Option<&'static str>,
 }
 
 const fn hooks(row: u8, what: &'static str) -> Escape {
     Escape {
         row,
         what,
-        by_userspace: None,
+        closed_by: Closer::Hooks,
+        workaround: None,
+    }
+}
+
+const fn hooks_or(row: u8, what: &'static str, workaround: &'static str) -> Escape {
+    Escape {
+        row,
+        what,
+        closed_by: Closer::Hooks,
+        workaround: Some(workaround),
     }
 }
 
@@ -25,7 +48,17 @@ const fn userspace(row: u8, what: &'static str, how: &'static str) -> Escape {
     Escape {
         row,
         what,
-        by_userspace: Some(how),
+        closed_by: Closer::Userspace(how),
+        workaround: None,
+    }
+}
+
+const fn outside(row: u8, what: &'static str, advice: &'static str) -> Escape {
+    Escape {
+        row,
+        what,
+        closed_by: Closer::Outside(advice),
+        workaround: None,
     }
 }
 
@@ -70,6 +103,41 @@ pub const ESCAPES: &[Escape] = &[
         "squatting or locking the pins directory",
         "only a root-owned 0700 directory is used",
     ),
+    userspace(
+        19,
+        "a process moves itself out of a delegated subtree (cgroup.procs, clone3 CLONE_INTO_CGROUP)",
+        "strict attach refuses a cgroup below a delegation boundary; status, verify and doctor name one",
+    ),
+    hooks_or(
+        20,
+        "a tun/tap device the workload's user owns injects packets the host forwards",
+        "take write access to /dev/net/tun away from the workload's user, or own no persistent tun device by it",
+    ),
+    hooks_or(
+        21,
+        "ptrace, process_vm_writev or /proc/PID/mem drive a process outside the binding",
+        "set kernel.yama.ptrace_scope to 1 or more (a process may then trace only its descendants)",
+    ),
+    outside(
+        22,
+        "a macvtap/ipvtap device node (/dev/tapN) writes frames onto its lower device",
+        "the node is root's (0600) unless an admin hands it out: never give it to the workload's user",
+    ),
+    outside(
+        23,
+        "/dev/vhost-net sends through a tap device",
+        "it drives only a tun/tap fd the process already has (row 20); the node is root:kvm 0660: keep the workload's user out of group kvm",
+    ),
+    outside(
+        24,
+        "/dev/ppp sends through a PPP channel",
+        "opening it needs CAP_NET_ADMIN (ppp_open): a workload granted that is outside any binding's promise",
+    ),
+    outside(
+        25,
+        "a service outside the cgroup sends for the workload (systemd --user, cron, at, sshd, D-Bus activation, systemd-resolved)",
+        "bindguard binds a cgroup, not a user: deny the workload the user bus, crontab, at and ssh to localhost (README, Threat model)",
+    ),
 ];
 
 pub fn row(n: u8) -> Option<&'static Escape> {
@@ -86,7 +154,7 @@ pub fn hooks_of(row: u8) -> impl Iterator<Item = &'static Hook> {
 pub fn open_rows(available: impl Fn(&Hook) -> bool) -> Vec<(&'static Escape, Vec<&'static Hook>)> {
     ESCAPES
         .iter()
-        .filter(|e| e.by_userspace.is_none())
+        .filter(|e| e.closed_by == Closer::Hooks)
         .filter_map(|e| {
             let missing: Vec<_> = hooks_of(e.row).filter(|h| !available(h)).collect();
             (!missing.is_empty()).then_some((e, missing))
@@ -109,19 +177,23 @@ mod tests {
     #[test]
     fn every_row_is_closed_by_something() {
         for e in ESCAPES {
-            assert!(
-                e.by_userspace.is_some() || hooks_of(e.row).next().is_some(),
-                "row {} is closed by nothing",
+            assert_eq!(
+                e.closed_by == Closer::Hooks,
+                hooks_of(e.row).next().is_some(),
+                "row {}: a hooks row needs hooks, and only it",
                 e.row
             );
         }
-        assert_eq!(ESCAPES.len(), 18);
+        // Numbered 1, 2, ... with no gap: the README and doctor's JSON name them.
+        for (i, e) in ESCAPES.iter().enumerate() {
+            assert_eq!(usize::from(e.row), i + 1);
+        }
     }
 
     #[test]
-    fn without_the_lsm_programs_rows_7_12_14_are_open() {
+    fn without_the_lsm_programs_rows_7_12_14_20_21_are_open() {
         let open = open_rows(|h| !h.is_lsm());
-        assert_eq!(row_list(&open), "7, 12, 14");
+        assert_eq!(row_list(&open), "7, 12, 14, 20, 21");
         assert!(open_rows(|_| true).is_empty());
     }
 }

@@ -162,6 +162,27 @@ pub const HOOKS: &[Hook] = &[
         A::BPF_LSM_CGROUP,
         &[7],
     ),
+    hook(
+        "lsm_tun_open",
+        "lsm_tun_open",
+        Kind::Lsm("tun_dev_open"),
+        A::BPF_LSM_CGROUP,
+        &[20],
+    ),
+    hook(
+        "lsm_tun_queue",
+        "lsm_tun_queue",
+        Kind::Lsm("tun_dev_attach_queue"),
+        A::BPF_LSM_CGROUP,
+        &[20],
+    ),
+    hook(
+        "lsm_ptrace",
+        "lsm_ptrace",
+        Kind::Lsm("ptrace_access_check"),
+        A::BPF_LSM_CGROUP,
+        &[21],
+    ),
 ];
 
 /// Index of the first BPF LSM hook in [`HOOKS`].

@@ -15,6 +15,9 @@
 //! priority = 3
 //! existing = "keep"         # or "destroy"
 //! allow_family = ["packet"]
+//! allow_tun = false         # strict mode: let the cgroup attach tun/tap devices
+//! allow_ptrace_out = false  # strict mode: let the cgroup ptrace processes outside it
+//! allow_delegated = false   # strict mode below a delegation boundary, accepted knowingly
 //! on_recreate = "keep-sockets"  # or "reset-sockets"
 //! ```
 //!
@@ -115,6 +118,12 @@ struct RawBinding {
     priority: Option<Spanned<Number>>,
     existing: Option<Spanned<String>>,
     allow_family: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    allow_tun: bool,
+    #[serde(default)]
+    allow_ptrace_out: bool,
+    #[serde(default)]
+    allow_delegated: bool,
     on_recreate: Option<Spanned<String>>,
 }
 
@@ -337,6 +346,9 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
             allow_loopback: raw.allow_loopback,
             allow_families,
             existing,
+            allow_tun: raw.allow_tun,
+            allow_ptrace_out: raw.allow_ptrace_out,
+            allow_delegated: raw.allow_delegated,
             from_config: true,
             from_oci: false,
             from_nri: false,
@@ -346,6 +358,8 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
                 start,
                 e.to_string()
                     .replace("--allow-loopback", "allow_loopback")
+                    .replace("--allow-tun", "allow_tun")
+                    .replace("--allow-ptrace-out", "allow_ptrace_out")
                     .replace("--mode strict", "mode = \"strict\""),
             )
         })?;

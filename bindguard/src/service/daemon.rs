@@ -1083,6 +1083,8 @@ impl Daemon {
                     | WatchMask::DELETE
                     | WatchMask::MOVED_TO
                     | WatchMask::MOVED_FROM
+                    // a chown of the directory or its cgroup.procs: a new delegation
+                    | WatchMask::ATTRIB
                     | WatchMask::ONLYDIR,
             );
         }
@@ -1160,6 +1162,12 @@ impl Daemon {
             }
             return;
         }
+        if let Watch::Cgroups(dir) = &what
+            && mask.contains(EventMask::ATTRIB)
+        {
+            self.recheck_delegation(dir);
+            return;
+        }
         let affected: Vec<usize> = match &what {
             Watch::Cgroups(dir) => {
                 let Some(name) = &name else { return };
@@ -1188,6 +1196,33 @@ impl Daemon {
         // Even with nothing changed in the kernel, the watched directories follow cgroups
         // appearing and going.
         self.after_change();
+    }
+
+    /// Ownership changed at `dir` (a chown: a new delegation, or one taken back): the
+    /// bindings below it are checked again (escape row 19). A strict binding that became
+    /// escapable keeps enforcing (removing it would free every process in it) and is named
+    /// at error level; `status` and `verify` report it as escapable-by-migration.
+    fn recheck_delegation(&mut self, dir: &Path) {
+        let mut cache = HashMap::new();
+        for b in &self.config.bindings {
+            if !b.cgroup.starts_with(dir) || b.cgroup == dir || !b.cgroup.is_dir() {
+                continue;
+            }
+            let Some(d) = cgroup::delegation(&b.cgroup, &mut cache) else {
+                continue;
+            };
+            if b.options.mode == crate::binding::policy::Mode::Strict && !b.options.allow_delegated
+            {
+                error!(
+                    "binding {} is now {}: its processes can move out of it; bind {} instead, or take the delegation back",
+                    b.cgroup.display(),
+                    d.describe(),
+                    d.boundary.display()
+                );
+            } else {
+                warn!("binding {} is {}", b.cgroup.display(), d.describe());
+            }
+        }
     }
 
     /// Indexes of the bindings whose cgroup has id `id` now.

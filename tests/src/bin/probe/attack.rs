@@ -38,6 +38,19 @@
 //!                              `pid=N fd=M`, sleep
 //!   pidfd-take PID FD          pidfd_getfd(PID, FD), send TOKEN through it
 //!
+//! The cgroup's edge (tests/tests/kernel.rs, tests/tests/guarantee.rs):
+//!   tun-inject NODE TUNNAME    open NODE (a /dev/net/tun node), TUNSETIFF to the existing
+//!                              device TUNNAME, write an IPv4/UDP packet carrying TOKEN to
+//!                              ADDR:PORT into it (the host forwards it by its routing table)
+//!   puppet SECONDS             (run outside the binding) let any process ptrace us (Yama),
+//!                              print `pid=N flag=0xADDR`; when the u32 at ADDR turns non-zero,
+//!                              send TOKEN by UDP and exit; give up after SECONDS
+//!   drive PID FLAGADDR HOW     set the puppet's flag to 1 by HOW: `ptrace` (PTRACE_ATTACH,
+//!                              PTRACE_POKEDATA, PTRACE_DETACH), `vm-write` (process_vm_writev)
+//!                              or `proc-mem` (pwrite to /proc/PID/mem)
+//!   clone-into DIR             clone3(CLONE_INTO_CGROUP) into the cgroup directory DIR; the
+//!                              child sends TOKEN by UDP
+//!
 //!   send-loop SECONDS          a new UDP socket per datagram, as fast as it can, for SECONDS
 //!
 //! Ingress (print `ready`, then `got PAYLOAD` for what arrives within SECONDS; ADDR is where
@@ -210,6 +223,95 @@ fn mapped(v4: Ipv4Addr) -> IpAddr {
 
 /// A UDP header for `port` followed by `payload` (checksum 0: none for IPv4; for IPv6 the
 /// kernel fills it in with IPV6_CHECKSUM).
+/// An IPv4 header (checksummed) + UDP (checksum 0: none) around `payload`.
+fn ipv4_udp(src: [u8; 4], dst: [u8; 4], port: u16, payload: &[u8]) -> Vec<u8> {
+    let total = 20 + 8 + payload.len();
+    let mut p = vec![
+        0x45,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0x40,
+        0,
+        64,
+        libc::IPPROTO_UDP as u8,
+        0,
+        0,
+    ];
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    let sum = p
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum::<u32>();
+    let sum = (sum & 0xffff) + (sum >> 16);
+    p[10..12].copy_from_slice(&(!((sum & 0xffff) + (sum >> 16)) as u16).to_be_bytes());
+    p.extend_from_slice(&40000u16.to_be_bytes());
+    p.extend_from_slice(&port.to_be_bytes());
+    p.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    p.extend_from_slice(&[0, 0]);
+    p.extend_from_slice(payload);
+    p
+}
+
+/// Sets the u32 at `addr` in process `pid` to 1 by `how` (see `drive` above).
+fn drive(pid: i32, addr: usize, how: &str) -> bool {
+    let one = 1u32;
+    match how {
+        "ptrace" => {
+            // SAFETY: ptrace requests with integer arguments on the named process.
+            if !step("PTRACE_ATTACH", unsafe {
+                libc::ptrace(libc::PTRACE_ATTACH, pid, 0, 0)
+            }) {
+                return false;
+            }
+            let mut status = 0;
+            // SAFETY: waiting for the tracee to stop.
+            unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+            // SAFETY: as above; the word at `addr` is the flag (little-endian: the low half).
+            let word = unsafe { libc::ptrace(libc::PTRACE_PEEKDATA, pid, addr, 0) };
+            let new = (word as u64 & !0xffff_ffff) | 1;
+            // SAFETY: as above.
+            let ok = step("PTRACE_POKEDATA", unsafe {
+                libc::ptrace(libc::PTRACE_POKEDATA, pid, addr, new)
+            });
+            // SAFETY: as above.
+            unsafe { libc::ptrace(libc::PTRACE_DETACH, pid, 0, 0) };
+            ok
+        }
+        "vm-write" => {
+            let local = libc::iovec {
+                iov_base: (&one as *const u32) as *mut _,
+                iov_len: 4,
+            };
+            let remote = libc::iovec {
+                iov_base: addr as *mut _,
+                iov_len: 4,
+            };
+            // SAFETY: one iovec each way, 4 bytes.
+            step("process_vm_writev", unsafe {
+                libc::process_vm_writev(pid, &local, 1, &remote, 1, 0)
+            } as _)
+        }
+        "proc-mem" => {
+            let path = std::ffi::CString::new(format!("/proc/{pid}/mem")).expect("path");
+            // SAFETY: open with a valid C string.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDWR) };
+            if !step("open /proc/PID/mem", fd as _) {
+                return false;
+            }
+            // SAFETY: pwrite of 4 bytes from our value.
+            step("pwrite", unsafe {
+                libc::pwrite(fd, (&one as *const u32).cast(), 4, addr as libc::off_t)
+            } as _)
+        }
+        other => panic!("drive: HOW is ptrace, vm-write or proc-mem, not {other}"),
+    }
+}
+
 fn udp_datagram(port: u16, payload: &[u8]) -> Vec<u8> {
     let mut d = Vec::with_capacity(8 + payload.len());
     d.extend_from_slice(&40000u16.to_be_bytes());
@@ -1106,6 +1208,92 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             let fd =
                 unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd as i32, num(1) as i32, 0) };
             step("pidfd_getfd", fd as _) && step("sendto", sendto(fd as i32, msg, &dest))
+        }
+        "tun-inject" => 'tun: {
+            let node = std::ffi::CString::new(arg(0)).expect("NODE");
+            // SAFETY: open with a valid C string.
+            let fd = unsafe { libc::open(node.as_ptr(), libc::O_RDWR) };
+            if !step("open", fd as _) {
+                break 'tun false;
+            }
+            // struct ifreq: the name, then ifr_flags (IFF_TUN | IFF_NO_PI).
+            let mut ifr = [0u8; 40];
+            ifr[..arg(1).len()].copy_from_slice(arg(1).as_bytes());
+            ifr[16..18].copy_from_slice(&(0x0001u16 | 0x1000).to_ne_bytes());
+            const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+            // SAFETY: ioctl on our fd with a 40-byte ifreq.
+            if !step(
+                "TUNSETIFF",
+                unsafe { libc::ioctl(fd, TUNSETIFF, ifr.as_mut_ptr()) } as _,
+            ) {
+                break 'tun false;
+            }
+            let packet = ipv4_udp([198, 18, 0, 9], v4().octets(), port, msg);
+            // SAFETY: write of our buffer to our fd.
+            step(
+                "write",
+                unsafe { libc::write(fd, packet.as_ptr().cast(), packet.len()) } as _,
+            )
+        }
+        "puppet" => {
+            static FLAG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            // SAFETY: prctl with plain integer arguments.
+            unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::c_ulong::MAX, 0, 0, 0) };
+            println!("pid={} flag={:p}", std::process::id(), &FLAG);
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+            let until = Instant::now() + Duration::from_secs(u64::from(num(0)));
+            loop {
+                if FLAG.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+                    break step("sendto", sendto(udp().as_raw_fd(), msg, &dest));
+                }
+                if Instant::now() > until {
+                    println!("puppet: never driven");
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        "drive" => drive(
+            num(0) as i32,
+            usize::from_str_radix(arg(1).trim_start_matches("0x"), 16).expect("FLAGADDR"),
+            arg(2),
+        ),
+        "clone-into" => 'clone: {
+            let dir = std::ffi::CString::new(arg(0)).expect("DIR");
+            // SAFETY: open with a valid C string.
+            let cg = unsafe { libc::open(dir.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY) };
+            if !step("open", cg as _) {
+                break 'clone false;
+            }
+            // struct clone_args (v2, 88 bytes): flags, pidfd, child_tid, parent_tid,
+            // exit_signal, stack, stack_size, tls, set_tid, set_tid_size, cgroup.
+            const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+            let mut args = [0u64; 11];
+            args[0] = CLONE_INTO_CGROUP;
+            args[4] = libc::SIGCHLD as u64;
+            args[10] = cg as u64;
+            // SAFETY: clone3 without a new stack behaves as fork; the child only sends and exits.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone3,
+                    args.as_mut_ptr(),
+                    std::mem::size_of_val(&args),
+                )
+            };
+            if pid == 0 {
+                let ok = sendto(udp().as_raw_fd(), msg, &dest) >= 0;
+                // SAFETY: leave the child at once.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            if !step("clone3", pid as _) {
+                break 'clone false;
+            }
+            let mut status = 0;
+            // SAFETY: waiting for our child.
+            unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+            let sent = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+            println!("child send: {}", if sent { "ok" } else { "error" });
+            sent
         }
         "send-loop" => {
             let until = Instant::now() + Duration::from_secs(u64::from(num(0)));
