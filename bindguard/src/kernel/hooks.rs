@@ -133,7 +133,9 @@ pub const HOOKS: &[Hook] = &[
         A::BPF_CGROUP_INET_INGRESS,
         &[3, 5],
     ),
-    // From here on: BPF LSM, attached only where the BPF LSM is active.
+    // From here on: BPF LSM, attached only where the BPF LSM is active. The kernel keeps at
+    // most CGROUP_LSM_NUM (10) distinct LSM hooks with per-cgroup programs system-wide: these
+    // are seven of them.
     hook(
         "lsm_socket_create",
         "lsm_socket_create",
