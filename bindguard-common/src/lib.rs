@@ -136,8 +136,9 @@ pub struct Counters {
     /// Attaches to tun/tap devices refused (TUNSETIFF on an existing device, TUNSETQUEUE;
     /// strict mode, BPF LSM).
     pub devices_refused: u64,
-    /// ptrace, process_vm_readv/writev, /proc/PID/mem and pidfd_getfd access to a process
-    /// outside the binding refused (strict mode, BPF LSM).
+    /// ptrace, process_vm_readv/writev, /proc/PID/mem, /proc/PID/fd and pidfd_getfd access
+    /// to a process outside the binding refused, and TIOCSTI/TIOCLINUX into a terminal
+    /// (strict mode, BPF LSM): ways to drive a process outside.
     pub ptrace_refused: u64,
 }
 
@@ -193,6 +194,8 @@ pub mod hook {
     pub const TUN: u32 = 16;
     /// BPF LSM refused ptrace-level access to a process outside the binding (value: its pid).
     pub const PTRACE: u32 = 17;
+    /// BPF LSM refused TIOCSTI or TIOCLINUX (value: the ioctl).
+    pub const TIOCSTI: u32 = 18;
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF when the programs are

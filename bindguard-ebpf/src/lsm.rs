@@ -200,18 +200,16 @@ pub fn lsm_tun_queue(_ctx: LsmContext) -> i32 {
     refuse_tun(2)
 }
 
-/// ptrace-level access that controls another process (PTRACE_MODE_ATTACH: ptrace attach and
-/// seize, process_vm_readv/writev, /proc/PID/mem, pidfd_getfd) to a process outside the
-/// binding's subtree: that process sends from outside the binding. Read-only inspection
-/// (PTRACE_MODE_READ: /proc/PID/environ, kcmp) drives nothing and is left alone. Runs for
-/// the calling task's cgroup.
+/// ptrace-level access to a process outside the binding's subtree: attach and seize,
+/// process_vm_readv/writev, /proc/PID/mem (PTRACE_MODE_ATTACH), pidfd_getfd, and also the
+/// read-mode checks (PTRACE_MODE_READ), because reopening /proc/PID/fd/N, /proc/PID/cwd or
+/// /proc/PID/root of a process gives its pipes, FIFOs and files: writing into an outside
+/// shell's stdin drives it just as well. The outside process would send from outside the
+/// binding. Runs for the calling task's cgroup (a task of its own thread group never gets
+/// here: ptrace_may_access allows those first).
 #[lsm_cgroup(hook = "ptrace_access_check")]
 pub fn lsm_ptrace(ctx: LsmContext) -> i32 {
     let child: u64 = ctx.arg(0);
-    let mode: u32 = ctx.arg(1);
-    if mode & PTRACE_MODE_ATTACH == 0 {
-        return ALLOW;
-    }
     let policy = policy();
     if policy.has(flags::ALLOW_PTRACE_OUT) {
         return ALLOW;
@@ -228,4 +226,32 @@ pub fn lsm_ptrace(ctx: LsmContext) -> i32 {
     count(|c| &mut c.ptrace_refused);
     report(hook::PTRACE, pid, Task::Lsm);
     REFUSE
+}
+
+/// TIOCSTI (and TIOCLINUX, whose selection paste does the same) push input into a terminal:
+/// a process sharing its controlling tty with a shell outside the binding (`bindguard exec`
+/// from an interactive shell, a service started from one) types commands the shell runs
+/// outside. Refused unless `--allow-ptrace-out` (the same door: driving a process outside);
+/// 6.2+ can turn TIOCSTI off for everyone with dev.tty.legacy_tiocsti=0. Runs for the calling
+/// task's cgroup.
+#[inline(always)]
+fn guard_ioctl(cmd: u32) -> i32 {
+    if (cmd != TIOCSTI && cmd != TIOCLINUX) || policy().has(flags::ALLOW_PTRACE_OUT) {
+        return ALLOW;
+    }
+    count(|c| &mut c.ptrace_refused);
+    report(hook::TIOCSTI, cmd, Task::Lsm);
+    REFUSE
+}
+
+#[lsm_cgroup(hook = "file_ioctl")]
+pub fn lsm_ioctl(ctx: LsmContext) -> i32 {
+    guard_ioctl(ctx.arg(1))
+}
+
+/// From 6.8 (and its stable backports) a 32-bit ioctl goes through file_ioctl_compat instead
+/// of file_ioctl.
+#[lsm_cgroup(hook = "file_ioctl_compat")]
+pub fn lsm_ioctl_compat(ctx: LsmContext) -> i32 {
+    guard_ioctl(ctx.arg(1))
 }

@@ -39,5 +39,7 @@ pub(crate) const S_IFSOCK: u16 = 0o140000;
 pub(crate) const SOCKET_URING_OP_SETSOCKOPT: u32 = 3;
 /// x86's thread_info.status bit for "this is a 32-bit syscall".
 pub(crate) const TS_COMPAT: u32 = 0x0002;
-/// include/linux/ptrace.h: the access controls the task (vs PTRACE_MODE_READ).
-pub(crate) const PTRACE_MODE_ATTACH: u32 = 0x02;
+/// include/uapi/asm-generic/ioctls.h: push a byte into a terminal's input; the console's
+/// multiplexed ioctl (selection paste).
+pub(crate) const TIOCSTI: u32 = 0x5412;
+pub(crate) const TIOCLINUX: u32 = 0x541C;

@@ -59,7 +59,7 @@ pub enum Error {
     RootCgroup { path: PathBuf },
 
     #[error(
-        "cgroup {} is below {}, whose cgroup.procs {writer} can write: a process of theirs can move out of the binding (mkdir there, then write its pid to the new cgroup's cgroup.procs); bind {} itself (every process below it), run the workload in a cgroup they cannot leave, or pass --allow-delegated to accept this",
+        "cgroup {} is escapable-by-migration ({writer} via {}): its processes can move out of the binding (mkdir, then their pid into the new cgroup's cgroup.procs) where no program sees them; bind {} itself (every process below it), run the workload in a cgroup they cannot leave, or pass --allow-delegated to accept this",
         quote_path(cgroup),
         quote_path(boundary),
         quote_path(boundary)

@@ -66,6 +66,13 @@ impl Cmd {
         }
     }
 
+    /// The child's stdin is `file` (a terminal, for the TIOCSTI test). Call it after
+    /// [`Cmd::as_nobody`], which rebuilds the command.
+    pub fn stdin_file(mut self, file: File) -> Self {
+        self.cmd.stdin(file);
+        self
+    }
+
     /// SIGINT and SIGQUIT at their default action in the child: a test run from a
     /// non-interactive shell's background job inherits them ignored, and a test of what those
     /// signals do must not depend on how it was started.

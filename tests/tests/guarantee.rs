@@ -573,7 +573,7 @@ fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
     let (code, _, err) = s.attach_to(lsm_list, &s.cg.path, UPLINK_B).run();
     assert_eq!(code, 0, "{err}");
     assert!(
-        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14, 20, 21"),
+        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14, 20, 21, 26"),
         "{err}"
     );
     assert!(err.contains("lsm="), "{err}");
@@ -588,7 +588,7 @@ fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
                 && p["message"]
                     .as_str()
                     .unwrap()
-                    .contains("rows 7, 12, 14, 20, 21")),
+                    .contains("rows 7, 12, 14, 20, 21, 26")),
         "{entry}"
     );
     let (_, out, _) = Cmd::bindguard()
@@ -597,7 +597,7 @@ fn without_the_bpf_lsm_strict_mode_says_what_it_does_not_cover() {
         .arg(&s.cg.path)
         .run();
     assert!(
-        out.contains("WARN") && out.contains("rows 7, 12, 14, 20, 21"),
+        out.contains("WARN") && out.contains("rows 7, 12, 14, 20, 21, 26"),
         "{out}"
     );
     // The rest of strict mode is attached and enforcing.
@@ -657,7 +657,7 @@ fn lsm_programs_the_kernel_refuses_leave_the_rest_of_strict_mode_attached() {
     // The build's program set is loaded once: by this attach (then the kernel's refusal is
     // quoted) or by an earlier one (then the set records why it has no LSM programs).
     assert!(
-        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14, 20, 21"),
+        err.contains("warning: strict mode cannot cover escape rows 7, 12, 14, 20, 21, 26"),
         "{err}"
     );
     assert_eq!(settled_program_count(&s.cg.path, 10), 10);
@@ -840,4 +840,45 @@ fn bind_mode_below_a_delegation_boundary_binds_and_warns() {
         "{err}"
     );
     assert_eq!(s.detach_cgroup(&bound.path).0, 0);
+}
+
+#[test]
+fn mode_bits_group_root_and_threads_do_not_hide_a_boundary() {
+    root_or_skip!();
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scenario::new();
+    let refused = |cg: &std::path::Path, needle: &str| {
+        let (code, out, err) = s.attach_to(Cmd::bindguard(), cg, UPLINK_B).run();
+        assert_eq!(code, 2, "{}: {out}{err}", cg.display());
+        assert!(err.contains(needle), "{needle} not in: {err}");
+    };
+    // The owner of cgroup.procs can chmod it back whenever it likes: 0444 hides nothing.
+    let owned = s.cg.child("owned");
+    delegate_to_nobody(&owned);
+    for f in ["cgroup.procs", "cgroup.threads"] {
+        std::fs::set_permissions(owned.path.join(f), std::fs::Permissions::from_mode(0o444))
+            .unwrap();
+    }
+    let below = owned.child("bound");
+    refused(&below.path, "uid 65534");
+    // Group write on a root-owned cgroup.procs: a uid with supplementary group 0 may move.
+    let grouped = s.cg.child("grouped");
+    std::fs::set_permissions(
+        grouped.path.join("cgroup.procs"),
+        std::fs::Permissions::from_mode(0o664),
+    )
+    .unwrap();
+    let below2 = grouped.child("bound");
+    refused(&below2.path, "group 0");
+    // A threaded cgroup: other threads of its processes live in its siblings.
+    let domain = s.cg.child("domain");
+    let threaded = domain.child("a");
+    let _sibling = domain.child("b");
+    for t in ["a", "b"] {
+        std::fs::write(domain.path.join(t).join("cgroup.type"), "threaded").unwrap();
+    }
+    refused(&threaded.path, "threads of its processes");
+    let (code, _, err) = s.attach_to(Cmd::bindguard(), &domain.path, UPLINK_B).run();
+    assert_eq!(code, 0, "the threaded subtree's domain binds: {err}");
+    assert_eq!(s.detach_cgroup(&domain.path).0, 0);
 }

@@ -58,7 +58,7 @@ fn doctor() -> (BTreeSet<u64>, i32, String) {
 fn doctor_attach_status_and_verify_agree_on_the_open_rows() {
     root_or_skip!();
     let (open, code, out) = doctor();
-    let lsm_rows: BTreeSet<u64> = [7, 12, 14, 20, 21].into();
+    let lsm_rows: BTreeSet<u64> = [7, 12, 14, 20, 21, 26].into();
     if lsm_expected() {
         assert!(open.is_empty(), "rows open where the BPF LSM runs: {out}");
         assert_eq!(code, 0, "{out}");
@@ -96,12 +96,12 @@ fn doctor_attach_status_and_verify_agree_on_the_open_rows() {
         assert_eq!(s.status_entry().unwrap()["lsm"], true);
     } else {
         assert!(
-            err.contains("cannot cover escape rows 7, 12, 14, 20, 21"),
+            err.contains("cannot cover escape rows 7, 12, 14, 20, 21, 26"),
             "{err}"
         );
         assert!(problems.contains(&"rows-open".to_string()), "{problems:?}");
         assert!(
-            verify.contains("WARN") && verify.contains("rows 7, 12, 14, 20, 21"),
+            verify.contains("WARN") && verify.contains("rows 7, 12, 14, 20, 21, 26"),
             "{verify}"
         );
     }
@@ -370,7 +370,7 @@ fn driving_a_process_outside_the_binding_is_refused_with_the_bpf_lsm() {
     for mode in ["strict", "bind"] {
         let s = Scenario::new();
         s.attach(UPLINK_B, &["--mode", mode]);
-        for how in ["ptrace", "vm-write", "proc-mem"] {
+        for how in ["ptrace", "vm-write", "proc-mem", "proc-fd"] {
             let tok = token("drive");
             let port = PORT.to_string();
             // A process of the same uid outside the cgroup (the user's shell, agent, ...),
@@ -400,6 +400,7 @@ fn driving_a_process_outside_the_binding_is_refused_with_the_bpf_lsm() {
                     &field("pid="),
                     &field("flag="),
                     how,
+                    &field("wfd="),
                 ],
             );
             let at_a = s
@@ -419,7 +420,93 @@ fn driving_a_process_outside_the_binding_is_refused_with_the_bpf_lsm() {
             }
         }
         if mode == "strict" {
-            assert!(s.counter("ptrace_refused") >= 3);
+            assert!(s.counter("ptrace_refused") >= 4);
+        }
+    }
+}
+
+/// Sets dev.tty.legacy_tiocsti (6.2+) for the TIOCSTI test and puts it back: with it 0 the
+/// kernel itself refuses TIOCSTI to everyone but CAP_SYS_ADMIN, and bind mode could not show
+/// the leak.
+struct LegacyTiocsti(Option<String>);
+
+impl LegacyTiocsti {
+    const PATH: &str = "/proc/sys/dev/tty/legacy_tiocsti";
+    fn on() -> Self {
+        let old = std::fs::read_to_string(Self::PATH).ok();
+        if old.is_some() {
+            std::fs::write(Self::PATH, "1").expect("enable legacy_tiocsti");
+        }
+        Self(old)
+    }
+}
+
+impl Drop for LegacyTiocsti {
+    fn drop(&mut self) {
+        if let Some(v) = &self.0 {
+            let _ = std::fs::write(Self::PATH, v.trim());
+        }
+    }
+}
+
+#[test]
+fn typing_into_a_shell_outside_the_binding_is_refused_with_the_bpf_lsm() {
+    root_or_skip!();
+    if !lsm_or_skip("typing_into_a_shell_outside_the_binding_is_refused_with_the_bpf_lsm") {
+        return;
+    }
+    let _tiocsti = LegacyTiocsti::on();
+    for mode in ["strict", "bind"] {
+        let s = Scenario::new();
+        s.attach(UPLINK_B, &["--mode", mode]);
+        // A terminal whose reader is a shell outside the binding (the one `bindguard exec`
+        // was typed into), and a bound process with the same terminal as its controlling tty.
+        let pty = nix::pty::openpty(None, None).expect("openpty");
+        let slave = std::fs::File::from(pty.slave);
+        std::os::unix::fs::chown(
+            std::fs::read_link(format!(
+                "/proc/self/fd/{}",
+                std::os::fd::AsRawFd::as_raw_fd(&slave)
+            ))
+            .unwrap(),
+            Some(65534),
+            None,
+        )
+        .unwrap();
+        // (as_nobody first: it rebuilds the command, and stdin with it)
+        let mut shell = Cmd::new("sh")
+            .in_netns(&s.topo.host)
+            .as_nobody()
+            .stdin_file(slave.try_clone().unwrap())
+            .spawn();
+        let tok = token("tiocsti");
+        let (_, out, err) = Cmd::new("setsid")
+            .arg("-c")
+            .arg(bindguard_tests::run::probe_bin())
+            .args(["attack", "tiocsti", DEST4, &PORT.to_string(), &tok])
+            .in_cgroup(&s.cg)
+            .in_netns(&s.topo.host)
+            .as_nobody()
+            .stdin_file(slave)
+            .run();
+        let at_a = s
+            .listener
+            .wait_for(&tok, Duration::from_secs(3))
+            .contains(&Peer::A);
+        let _ = shell.kill();
+        let _ = shell.wait();
+        drop(pty.master);
+        if mode == "strict" {
+            assert!(out.contains("TIOCSTI: error errno=1"), "{out}{err}");
+            assert!(
+                !at_a,
+                "the typed command ran outside and sent by upA: {out}{err}"
+            );
+        } else {
+            assert!(
+                at_a,
+                "bind: the typed command was expected to send by upA: {out}{err}"
+            );
         }
     }
 }

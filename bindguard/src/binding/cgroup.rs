@@ -172,6 +172,9 @@ pub enum Writer {
     /// The walk ended at a cgroup namespace's root (bindguard sees only that subtree): what
     /// is above it cannot be checked.
     NamespaceRoot,
+    /// The cgroup is threaded: its processes' other threads may be in sibling cgroups of the
+    /// threaded subtree (the boundary is the subtree's domain).
+    Threads,
 }
 
 impl std::fmt::Display for Writer {
@@ -186,6 +189,7 @@ impl std::fmt::Display for Writer {
                     "anyone above this cgroup namespace's root (unseen from here)"
                 )
             }
+            Writer::Threads => write!(f, "threads of its processes in sibling threaded cgroups"),
         }
     }
 }
@@ -210,15 +214,17 @@ impl Delegation {
     }
 }
 
-/// Who can write `file` besides root, from its owner and mode bits.
+/// Who can write `file` besides root. Its owner can, whatever the mode bits say now (an owner
+/// may chmod its own file, and kernfs lets it); a group with the write bit can, group root
+/// included (a uid that is not root may hold gid 0 as a supplementary group).
 fn non_root_writer(file: &Path) -> Option<Writer> {
     let m = fs::metadata(file).ok()?;
     let mode = m.mode();
     if mode & 0o002 != 0 {
         Some(Writer::Everyone)
-    } else if m.uid() != 0 && mode & 0o200 != 0 {
+    } else if m.uid() != 0 {
         Some(Writer::Uid(m.uid()))
-    } else if m.gid() != 0 && mode & 0o020 != 0 {
+    } else if mode & 0o020 != 0 {
         Some(Writer::Gid(m.gid()))
     } else {
         None
@@ -228,32 +234,41 @@ fn non_root_writer(file: &Path) -> Option<Writer> {
 /// Whether processes in `cgroup` can move themselves out of it. The kernel lets a process move
 /// a process between two cgroups when it can write `cgroup.procs` of the destination and of
 /// the two cgroups' common ancestor ("cgroup: require write perm on common ancestor", 4.5;
-/// `clone3(CLONE_INTO_CGROUP)` checks the same), and no program runs on a migration. So an
-/// ancestor *above* the cgroup whose `cgroup.procs` a non-root user can write is a way out for
-/// that user's processes; children of the cgroup are not (they inherit its programs). The
-/// walk goes up to the mount's root; a mount root that is not the hierarchy's root (a cgroup
-/// namespace's, id ≠ 1) is a boundary too, since what lies above it cannot be seen. Returns
-/// the topmost such ancestor. `cache` keeps answers per ancestor across many bindings.
+/// `clone3(CLONE_INTO_CGROUP)` and `cgroup.threads` check the same), and no program runs on
+/// a migration. So an ancestor *above* the cgroup whose `cgroup.procs` or `cgroup.threads` a
+/// non-root user can write is a way out for that user's processes; children of the cgroup
+/// are not (they inherit its programs). The walk goes up through the cgroup2 mount the path
+/// is on (any of them: by device, not by the first mount's path) to that mount's root; a
+/// mount root that is not the hierarchy's root (a cgroup namespace's, id ≠ 1) is a boundary
+/// too, since what lies above it cannot be seen. A threaded cgroup is one too: the other
+/// threads of its processes may live in sibling threaded cgroups and send from there.
+/// Returns the topmost such place. `cache` keeps answers per ancestor across many bindings.
 pub fn delegation(
     cgroup: &Path,
     cache: &mut std::collections::HashMap<PathBuf, Option<Writer>>,
 ) -> Option<Delegation> {
-    let mount = cgroup2_mount().ok()?;
+    let dev = fs::metadata(cgroup).ok()?.dev();
     let mut found = None;
+    if fs::read_to_string(cgroup.join("cgroup.type")).is_ok_and(|t| t.trim() == "threaded") {
+        found = Some(Delegation {
+            boundary: threaded_domain(cgroup),
+            writer: Writer::Threads,
+        });
+    }
     let mut dir = cgroup.parent();
     while let Some(d) = dir {
-        if !d.starts_with(&mount) {
+        let Ok(meta) = fs::metadata(d) else { break };
+        if meta.dev() != dev {
             break;
         }
+        let up = d.parent();
+        let mount_root = up.is_none_or(|u| fs::metadata(u).map_or(true, |m| m.dev() != dev));
         let writer = cache
             .entry(d.to_path_buf())
             .or_insert_with(|| {
                 non_root_writer(&d.join("cgroup.procs"))
                     .or_else(|| non_root_writer(&d.join("cgroup.threads")))
-                    .or_else(|| {
-                        (d == mount && fs::metadata(d).is_ok_and(|m| m.ino() != 1))
-                            .then_some(Writer::NamespaceRoot)
-                    })
+                    .or_else(|| (mount_root && meta.ino() != 1).then_some(Writer::NamespaceRoot))
             })
             .clone();
         if let Some(writer) = writer {
@@ -262,9 +277,21 @@ pub fn delegation(
                 writer,
             });
         }
-        dir = d.parent();
+        dir = up;
     }
     found
+}
+
+/// The nearest ancestor of the threaded cgroup `cgroup` that is its threaded subtree's domain.
+fn threaded_domain(cgroup: &Path) -> PathBuf {
+    let mut dir = cgroup.parent();
+    while let Some(d) = dir {
+        if fs::read_to_string(d.join("cgroup.type")).is_ok_and(|t| t.trim() != "threaded") {
+            return d.to_path_buf();
+        }
+        dir = d.parent();
+    }
+    cgroup.to_path_buf()
 }
 
 /// Whether this process is in the initial cgroup namespace (whose nsfs inode is fixed:

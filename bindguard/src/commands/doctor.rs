@@ -164,13 +164,18 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
 /// What Yama lets a process trace here (row 21 without the BPF LSM): the sysctl's value in
 /// words.
 fn yama() -> String {
-    match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
-        Ok(v) => match v.trim() {
-            "0" => "kernel.yama.ptrace_scope is 0 here: a process may trace every process of its uid".into(),
-            n => format!("kernel.yama.ptrace_scope is {n} here: a process may trace only its descendants, which stay in the binding"),
-        },
-        Err(_) => "Yama is not active here (no kernel.yama.ptrace_scope): a process may trace every process of its uid".into(),
-    }
+    let scope = match std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope") {
+        Ok(v) if v.trim() == "0" => {
+            "kernel.yama.ptrace_scope is 0 here: ptrace reaches every process of the uid"
+                .to_string()
+        }
+        Ok(v) => format!(
+            "kernel.yama.ptrace_scope is {} here: ptrace reaches only descendants",
+            v.trim()
+        ),
+        Err(_) => "Yama is not active here: ptrace reaches every process of the uid".into(),
+    };
+    format!("{scope}; /proc/PID/fd reaches them whatever Yama says")
 }
 
 /// The LSM programs all fail for one reason when the BPF LSM is off: say it once.

@@ -86,6 +86,7 @@ fn hook_name(h: u32) -> &'static str {
         hook::MARK => "mark",
         hook::TUN => "tun",
         hook::PTRACE => "ptrace",
+        hook::TIOCSTI => "tiocsti",
         _ => "unknown",
     }
 }
@@ -154,6 +155,10 @@ pub fn reason(event: &Event, dev: &str, ifindex: u32) -> String {
         ),
         hook::PTRACE => format!(
             "ptrace-level access to pid {} outside the binding refused (EPERM): it would send from outside; --allow-ptrace-out allows it",
+            event.value
+        ),
+        hook::TIOCSTI => format!(
+            "ioctl {:#x} refused (EPERM): typing into a terminal drives whatever reads it, outside the binding",
             event.value
         ),
         _ if event.value == ifindex => {

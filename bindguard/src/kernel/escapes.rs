@@ -115,8 +115,8 @@ pub const ESCAPES: &[Escape] = &[
     ),
     hooks_or(
         21,
-        "ptrace, process_vm_writev or /proc/PID/mem drive a process outside the binding",
-        "set kernel.yama.ptrace_scope to 1 or more (a process may then trace only its descendants)",
+        "ptrace, process_vm_writev, /proc/PID/mem or /proc/PID/fd drive a process outside the binding",
+        "run the workload as a uid of its own; kernel.yama.ptrace_scope >= 1 stops ptrace attach, not /proc/PID/fd",
     ),
     outside(
         22,
@@ -137,6 +137,11 @@ pub const ESCAPES: &[Escape] = &[
         25,
         "a service outside the cgroup sends for the workload (systemd --user, cron, at, sshd, D-Bus activation, systemd-resolved)",
         "bindguard binds a cgroup, not a user: deny the workload the user bus, crontab, at and ssh to localhost (README, Threat model)",
+    ),
+    hooks_or(
+        26,
+        "TIOCSTI types into a terminal shared with a shell outside the binding",
+        "set dev.tty.legacy_tiocsti to 0 (Linux 6.2+), or give the workload a terminal of its own",
     ),
 ];
 
@@ -193,7 +198,7 @@ mod tests {
     #[test]
     fn without_the_lsm_programs_rows_7_12_14_20_21_are_open() {
         let open = open_rows(|h| !h.is_lsm());
-        assert_eq!(row_list(&open), "7, 12, 14, 20, 21");
+        assert_eq!(row_list(&open), "7, 12, 14, 20, 21, 26");
         assert!(open_rows(|_| true).is_empty());
     }
 }

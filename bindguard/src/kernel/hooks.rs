@@ -135,7 +135,7 @@ pub const HOOKS: &[Hook] = &[
     ),
     // From here on: BPF LSM, attached only where the BPF LSM is active. The kernel keeps at
     // most CGROUP_LSM_NUM (10) distinct LSM hooks with per-cgroup programs system-wide: these
-    // are seven of them.
+    // are nine of them (eight before 6.8, which has no file_ioctl_compat).
     hook(
         "lsm_socket_create",
         "lsm_socket_create",
@@ -184,6 +184,20 @@ pub const HOOKS: &[Hook] = &[
         Kind::Lsm("ptrace_access_check"),
         A::BPF_LSM_CGROUP,
         &[21],
+    ),
+    hook(
+        "lsm_ioctl",
+        "lsm_ioctl",
+        Kind::Lsm("file_ioctl"),
+        A::BPF_LSM_CGROUP,
+        &[26],
+    ),
+    hook(
+        "lsm_ioctl_compat",
+        "lsm_ioctl_compat",
+        Kind::Lsm("file_ioctl_compat"),
+        A::BPF_LSM_CGROUP,
+        &[26],
     ),
 ];
 

