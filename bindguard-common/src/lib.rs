@@ -304,8 +304,13 @@ pub struct Event {
     /// The task's command name, NUL-padded.
     pub comm: [u8; 16],
     /// The binding whose program refused: the cgroup id from its policy (the ring buffer is
-    /// shared by every binding of a program set). Last, so an older, shorter event reads 0.
+    /// shared by every binding of a program set). After the older fields, so an older,
+    /// shorter event reads 0 here and below.
     pub binding: u64,
+    /// What a refused setsockopt asked for: SO_BINDTODEVICE's name (NUL-padded, as the kernel
+    /// would read it), SO_BINDTOIFINDEX's, SO_MARK's or SO_PRIORITY's value as a little-endian
+    /// u32 in the first four bytes. Zero for other events.
+    pub asked: [u8; 16],
 }
 
 #[cfg(feature = "user")]

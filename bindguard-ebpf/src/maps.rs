@@ -150,6 +150,12 @@ fn admit(now: u64) -> bool {
 /// `events_dropped`. Task fields a kernel does not let this program type read stay 0.
 #[inline(always)]
 pub(crate) fn report(hook: u32, value: u32, task: Task) {
+    report_asked(hook, value, task, [0; 16]);
+}
+
+/// [`report`], with what the refused call asked for ([`Event::asked`]).
+#[inline(always)]
+pub(crate) fn report_asked(hook: u32, value: u32, task: Task, asked: [u8; 16]) {
     #[cfg(bindguard_variant)]
     let _ = unsafe { core::ptr::read_volatile(&VARIANT) };
     let now = unsafe { bpf_ktime_get_ns() };
@@ -180,6 +186,7 @@ pub(crate) fn report(hook: u32, value: u32, task: Task) {
         _pad: 0,
         comm,
         binding: policy().cgroup_id,
+        asked,
     };
     if EVENTS.output::<Event>(&event, 0).is_err() {
         count(|c| &mut c.events_dropped);

@@ -5,7 +5,7 @@ use aya_ebpf::{macros::cgroup_sockopt, programs::SockoptContext};
 use bindguard_common::{features, flags, hook};
 
 use crate::{
-    maps::{Task, count, policy, report},
+    maps::{Task, count, policy, report, report_asked},
     membership::{Membership, membership, refuse_membership},
     uapi::*,
 };
@@ -52,8 +52,40 @@ pub fn guard_setsockopt(ctx: SockoptContext) -> i32 {
         return ALLOW;
     }
     count(|c| &mut c.sockopt_refused);
-    report(hook::SETSOCKOPT, opt.optname as u32, SOCKOPT);
+    let asked = match opt.optname {
+        SO_BINDTODEVICE => name_asked(start, end, opt.optlen),
+        _ => {
+            let mut v = [0u8; 16];
+            if let Some(n) = read_u32(start, end) {
+                v[..4].copy_from_slice(&n.to_le_bytes());
+            }
+            v
+        }
+    };
+    report_asked(hook::SETSOCKOPT, opt.optname as u32, SOCKOPT, asked);
     REFUSE
+}
+
+/// The name an SO_BINDTODEVICE argument asks for, as the kernel reads it (at most 15 bytes,
+/// up to a NUL); what lies past the program's copy of the page reads as NUL.
+#[inline(always)]
+fn name_asked(start: *const u8, end: *const u8, optlen: i32) -> [u8; 16] {
+    let mut name = [0u8; 16];
+    for (i, slot) in name.iter_mut().enumerate().take(15) {
+        if i as i32 >= optlen {
+            break;
+        }
+        let p = unsafe { start.add(i) };
+        if unsafe { p.add(1) } > end {
+            break;
+        }
+        let b = unsafe { *p };
+        if b == 0 {
+            break;
+        }
+        *slot = b;
+    }
+    name
 }
 
 /// A multicast join makes the kernel send IGMP/MLD reports on the interface it names; no

@@ -411,13 +411,14 @@ fn monitor_reports_each_refusal() {
         assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
         assert!(!e["reason"].as_str().unwrap().is_empty());
     }
-    // The probe asked for upA; the binding to upB holds. The text must not read as a move
-    // to upB.
+    // The probe asked for upA; the binding to upB holds. The text names both and must not
+    // read as a move to upB.
     let sockopt = events.iter().find(|e| e["hook"] == "setsockopt").unwrap();
     let reason = sockopt["reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("setsockopt(SO_BINDTODEVICE) asked for another interface than")
-            && reason.ends_with(&format!("the binding to {UPLINK_B} holds")),
+        reason.starts_with(&format!(
+            "setsockopt(SO_BINDTODEVICE) asked for '{UPLINK_A}', not {UPLINK_B}"
+        )) && reason.ends_with(&format!("the binding to {UPLINK_B} holds")),
         "{reason}"
     );
 }

@@ -99,7 +99,7 @@ fn build_variant() -> anyhow::Result<()> {
 
 fn demo() -> anyhow::Result<()> {
     require_root("demo")?;
-    setup::ensure()?;
+    setup::ensure_for(setup::Purpose::Demo)?;
     build_bins(false)?;
     run(cargo().args([
         "run",

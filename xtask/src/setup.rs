@@ -1,4 +1,5 @@
-//! `cargo xtask setup`: idempotent installation of everything the build and tests need.
+//! `cargo xtask setup`: idempotent installation of everything the build and tests need
+//! (`cargo xtask demo` installs only what the demo runs: [`Purpose::Demo`]).
 //!
 //! - Debian packages the tests and demo use (busybox-static, iproute2, bpftool, util-linux,
 //!   runc, podman, systemd for systemd-analyze);
@@ -21,23 +22,31 @@ use crate::run;
 /// Version of bpf-linker to install; it must offer an `llvm-<major>` feature for nightly's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// (command that must exist, Debian package providing it)
-const TOOLS: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("bpftool", "bpftool"),
-    ("nsenter", "util-linux"),
-    ("setpriv", "util-linux"),
-    ("unshare", "util-linux"),
-    ("runc", "runc"),
+/// What a command sets up for: the demo runs one topology and the CLI, so it needs only the
+/// build chain, iproute2 and busybox; the suite needs everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Demo,
+    All,
+}
+
+/// (command that must exist, Debian package providing it, whether the demo uses it)
+const TOOLS: &[(&str, &str, bool)] = &[
+    ("ip", "iproute2", true),
+    ("bpftool", "bpftool", false),
+    ("nsenter", "util-linux", true),
+    ("setpriv", "util-linux", true),
+    ("unshare", "util-linux", true),
+    ("runc", "runc", false),
     // `systemd-analyze verify` of deploy/systemd/bindguard.service in the daemon tests
-    ("systemd-analyze", "systemd"),
-    ("podman", "podman"),
+    ("systemd-analyze", "systemd", false),
+    ("podman", "podman", false),
     // the VM matrix (cargo xtask vmtest): QEMU, depmod for the guest kernels' modules,
     // xz for trixie's compressed modules
-    ("qemu-system-x86_64", "qemu-system-x86"),
-    ("depmod", "kmod"),
-    ("xz", "xz-utils"),
-    ("dpkg-deb", "dpkg"),
+    ("qemu-system-x86_64", "qemu-system-x86", false),
+    ("depmod", "kmod", false),
+    ("xz", "xz-utils", false),
+    ("dpkg-deb", "dpkg", false),
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
@@ -69,11 +78,11 @@ fn busybox_static_installed() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-fn ensure_packages() -> anyhow::Result<()> {
+fn ensure_packages(purpose: Purpose) -> anyhow::Result<()> {
     let mut missing: Vec<&str> = TOOLS
         .iter()
-        .filter(|(tool, _)| !on_path(tool))
-        .map(|(_, pkg)| *pkg)
+        .filter(|(tool, _, demo)| (*demo || purpose == Purpose::All) && !on_path(tool))
+        .map(|(_, pkg, _)| *pkg)
         .collect();
     if !busybox_static_installed() {
         missing.push("busybox-static");
@@ -99,7 +108,7 @@ fn ensure_packages() -> anyhow::Result<()> {
     .context("installing Debian packages (needs root)")
 }
 
-fn ensure_rust_components() -> anyhow::Result<()> {
+fn ensure_rust_components(purpose: Purpose) -> anyhow::Result<()> {
     let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))?;
     if !toolchains.lines().any(|l| l.starts_with("nightly")) {
         eprintln!("setup: installing the nightly toolchain");
@@ -127,6 +136,10 @@ fn ensure_rust_components() -> anyhow::Result<()> {
             "--toolchain",
             "nightly",
         ]))?;
+    }
+    if purpose == Purpose::Demo {
+        // clippy and rustfmt check the suite; the musl target builds the release.
+        return Ok(());
     }
     let stable = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
     for comp in ["clippy", "rustfmt"] {
@@ -210,12 +223,19 @@ fn ensure_bpf_linker(target_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Installs whatever is missing; quiet when nothing is.
+/// Installs whatever is missing for everything; quiet when nothing is.
 pub fn ensure() -> anyhow::Result<()> {
+    ensure_for(Purpose::All)
+}
+
+/// Installs whatever `purpose` needs and is missing.
+pub fn ensure_for(purpose: Purpose) -> anyhow::Result<()> {
     let target_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/xtask");
-    ensure_packages()?;
-    ensure_rust_components()?;
+    ensure_packages(purpose)?;
+    ensure_rust_components(purpose)?;
     ensure_bpf_linker(&target_dir)?;
-    crate::containerd::ensure()?;
+    if purpose == Purpose::All {
+        crate::containerd::ensure()?;
+    }
     Ok(())
 }
