@@ -1871,3 +1871,48 @@ fn a_binding_that_cannot_be_made_is_named_by_the_ready_line_and_by_status() {
     let (_, table, _) = Cmd::bindguard().arg("status").run();
     assert!(table.contains("NOT bound"), "{table}");
 }
+
+/// Issue 27: the daemon (with exactly the unit's capabilities) makes no strict binding below
+/// a delegation boundary and names it; a binding whose parent is delegated later (a chown of
+/// its cgroup.procs) keeps enforcing and is named in the log at error level.
+#[test]
+fn the_daemon_refuses_a_delegated_cgroup_and_names_one_delegated_later() {
+    root_or_skip!();
+    let _g = shared();
+    let s = Scenario::new();
+    let dir = TempDir::new();
+    let user = s.cg.child("user");
+    for p in [user.path.clone(), user.path.join("cgroup.procs")] {
+        std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+    }
+    let below = user.child("bound");
+    let later = s.cg.child("later");
+    let fine = later.child("bound");
+    let conf = dir.write(
+        "c.toml",
+        &format!(
+            "{}{}",
+            binding(&below.path, UPLINK_B, &s.topo, ""),
+            binding(&fine.path, UPLINK_B, &s.topo, "")
+        ),
+    );
+    let d = Daemon::start_with_caps(&conf, &dir, &unit_caps());
+    assert!(
+        d.log().contains("escapable-by-migration (uid 65534 via"),
+        "the refusal is not named: {}",
+        d.log()
+    );
+    assert!(!below.pins().exists(), "{}", d.log());
+    assert!(fine.pins().exists(), "{}", d.log());
+    std::os::unix::fs::chown(later.path.join("cgroup.procs"), Some(65534), None).unwrap();
+    assert!(
+        d.wait_log("is now escapable-by-migration", 1, Duration::from_secs(5)),
+        "{}",
+        d.log()
+    );
+    // Still enforcing: taking the binding away would free every process in it.
+    assert_eq!(
+        first_delivery(&s, &fine, Duration::from_secs(1)).0,
+        [Peer::B]
+    );
+}

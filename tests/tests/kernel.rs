@@ -165,6 +165,27 @@ fn af_packet_is_refused_with_the_bpf_lsm_and_leaks_without() {
 
 /// A UDP socket made outside the cgroup is handed to a bound process (uid 65534, no
 /// capabilities) by `how`; the receiver sends the token through it.
+/// Starts `bg-probe attack ARGS` outside the cgroup as uid 65534 and reads the `key=value`
+/// fields of its first line; the returned closure gives a field by its `key=`.
+fn outside(s: &Scenario, args: &[&str]) -> (std::process::Child, impl Fn(&str) -> String + use<>) {
+    let mut child = s
+        .probe_unbound()
+        .arg("attack")
+        .args(args)
+        .as_nobody()
+        .spawn();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let field = move |k: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .unwrap_or_else(|| panic!("the outside helper printed no {k}: {line}"))
+            .to_string()
+    };
+    (child, field)
+}
+
 fn handed_in(s: &Scenario, how: &str) -> (String, bool) {
     let tok = token(how);
     let port = PORT.to_string();
@@ -189,20 +210,7 @@ fn handed_in(s: &Scenario, how: &str) -> (String, bool) {
         let _ = bindguard_tests::run::wait_output(child, Duration::from_secs(10));
         format!("{give}{out}")
     } else {
-        let mut holder = s
-            .probe_unbound()
-            .args(["attack", "fd-hold", DEST4, &port, &tok, "10"])
-            .as_nobody()
-            .spawn();
-        let mut reader = std::io::BufReader::new(holder.stdout.take().unwrap());
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        let field = |k: &str| {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(k))
-                .unwrap_or_else(|| panic!("fd-hold printed {line}"))
-                .to_string()
-        };
+        let (mut holder, field) = outside(s, &["fd-hold", DEST4, &port, &tok, "10"]);
         let out = attack(
             s,
             "",
@@ -375,20 +383,7 @@ fn driving_a_process_outside_the_binding_is_refused_with_the_bpf_lsm() {
             let port = PORT.to_string();
             // A process of the same uid outside the cgroup (the user's shell, agent, ...),
             // traceable as under kernel.yama.ptrace_scope = 0.
-            let mut puppet = s
-                .probe_unbound()
-                .args(["attack", "puppet", DEST4, &port, &tok, "10"])
-                .as_nobody()
-                .spawn();
-            let mut reader = std::io::BufReader::new(puppet.stdout.take().unwrap());
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            let field = |k: &str| {
-                line.split_whitespace()
-                    .find_map(|f| f.strip_prefix(k))
-                    .unwrap_or_else(|| panic!("puppet printed {line}"))
-                    .to_string()
-            };
+            let (mut puppet, field) = outside(&s, &["puppet", DEST4, &port, &tok, "10"]);
             let out = attack(
                 &s,
                 "",
