@@ -61,6 +61,12 @@ fn the_root_cgroup_is_refused_in_every_spelling() {
             bg.display()
         );
     }
+    // A child of the namespace's root: strict refuses it too, since what lies above the
+    // namespace's root (where the processes may be able to go) cannot be seen from here.
+    script += &format!(
+        "{} attach --cgroup {m}/sub --dev lo 2>&1; echo \"ns=> $?\"\n",
+        bg.display()
+    );
     script += &format!("rm -f {}\n", link.display());
     let (code, out, err) = in_cgroup_namespace(&cg, &script);
     let _ = std::fs::remove_file(&link);
@@ -79,6 +85,11 @@ fn the_root_cgroup_is_refused_in_every_spelling() {
         spellings.len(),
         "{out}"
     );
+    assert!(
+        out.contains("ns=> 2") && out.contains("cgroup namespace's root"),
+        "a strict attach below an unseen namespace root was not refused:\n{out}"
+    );
+    assert!(!sub.pins().exists());
     // Nothing changed: no binding, no program on the namespace's root cgroup.
     assert!(!cg.pins().exists());
     assert_eq!(

@@ -242,11 +242,8 @@ fn non_root_writer(file: &Path) -> Option<Writer> {
 /// mount root that is not the hierarchy's root (a cgroup namespace's, id ≠ 1) is a boundary
 /// too, since what lies above it cannot be seen. A threaded cgroup is one too: the other
 /// threads of its processes may live in sibling threaded cgroups and send from there.
-/// Returns the topmost such place. `cache` keeps answers per ancestor across many bindings.
-pub fn delegation(
-    cgroup: &Path,
-    cache: &mut std::collections::HashMap<PathBuf, Option<Writer>>,
-) -> Option<Delegation> {
+/// Returns the topmost such place.
+pub fn delegation(cgroup: &Path, cache: &mut DelegationCache) -> Option<Delegation> {
     let dev = fs::metadata(cgroup).ok()?.dev();
     let mut found = None;
     if fs::read_to_string(cgroup.join("cgroup.type")).is_ok_and(|t| t.trim() == "threaded") {
@@ -257,29 +254,64 @@ pub fn delegation(
     }
     let mut dir = cgroup.parent();
     while let Some(d) = dir {
-        let Ok(meta) = fs::metadata(d) else { break };
-        if meta.dev() != dev {
+        let Some(step) = cache
+            .0
+            .entry(d.to_path_buf())
+            .or_insert_with(|| Step::of(d))
+            .clone()
+        else {
+            break;
+        };
+        if step.dev != dev {
             break;
         }
-        let up = d.parent();
-        let mount_root = up.is_none_or(|u| fs::metadata(u).map_or(true, |m| m.dev() != dev));
-        let writer = cache
-            .entry(d.to_path_buf())
-            .or_insert_with(|| {
-                non_root_writer(&d.join("cgroup.procs"))
-                    .or_else(|| non_root_writer(&d.join("cgroup.threads")))
-                    .or_else(|| (mount_root && meta.ino() != 1).then_some(Writer::NamespaceRoot))
-            })
-            .clone();
-        if let Some(writer) = writer {
+        if let Some(writer) = step.writer {
             found = Some(Delegation {
                 boundary: d.to_path_buf(),
                 writer,
             });
         }
-        dir = up;
+        if step.mount_root {
+            break;
+        }
+        dir = d.parent();
     }
     found
+}
+
+/// What [`delegation`] learnt of each ancestor: bindings share them (10,000 services under
+/// one slice), so each is read once per cache.
+#[derive(Debug, Default)]
+pub struct DelegationCache(std::collections::HashMap<PathBuf, Option<Step>>);
+
+#[derive(Debug, Clone)]
+struct Step {
+    dev: u64,
+    writer: Option<Writer>,
+    /// The root of its mount: the walk ends here.
+    mount_root: bool,
+}
+
+impl Step {
+    /// One ancestor: its device, who besides root can write its cgroup.procs or
+    /// cgroup.threads, and whether it is its mount's root (then, if it is not the
+    /// hierarchy's root, a cgroup namespace's: what is above cannot be seen).
+    fn of(d: &Path) -> Option<Self> {
+        let meta = fs::metadata(d).ok()?;
+        let mount_root = d.parent().is_none_or(|u| {
+            fs::metadata(u)
+                .map(|m| m.dev() != meta.dev())
+                .unwrap_or(true)
+        });
+        let writer = non_root_writer(&d.join("cgroup.procs"))
+            .or_else(|| non_root_writer(&d.join("cgroup.threads")))
+            .or_else(|| (mount_root && meta.ino() != 1).then_some(Writer::NamespaceRoot));
+        Some(Self {
+            dev: meta.dev(),
+            writer,
+            mount_root,
+        })
+    }
 }
 
 /// The nearest ancestor of the threaded cgroup `cgroup` that is its threaded subtree's domain.

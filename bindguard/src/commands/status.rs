@@ -191,7 +191,7 @@ struct Cache {
     names: std::collections::HashMap<(u64, u32), anyhow::Result<Option<String>>>,
     abandoned: Vec<(u64, PathBuf)>,
     /// Who can write each ancestor's cgroup.procs (bindings share ancestors).
-    writers: std::collections::HashMap<PathBuf, Option<crate::binding::cgroup::Writer>>,
+    writers: crate::binding::cgroup::DelegationCache,
 }
 
 /// One pinned program set with its programs by hook.

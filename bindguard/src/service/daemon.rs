@@ -1203,7 +1203,7 @@ impl Daemon {
     /// escapable keeps enforcing (removing it would free every process in it) and is named
     /// at error level; `status` and `verify` report it as escapable-by-migration.
     fn recheck_delegation(&mut self, dir: &Path) {
-        let mut cache = HashMap::new();
+        let mut cache = cgroup::DelegationCache::default();
         for b in &self.config.bindings {
             if !b.cgroup.starts_with(dir) || b.cgroup == dir || !b.cgroup.is_dir() {
                 continue;
