@@ -257,20 +257,23 @@ pub fn attach_warning(set: &progset::Set) -> Option<String> {
     }
     // This process loaded the set: the loader's own words. Otherwise the recorded reason.
     let loaded_now = progset::left_out();
+    // Each read once (one directory listing per absent program), not once per open hook.
+    let absent = set.absent();
+    // As the loader recorded it: a probe here would parse the vmlinux BTF on every attach.
+    let recorded = set
+        .lsm_state()
+        .filter(|s| *s != lsm::State::Usable)
+        .map(|s| s.describe());
     let mut reasons: Vec<String> = Vec::new();
     for (_, hooks) in &open {
         for h in hooks {
             let why = match loaded_now.iter().find(|l| l.hook.name == h.name) {
                 _ if h.is_lsm() && forced_off => lsm::state(false).describe(),
                 Some(l) => l.detail.clone(),
-                None => match set.absent().iter().find(|(a, _)| a.name == h.name) {
-                    Some((_, Why::LsmUnavailable)) => match lsm::state(false) {
-                        lsm::State::Usable => {
-                            "the BPF LSM was not usable when this build's programs were loaded"
-                                .into()
-                        }
-                        other => other.describe(),
-                    },
+                None => match absent.iter().find(|(a, _)| a.name == h.name) {
+                    Some((_, Why::LsmUnavailable)) => recorded.clone().unwrap_or_else(|| {
+                        "the BPF LSM was not usable when this build's programs were loaded".into()
+                    }),
                     Some((_, Why::BtfLacks)) => "the kernel's BTF lacks fields it reads".into(),
                     _ => "the kernel refused it".into(),
                 },

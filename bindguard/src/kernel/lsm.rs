@@ -75,6 +75,36 @@ pub fn state(mount: bool) -> State {
     }
 }
 
+impl State {
+    /// The state as a bpffs name (no dots there), recorded with a program set that had to
+    /// leave the LSM programs out, so `attach` can say why without probing again (a probe
+    /// parses the whole vmlinux BTF: ~10 ms). A `NotListed` state is recorded without its
+    /// list, which is read again (cheaply) when it is told.
+    pub fn code(&self) -> String {
+        match self {
+            State::Usable => "lsm-usable".into(),
+            State::NotListed(_) => "lsm-not-listed".into(),
+            State::NoLsmCgroup => "lsm-no-cgroup".into(),
+            State::Refused(e) => format!(
+                "lsm-refused-{}",
+                e.chars()
+                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                    .collect::<String>()
+            ),
+        }
+    }
+
+    /// The state [`State::code`] recorded; None for a name that is not one.
+    pub fn from_code(code: &str, mount: bool) -> Option<Self> {
+        Some(match code {
+            "lsm-usable" => State::Usable,
+            "lsm-not-listed" => State::NotListed(active_list(mount)),
+            "lsm-no-cgroup" => State::NoLsmCgroup,
+            _ => State::Refused(code.strip_prefix("lsm-refused-")?.to_string()),
+        })
+    }
+}
+
 /// Whether strict mode's BPF LSM programs can run here.
 pub fn usable(mount: bool) -> bool {
     state(mount) == State::Usable

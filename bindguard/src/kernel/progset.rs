@@ -268,6 +268,18 @@ impl Set {
         absent_hooks(&self.dir)
     }
 
+    /// Why the BPF LSM was not usable when this set was loaded, as the loader recorded it
+    /// with the programs it left out (None: usable, or a set of a build that did not record
+    /// it).
+    pub fn lsm_state(&self) -> Option<crate::kernel::lsm::State> {
+        fs::read_dir(self.dir.join(ABSENT))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|h| fs::read_dir(h.path()).into_iter().flatten().flatten())
+            .find_map(|w| crate::kernel::lsm::State::from_code(w.file_name().to_str()?, false))
+    }
+
     /// The pinned program of `hook`.
     pub fn program(&self, hook: &str) -> anyhow::Result<OwnedFd> {
         let p = self.dir.join(prog_pin(hook));
@@ -960,6 +972,11 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
         for l in &left_out {
             let p = dir.join(ABSENT).join(l.hook.name).join(l.why.code());
             fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+            if l.why == Why::LsmUnavailable {
+                // Why the BPF LSM was not usable, so attach can say it without a probe.
+                let p = dir.join(ABSENT).join(l.hook.name).join(kernel.lsm.code());
+                fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+            }
         }
     }
     Ok(left_out)
