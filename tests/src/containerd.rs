@@ -512,19 +512,31 @@ fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// The CRI channel. The socket file appears when containerd binds it, a moment before it
+/// listens (connect then gets ECONNREFUSED, seen under load): retried for up to 30 s.
 async fn connect(socket: PathBuf) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let socket = socket.clone();
+        let result = tonic::transport::Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let socket = socket.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(socket).await?,
+                    ))
+                }
+            }))
+            .await;
+        match result {
+            Ok(channel) => return channel,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-        }))
-        .await
-        .expect("connecting to containerd's CRI socket")
+            Err(e) => panic!("connecting to containerd's CRI socket: {e:?}"),
+        }
+    }
 }
 
 impl Drop for Containerd {
