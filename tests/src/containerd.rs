@@ -238,6 +238,8 @@ state = '{d}/state'
             .stderr(log)
             .spawn()
             .expect("starting containerd");
+        // Killed if this function panics before the Containerd (whose Drop stops it) exists.
+        let mut starting = Starting(Some(child));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -257,7 +259,7 @@ state = '{d}/state'
             socket,
             nri_socket,
             cgroup_parent,
-            child,
+            child: starting.0.take().expect("the child"),
             rt,
             channel,
         };
@@ -535,6 +537,18 @@ async fn connect(socket: PathBuf) -> tonic::transport::Channel {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(e) => panic!("connecting to containerd's CRI socket: {e:?}"),
+        }
+    }
+}
+
+/// A containerd being started: killed on drop unless handed on.
+struct Starting(Option<std::process::Child>);
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
