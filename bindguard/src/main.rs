@@ -270,8 +270,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
             // Strict mode refused a delegated cgroup in attach unless told to accept it; bind
-            // mode, or the acceptance, still hears about it.
-            if let Some(d) = cgroup::delegation(&cg.path, &mut Default::default()) {
+            // mode, or the acceptance, still hears about it (a plain strict attach that got
+            // here has nothing to hear: no second walk).
+            if (opts.mode == Mode::Bind || opts.allow_delegated)
+                && let Some(d) = cgroup::delegation(&cg.path, &mut Default::default())
+            {
                 eprintln!(
                     "bindguard: warning: cgroup {} is {}: its processes can move themselves out of the binding; bind {} itself to cover them",
                     printable_path(&cg.path),
