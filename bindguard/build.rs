@@ -86,6 +86,12 @@ fn build() -> Result<(), String> {
         "cargo:rustc-env=BINDGUARD_GIT_COMMIT={}",
         git_commit(workspace)
     );
+    // The architecture the binary runs on (--version, doctor): the eBPF object is the same
+    // for every architecture, the loader is not.
+    println!(
+        "cargo:rustc-env=BINDGUARD_TARGET_ARCH={}",
+        std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default()
+    );
     // The variant plays the *older* build in the upgrade tests: it ranks one second before
     // its commit, whatever the two object hashes are.
     println!(

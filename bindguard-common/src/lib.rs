@@ -6,7 +6,7 @@
 
 /// Bumped whenever [`Policy`], [`Counters`] or [`Event`] change layout, so a newer loader never
 /// misreads pins left by an older one.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;
 
 /// Maximum interface name length in bytes, without the NUL (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
@@ -43,6 +43,13 @@ pub mod flags {
     /// Strict mode was asked knowingly below a delegation boundary (`--allow-delegated`):
     /// read by userspace only, so `status` says it was a choice. (A new bit, no new layout.)
     pub const ALLOW_DELEGATED: u32 = 1 << 10;
+    /// The binding was made by the daemon for a user's `bindguard exec` (a grant): removed
+    /// by the daemon when its cgroup empties. (A new bit, no new layout.)
+    pub const FROM_USER: u32 = 1 << 13;
+    /// `--dns` named an IPv4 resolver: `Policy::dns4`.
+    pub const DNS4: u32 = 1 << 11;
+    /// `--dns` named an IPv6 resolver: `Policy::dns6`.
+    pub const DNS6: u32 = 1 << 12;
 }
 
 /// The whole policy of one binding: its cgroup's value in the program set's `policy` cgroup
@@ -82,6 +89,14 @@ pub struct Policy {
     /// The bound cgroup's id: a socket received by a process of the cgroup is governed by the
     /// binding only if it was made in this cgroup or below it.
     pub cgroup_id: u64,
+    /// `--dns`: every query of the cgroup to port 53 goes to this IPv4 resolver (network byte
+    /// order; with [`flags::DNS4`]), and IPv6 sockets' queries too when there is no
+    /// [`Policy::dns6`] (as ::ffff:dns4).
+    pub dns4: u32,
+    /// `--dns`: the IPv6 resolver (the four words as in `bpf_sock_addr.user_ip6`; with
+    /// [`flags::DNS6`]).
+    pub dns6: [u32; 4],
+    pub _pad: u32,
 }
 
 impl Policy {
@@ -140,6 +155,9 @@ pub struct Counters {
     /// to a process outside the binding refused, and TIOCSTI/TIOCLINUX into a terminal
     /// (strict mode, BPF LSM): ways to drive a process outside.
     pub ptrace_refused: u64,
+    /// DNS queries sent to the binding's resolver instead of the address the program named
+    /// (`--dns`): one per connect or unconnected send to port 53.
+    pub dns_redirected: u64,
 }
 
 /// Each binding may send at most this many events at once per CPU to the ring buffer all
@@ -165,6 +183,7 @@ impl core::ops::AddAssign for Counters {
         self.events_dropped += o.events_dropped;
         self.devices_refused += o.devices_refused;
         self.ptrace_refused += o.ptrace_refused;
+        self.dns_redirected += o.dns_redirected;
     }
 }
 
@@ -196,6 +215,9 @@ pub mod hook {
     pub const PTRACE: u32 = 17;
     /// BPF LSM refused TIOCSTI or TIOCLINUX (value: the ioctl).
     pub const TIOCSTI: u32 = 18;
+    /// A DNS query to a loopback resolver (the 127.0.0.53 stub) was refused in strict mode
+    /// without `--dns` (value: the address hook, [`CONNECT4`] .. [`SENDMSG6`]).
+    pub const DNS_STUB: u32 = 19;
 }
 
 /// Offsets into kernel structures, read from the running kernel's BTF when the programs are
@@ -217,8 +239,12 @@ pub struct KernelLayout {
     pub cgroup_ancestors: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
-    /// Offset of the x86 `thread_info.status` word from the task_struct (TS_COMPAT lives there).
-    pub task_status: u32,
+    /// Offset from the task_struct of the 32-bit word that marks a 32-bit (compat) syscall,
+    /// and the bits of it that do: x86's `thread_info.status` & TS_COMPAT, arm64's
+    /// `thread_info.flags` & TIF_32BIT (the low word on little-endian). Filled by the
+    /// loader for the architecture it runs on; the eBPF object is the same for all of them.
+    pub task_compat: u32,
+    pub compat_mask: u32,
     pub uring_cmd_op: u32,
     pub uring_cmd_sqe: u32,
     pub sqe_level: u32,
@@ -250,7 +276,8 @@ impl KernelLayout {
         cgroup_ancestors: Self::MISSING,
         cgroup_kn: Self::MISSING,
         kernfs_node_id: Self::MISSING,
-        task_status: Self::MISSING,
+        task_compat: Self::MISSING,
+        compat_mask: 0,
         uring_cmd_op: Self::MISSING,
         uring_cmd_sqe: Self::MISSING,
         sqe_level: Self::MISSING,

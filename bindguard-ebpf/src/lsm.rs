@@ -139,7 +139,8 @@ pub fn lsm_socket_setsockopt(ctx: LsmContext) -> i32 {
     let k = kernel();
     let task = unsafe { bpf_get_current_task() };
     // Unknown layout: treat as 32-bit (refuse), never as a call the sockopt hook will see.
-    let compat = read_at::<u32>(task, k.task_status).is_none_or(|s| s & TS_COMPAT != 0);
+    let compat = k.compat_mask == 0
+        || read_at::<u32>(task, k.task_compat).is_none_or(|s| s & k.compat_mask != 0);
     if !compat {
         return ALLOW;
     }

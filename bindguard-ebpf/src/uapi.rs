@@ -37,8 +37,6 @@ pub(crate) const S_IFMT: u16 = 0o170000;
 pub(crate) const S_IFSOCK: u16 = 0o140000;
 /// io_uring_cmd.cmd_op for a socket setsockopt (include/uapi/linux/io_uring.h).
 pub(crate) const SOCKET_URING_OP_SETSOCKOPT: u32 = 3;
-/// x86's thread_info.status bit for "this is a 32-bit syscall".
-pub(crate) const TS_COMPAT: u32 = 0x0002;
 /// include/uapi/asm-generic/ioctls.h: push a byte into a terminal's input; the console's
 /// multiplexed ioctl (selection paste).
 pub(crate) const TIOCSTI: u32 = 0x5412;

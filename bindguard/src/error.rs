@@ -96,6 +96,10 @@ pub enum Error {
     #[error("{what}")]
     InvalidInput { what: String },
 
+    /// The daemon refused a user's request (no grant, not granted, bad request).
+    #[error("the bindguard daemon refused: {why}")]
+    Refused { why: String },
+
     /// A config file (`apply`, `daemon`) is wrong; nothing of it was applied.
     #[error("{}:{line}: {why}; fix the config and run again (nothing was applied)", file.display())]
     Config {
@@ -120,6 +124,12 @@ pub enum Error {
         "kernel {release} cannot attach cgroup programs with bpf_link (needs Linux 5.7 or newer)"
     )]
     KernelTooOld { release: String },
+
+    #[error(
+        "no bindguard daemon answers at {} ({why}); without root, exec asks the daemon: ask an admin to run `systemctl enable --now bindguard`",
+        socket.display()
+    )]
+    NoDaemon { socket: PathBuf, why: String },
 }
 
 impl Error {
@@ -138,11 +148,13 @@ impl Error {
             | Error::Delegated { .. }
             | Error::TooLong { .. }
             | Error::InvalidInput { .. }
-            | Error::Config { .. } => 2,
+            | Error::Config { .. }
+            | Error::Refused { .. } => 2,
             Error::NotBound { .. }
             | Error::MissingPrivilege { .. }
             | Error::BpffsMount { .. }
-            | Error::KernelTooOld { .. } => 1,
+            | Error::KernelTooOld { .. }
+            | Error::NoDaemon { .. } => 1,
         }
     }
 }

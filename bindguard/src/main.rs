@@ -5,8 +5,8 @@ use std::{io::Write as _, path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use bindguard::{
     binding::{
-        cgroup,
-        enforcer::{self, Attached, Detached},
+        self, SocketPass, cgroup,
+        enforcer::{self, Detached},
         netdev,
         netns::Netns,
         policy::{self, Mode, Options},
@@ -14,7 +14,7 @@ use bindguard::{
     },
     commands::{exec, monitor, oci, status, verify},
     error::{self, printable, printable_path},
-    service::{config, daemon, nri, reconcile},
+    service::{config, daemon, grants, nri, reconcile, userexec},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -63,12 +63,24 @@ enum Command {
         /// A config file, or a directory of them (default as for apply).
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
+        /// Where users' `bindguard exec` asks (mode 0666; the config's [[grant]]s decide).
+        /// Default: /run/bindguard/bindguard.sock.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// Serve Prometheus metrics on /metrics, and /healthz and /readyz, at this address
+        /// (e.g. 127.0.0.1:9477; overrides the config's `metrics` key; default: off).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// Run a command with every socket bound to an interface, in a transient cgroup that is
-    /// removed when the command ends. Exits with the command's status.
+    /// removed when the command ends. Exits with the command's status. Without root, the
+    /// daemon binds it as the config's [[grant]]s allow, and the command runs in place.
     Exec {
         #[command(flatten)]
         binding: BindingArgs,
+        /// As root: run the command as this user (name or uid), with their groups.
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true, value_name = "CMD")]
         command: Vec<std::ffi::OsString>,
@@ -93,6 +105,47 @@ enum Command {
         /// The plugin's two-digit index (plugins are called in ascending order).
         #[arg(long, value_name = "NN", default_value = "10")]
         index: String,
+        /// Serve Prometheus metrics on /metrics, and /healthz and /readyz (ready once
+        /// registered and synchronized), at this address (e.g. 0.0.0.0:9477; default: off).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
+    },
+    /// What the config's [[grant]]s let a user bind without root (default: you).
+    Grants {
+        /// A config file, or a directory of them (default as for apply).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// The user (name or uid).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Without root: list the bindings the daemon made for your `bindguard exec`s, or end one
+    /// (its programs are killed and the binding removed). Never another user's.
+    Sessions {
+        /// End this one (a NAME from the list).
+        #[arg(long, value_name = "NAME", conflicts_with = "move_pid")]
+        end: Option<String>,
+        /// Bind this running process of yours (and what it starts from now on) in a new
+        /// binding to --dev; the sockets it holds that do not obey it are ended.
+        #[arg(long = "move", value_name = "PID", requires = "dev")]
+        move_pid: Option<i32>,
+        /// The interface, with --move.
+        #[arg(long, value_name = "IFNAME")]
+        dev: Option<String>,
+        /// With --move: send its DNS queries to this resolver (as the grant allows).
+        #[arg(
+            long,
+            value_name = "ADDR[,ADDR]",
+            value_delimiter = ',',
+            requires = "move_pid"
+        )]
+        dns: Vec<std::net::IpAddr>,
+        /// One JSON document (the daemon's answer).
+        #[arg(long)]
+        json: bool,
     },
     /// Remove the binding of a cgroup.
     Detach {
@@ -102,7 +155,7 @@ enum Command {
     },
     /// Stream every refusal and drop of every binding as it happens (Ctrl-C to stop).
     Monitor {
-        /// One JSON object per line (schema in the README).
+        /// One JSON object per line (schema in docs/status-and-monitor.md).
         #[arg(long)]
         json: bool,
         /// Stop after this many seconds.
@@ -119,7 +172,7 @@ enum Command {
         /// is sent: a UDP connect() only looks the route up.
         #[arg(long, value_name = "ADDR")]
         to: Option<std::net::IpAddr>,
-        /// Print the JSON report described in the README.
+        /// Print the JSON report described in docs/status-and-monitor.md.
         #[arg(long)]
         json: bool,
     },
@@ -141,13 +194,13 @@ enum Command {
     /// What this kernel lets strict mode cover, row by row of the escape table, with the fix
     /// for each row it cannot; needs no binding. Exits 1 when some row is not covered.
     Doctor {
-        /// Print the JSON document described in the README.
+        /// Print the JSON document described in docs/status-and-monitor.md.
         #[arg(long)]
         json: bool,
     },
     /// List every binding with its policy, links, counters and problems.
     Status {
-        /// Print the stable JSON document described in the README.
+        /// Print the stable JSON document described in docs/status-and-monitor.md.
         #[arg(long)]
         json: bool,
         /// Also ask the kernel about every link pin (link id, program, attached cgroup), as
@@ -198,6 +251,11 @@ struct BindingArgs {
     /// out). A traced process sends from outside the binding.
     #[arg(long)]
     allow_ptrace_out: bool,
+    /// Strict mode: send every DNS query of the cgroup (UDP and TCP to port 53 of any
+    /// address, the 127.0.0.53 stub included) to this resolver, through the interface. One
+    /// IPv4 and one IPv6 address at most; replies keep the source the program asked.
+    #[arg(long, value_name = "ADDR[,ADDR]", value_delimiter = ',')]
+    dns: Vec<std::net::IpAddr>,
     /// Strict mode: bind a cgroup below a delegation boundary anyway (its processes can move
     /// themselves out of it). `status` and `verify` keep saying so.
     #[arg(long)]
@@ -216,6 +274,7 @@ impl BindingArgs {
             allow_tun: self.allow_tun,
             allow_ptrace_out: self.allow_ptrace_out,
             allow_delegated: self.allow_delegated,
+            dns: policy::Dns::from_addrs(&self.dns)?,
             ..Options::default()
         })
     }
@@ -231,9 +290,23 @@ impl BindingArgs {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let verbose = cli.verbose;
     match cli.command {
-        Command::Exec { binding, command } => {
+        Command::Exec {
+            binding,
+            user,
+            command,
+        } => {
             let opts = binding.options()?;
-            let code = exec::exec(&binding.dev, binding.netns.as_deref(), &opts, &command)?;
+            if !nix::unistd::geteuid().is_root() {
+                return exec_as_user(&binding, &opts, user.as_deref(), &command);
+            }
+            let as_user = user.as_deref().map(exec::lookup_user).transpose()?;
+            let code = exec::exec(
+                &binding.dev,
+                binding.netns.as_deref(),
+                &opts,
+                as_user.as_ref(),
+                &command,
+            )?;
             return Ok(ExitCode::from(code.clamp(0, 255) as u8));
         }
         Command::Attach { cgroup, binding } => {
@@ -248,33 +321,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             {
                 eprintln!("bindguard: warning: {w}");
             }
-            let outcome = enforcer::attach(&cg, &iface, &opts).with_context(|| {
+            let bound = binding::bind(&cg, &iface, &opts, SocketPass::Now).with_context(|| {
                 format!(
                     "attaching cgroup {} to {}",
                     printable_path(&cg.path),
                     iface.name
                 )
             })?;
-            if opts.mode == Mode::Strict
-                && let Some(w) = enforcer::current_set()
-                    .ok()
-                    .and_then(|set| bindguard::commands::doctor::attach_warning(&set))
-            {
+            if let Some(w) = bound.open_rows() {
                 eprintln!("bindguard: warning: {w}");
-                if verbose {
-                    for l in bindguard::kernel::progset::left_out() {
-                        if let Some(log) = l.log {
-                            eprintln!("--- verifier log of {} ---\n{log}", l.hook.program);
-                        }
-                    }
+            }
+            if verbose {
+                for (program, log) in bound.refused_logs() {
+                    eprintln!("--- verifier log of {program} ---\n{log}");
                 }
             }
-            // Strict mode refused a delegated cgroup in attach unless told to accept it; bind
-            // mode, or the acceptance, still hears about it (a plain strict attach that got
-            // here has nothing to hear: no second walk).
-            if (opts.mode == Mode::Bind || opts.allow_delegated)
-                && let Some(d) = cgroup::delegation(&cg.path, &mut Default::default())
-            {
+            if let Some(d) = bound.escapable() {
                 eprintln!(
                     "bindguard: warning: cgroup {} is {}: its processes can move themselves out of the binding; bind {} itself to cover them",
                     printable_path(&cg.path),
@@ -282,60 +344,47 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     printable_path(&d.boundary)
                 );
             }
-            let verb = match outcome {
-                Attached::Created(_) => "bound",
-                Attached::Updated(_) => "re-bound (policy updated in place)",
-                Attached::Replaced(_) => "re-bound (programs replaced)",
-            };
-            let done = format!(
-                "{verb} cgroup {} (id {}) to {} (ifindex {}), mode {}",
-                printable_path(&cg.path),
-                cg.id,
-                iface.name,
-                iface.ifindex,
-                opts.mode.as_str()
-            );
-            if opts.existing == policy::Existing::Destroy {
-                // A partial pass finishes and reports: the binding stays (it governs every new
-                // socket, and sockets already ended cannot be given back); the command fails
-                // and says what is left.
-                let pass = sockreset::end_existing(&cg, &iface)?;
-                for (s, fate) in &pass.ended {
-                    let verb = match fate {
-                        sockreset::Fate::Destroyed => "destroyed".to_string(),
-                        sockreset::Fate::Bound => format!("bound to {}", iface.name),
-                    };
-                    eprintln!(
-                        "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
-                        s.protocol,
-                        s.local,
-                        s.remote,
-                        s.pid,
-                        printable(&s.command),
-                        s.bound_ifindex
-                    );
-                }
-                if !pass.unreached.is_empty() {
-                    for u in &pass.unreached {
-                        eprintln!("bindguard: not ended: {u}");
-                    }
-                    println!("{done}");
-                    anyhow::bail!(
-                        "{} of the sockets cgroup {} already held could not be ended (listed above); the binding is in place and governs every new socket; `bindguard status` reports sockets-unreached until the next attach",
-                        pass.unreached.len(),
-                        printable_path(&cg.path)
-                    );
-                }
+            for (s, fate) in bound.sockets.iter().flat_map(|p| &p.ended) {
+                let verb = match fate {
+                    sockreset::Fate::Destroyed => "destroyed".to_string(),
+                    sockreset::Fate::Bound => format!("bound to {}", iface.name),
+                };
+                eprintln!(
+                    "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
+                    s.protocol,
+                    s.local,
+                    s.remote,
+                    s.pid,
+                    printable(&s.command),
+                    s.bound_ifindex
+                );
             }
-            println!("{done}");
+            // A partial pass still reports: the binding stays (it governs every new socket,
+            // and sockets already ended cannot be given back); the command fails after.
+            let unreached = bound.sockets.as_ref().map_or(&[][..], |p| &p.unreached[..]);
+            for u in unreached {
+                eprintln!("bindguard: not ended: {u}");
+            }
+            println!("{}", bound.summary());
+            if !unreached.is_empty() {
+                anyhow::bail!(
+                    "{} of the sockets cgroup {} already held could not be ended (listed above); the binding is in place and governs every new socket; `bindguard status` reports sockets-unreached until the next attach",
+                    unreached.len(),
+                    printable_path(&cg.path)
+                );
+            }
         }
         Command::Apply {
             config,
             dry_run,
             prune,
         } => return apply(config.as_deref(), dry_run, prune),
-        Command::Daemon { config } => {
-            daemon::run(config)?;
+        Command::Daemon {
+            config,
+            socket,
+            metrics,
+        } => {
+            daemon::run(config, socket.as_deref(), metrics)?;
         }
         Command::OciHook { stage } => {
             let stage = stage.map(|s| s.parse::<oci::Stage>()).transpose()?;
@@ -356,11 +405,119 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             socket,
             name,
             index,
+            metrics,
         } => nri::run(&nri::Settings {
             socket,
             name,
             index,
+            metrics,
         })?,
+        Command::Grants { config, user, json } => {
+            let mount = cgroup::cgroup2_mount()?;
+            let config = config::load(config.as_deref(), &mount)?;
+            let user = user.unwrap_or_else(|| nix::unistd::getuid().as_raw().to_string());
+            let who = grants::Caller::lookup(&user)?;
+            let theirs: Vec<&grants::Grant> =
+                config.grants.iter().filter(|g| g.covers(&who)).collect();
+            if json {
+                let doc: Vec<serde_json::Value> = theirs
+                    .iter()
+                    .map(|g| {
+                        serde_json::json!({
+                            "dev": g.dev,
+                            "modes": g.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                            "options": g.options.iter().map(|o| o.name()).collect::<Vec<_>>(),
+                            "origin": format!("{}:{}", g.file.display(), g.line),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "uid": who.uid,
+                        "grants": doc
+                    }))?
+                );
+            } else if theirs.is_empty() {
+                println!(
+                    "uid {} has no grant: `bindguard exec` without root is refused",
+                    who.uid
+                );
+            } else {
+                for g in theirs {
+                    let options: Vec<&str> = g.options.iter().map(|o| o.name()).collect();
+                    println!(
+                        "dev {}; modes {}; options {} ({}:{})",
+                        g.dev.join(", "),
+                        g.modes
+                            .iter()
+                            .map(|m| m.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        if options.is_empty() {
+                            "none".to_string()
+                        } else {
+                            options.join(", ")
+                        },
+                        g.file.display(),
+                        g.line
+                    );
+                }
+            }
+        }
+        Command::Sessions {
+            end,
+            move_pid,
+            dev,
+            dns,
+            json,
+        } => {
+            let socket = std::env::var_os("BINDGUARD_SOCKET")
+                .map_or_else(|| PathBuf::from(userexec::DEFAULT_SOCKET), PathBuf::from);
+            if let Some(d) = &dev {
+                netdev::validate_name(d)?;
+            }
+            let req = userexec::Request {
+                op: if move_pid.is_some() {
+                    userexec::Op::Move
+                } else if end.is_some() {
+                    userexec::Op::End
+                } else {
+                    userexec::Op::List
+                },
+                end: end.clone(),
+                pid: move_pid,
+                dev: dev.unwrap_or_default(),
+                mode: Mode::Strict.as_str().into(),
+                dns: policy::Dns::from_addrs(&dns)?.addrs(),
+                ..Default::default()
+            };
+            let reply = userexec::ask(&socket, &req)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reply)?);
+            } else if let Some(pid) = move_pid {
+                println!(
+                    "bound pid {pid} in {}",
+                    reply.cgroup.as_deref().unwrap_or("?")
+                );
+            } else if let Some(name) = end {
+                println!("ended {name}");
+            } else if reply.sessions.is_empty() {
+                println!("no exec bindings of yours");
+            } else {
+                println!("{:<24} {:<16} {:<7} PIDS", "NAME", "DEV", "MODE");
+                for s in &reply.sessions {
+                    let pids: Vec<String> = s.pids.iter().map(|p| p.to_string()).collect();
+                    println!(
+                        "{:<24} {:<16} {:<7} {}",
+                        s.name,
+                        s.dev,
+                        s.mode,
+                        pids.join(",")
+                    );
+                }
+            }
+        }
         Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
             // The path detached, not the argument: `self` names the caller's cgroup.
             Detached::Removed { cgroup, pins } => {
@@ -459,6 +616,66 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bindguard exec` without root: the daemon binds this process as a grant allows (only the
+/// interface, mode, --allow-loopback and --dns are the user's to choose), then the command
+/// replaces it: same uid, environment, directory and terminal, no root process in between.
+fn exec_as_user(
+    binding: &BindingArgs,
+    opts: &Options,
+    user: Option<&str>,
+    command: &[std::ffi::OsString],
+) -> anyhow::Result<ExitCode> {
+    let root_only = [
+        ("--user", user.is_some()),
+        ("--netns", binding.netns.is_some()),
+        ("--mark", binding.mark.is_some()),
+        ("--priority", binding.priority.is_some()),
+        ("--allow-family", !binding.allow_family.is_empty()),
+        ("--allow-tun", binding.allow_tun),
+        ("--allow-ptrace-out", binding.allow_ptrace_out),
+        ("--allow-delegated", binding.allow_delegated),
+        (
+            "--existing destroy",
+            opts.existing == policy::Existing::Destroy,
+        ),
+    ];
+    if let Some((flag, _)) = root_only.iter().find(|(_, set)| *set) {
+        return Err(bindguard::Error::InvalidInput {
+            what: format!(
+                "{flag} needs root; without root, exec takes --dev, --mode, --allow-loopback and --dns (as the admin's grant allows)"
+            ),
+        }
+        .into());
+    }
+    netdev::validate_name(&binding.dev)?;
+    let socket = std::env::var_os("BINDGUARD_SOCKET")
+        .map_or_else(|| PathBuf::from(userexec::DEFAULT_SOCKET), PathBuf::from);
+    userexec::ask(
+        &socket,
+        &userexec::Request {
+            dev: binding.dev.clone(),
+            mode: opts.mode.as_str().into(),
+            allow_loopback: opts.allow_loopback,
+            dns: opts.dns.addrs(),
+            ..Default::default()
+        },
+    )?;
+    let (program, args) = command.split_first().context("no command given")?;
+    use std::os::unix::process::CommandExt as _;
+    let e = std::process::Command::new(program).args(args).exec();
+    eprintln!(
+        "bindguard: {}: {e}",
+        std::path::Path::new(program).display()
+    );
+    Ok(ExitCode::from(
+        if e.kind() == std::io::ErrorKind::NotFound {
+            127
+        } else {
+            126
+        },
+    ))
 }
 
 /// Writes bindguard.1 and a bindguard-SUBCOMMAND.1 for every subcommand but the hidden ones

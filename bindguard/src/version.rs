@@ -2,15 +2,20 @@
 //! the hash of the eBPF object it embeds (both set by build.rs), so a report names the exact
 //! programs a binding runs.
 
-/// `0.1.0 (commit abc1234, ebpf 0123456789abcdef)`; clap prefixes the command name.
+/// `0.1.0 (commit abc1234, ebpf 0123456789abcdef, x86_64)`; clap prefixes the command name.
 pub const LONG: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
     env!("BINDGUARD_GIT_COMMIT"),
     ", ebpf ",
     env!("BINDGUARD_EBPF_HASH"),
+    ", ",
+    env!("BINDGUARD_TARGET_ARCH"),
     ")"
 );
+
+/// The architecture this binary was built for (`x86_64`, `aarch64`): the one that runs.
+pub const ARCH: &str = env!("BINDGUARD_TARGET_ARCH");
 
 /// The crate version (what the package and tarball names carry).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -23,6 +28,12 @@ pub const EBPF_HASH: &str = env!("BINDGUARD_EBPF_HASH");
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_architecture_is_the_one_built_for() {
+        assert_eq!(super::ARCH, std::env::consts::ARCH);
+        assert!(super::LONG.ends_with(&format!(", {})", std::env::consts::ARCH)));
+    }
+
     #[test]
     fn build_rs_hash_agrees_with_object_hash() {
         assert_eq!(

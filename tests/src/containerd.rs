@@ -190,11 +190,16 @@ pub struct Pod {
 impl Containerd {
     /// Starts containerd in `netns` and imports the image; panics when it cannot.
     pub fn start(netns: &NetnsGuard) -> Self {
-        let dir = std::env::temp_dir().join(unique("bgn"));
+        Self::start_with_prefix(netns, &crate::name_prefix())
+    }
+
+    /// [`Containerd::start`] with its directory and pods' cgroup parent named `{prefix}n…`.
+    pub fn start_with_prefix(netns: &NetnsGuard, prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(&format!("{prefix}n")));
         fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("containerd.sock");
         let nri_socket = dir.join("nri.sock");
-        let cgroup_parent = format!("/{}", unique("bgn"));
+        let cgroup_parent = format!("/{}", unique(&format!("{prefix}n")));
         let d = dir.display();
         let config = format!(
             r#"version = 3
@@ -221,38 +226,13 @@ state = '{d}/state'
             nri = nri_socket.display(),
         );
         fs::write(dir.join("config.toml"), config).unwrap();
-        let log = fs::File::create(dir.join("containerd.log")).unwrap();
-        let path = format!(
-            "{}:{}",
-            bin_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", netns.path().display()))
-            .arg(bin_dir().join("containerd"))
-            .arg("--config")
-            .arg(dir.join("config.toml"))
-            .env("PATH", &path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting containerd");
         // Killed if this function panics before the Containerd (whose Drop stops it) exists.
-        let mut starting = Starting(Some(child));
+        let mut starting = Starting(Some(spawn_containerd(&dir, netns)));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !socket.exists() || !nri_socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not come up: {}",
-                fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_sockets(&dir, &socket, &nri_socket);
         let channel = rt.block_on(connect(socket.clone()));
         let ctd = Self {
             dir,
@@ -271,12 +251,35 @@ state = '{d}/state'
                 .args(["-n", "k8s.io", "images", "import"])
                 .arg(&archive),
         );
-        // The CRI plugin answers once its runtime is up.
+        ctd.wait_cri();
+        ctd
+    }
+
+    /// SIGKILL, as a crash ends it: the shims and their containers go on running.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts containerd again on the same config and state (after [`Containerd::kill`]),
+    /// and waits until CRI answers.
+    pub fn restart(&mut self, netns: &NetnsGuard) {
+        self.kill();
+        let _ = fs::remove_file(&self.socket);
+        let _ = fs::remove_file(&self.nri_socket);
+        self.child = spawn_containerd(&self.dir, netns);
+        wait_sockets(&self.dir, &self.socket, &self.nri_socket);
+        self.channel = self.rt.block_on(connect(self.socket.clone()));
+        self.wait_cri();
+    }
+
+    /// Waits until the CRI plugin answers (once its runtime is up).
+    fn wait_cri(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let status = ctd
+            let status = self
                 .rt
-                .block_on(ctd.client().status(cri::StatusRequest { verbose: false }));
+                .block_on(self.client().status(cri::StatusRequest { verbose: false }));
             match status {
                 Ok(_) => break,
                 Err(e) if Instant::now() < deadline => {
@@ -286,7 +289,6 @@ state = '{d}/state'
                 Err(e) => panic!("CRI status: {e}"),
             }
         }
-        ctd
     }
 
     fn client(&self) -> RuntimeServiceClient<tonic::transport::Channel> {
@@ -541,6 +543,45 @@ async fn connect(socket: PathBuf) -> tonic::transport::Channel {
     }
 }
 
+/// containerd on the config in `dir`, in `netns`, logging to `dir`/containerd.log (appended:
+/// a restart keeps the first run's lines).
+fn spawn_containerd(dir: &Path, netns: &NetnsGuard) -> Child {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("containerd.log"))
+        .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.path().display()))
+        .arg(bin_dir().join("containerd"))
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("PATH", &path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("starting containerd")
+}
+
+/// Waits until containerd made its CRI and NRI sockets.
+fn wait_sockets(dir: &Path, socket: &Path, nri_socket: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !socket.exists() || !nri_socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "containerd did not come up: {}",
+            fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A containerd being started: killed on drop unless handed on.
 struct Starting(Option<std::process::Child>);
 
@@ -642,9 +683,19 @@ pub struct NriPlugin {
 impl NriPlugin {
     /// Starts the plugin and waits until the runtime has configured and synchronized it.
     pub fn start(ctd: &Containerd, netns: &NetnsGuard) -> Self {
+        let plugin = Self::spawn(ctd, netns, &[], &crate::name_prefix());
+        plugin.wait_log("configured by", Duration::from_secs(10));
+        // Synchronize follows Configure; its log line is the last of a (re)connect.
+        std::thread::sleep(Duration::from_millis(200));
+        plugin
+    }
+
+    /// Starts the plugin with `extra` arguments, in a cgroup named `{prefix}t…`, without
+    /// waiting for the runtime.
+    pub fn spawn(ctd: &Containerd, netns: &NetnsGuard, extra: &[&str], prefix: &str) -> Self {
         let log = ctd.dir.join(format!("nri-{}.log", unique("p")));
         let file = fs::File::create(&log).unwrap();
-        let cgroup = crate::TestCgroup::new();
+        let cgroup = crate::TestCgroup::with_prefix(prefix);
         let child = Cmd::new("unshare")
             .args(["--cgroup", "--", "setpriv"])
             .arg(format!("--bounding-set={PLUGIN_CAPS}"))
@@ -653,18 +704,15 @@ impl NriPlugin {
             .arg("nri")
             .arg("--socket")
             .arg(&ctd.nri_socket)
+            .args(extra)
             .in_cgroup(&cgroup)
             .in_netns(netns)
             .spawn_logged(file);
-        let plugin = Self {
+        Self {
             child,
             log,
             _cgroup: cgroup,
-        };
-        plugin.wait_log("configured by", Duration::from_secs(10));
-        // Synchronize follows Configure; its log line is the last of a (re)connect.
-        std::thread::sleep(Duration::from_millis(200));
-        plugin
+        }
     }
 
     pub fn log_text(&self) -> String {

@@ -32,36 +32,61 @@ impl Dist {
 
     /// `bindguard-<version>-x86_64-linux-musl`: the tarball's top directory.
     pub fn name() -> String {
+        Self::name_for("x86_64")
+    }
+
+    /// The same for `arch` (`x86_64`, `aarch64`).
+    pub fn name_for(arch: &str) -> String {
         format!(
-            "bindguard-{}-x86_64-linux-musl",
+            "bindguard-{}-{arch}-linux-musl",
             bindguard::version::VERSION
         )
     }
 
     pub fn tarball(&self) -> PathBuf {
-        self.dir.join(format!("{}.tar.gz", Self::name()))
+        self.tarball_for("x86_64")
+    }
+
+    pub fn tarball_for(&self, arch: &str) -> PathBuf {
+        self.dir.join(format!("{}.tar.gz", Self::name_for(arch)))
     }
 
     pub fn deb(&self) -> PathBuf {
+        self.deb_for("amd64")
+    }
+
+    /// The .deb of Debian architecture `arch` (`amd64`, `arm64`).
+    pub fn deb_for(&self, arch: &str) -> PathBuf {
         self.dir.join(format!(
-            "bindguard_{}_amd64.deb",
+            "bindguard_{}_{arch}.deb",
             bindguard::version::VERSION
         ))
     }
 
     /// The tarball unpacked into a scratch directory; returns it and the release directory.
     pub fn unpack(&self) -> (ScratchDir, PathBuf) {
+        self.unpack_for("x86_64")
+    }
+
+    /// The tarball of `arch` unpacked, as [`Dist::unpack`].
+    pub fn unpack_for(&self, arch: &str) -> (ScratchDir, PathBuf) {
+        let tarball = self.tarball_for(arch);
+        assert!(
+            tarball.is_file(),
+            "{} is missing: run `cargo xtask dist` (`cargo xtask test` does)",
+            tarball.display()
+        );
         let scratch = ScratchDir::new("bgu");
         crate::topology::sh(
             "tar",
             &[
                 "-xzf",
-                self.tarball().to_str().unwrap(),
+                tarball.to_str().unwrap(),
                 "-C",
                 scratch.path.to_str().unwrap(),
             ],
         );
-        let release = scratch.path.join(Self::name());
+        let release = scratch.path.join(Self::name_for(arch));
         (scratch, release)
     }
 }

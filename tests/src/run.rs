@@ -46,6 +46,11 @@ pub fn probe_bin() -> PathBuf {
     target_bin("bg-probe")
 }
 
+/// The DNS tests' static musl client (tests/fixtures/musl-lookup.rs, built by `cargo xtask`).
+pub fn musl_lookup_bin() -> PathBuf {
+    target_bin("musl-lookup")
+}
+
 /// A command that joins a cgroup and a network namespace between fork and exec.
 pub struct Cmd {
     cmd: Command,
@@ -141,22 +146,27 @@ impl Cmd {
 
     /// Runs as uid/gid 65534 with no capabilities at all.
     pub fn as_nobody(self) -> Self {
-        self.drop_to_nobody("")
+        self.drop_to(65534, "")
+    }
+
+    /// Runs as uid/gid `uid` with no capabilities at all.
+    pub fn as_uid(self, uid: u32) -> Self {
+        self.drop_to(uid, "")
     }
 
     /// Runs as uid/gid 65534 with only capability `cap` (setpriv's name, e.g. `net_raw`),
     /// kept across exec as an ambient capability.
     pub fn as_nobody_with(self, cap: &str) -> Self {
-        self.drop_to_nobody(&format!(",+{cap}"))
+        self.drop_to(65534, &format!(",+{cap}"))
     }
 
-    fn drop_to_nobody(mut self, caps: &str) -> Self {
+    fn drop_to(mut self, uid: u32, caps: &str) -> Self {
         let program = world_executable(Path::new(self.cmd.get_program()));
         let args: Vec<_> = self.cmd.get_args().map(|a| a.to_owned()).collect();
         let mut cmd = Command::new("setpriv");
         cmd.args([
-            "--reuid=65534",
-            "--regid=65534",
+            &format!("--reuid={uid}"),
+            &format!("--regid={uid}"),
             "--clear-groups",
             &format!("--inh-caps=-all{caps}"),
             &format!("--ambient-caps=-all{caps}"),
@@ -292,7 +302,15 @@ fn world_executable(program: &Path) -> PathBuf {
     let _one_at_a_time = COPYING.lock().unwrap_or_else(|e| e.into_inner());
     if !copy.exists() {
         let tmp = copy.with_extension("tmp");
-        std::fs::copy(program, &tmp).expect("copy program");
+        // Copied by cp, not here: a write fd of this process would be inherited by children
+        // other test threads fork meanwhile, and until they exec, running the copy fails with
+        // ETXTBSY (seen: "setpriv: failed to execute ...: Text file busy").
+        let copied = Command::new("cp")
+            .arg(program)
+            .arg(&tmp)
+            .status()
+            .expect("running cp");
+        assert!(copied.success(), "cp {} failed", program.display());
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::rename(&tmp, &copy).expect("rename copy");
     }

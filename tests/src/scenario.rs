@@ -371,3 +371,18 @@ pub fn attached_programs(cgroup: &std::path::Path) -> String {
     }
     out
 }
+
+/// A shell command whose first instructions send `tok` over TCP and UDP, IPv4 and IPv6
+/// (tokens `<tok>-tcp4` ...), with the static busybox client, then sleep: what a container's
+/// first instructions are in the NRI and operations tests.
+pub fn sender(tok: &str) -> Vec<String> {
+    let mut script = String::new();
+    for (v, dest) in [("4", DEST4), ("6", DEST6)] {
+        script += &format!("echo {tok}-tcp{v} | /bin/busybox nc -w1 {dest} {PORT}; ");
+        script += &format!(
+            "/bin/busybox tftp -g -r {tok}-udp{v} -l /dev/null {dest} {PORT} 2>/dev/null & "
+        );
+    }
+    script += "exec /bin/busybox sleep 86400";
+    vec!["/bin/sh".into(), "-c".into(), script]
+}

@@ -185,9 +185,15 @@ fn link_uplink(
 
 impl Topology {
     pub fn new() -> Self {
-        let host = NetnsGuard::new("bgh");
-        let peer_a = NetnsGuard::new("bga");
-        let peer_b = NetnsGuard::new("bgb");
+        Self::with_prefix(&crate::name_prefix())
+    }
+
+    /// With namespaces named `{prefix}h…`, `{prefix}a…`, `{prefix}b…` (engineers who share a
+    /// machine each keep to their own prefix).
+    pub fn with_prefix(prefix: &str) -> Self {
+        let host = NetnsGuard::new(&format!("{prefix}h"));
+        let peer_a = NetnsGuard::new(&format!("{prefix}a"));
+        let peer_b = NetnsGuard::new(&format!("{prefix}b"));
         for (up, peer, host4, peer4, host6, peer6, metric) in [
             (UPLINK_A, &peer_a, HOST_A4, PEER_A4, HOST_A6, PEER_A6, "10"),
             (UPLINK_B, &peer_b, HOST_B4, PEER_B4, HOST_B6, PEER_B6, "20"),
@@ -246,8 +252,13 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new() -> Self {
+        Self::with_prefix(&crate::name_prefix())
+    }
+
+    /// Named `{prefix}t…` under the cgroup2 mount.
+    pub fn with_prefix(prefix: &str) -> Self {
         let mount = bindguard::binding::cgroup::cgroup2_mount().expect("a cgroup2 mount");
-        Self::create(mount.join(unique("bgt")))
+        Self::create(mount.join(unique(&format!("{prefix}t"))))
     }
 
     /// A child cgroup of this one.

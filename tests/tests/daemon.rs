@@ -16,7 +16,7 @@ use bindguard_tests::{
     Cmd, Peer, Proto, Scenario, TestCgroup, probe_bin, root_or_skip,
     scenario::{dest, token},
     topology::{Topology, UPLINK_A, UPLINK_B},
-    unique,
+    unique, unit_caps,
 };
 
 /// `apply --prune` detaches every config-made binding its config does not name, including
@@ -837,14 +837,21 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         "bindguard.service",
         &unit.replace("/usr/bin/bindguard", &bin.display().to_string()),
     );
+    // The exec requests' socket unit, verified beside the service it activates.
+    let socket = dir.write(
+        "bindguard.socket",
+        &fs::read_to_string(root.join("deploy/systemd/bindguard.socket")).unwrap(),
+    );
     let out = std::process::Command::new(analyze)
         .arg("verify")
         .arg(&copy)
+        .arg(&socket)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "systemd-analyze verify: {err}");
     assert!(!err.contains("bindguard.service:"), "warnings: {err}");
+    assert!(!err.contains("bindguard.socket:"), "warnings: {err}");
     // The drop-in is what the README shows. (The sample config: config.rs's unit tests.)
     let dropin =
         fs::read_to_string(root.join("deploy/systemd/bindguard-binding.conf.example")).unwrap();
@@ -1272,20 +1279,6 @@ fn an_unreadable_config_file_on_sighup_changes_nothing() {
         d.log()
     );
     assert!(s.cg.pins().exists(), "{}", d.log());
-}
-
-/// The capabilities the shipped unit gives the daemon (its CapabilityBoundingSet), in setpriv's
-/// spelling.
-fn unit_caps() -> Vec<String> {
-    let unit = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd/bindguard.service");
-    let text = fs::read_to_string(&unit).unwrap();
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
-        .expect("the unit sets CapabilityBoundingSet");
-    line.split_whitespace()
-        .map(|c| c.trim_start_matches("CAP_").to_ascii_lowercase())
-        .collect()
 }
 
 /// Issue 17, item 3: with exactly the unit's capabilities, `existing = "destroy"` ends the

@@ -34,16 +34,17 @@ fn hooks_d_entry_is_oci_hooks_1_0_0_for_the_dev_annotation() {
     assert!(pod.contains("io.bindguard.dev:"));
 }
 
-/// The README's tarball install steps put nothing where the .deb puts its files (/usr/bin,
-/// /usr/share, /usr/lib): a machine with both would have each overwrite the other's. They
-/// install every man page and every shipped completion.
+/// The tarball install steps (docs/install.md) put nothing where the .deb puts its files
+/// (/usr/bin, /usr/share, /usr/lib): a machine with both would have each overwrite the other's.
+/// They install every man page and every shipped completion.
 #[test]
 fn readme_tarball_install_steps_stay_out_of_the_package_s_paths() {
     let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/install.md"))
+            .unwrap();
     let from = readme
         .find("**Tarball**")
-        .expect("README has the tarball install");
+        .expect("docs/install.md has the tarball install");
     let block = &readme[from..];
     let block = &block[block.find("```sh\n").unwrap() + 6..];
     let block = &block[..block.find("```").unwrap()];
@@ -109,8 +110,40 @@ fn nri_daemonset_grants_what_the_nri_suite_runs_with() {
     assert!(ds.contains("drop: [ALL]"));
     assert!(ds.contains("hostPID: true") && ds.contains("hostNetwork: true"));
     assert!(ds.contains(&format!(
-        r#"["/opt/bindguard/bindguard", "nri", "--socket", "{}"]"#,
-        bindguard::service::nri::DEFAULT_SOCKET
+        r#"["/opt/bindguard/bindguard", "nri", "--socket", "{}", "--metrics", "0.0.0.0:{}"]"#,
+        bindguard::service::nri::DEFAULT_SOCKET,
+        bindguard::service::metrics::DEFAULT_PORT
     )));
     assert!(!ds.contains("privileged: true"));
+}
+
+/// The DaemonSet serves metrics on the documented port and probes the plugin with /healthz
+/// (liveness) and /readyz (readiness) there, and its own pod tolerates a containerd 2.2 that
+/// requires the plugin (it cannot be present before its own pod runs).
+#[test]
+fn nri_daemonset_probes_health_and_readiness_on_the_metrics_port() {
+    let ds = include_str!("../../deploy/kubernetes/bindguard-nri.yaml");
+    let port = bindguard::service::metrics::DEFAULT_PORT;
+    assert!(
+        ds.contains(&format!(
+            "- {{name: metrics, containerPort: {port}, protocol: TCP}}"
+        )),
+        "the metrics port"
+    );
+    let probe = |kind: &str| {
+        let at = ds
+            .find(&format!("{kind}:"))
+            .unwrap_or_else(|| panic!("{kind}"));
+        ds[at..].lines().nth(1).unwrap().trim().to_string()
+    };
+    assert_eq!(
+        probe("livenessProbe"),
+        "httpGet: {path: /healthz, port: metrics}"
+    );
+    assert_eq!(
+        probe("readinessProbe"),
+        "httpGet: {path: /readyz, port: metrics}"
+    );
+    assert!(ds.contains(r#"tolerate-missing-plugins.noderesource.dev: "true""#));
+    assert!(ds.contains(&format!(r#"prometheus.io/port: "{port}""#)));
 }

@@ -66,10 +66,11 @@ fn assert_version(bin: &Path) {
     let (code, out, err) = run(Command::new(bin).arg("--version"));
     assert_eq!(code, 0, "{err}");
     let expected = format!(
-        "bindguard {} (commit {}, ebpf {:016x})\n",
+        "bindguard {} (commit {}, ebpf {:016x}, {})\n",
         bindguard::version::VERSION,
         git_commit(),
-        bindguard::kernel::hooks::object_hash()
+        bindguard::kernel::hooks::object_hash(),
+        std::env::consts::ARCH
     );
     assert_eq!(out, expected, "stale dist/? run `cargo xtask dist`");
 }
@@ -118,6 +119,13 @@ fn tarball_holds_a_static_binary_and_what_goes_with_it() {
             shipped.push((name, f));
         }
     }
+    // The pages the README links, beside it.
+    for f in docs_files() {
+        shipped.push((
+            format!("docs/{}", f.display()),
+            workspace().join("docs").join(f),
+        ));
+    }
     for (file, source) in shipped {
         assert_eq!(
             fs::read(release.join(&file)).unwrap_or_default(),
@@ -128,14 +136,160 @@ fn tarball_holds_a_static_binary_and_what_goes_with_it() {
     }
 }
 
+/// (e_machine, ELF type, has PT_INTERP, has PT_DYNAMIC or a .dynamic section)
+fn elf_machine_and_linkage(bin: &Path) -> (u16, u16, bool, bool) {
+    let data = fs::read(bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+    let elf = ElfFile64::<object::Endianness>::parse(&*data).expect("an ELF64 file");
+    let (ty, interp, dynamic) = elf_linkage(bin);
+    (
+        elf.elf_header().e_machine(elf.endian()),
+        ty,
+        interp,
+        dynamic,
+    )
+}
+
+/// Every regular file under `dir`, relative, with its bytes.
+fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(PathBuf, Vec<u8>)>) {
+        for e in fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(root, &p, out);
+            } else {
+                out.push((p.strip_prefix(root).unwrap().into(), fs::read(&p).unwrap()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The arm64 tarball and .deb: a static aarch64 executable (no interpreter, no dynamic
+/// section, EM_AARCH64) built from this checkout, and otherwise the very files the amd64
+/// ones ship. Nothing here runs the binary: this machine is x86_64 (the VM matrix's arm64
+/// boots run it).
+#[test]
+fn arm64_artefacts_hold_a_static_aarch64_binary_and_the_same_files() {
+    const EM_X86_64: u16 = 62;
+    const EM_AARCH64: u16 = 183;
+    let dist = Dist::find();
+    let (_s64, amd64) = dist.unpack_for("x86_64");
+    let (_sarm, arm64) = dist.unpack_for("aarch64");
+    let bin = arm64.join("bindguard");
+    assert_eq!(
+        elf_machine_and_linkage(&bin),
+        (EM_AARCH64, ET_EXEC, false, false),
+        "a static non-PIE aarch64 executable"
+    );
+    // The check can fail: the amd64 binary is another machine's.
+    assert_eq!(
+        elf_machine_and_linkage(&amd64.join("bindguard")).0,
+        EM_X86_64
+    );
+    // What --version prints is in the binary: this checkout, an eBPF object, aarch64. (The
+    // object's hash differs from the amd64 build's: it is built with aya-ebpf's
+    // bpf_target_arch set to the loader's architecture; docs/arm64.md.)
+    let prefix = format!(
+        "{} (commit {}, ebpf ",
+        bindguard::version::VERSION,
+        git_commit()
+    );
+    let data = fs::read(&bin).unwrap();
+    let version_ok = data
+        .windows(prefix.len() + 16 + ", aarch64)".len())
+        .any(|w| {
+            w.starts_with(prefix.as_bytes())
+                && w[prefix.len()..prefix.len() + 16]
+                    .iter()
+                    .all(u8::is_ascii_hexdigit)
+                && w.ends_with(b", aarch64)")
+        });
+    assert!(
+        version_ok,
+        "{} does not hold `{prefix}<hash>, aarch64)`: stale dist/? run `cargo xtask dist`",
+        bin.display()
+    );
+    let others = |t: Vec<(PathBuf, Vec<u8>)>| -> Vec<(PathBuf, Vec<u8>)> {
+        t.into_iter()
+            .filter(|(p, _)| p != Path::new("bindguard"))
+            .collect()
+    };
+    let (a, b) = (others(tree(&amd64)), others(tree(&arm64)));
+    assert!(a.len() > 10, "{a:?}");
+    assert_eq!(
+        a.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+        b.iter().map(|(p, _)| p).collect::<Vec<_>>()
+    );
+    for ((p, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            x == y,
+            "{} differs between the amd64 and arm64 tarballs",
+            p.display()
+        );
+    }
+
+    let deb = dist.deb_for("arm64");
+    let field = |deb: &Path, f: &str| {
+        let (code, out, err) = run(Command::new("dpkg-deb").arg("--field").arg(deb).arg(f));
+        assert_eq!(code, 0, "dpkg-deb --field {f}: {err}");
+        out.trim().to_string()
+    };
+    assert_eq!(field(&deb, "Architecture"), "arm64");
+    for f in ["Package", "Version", "Description"] {
+        assert_eq!(field(&deb, f), field(&dist.deb(), f), "{f}");
+    }
+    let unpacked = ScratchDir::new("bgarm");
+    let (code, _, err) = run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked.path));
+    assert_eq!(code, 0, "dpkg-deb -x: {err}");
+    assert_eq!(
+        elf_machine_and_linkage(&unpacked.path.join("usr/bin/bindguard")),
+        (EM_AARCH64, ET_EXEC, false, false)
+    );
+    assert_eq!(
+        fs::read(unpacked.path.join("usr/bin/bindguard")).unwrap(),
+        data,
+        "the .deb's binary is the tarball's"
+    );
+    let amd64_deb = ScratchDir::new("bgamd");
+    let (code, _, err) = run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(dist.deb())
+        .arg(&amd64_deb.path));
+    assert_eq!(code, 0, "dpkg-deb -x: {err}");
+    let (a, b) = (tree(&amd64_deb.path), tree(&unpacked.path));
+    let paths = |t: &[(PathBuf, Vec<u8>)]| t.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        paths(&a),
+        paths(&b),
+        "the two packages install the same files"
+    );
+    for ((p, x), (_, y)) in a.iter().zip(&b) {
+        if p != Path::new("usr/bin/bindguard") {
+            assert!(
+                x == y,
+                "{} differs between the amd64 and arm64 packages",
+                p.display()
+            );
+        }
+    }
+}
+
 /// The subcommands with a man page of their own (`bindguard-SUB.1`).
-const SUBCOMMANDS: [&str; 13] = [
+const SUBCOMMANDS: [&str; 15] = [
     "attach",
     "apply",
     "daemon",
     "exec",
     "oci-hook",
     "nri",
+    "grants",
+    "sessions",
     "detach",
     "monitor",
     "verify",
@@ -156,6 +310,26 @@ fn deploy_files(sub: &str) -> Vec<PathBuf> {
         .filter(|p| p.is_file())
         .collect();
     files.sort();
+    files
+}
+
+/// Every file of docs/, relative to it (the README's pages, shipped beside it).
+fn docs_files() -> Vec<PathBuf> {
+    fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, base, out);
+            } else if path.is_file() {
+                out.push(path.strip_prefix(base).unwrap().to_path_buf());
+            }
+        }
+    }
+    let docs = workspace().join("docs");
+    let mut files = Vec::new();
+    walk(&docs, &docs, &mut files);
+    files.sort();
+    assert!(!files.is_empty(), "docs/ has no page");
     files
 }
 
@@ -357,9 +531,15 @@ fn deb_installs_lists_its_files_runs_and_purges() {
         "/usr/share/zsh/vendor-completions/_bindguard",
         "/usr/share/fish/vendor_completions.d/bindguard.fish",
         "/usr/share/containers/oci/hooks.d/bindguard.json",
+        "/usr/share/doc/bindguard/README.md",
     ]
     .map(String::from)
     .to_vec();
+    expected.extend(
+        docs_files()
+            .iter()
+            .map(|f| format!("/usr/share/doc/bindguard/docs/{}", f.display())),
+    );
     expected.extend(
         SUBCOMMANDS
             .iter()

@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bindguard_tests::scenario::sender;
 use bindguard_tests::{
     Listener, Peer, Topology,
     containerd::{self, Containerd, NriPlugin, Pod, PodSpec},
@@ -87,20 +88,6 @@ fn run_pod<'a>(w: &'a World, spec: PodSpec) -> (PodGuard<'a>, Result<(), tonic::
         ..spec
     });
     (PodGuard { ctd: &w.ctd, pod }, result)
-}
-
-/// A shell command whose first instructions send `tok` over TCP and UDP, IPv4 and IPv6
-/// (tokens `<tok>-tcp4` ...), with the static busybox client, then sleep.
-fn sender(tok: &str) -> Vec<String> {
-    let mut script = String::new();
-    for (v, dest) in [("4", DEST4), ("6", DEST6)] {
-        script += &format!("echo {tok}-tcp{v} | /bin/busybox nc -w1 {dest} {PORT}; ");
-        script += &format!(
-            "/bin/busybox tftp -g -r {tok}-udp{v} -l /dev/null {dest} {PORT} 2>/dev/null & "
-        );
-    }
-    script += "exec /bin/busybox sleep 86400";
-    vec!["/bin/sh".into(), "-c".into(), script]
 }
 
 const FLOWS: [&str; 4] = ["tcp4", "udp4", "tcp6", "udp6"];

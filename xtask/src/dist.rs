@@ -1,7 +1,11 @@
-//! `cargo xtask dist`: the static release binary, a tarball and a .deb under dist/.
+//! `cargo xtask dist [--arch x86_64|aarch64|all]`: the static release binary, a tarball and a
+//! .deb per architecture under dist/.
 //!
-//! The binary is built for x86_64-unknown-linux-musl as a static non-PIE executable (see
-//! .cargo/config.toml) in the stripped `dist` profile, so it runs on any distribution. The
+//! The binary is built for x86_64- and aarch64-unknown-linux-musl as a static non-PIE
+//! executable (see .cargo/config.toml: rust-lld links the arm64 one, no cross gcc) in the
+//! stripped `dist` profile, so it runs on any distribution. Both architectures ship the same
+//! files besides the binary: the man pages, completions and version are printed by the
+//! x86_64 binary, which runs here (the eBPF object and the CLI are the same). The
 //! .deb is assembled with dpkg-deb from a staged tree (no cargo-deb: it takes minutes to
 //! install on a fresh machine and we need none of its Cargo.toml-driven features).
 
@@ -17,69 +21,142 @@ use anyhow::{Context, bail};
 
 use crate::{cargo, run, workspace};
 
-pub const TARGET: &str = "x86_64-unknown-linux-musl";
-/// Where the musl build puts the binary (profile `dist`).
-const BUILT: &str = "target/x86_64-unknown-linux-musl/dist/bindguard";
+/// An architecture bindguard ships for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 2] = [Arch::X86_64, Arch::Aarch64];
+
+    /// The Rust target of the static build.
+    pub fn target(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64-unknown-linux-musl",
+            Arch::Aarch64 => "aarch64-unknown-linux-musl",
+        }
+    }
+
+    /// The name the tarball and `--version` use (the kernel's `uname -m`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "x86_64",
+            Arch::Aarch64 => "aarch64",
+        }
+    }
+
+    /// Debian's name for it (the .deb's Architecture).
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "amd64",
+            Arch::Aarch64 => "arm64",
+        }
+    }
+
+    /// `--arch`'s value: one architecture by either name, or `all`.
+    pub fn parse_list(s: &str) -> anyhow::Result<Vec<Arch>> {
+        if s == "all" {
+            return Ok(Arch::ALL.to_vec());
+        }
+        Arch::ALL
+            .into_iter()
+            .find(|a| a.name() == s || a.debian() == s)
+            .map(|a| vec![a])
+            .with_context(|| format!("--arch {s}: use x86_64, aarch64 or all"))
+    }
+}
+
+/// The architecture whose binary runs here: it prints the man pages and completions.
+pub const HOST: Arch = Arch::X86_64;
 /// deploy/'s hooks.d entry (and unit) name the binary where a by-hand install puts it; the
 /// package puts it in /usr/bin and rewrites them.
 const LOCAL_BIN: &str = "/usr/local/bin/bindguard";
 const PACKAGE_BIN: &str = "/usr/bin/bindguard";
 
-/// Builds the static release binary; returns its path.
+/// Builds the static release binary for this machine; returns its path.
 pub fn build_binary() -> anyhow::Result<PathBuf> {
+    build_binary_for(HOST)
+}
+
+/// Builds the static release binary for `arch`; returns its path.
+pub fn build_binary_for(arch: Arch) -> anyhow::Result<PathBuf> {
     run(cargo().args([
         "build",
         "--quiet",
         "--profile",
         "dist",
         "--target",
-        TARGET,
+        arch.target(),
         "-p",
         "bindguard",
         "--bin",
         "bindguard",
     ]))
-    .context("building the static binary (`cargo xtask setup` adds the musl target)")?;
-    Ok(workspace().join(BUILT))
+    .with_context(|| {
+        format!(
+            "building the static {} binary (`cargo xtask setup` adds the {} target)",
+            arch.name(),
+            arch.target()
+        )
+    })?;
+    Ok(workspace()
+        .join("target")
+        .join(arch.target())
+        .join("dist/bindguard"))
 }
 
-/// Builds everything; returns the dist/ directory.
+/// Builds every architecture's artefacts; returns the dist/ directory.
 pub fn dist() -> anyhow::Result<PathBuf> {
-    let started = Instant::now();
+    dist_for(&Arch::ALL)
+}
+
+/// Builds the artefacts of `arches`; returns the dist/ directory.
+pub fn dist_for(arches: &[Arch]) -> anyhow::Result<PathBuf> {
     let root = workspace();
-    let bin = build_binary()?;
-    let version = version(&bin)?;
+    // The host's binary prints what every package carries besides the binary.
+    let host_bin = build_binary_for(HOST)?;
+    let version = version(&host_bin)?;
     let dir = root.join("dist");
     fs::create_dir_all(&dir)?;
-    let generated = Generated::new(&bin)?;
+    let generated = Generated::new(&host_bin)?;
+    for &arch in arches {
+        let started = Instant::now();
+        let bin = if arch == HOST {
+            host_bin.clone()
+        } else {
+            build_binary_for(arch)?
+        };
+        let name = format!("bindguard-{version}-{}-linux-musl", arch.name());
+        let tree = dir.join(&name);
+        stage_tarball(&root, &bin, &generated, &tree)?;
+        let tarball = dir.join(format!("{name}.tar.gz"));
+        tar(&dir, &name, &tarball)?;
 
-    let name = format!("bindguard-{version}-x86_64-linux-musl");
-    let tree = dir.join(&name);
-    stage_tarball(&root, &bin, &generated, &tree)?;
-    let tarball = dir.join(format!("{name}.tar.gz"));
-    tar(&dir, &name, &tarball)?;
+        let staging = dir.join(format!("deb-{}", arch.debian()));
+        stage_deb(&root, &bin, &generated, &version, arch, &staging)?;
+        let deb = dir.join(format!("bindguard_{version}_{}.deb", arch.debian()));
+        // dpkg-deb clamps file times to SOURCE_DATE_EPOCH and stamps the ar members with it.
+        run(Command::new("dpkg-deb")
+            .env("SOURCE_DATE_EPOCH", source_date_epoch())
+            .args(["--root-owner-group", "-Zgzip", "--build"])
+            .arg(&staging)
+            .arg(&deb)
+            .stdout(std::process::Stdio::null()))?;
 
-    let staging = dir.join("deb");
-    stage_deb(&root, &bin, &generated, &version, &staging)?;
-    let deb = dir.join(format!("bindguard_{version}_amd64.deb"));
-    // dpkg-deb clamps file times to SOURCE_DATE_EPOCH and stamps the ar members with it.
-    run(Command::new("dpkg-deb")
-        .env("SOURCE_DATE_EPOCH", source_date_epoch())
-        .args(["--root-owner-group", "-Zgzip", "--build"])
-        .arg(&staging)
-        .arg(&deb)
-        .stdout(std::process::Stdio::null()))?;
-
-    let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-    eprintln!(
-        "dist: bindguard {version} static binary {} KiB; {} ({} KiB), {} ({} KiB) in {:.1} s",
-        size(&bin) / 1024,
-        tarball.display(),
-        size(&tarball) / 1024,
-        deb.display(),
-        size(&deb) / 1024,
-        started.elapsed().as_secs_f64()
-    );
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "dist: bindguard {version} {} static binary {} KiB; {} ({} KiB), {} ({} KiB) in {:.1} s",
+            arch.name(),
+            size(&bin) / 1024,
+            tarball.display(),
+            size(&tarball) / 1024,
+            deb.display(),
+            size(&deb) / 1024,
+            started.elapsed().as_secs_f64()
+        );
+    }
     Ok(dir)
 }
 
@@ -194,6 +271,16 @@ fn copy(from: &Path, to: &Path, mode: u32) -> anyhow::Result<()> {
     write(to, &data, mode)
 }
 
+/// The README and, beside it, every file of docs/ (the pages the README links), into `to`.
+fn copy_docs(root: &Path, to: &Path) -> anyhow::Result<()> {
+    copy(&root.join("README.md"), &to.join("README.md"), 0o644)?;
+    let docs = root.join("docs");
+    for f in files_under(&docs)? {
+        copy(&docs.join(&f), &to.join("docs").join(&f), 0o644)?;
+    }
+    Ok(())
+}
+
 fn fresh_dir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
@@ -217,7 +304,7 @@ fn stage_tarball(
     for (script, file, _) in &generated.completions {
         write(&tree.join("completions").join(file), script, 0o644)?;
     }
-    copy(&root.join("README.md"), &tree.join("README.md"), 0o644)?;
+    copy_docs(root, tree)?;
     copy(
         &root.join("deploy/Containerfile"),
         &tree.join("Containerfile"),
@@ -277,6 +364,7 @@ fn stage_deb(
     bin: &Path,
     generated: &Generated,
     version: &str,
+    arch: Arch,
     staging: &Path,
 ) -> anyhow::Result<()> {
     fresh_dir(staging)?;
@@ -305,7 +393,7 @@ fn stage_deb(
         0o644,
     )?;
     let doc = staging.join("usr/share/doc/bindguard");
-    copy(&root.join("README.md"), &doc.join("README.md"), 0o644)?;
+    copy_docs(root, &doc)?;
     write(
         &doc.join("copyright"),
         b"Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n\
@@ -342,7 +430,7 @@ fn stage_deb(
     let control = format!(
         "Package: bindguard\n\
          Version: {version}\n\
-         Architecture: amd64\n\
+         Architecture: {}\n\
          Maintainer: bindguard developers <bindguard@localhost>\n\
          Installed-Size: {installed_kib}\n\
          Section: net\n\
@@ -351,7 +439,8 @@ fn stage_deb(
          bindguard gives SO_BINDTODEVICE semantics to every socket of a cgroup v2,\n \
          enforced in the Linux kernel with eBPF, statically linked programs included.\n \
          In strict mode their traffic cannot leave or arrive by any other interface.\n \
-         Includes the OCI hook (hooks.d) for podman and CRI-O. Static binary.\n"
+         Includes the OCI hook (hooks.d) for podman and CRI-O. Static binary.\n",
+        arch.debian()
     );
     write(&debian.join("control"), control.as_bytes(), 0o644)?;
     if !conffiles.is_empty() {

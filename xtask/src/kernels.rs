@@ -30,9 +30,11 @@ pub struct Pin {
     pub suite: String,
     pub package: String,
     pub version: String,
+    /// Debian's architecture of the package (`amd64` unless the line names one).
+    pub arch: String,
 }
 
-/// The pins, one per line: `series suite package version` (# comments).
+/// The pins, one per line: `series suite package version [arch]` (# comments).
 pub fn pins_file() -> PathBuf {
     workspace().join("xtask/kernels.pins")
 }
@@ -45,15 +47,22 @@ pub fn read_pins() -> anyhow::Result<Vec<Pin>> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
+            let pin = |series: &str, suite: &str, package: &str, version: &str, arch: &str| Pin {
+                series: series.into(),
+                suite: suite.into(),
+                package: package.into(),
+                version: version.into(),
+                arch: arch.into(),
+            };
             match f[..] {
-                [series, suite, package, version] => Ok(Pin {
-                    series: series.into(),
-                    suite: suite.into(),
-                    package: package.into(),
-                    version: version.into(),
-                }),
+                [series, suite, package, version] => {
+                    Ok(pin(series, suite, package, version, "amd64"))
+                }
+                [series, suite, package, version, arch] => {
+                    Ok(pin(series, suite, package, version, arch))
+                }
                 _ => bail!(
-                    "{}: '{l}' is not `series suite package version`",
+                    "{}: '{l}' is not `series suite package version [arch]`",
                     path.display()
                 ),
             }
@@ -91,17 +100,27 @@ fn host_mirror() -> String {
 }
 
 /// apt-get/apt-cache with a configuration of our own: the three suites (and their security
-/// updates) of the archive the host uses, lists and cache under target/vmtest/apt.
+/// updates) of the archive the host uses, lists and cache under target/vmtest/apt (amd64)
+/// or target/vmtest/apt-<arch>.
 pub(crate) struct Apt {
     dir: PathBuf,
+    arch: String,
 }
 
 impl Apt {
-    fn new(suites: &[&str]) -> anyhow::Result<Self> {
-        Self::at(vmtest_dir().join("apt"), suites, true)
+    fn new(suites: &[&str], arch: &str) -> anyhow::Result<Self> {
+        let dir = if arch == "amd64" {
+            vmtest_dir().join("apt")
+        } else {
+            vmtest_dir().join(format!("apt-{arch}"))
+        };
+        let mut apt = Self::at(dir, suites, true)?;
+        apt.arch = arch.into();
+        Ok(apt)
     }
 
-    /// The same in `dir`; `security`: add each suite's security updates (unstable has none).
+    /// The same in `dir` (amd64); `security`: add each suite's security updates (unstable
+    /// has none).
     pub(crate) fn at(dir: PathBuf, suites: &[&str], security: bool) -> anyhow::Result<Self> {
         for d in [
             "etc/apt/preferences.d",
@@ -123,7 +142,10 @@ impl Apt {
         }
         fs::write(dir.join("etc/apt/sources.list"), sources)?;
         fs::write(dir.join("status"), "")?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            arch: "amd64".into(),
+        })
     }
 
     fn options(&self) -> Vec<String> {
@@ -133,7 +155,7 @@ impl Apt {
             format!("Dir::State::Lists={d}/lists"),
             format!("Dir::Cache={d}/cache"),
             format!("Dir::State::status={d}/status"),
-            "APT::Architecture=amd64".into(),
+            format!("APT::Architecture={}", self.arch),
             "Debug::NoLocking=1".into(),
             // Downloads land in a root-owned directory: no _apt sandbox user.
             "APT::Sandbox::User=root".into(),
@@ -166,19 +188,31 @@ impl Apt {
     }
 }
 
-/// Rewrites xtask/kernels.pins with the newest stock amd64 kernel of each pinned series.
+/// Rewrites xtask/kernels.pins with the newest stock kernel of each pinned series and
+/// architecture.
 pub fn update_pins() -> anyhow::Result<()> {
     let old = read_pins()?;
     let suites: Vec<&str> = old.iter().map(|p| p.suite.as_str()).collect();
-    let apt = Apt::new(&suites)?;
-    apt.update()?;
     let mut out = String::from(
-        "# Debian's stock amd64 kernels the VM matrix boots: series suite package version.\n\
-         # `cargo xtask vmtest --update-pins` rewrites this file with each series' newest build.\n",
+        "# Debian's stock kernels the VM matrix boots: series suite package version [arch, amd64\n\
+         # if absent]. `cargo xtask vmtest --update-pins` rewrites this file with each series'\n\
+         # newest build.\n",
     );
+    let mut apts: Vec<(String, Apt)> = Vec::new();
     for pin in &old {
-        // linux-image-amd64 of the suite depends on exactly its current kernel package.
-        let madison = apt.output("apt-cache", &["madison", "linux-image-amd64"])?;
+        if !apts.iter().any(|(a, _)| *a == pin.arch) {
+            let apt = Apt::new(&suites, &pin.arch)?;
+            apt.update()?;
+            apts.push((pin.arch.clone(), apt));
+        }
+        let apt = &apts
+            .iter()
+            .find(|(a, _)| *a == pin.arch)
+            .expect("made above")
+            .1;
+        let meta = format!("linux-image-{}", pin.arch);
+        // linux-image-<arch> of the suite depends on exactly its current kernel package.
+        let madison = apt.output("apt-cache", &["madison", &meta])?;
         let version = madison
             .lines()
             .filter(|l| {
@@ -187,23 +221,129 @@ pub fn update_pins() -> anyhow::Result<()> {
             })
             .filter_map(|l| l.split('|').nth(1).map(str::trim))
             .find(|v| v.starts_with(&pin.series))
-            .with_context(|| format!("no linux-image-amd64 {} in {}", pin.series, pin.suite))?
+            .with_context(|| format!("no {meta} {} in {}", pin.series, pin.suite))?
             .to_string();
-        let show = apt.output(
-            "apt-cache",
-            &["show", &format!("linux-image-amd64={version}")],
-        )?;
+        let show = apt.output("apt-cache", &["show", &format!("{meta}={version}")])?;
         let package = show
             .lines()
             .find_map(|l| l.strip_prefix("Depends: "))
             .and_then(|d| d.split([' ', ',']).next())
-            .context("linux-image-amd64 names no kernel package")?
+            .with_context(|| format!("{meta} names no kernel package"))?
             .to_string();
-        eprintln!("vmtest: {} {}: {package} {version}", pin.series, pin.suite);
-        out += &format!("{} {} {package} {version}\n", pin.series, pin.suite);
+        eprintln!(
+            "vmtest: {} {} {}: {package} {version}",
+            pin.series, pin.suite, pin.arch
+        );
+        let arch = if pin.arch == "amd64" {
+            String::new()
+        } else {
+            format!(" {}", pin.arch)
+        };
+        out += &format!("{} {} {package} {version}{arch}\n", pin.series, pin.suite);
     }
     fs::write(pins_file(), out)?;
     Ok(())
+}
+
+/// The Debian release whose packages make a foreign architecture's guest userland.
+const USERLAND_SUITE: &str = "bookworm";
+/// What the tests run besides their own static binaries (tests/src/run.rs, topology.rs): ip,
+/// nsenter, unshare, setpriv, setsid, modprobe; busybox for the shell and the rest.
+const USERLAND: &[&str] = &["busybox-static", "iproute2", "kmod", "util-linux"];
+/// busybox applets the stage-2 script and the tests call, linked where no package put one.
+const APPLETS: &[&str] = &[
+    "sh", "mount", "umount", "mkdir", "rmdir", "sed", "printf", "chmod", "cat", "sync", "sleep",
+    "echo", "ls", "rm", "grep", "true", "false", "ln", "id", "env", "uname", "poweroff", "mknod",
+    "tail", "head", "cp", "mv", "test", "[", "kill", "ps", "touch", "wc", "tr", "timeout", "stat",
+    "readlink", "dirname", "basename", "awk", "cut", "sort", "dd",
+];
+
+/// A root filesystem for `arch` guests (the host's own root serves amd64 ones): Debian's
+/// packages for that architecture (`apt-get install --download-only` under the private
+/// configuration, then `dpkg-deb -x`), cached under target/vmtest/userland-<arch>/root.
+/// The workspace is mounted over it at its host path by the stage-2 script.
+pub fn userland(arch: &str) -> anyhow::Result<PathBuf> {
+    let dir = vmtest_dir().join(format!("userland-{arch}"));
+    let root = dir.join("root");
+    let done = dir.join(".ready");
+    let stamp = format!("{USERLAND_SUITE} {}", USERLAND.join(" "));
+    if fs::read_to_string(&done).ok().as_deref() == Some(stamp.as_str()) {
+        return Ok(root);
+    }
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&root)?;
+    eprintln!("vmtest: building the {arch} userland from Debian {USERLAND_SUITE}: {stamp}");
+    let apt = Apt::new(&[USERLAND_SUITE], arch)?;
+    apt.update()?;
+    // An empty dpkg status: apt resolves and fetches every dependency down to libc6.
+    run(apt
+        .cmd("apt-get")
+        .args([
+            "install",
+            "--download-only",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+        ])
+        .args(USERLAND))
+    .with_context(|| format!("downloading the {arch} userland's packages"))?;
+    let archives = apt.dir.join("cache/archives");
+    let mut debs: Vec<PathBuf> = fs::read_dir(&archives)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort();
+    for deb in &debs {
+        run(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&root))
+            .with_context(|| format!("unpacking {}", deb.display()))?;
+    }
+    if !root.join("bin/busybox").is_file() {
+        if !root.join("usr/bin/busybox").is_file() {
+            bail!("busybox-static put no busybox in bin/ or usr/bin/");
+        }
+        // Relative: the host reads it through this link for the initramfs.
+        std::os::unix::fs::symlink("../usr/bin/busybox", root.join("bin/busybox"))?;
+    }
+    for applet in APPLETS {
+        let exists = ["bin", "sbin", "usr/bin", "usr/sbin"]
+            .iter()
+            .any(|d| root.join(d).join(applet).symlink_metadata().is_ok());
+        if !exists {
+            std::os::unix::fs::symlink("/bin/busybox", root.join("bin").join(applet))?;
+        }
+    }
+    // Mount points the stage-2 script needs on the read-only share, and the workspace's.
+    for d in ["proc", "sys", "dev", "tmp", "run", "var/tmp", "root"] {
+        fs::create_dir_all(root.join(d))?;
+    }
+    let ws = workspace();
+    fs::create_dir_all(root.join(ws.strip_prefix("/").unwrap_or(&ws)))?;
+    fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+    )?;
+    fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+    fs::write(&done, stamp)?;
+    Ok(root)
+}
+
+/// The root a guest of Debian architecture `arch` boots on and the stage-2 script's path
+/// there: the host's root for amd64; for another architecture its [`userland`], with
+/// xtask/src/vm-init.sh copied in (the workspace is not mounted yet when stage 2 starts).
+pub fn guest_root(arch: &str) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let stage2 = workspace().join("xtask/src/vm-init.sh");
+    if arch == "amd64" {
+        return Ok(("/".into(), stage2));
+    }
+    let root = userland(arch)?;
+    // Two boots of this process may install it at once: each through its own file.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = root.join(format!(".bg-vm-init.sh.{}.{n}", std::process::id()));
+    fs::copy(&stage2, &tmp)?;
+    fs::rename(&tmp, root.join("bg-vm-init.sh"))?;
+    Ok((root, "/bg-vm-init.sh".into()))
 }
 
 /// A kernel ready to boot.
@@ -236,7 +376,17 @@ pub fn prepare(pin: &Pin) -> anyhow::Result<Kernel> {
             .arg("-b")
             .arg(&modules_root)
             .arg(&release))?;
-        build_initramfs(&modules_root, &release, &dir.join("initramfs.cpio"))?;
+        let busybox = if pin.arch == "amd64" {
+            PathBuf::from("/bin/busybox")
+        } else {
+            userland(&pin.arch)?.join("bin/busybox")
+        };
+        build_initramfs(
+            &modules_root,
+            &release,
+            &busybox,
+            &dir.join("initramfs.cpio"),
+        )?;
         fs::write(&done, &pin.version)?;
     }
     let root = dir.join("root");
@@ -253,9 +403,10 @@ fn download(pin: &Pin) -> anyhow::Result<PathBuf> {
     let debs = vmtest_dir().join("debs");
     fs::create_dir_all(&debs)?;
     let name = format!(
-        "{}_{}_amd64.deb",
+        "{}_{}_{}.deb",
         pin.package,
-        pin.version.replace(':', "%3a")
+        pin.version.replace(':', "%3a"),
+        pin.arch
     );
     let path = debs.join(&name);
     if path.exists() {
@@ -265,7 +416,7 @@ fn download(pin: &Pin) -> anyhow::Result<PathBuf> {
         "vmtest: downloading {} {} from Debian {}",
         pin.package, pin.version, pin.suite
     );
-    let apt = Apt::new(&[pin.suite.as_str()])?;
+    let apt = Apt::new(&[pin.suite.as_str()], &pin.arch)?;
     apt.update()?;
     let status = apt
         .cmd("apt-get")
@@ -385,7 +536,12 @@ $B umount /proc /sys /dev
 exec $B switch_root /newroot /bin/sh "$stage2"
 "#;
 
-fn build_initramfs(modules_root: &Path, release: &str, out: &Path) -> anyhow::Result<()> {
+fn build_initramfs(
+    modules_root: &Path,
+    release: &str,
+    busybox: &Path,
+    out: &Path,
+) -> anyhow::Result<()> {
     let mut cpio = Cpio::default();
     for d in ["bin", "dev", "proc", "sys", "modules", "newroot"] {
         cpio.dir(d);
@@ -394,7 +550,8 @@ fn build_initramfs(modules_root: &Path, release: &str, out: &Path) -> anyhow::Re
     cpio.file(
         "bin/busybox",
         0o755,
-        &fs::read("/bin/busybox").context("reading /bin/busybox (busybox-static)")?,
+        &fs::read(busybox)
+            .with_context(|| format!("reading {} (busybox-static)", busybox.display()))?,
     );
     for (i, m) in boot_modules(modules_root, release)?.iter().enumerate() {
         let name = format!("modules/{i:02}-{}.ko", module_name(&m.to_string_lossy()));

@@ -70,6 +70,34 @@ fn build_bins(release: bool) -> anyhow::Result<()> {
     run(&mut c)
 }
 
+/// The DNS tests' static musl client (tests/fixtures/musl-lookup.rs), beside the test
+/// binaries: std only, so rustc alone builds it for musl in well under a second.
+/// `cargo xtask demo` sets up no musl target and runs no DNS test: only test and vmtest call
+/// this.
+fn build_musl_lookup() -> anyhow::Result<()> {
+    let src = workspace().join("tests/fixtures/musl-lookup.rs");
+    let out = workspace().join("target/debug/musl-lookup");
+    let fresh = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if fresh(&out).is_some_and(|o| fresh(&src).is_some_and(|s| o >= s)) {
+        return Ok(());
+    }
+    run(
+        Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+            .args([
+                "--edition",
+                "2024",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-C",
+                "opt-level=1",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&src),
+    )
+    .context("building tests/fixtures/musl-lookup.rs for musl")
+}
+
 /// A second bindguard whose eBPF object differs (BINDGUARD_EBPF_VARIANT=1), in its own target
 /// dir, for the upgrade test (tests/tests/upgrade.rs): two builds with really different program
 /// sets. Seeded from target/debug the first time, so only bindguard and its eBPF are rebuilt.
@@ -146,6 +174,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["fmt", "--all", "--check"])).context("formatting: run `cargo fmt --all`")?;
     run(cargo().args(["clippy", "--quiet", "--all-targets", "--", "-D", "warnings"]))?;
     build_bins(false)?;
+    build_musl_lookup()?;
     build_variant()?;
     // The dist tests (tests/tests/dist.rs) check the artefacts that ship, built here.
     let dist_dir = dist::dist()?;
@@ -160,6 +189,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // wait on packets, and one after the other they would not fit CI's time.
     let (mut vm_opts, _) = vmtest::parse_args(&[])?;
     vm_opts.quiet = true;
+    // The arm64 boots run beside the others (BINDGUARD_VM_ARM64=0 leaves them out): measured
+    // from a fresh clone on this 2-core machine, the whole `.ci/run` took 35.5 min with them
+    // (arm64-6.1 1.8 min, arm64-6.12 3.1 min), within CI's 45.
+    let arm64 = !std::env::var("BINDGUARD_VM_ARM64").is_ok_and(|v| v == "0" || v == "false");
+    if !arm64 {
+        vm_opts.arches = vec![dist::Arch::X86_64];
+    }
+    // The arm64 guests' cross-built binaries, before anything runs (see above).
+    vmtest::prebuild(&vm_opts)?;
     let matrix = std::thread::spawn(move || vmtest::vmtest(&vm_opts));
     // Tests that cannot run on this kernel say so by name in this file (libtest hides it).
     let skip_log = workspace().join("target/skipped-host.txt");
@@ -212,6 +250,11 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .map_err(|_| anyhow::anyhow!("the VM matrix thread panicked"))?
         .context("the VM matrix")?;
     let matrix_ok = vmtest::summarize(&results);
+    if !arm64 {
+        println!(
+            "  arm64 boots (arm64-6.1, arm64-6.12) not run: BINDGUARD_VM_ARM64=0 left them out; `cargo xtask vmtest --arch aarch64` runs them (~2-3 min per boot)"
+        );
+    }
     if !status.success() || failed > 0 {
         bail!("the test suite failed");
     }
@@ -236,10 +279,25 @@ fn vmtest_command(args: &[String]) -> anyhow::Result<()> {
         return kernels::update_pins();
     }
     setup::ensure()?;
-    build_bins(false)?;
-    build_bins(true)?;
-    build_variant()?;
+    // The amd64 guests run the host's builds; arm64 ones only cross-built binaries.
+    if vmtest::boots_arch(&opts, dist::Arch::X86_64) {
+        build_bins(false)?;
+        build_musl_lookup()?;
+        build_bins(true)?;
+        build_variant()?;
+    }
     vmtest::vmtest(&opts).map(|_| ())
+}
+
+/// `cargo xtask dist [--arch x86_64|aarch64|all]` (default: all).
+fn dist_command(args: &[String]) -> anyhow::Result<()> {
+    let arches = match args {
+        [] => dist::Arch::ALL.to_vec(),
+        [flag, arch] if flag == "--arch" => dist::Arch::parse_list(arch)?,
+        _ => bail!("usage: cargo xtask dist [--arch x86_64|aarch64|all]"),
+    };
+    setup::ensure()?;
+    dist::dist_for(&arches).map(|_| ())
 }
 
 fn main() -> std::process::ExitCode {
@@ -250,10 +308,10 @@ fn main() -> std::process::ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("vmtest") => vmtest_command(&args[1..]),
-        Some("dist") if args.len() == 1 => setup::ensure().and_then(|()| dist::dist().map(|_| ())),
+        Some("dist") => dist_command(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | demo | test [cargo test args] | vmtest [--kernel K] [-- filter] | bench | dist"
+                "usage: cargo xtask setup | demo | test [cargo test args] | vmtest [--kernel K] [-- filter] | bench | dist [--arch x86_64|aarch64|all]"
             );
             return std::process::ExitCode::from(2);
         }

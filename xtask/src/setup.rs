@@ -2,8 +2,9 @@
 //! (`cargo xtask demo` installs only what the demo runs: [`Purpose::Demo`]).
 //!
 //! - Debian packages the tests and demo use (busybox-static, iproute2, bpftool, util-linux,
-//!   runc, podman, systemd for systemd-analyze);
-//! - the x86_64-unknown-linux-musl target (`cargo xtask dist` builds the static binary);
+//!   runc, podman, systemd for systemd-analyze, dnsmasq-base for the DNS tests);
+//! - the x86_64- and aarch64-unknown-linux-musl targets (`cargo xtask dist` builds the static
+//!   binaries) and armv7-unknown-linux-gnueabihf (the arm64 boots' AArch32 client);
 //! - nightly's rust-src (the eBPF crate builds core for the bpf target);
 //! - containerd 2.x for the NRI tests (Debian unstable's package, extracted under
 //!   target/containerd: see containerd.rs);
@@ -41,12 +42,20 @@ const TOOLS: &[(&str, &str, bool)] = &[
     // `systemd-analyze verify` of deploy/systemd/bindguard.service in the daemon tests
     ("systemd-analyze", "systemd", false),
     ("podman", "podman", false),
+    // the DNS tests' resolvers (the -base package: the binary, no service grabbing port 53)
+    ("dnsmasq", "dnsmasq-base", false),
     // the VM matrix (cargo xtask vmtest): QEMU, depmod for the guest kernels' modules,
     // xz for trixie's compressed modules
     ("qemu-system-x86_64", "qemu-system-x86", false),
+    // the matrix's arm64 boots
+    ("qemu-system-aarch64", "qemu-system-arm", false),
     ("depmod", "kmod", false),
     ("xz", "xz-utils", false),
     ("dpkg-deb", "dpkg", false),
+    // the metrics tests: a real Prometheus scrapes the daemon and the plugin, and promtool
+    // checks the exposition (both in Debian's prometheus package)
+    ("prometheus", "prometheus", false),
+    ("promtool", "prometheus", false),
 ];
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
@@ -147,10 +156,19 @@ fn ensure_rust_components(purpose: Purpose) -> anyhow::Result<()> {
             run(Command::new("rustup").args(["component", "add", comp]))?;
         }
     }
+    // Both release architectures: the toolchain's rust-lld links the arm64 build with musl's
+    // self-contained CRT (.cargo/config.toml), so no cross gcc is needed.
     let targets = output(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if !targets.lines().any(|l| l.trim() == crate::dist::TARGET) {
-        eprintln!("setup: adding the {} target", crate::dist::TARGET);
-        run(Command::new("rustup").args(["target", "add", crate::dist::TARGET]))?;
+    // And 32-bit ARM for the arm64 boots' AArch32 client (tests/aarch32).
+    let wanted = crate::dist::Arch::ALL
+        .map(|a| a.target())
+        .into_iter()
+        .chain([crate::vmtest::AARCH32_TARGET]);
+    for target in wanted {
+        if !targets.lines().any(|l| l.trim() == target) {
+            eprintln!("setup: adding the {target} target");
+            run(Command::new("rustup").args(["target", "add", target]))?;
+        }
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use anyhow::{Context, bail};
 
 use crate::{
     cargo,
+    dist::Arch,
     kernels::{self, Kernel},
     workspace,
 };
@@ -35,6 +36,10 @@ pub struct Config {
     pub why: &'static str,
     /// The test binaries it runs.
     pub suites: &'static [&'static str],
+    /// The guest's architecture: arm64 boots run cross-built binaries on Debian's arm64
+    /// userland under qemu-system-aarch64. What they cannot run (a 32-bit syscall, python3)
+    /// the tests skip by name on aarch64.
+    pub arch: Arch,
 }
 
 /// The matrix. 5.10 runs with and without `bpf` in lsm= (Debian 11 leaves it out; 5.10 has no
@@ -46,6 +51,7 @@ pub const MATRIX: &[Config] = &[
         cmdline: "",
         why: "Debian 11, stock lsm= (no bpf)",
         suites: DEBIAN_11,
+        arch: Arch::X86_64,
     },
     Config {
         name: "5.10-lsm-bpf",
@@ -53,6 +59,7 @@ pub const MATRIX: &[Config] = &[
         cmdline: "lsm=lockdown,yama,integrity,apparmor,bpf",
         why: "Debian 11 with bpf added to lsm=",
         suites: LSM_VARIANT,
+        arch: Arch::X86_64,
     },
     Config {
         name: "6.1",
@@ -60,6 +67,7 @@ pub const MATRIX: &[Config] = &[
         cmdline: "",
         why: "Debian 12 (Amazon Linux 2023's series), stock lsm= (bpf listed)",
         suites: STOCK,
+        arch: Arch::X86_64,
     },
     Config {
         name: "6.12",
@@ -67,6 +75,7 @@ pub const MATRIX: &[Config] = &[
         cmdline: "",
         why: "Debian 13 (RHEL 10's series), stock lsm= (bpf listed)",
         suites: STOCK,
+        arch: Arch::X86_64,
     },
     Config {
         name: "6.12-ubuntu-lsm",
@@ -74,8 +83,31 @@ pub const MATRIX: &[Config] = &[
         cmdline: "lsm=landlock,lockdown,yama,integrity,apparmor",
         why: "Debian 13 with Ubuntu's default lsm= (no bpf)",
         suites: LSM_VARIANT,
+        arch: Arch::X86_64,
+    },
+    Config {
+        name: "arm64-6.1",
+        series: "6.1",
+        cmdline: "",
+        why: "Debian 12 arm64, stock lsm= (bpf listed; its lsm_cgroup programs load but cannot link)",
+        suites: ARM64,
+        arch: Arch::Aarch64,
+    },
+    Config {
+        name: "arm64-6.12",
+        series: "6.12",
+        cmdline: "",
+        why: "Debian 13 arm64, stock lsm= (bpf listed)",
+        suites: ARM64,
+        arch: Arch::Aarch64,
     },
 ];
+
+/// What the arm64 boots run: the kernel rows (BPF LSM included), the guarantee and strict
+/// mode, as on amd64. Not attack, attack2, binding, verify and exec: the same programs and
+/// userspace as the amd64 boots of the same kernel series, and under TCG an arm64 guest
+/// costs the time CI does not have (see docs/arm64.md for the measurements).
+const ARM64: &[&str] = &["kernel", "guarantee", "strict"];
 
 /// The integration test binaries a stock kernel's boot runs (tests/tests/<name>.rs). Not the
 /// daemon, deploy, dist, errors, oci and upgrade suites: they test userspace (systemd, podman,
@@ -90,6 +122,7 @@ const SUITES: &[&str] = &[
     "binding",
     "verify",
     "exec",
+    "dns",
 ];
 
 /// Debian 11 runs every suite, exec included (the kill-by-pid path: no cgroup.kill before
@@ -138,6 +171,8 @@ pub struct Options {
     pub filter: Vec<String>,
     /// Only these test binaries (tests/tests/<name>.rs); empty: all of [`SUITES`].
     pub suites: Vec<String>,
+    /// Only boots of these guest architectures; empty: [`DEFAULT_ARCHES`].
+    pub arches: Vec<Arch>,
     pub jobs: usize,
     /// Print a line per finished boot (and a failed boot's whole console) instead of
     /// streaming the consoles: for a run beside the host suite, whose output it would cut up.
@@ -169,6 +204,10 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<(Options, bool)> {
                     .context("--jobs needs a number")?
             }
             "--update-pins" => update = true,
+            "--arch" => {
+                let a = it.next().context("--arch needs x86_64, aarch64 or all")?;
+                o.arches.extend(Arch::parse_list(a)?);
+            }
             "--suite" => {
                 let s = it
                     .next()
@@ -177,7 +216,7 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<(Options, bool)> {
             }
             "--" => o.filter.extend(it.by_ref().cloned()),
             other => bail!(
-                "vmtest: unknown argument '{other}'; usage: cargo xtask vmtest [--kernel 5.10|6.1|6.12|all] [--suite NAME,...] [--jobs N] [--update-pins] [-- <test filter>]"
+                "vmtest: unknown argument '{other}'; usage: cargo xtask vmtest [--kernel 5.10|6.1|6.12|arm64-6.1|...|all] [--arch x86_64|aarch64|all] [--suite NAME,...] [--jobs N] [--update-pins] [-- <test filter>]"
             ),
         }
     }
@@ -201,9 +240,18 @@ pub fn parse_args(args: &[String]) -> anyhow::Result<(Options, bool)> {
     Ok((o, update))
 }
 
+/// The guest architectures a plain `cargo xtask vmtest` (and `cargo xtask test`) boots.
+pub const DEFAULT_ARCHES: &[Arch] = &[Arch::X86_64, Arch::Aarch64];
+
 fn selected(o: &Options) -> Vec<Config> {
+    let arches = if o.arches.is_empty() {
+        DEFAULT_ARCHES
+    } else {
+        &o.arches[..]
+    };
     MATRIX
         .iter()
+        .filter(|c| arches.contains(&c.arch))
         .filter(|c| o.kernels.is_empty() || o.kernels.iter().any(|k| k == c.name || k == c.series))
         // A boot that --suite leaves nothing to run is not booted.
         .filter(|c| o.suites.is_empty() || c.suites.iter().any(|s| o.suites.iter().any(|o| o == s)))
@@ -211,17 +259,102 @@ fn selected(o: &Options) -> Vec<Config> {
         .collect()
 }
 
-/// The test binaries, built (or found up to date) on the host: suite name → executable.
-fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
-    let out = cargo()
-        .args([
-            "test",
+/// Whether the boots `o` selects include one of `arch`.
+pub fn boots_arch(o: &Options, arch: Arch) -> bool {
+    selected(o).iter().any(|c| c.arch == arch)
+}
+
+/// Where the guest finds bindguard and bg-probe: the host's release builds for amd64 guests;
+/// for arm64 the static `dist` builds (the very binary the arm64 package ships).
+fn guest_bin_dir(arch: Arch) -> PathBuf {
+    match arch {
+        Arch::X86_64 => workspace().join("target/release"),
+        Arch::Aarch64 => workspace().join("target").join(arch.target()).join("dist"),
+    }
+}
+
+/// Builds what the guests of `configs` run that the host's own builds do not give: for
+/// arm64, bindguard, bg-probe and the test binaries cross-built for aarch64-unknown-linux-musl
+/// (static: the guest's userland has no Rust runtime to offer) in the `dist` profile. Called
+/// before any VM starts (`cargo xtask test` runs it before the host suite).
+pub fn prebuild(o: &Options) -> anyhow::Result<()> {
+    let configs = selected(o);
+    if configs.iter().any(|c| c.arch == Arch::Aarch64) {
+        crate::run(cargo().args([
+            "build",
+            "--quiet",
+            "--profile",
+            "dist",
+            "--target",
+            Arch::Aarch64.target(),
+            "-p",
+            "bindguard",
             "-p",
             "bindguard-tests",
-            "--no-run",
-            "--message-format=json",
-            "--quiet",
-        ])
+            "--bin",
+            "bindguard",
+            "--bin",
+            "bg-probe",
+        ]))
+        .context("cross-building bindguard and bg-probe for arm64")?;
+        test_binaries(Arch::Aarch64)?;
+        build_aarch32_client()?;
+    }
+    Ok(())
+}
+
+/// The 32-bit ARM client of row 7's test on arm64 (tests/aarch32/compat_join.rs):
+/// freestanding, built by rustc and rust-lld alone for armv7-unknown-linux-gnueabihf.
+pub const AARCH32_TARGET: &str = "armv7-unknown-linux-gnueabihf";
+
+fn aarch32_client() -> PathBuf {
+    workspace().join("target/aarch32/compat-join")
+}
+
+fn build_aarch32_client() -> anyhow::Result<()> {
+    let out = aarch32_client();
+    fs::create_dir_all(out.parent().expect("a parent"))?;
+    crate::run(
+        Command::new("rustc")
+            .args(["--edition", "2024", "--target", AARCH32_TARGET])
+            .args([
+                "-C",
+                "panic=abort",
+                "-C",
+                "opt-level=2",
+                "-C",
+                "linker=rust-lld",
+            ])
+            .args(["-C", "relocation-model=static", "-o"])
+            .arg(&out)
+            .arg(workspace().join("tests/aarch32/compat_join.rs")),
+    )
+    .context("building the AArch32 client (`cargo xtask setup` adds its target)")
+}
+
+/// The test binaries of `arch`, built (or found up to date) on the host: suite name →
+/// executable. arm64's are only the suites its boots run ([`ARM64`]).
+fn test_binaries(arch: Arch) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut c = cargo();
+    c.args([
+        "test",
+        "-p",
+        "bindguard-tests",
+        "--no-run",
+        "--message-format=json",
+        "--quiet",
+    ]);
+    let wanted: &[&str] = match arch {
+        Arch::X86_64 => SUITES,
+        Arch::Aarch64 => {
+            c.args(["--profile", "dist", "--target", arch.target()]);
+            for s in ARM64 {
+                c.args(["--test", s]);
+            }
+            ARM64
+        }
+    };
+    let out = c
         .stderr(Stdio::inherit())
         .output()
         .context("building the test binaries")?;
@@ -240,15 +373,16 @@ fn test_binaries() -> anyhow::Result<Vec<(String, PathBuf)>> {
                 .is_some_and(|k| k.iter().any(|k| k == "test"))
             && let (Some(name), Some(exe)) =
                 (v["target"]["name"].as_str(), v["executable"].as_str())
-            && SUITES.contains(&name)
+            && wanted.contains(&name)
         {
             found.push((name.to_string(), PathBuf::from(exe)));
         }
     }
     found.sort_by_key(|(n, _)| SUITES.iter().position(|s| s == n));
-    if found.len() != SUITES.len() {
+    if found.len() != wanted.len() {
         bail!(
-            "expected the test binaries {SUITES:?}, cargo built {:?}",
+            "expected the {} test binaries {wanted:?}, cargo built {:?}",
+            arch.name(),
             found.iter().map(|f| &f.0).collect::<Vec<_>>()
         );
     }
@@ -271,12 +405,19 @@ fn run_script(
          export HOME=/tmp CI='{ci}' RUST_BACKTRACE=1 BINDGUARD_VM='{}'\n\
          export BINDGUARD_SKIP_LOG=/tmp/bindguard-skips\n\
          export BINDGUARD_BIN='{release}/bindguard' BG_PROBE_BIN='{release}/bg-probe'\n\
+         export BG_AARCH32_PROBE='{aarch32}'\n\
          cd '{}'\nrc=0\n\
          echo 'bindguard-vm: doctor'\n'{release}/bindguard' doctor\n",
         config.name,
         config.name,
         workspace().join("tests").display(),
-        release = workspace().join("target/release").display(),
+        release = guest_bin_dir(config.arch).display(),
+        // Only arm64 guests run it (x86 makes its 32-bit calls with int 0x80).
+        aarch32 = if config.arch == Arch::Aarch64 {
+            aarch32_client().display().to_string()
+        } else {
+            String::new()
+        },
     );
     let filter: Vec<String> = filter
         .iter()
@@ -310,32 +451,55 @@ fn boot(
     quiet: bool,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
-    let stage2 = workspace().join("xtask/src/vm-init.sh");
+    let (root, stage2) = kernels::guest_root(config.arch.debian())?;
+    let (qemu, console) = match config.arch {
+        Arch::X86_64 => ("qemu-system-x86_64", "ttyS0"),
+        Arch::Aarch64 => ("qemu-system-aarch64", "ttyAMA0"),
+    };
+    let foreign = config.arch != Arch::X86_64;
     let append = format!(
-        "console=ttyS0 quiet panic=-1 oops=panic {} bg.stage2={} bg.run={} bg.modroot={} bg.keep={}",
+        "console={console} quiet panic=-1 oops=panic {} bg.stage2={} bg.run={} bg.modroot={} bg.keep={}{}",
         config.cmdline,
         stage2.display(),
         script.display(),
         kernel.modules_root.display(),
-        workspace().display()
+        workspace().display(),
+        if foreign { " bg.ws9p=1" } else { "" }
     );
+    let share = |path: &std::path::Path, tag: &str| {
+        format!(
+            "local,path={},mount_tag={tag},security_model=none,readonly=on,multidevs=remap",
+            path.display()
+        )
+    };
     // Niced: beside the host suite, whose tests have deadlines, the guests take what is idle.
-    let mut child = Command::new("nice")
-        .args(["-n", "10", "qemu-system-x86_64"])
-        .args(accel.args())
+    let mut cmd = Command::new("nice");
+    cmd.args(["-n", "10", qemu])
+        .args(accel.args_for(config.arch))
         .args(["-m", "2048", "-smp", "1"])
-        .args(["-nodefaults", "-display", "none", "-no-reboot", "-serial", "stdio"])
+        .args([
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
         .arg("-initrd")
         .arg(&kernel.initramfs)
         .args(["-append", &append])
-        .args(["-virtfs", "local,path=/,mount_tag=root,security_model=none,readonly=on,multidevs=remap"])
+        .args(["-virtfs", &share(&root, "root")]);
+    if foreign {
+        cmd.args(["-virtfs", &share(&workspace(), "ws")]);
+    }
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .context("starting qemu-system-x86_64 (Debian's qemu-system-x86; `cargo xtask setup` installs it)")?;
+        .with_context(|| format!("starting {qemu} (Debian's qemu-system-x86 / qemu-system-arm; `cargo xtask setup` installs them)"))?;
     let stdout = child.stdout.take().expect("piped");
     let pid = child.id();
     let watchdog = std::thread::spawn(move || {
@@ -434,10 +598,14 @@ enum Accel {
 }
 
 impl Accel {
-    fn args(self) -> [&'static str; 4] {
-        match self {
-            Accel::Kvm => ["-machine", "accel=kvm", "-cpu", "host"],
-            Accel::Tcg => ["-machine", "accel=tcg", "-cpu", "max"],
+    fn args_for(self, arch: Arch) -> [&'static str; 4] {
+        match (arch, self) {
+            (Arch::X86_64, Accel::Kvm) => ["-machine", "accel=kvm", "-cpu", "host"],
+            (Arch::X86_64, Accel::Tcg) => ["-machine", "accel=tcg", "-cpu", "max"],
+            // Emulated always (no arm64 host). pauth-impdef: QEMU's own pointer-auth hash
+            // instead of the architected QARMA, which costs 3x the boot time under TCG
+            // (18.6 s against 6.1 s to init, measured here).
+            (Arch::Aarch64, _) => ["-machine", "virt,accel=tcg", "-cpu", "max,pauth-impdef=on"],
         }
     }
 
@@ -462,6 +630,7 @@ impl Accel {
             cmdline: "",
             why: "",
             suites: &[],
+            arch: Arch::X86_64,
         };
         let probed = boot(
             &probe,
@@ -492,14 +661,33 @@ pub fn vmtest(o: &Options) -> anyhow::Result<Vec<Outcome>> {
     for c in &configs {
         let pin = pins
             .iter()
-            .find(|p| p.series == c.series)
-            .with_context(|| format!("xtask/kernels.pins has no {} kernel", c.series))?;
+            .find(|p| p.series == c.series && p.arch == c.arch.debian())
+            .with_context(|| {
+                format!(
+                    "xtask/kernels.pins has no {} {} kernel",
+                    c.series,
+                    c.arch.debian()
+                )
+            })?;
         kernels.push(kernels::prepare(pin)?);
     }
-    let binaries: Vec<_> = test_binaries()?
-        .into_iter()
-        .filter(|(name, _)| o.suites.is_empty() || o.suites.contains(name))
-        .collect();
+    // A foreign architecture's userland, built once here rather than by two boots at once.
+    for c in &configs {
+        if c.arch != Arch::X86_64 {
+            kernels::guest_root(c.arch.debian())?;
+        }
+    }
+    prebuild(o)?;
+    let mut binaries: Vec<(Arch, Vec<(String, PathBuf)>)> = Vec::new();
+    for arch in Arch::ALL {
+        if configs.iter().any(|c| c.arch == arch) {
+            let b = test_binaries(arch)?
+                .into_iter()
+                .filter(|(name, _)| o.suites.is_empty() || o.suites.contains(name))
+                .collect();
+            binaries.push((arch, b));
+        }
+    }
     let timeout = Duration::from_secs(
         std::env::var("BINDGUARD_VM_TIMEOUT_MIN")
             .ok()
@@ -507,8 +695,12 @@ pub fn vmtest(o: &Options) -> anyhow::Result<Vec<Outcome>> {
             .unwrap_or(30)
             * 60,
     );
-    let accel = match kernels.first() {
-        Some(k) => Accel::probe(k)?,
+    let accel = match configs
+        .iter()
+        .zip(&kernels)
+        .find(|(c, _)| c.arch == Arch::X86_64)
+    {
+        Some((_, k)) => Accel::probe(k)?,
         None => Accel::Tcg,
     };
     println!(
@@ -530,7 +722,12 @@ pub fn vmtest(o: &Options) -> anyhow::Result<Vec<Outcome>> {
                     let Some((c, k)) = queue.lock().unwrap().pop() else {
                         break;
                     };
-                    let r = run_script(c, &binaries, &o.filter)
+                    let bins = binaries
+                        .iter()
+                        .find(|(a, _)| *a == c.arch)
+                        .map(|(_, b)| &b[..])
+                        .unwrap_or_default();
+                    let r = run_script(c, bins, &o.filter)
                         .and_then(|script| boot(c, k, &script, timeout, accel, o.quiet));
                     let r = r.unwrap_or_else(|e| Outcome {
                         name: c.name.into(),
@@ -578,4 +775,35 @@ pub fn summarize(results: &[Outcome]) -> anyhow::Result<()> {
         bail!("the VM matrix failed (logs: target/vmtest/logs/)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_boot_has_a_pinned_kernel_of_its_architecture() {
+        let pins = kernels::read_pins().unwrap();
+        for c in MATRIX {
+            assert!(
+                pins.iter()
+                    .any(|p| p.series == c.series && p.arch == c.arch.debian()),
+                "{}: no {} {} kernel in xtask/kernels.pins",
+                c.name,
+                c.series,
+                c.arch.debian()
+            );
+        }
+        assert!(MATRIX.iter().any(|c| c.arch == Arch::Aarch64));
+    }
+
+    #[test]
+    fn arch_selects_boots() {
+        let (o, _) = parse_args(&["--arch".into(), "aarch64".into()]).unwrap();
+        let names: Vec<_> = selected(&o).iter().map(|c| c.name).collect();
+        assert_eq!(names, ["arm64-6.1", "arm64-6.12"]);
+        let (o, _) = parse_args(&["--arch".into(), "x86_64".into()]).unwrap();
+        assert!(selected(&o).iter().all(|c| c.arch == Arch::X86_64));
+        assert!(parse_args(&["--arch".into(), "mips".into()]).is_err());
+    }
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use crate::{
     Error,
-    binding::policy::{Mode, Options},
+    binding::policy::{Dns, Mode, Options},
 };
 
 pub const DEV: &str = "io.bindguard.dev";
@@ -20,6 +20,8 @@ pub const ALLOW_FAMILY: &str = "io.bindguard.allow-family";
 pub const ALLOW_TUN: &str = "io.bindguard.allow-tun";
 pub const ALLOW_PTRACE_OUT: &str = "io.bindguard.allow-ptrace-out";
 pub const ALLOW_DELEGATED: &str = "io.bindguard.allow-delegated";
+/// `ADDR[,ADDR]`: the resolvers every DNS query of the container goes to (strict mode).
+pub const DNS: &str = "io.bindguard.dns";
 
 /// Every key above: the annotations a pod passes down to its containers.
 pub const KEYS: &[&str] = &[
@@ -32,6 +34,7 @@ pub const KEYS: &[&str] = &[
     ALLOW_TUN,
     ALLOW_PTRACE_OUT,
     ALLOW_DELEGATED,
+    DNS,
 ];
 
 fn invalid(what: String) -> Error {
@@ -87,6 +90,15 @@ pub fn options_from(annotations: &HashMap<String, String>) -> Result<Options, Er
         allow_tun: boolean(ALLOW_TUN)?,
         allow_ptrace_out: boolean(ALLOW_PTRACE_OUT)?,
         allow_delegated: boolean(ALLOW_DELEGATED)?,
+        dns: match annotations.get(DNS) {
+            Some(list) => Dns::parse(list).map_err(|e| {
+                invalid(format!(
+                    "annotation {DNS}: {}",
+                    e.to_string().replace("--dns ", "")
+                ))
+            })?,
+            None => Dns::default(),
+        },
         ..Options::default()
     };
     opts.validate()?;

@@ -605,6 +605,58 @@ pub fn expand_self(arg: &Path) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Whether processes still run in the cgroup at `path` (cgroup.events; a cgroup already gone
+/// is empty).
+pub fn populated(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.events"))
+        .is_ok_and(|e| e.lines().any(|l| l.trim() == "populated 1"))
+}
+
+/// Kills everything in the cgroup at `path` until it is empty, or `within` has passed;
+/// returns whether it is empty. cgroup.kill is 5.14+ (and needs no CAP_KILL); before, every
+/// member is killed by pid, again each round for late forks.
+pub fn kill_all(path: &Path, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while populated(path) {
+        if fs::write(path.join("cgroup.kill"), "1").is_err() {
+            for pid in fs::read_to_string(path.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+            {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    true
+}
+
+/// The cgroup (below the cgroup2 mount) the daemon makes users' exec cgroups in, root's.
+pub const USER_SLICE: &str = "bindguard.slice";
+/// A user's exec cgroup: `<USER_SLICE>/exec-<uid>-<pid>[-n]`.
+pub const USER_EXEC_PREFIX: &str = "exec-";
+
+/// The uid a user's exec cgroup was made for, from its name.
+pub fn user_of_exec_cgroup(path: &Path) -> Option<u32> {
+    if path.parent()?.file_name()? != USER_SLICE {
+        return None;
+    }
+    path.file_name()?
+        .to_str()?
+        .strip_prefix(USER_EXEC_PREFIX)?
+        .split('-')
+        .next()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,5 +697,17 @@ mod tests {
         assert!(err.to_string().contains("'..'"), "{err}");
         assert_eq!(err.exit_code(), 2);
         assert!(join_under_mount(m, Path::new("")).is_err());
+    }
+
+    #[test]
+    fn exec_cgroups_name_their_uid() {
+        let uid = |p: &str| user_of_exec_cgroup(Path::new(p));
+        assert_eq!(
+            uid("/sys/fs/cgroup/bindguard.slice/exec-1000-4242"),
+            Some(1000)
+        );
+        assert_eq!(uid("/sys/fs/cgroup/bindguard.slice/exec-0-1-2"), Some(0));
+        assert_eq!(uid("/sys/fs/cgroup/other/exec-1000-1"), None);
+        assert_eq!(uid("/sys/fs/cgroup/bindguard.slice/x"), None);
     }
 }

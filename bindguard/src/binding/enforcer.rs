@@ -18,7 +18,7 @@ use crate::{
     binding::{
         cgroup::Cgroup,
         netdev::Interface,
-        policy::{Options, policy_for},
+        policy::{Maker, Options, policy_for},
     },
     kernel::{
         hooks::{Hook, object_hash},
@@ -35,6 +35,15 @@ pub enum Attached {
     Updated(PathBuf),
     /// The existing binding was replaced by a new set of programs (mode or namespace changed).
     Replaced(PathBuf),
+}
+
+/// What [`attach`] did, and with which programs.
+pub(crate) struct Attachment {
+    pub attached: Attached,
+    /// The program set the binding's links run.
+    pub set: progset::Set,
+    /// What this call's load of the set left out (empty unless this call loaded it).
+    pub loaded: Vec<progset::LeftOut>,
 }
 
 /// Finishes what killed commands left half-done: bindings being made or removed, then program
@@ -97,7 +106,14 @@ fn require_bpf_link() -> Result<(), Error> {
 /// linked to the cgroup plus the cgroup's policy in the set's storage, written *before* any
 /// enforcing program is linked ([`progset::Set::hold`]), so no socket ever meets a
 /// zero policy.
-pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Result<Attached> {
+///
+/// Callers go through [`crate::binding::bind`], the one door, which adds what the binding
+/// asks for beyond the links (the sockets already held) and reports.
+pub(crate) fn attach(
+    cgroup: &Cgroup,
+    iface: &Interface,
+    opts: &Options,
+) -> anyhow::Result<Attachment> {
     opts.validate()?;
     crate::binding::cgroup::refuse_root(cgroup)?;
     refuse_delegated(cgroup, opts)?;
@@ -106,7 +122,7 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
     pins::ensure_bpffs()?;
     let lock = pins::lock()?;
     sweep_abandoned(&lock);
-    let set = progset::current(&lock)?;
+    let (set, loaded) = progset::current(&lock)?;
     let forced_off = crate::kernel::lsm::forced_unavailable();
     let hooks = opts
         .mode
@@ -155,10 +171,15 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
             changed = true;
         }
         set.add_user(cgroup.id)?;
-        return Ok(if changed {
+        let attached = if changed {
             Attached::Replaced(dir)
         } else {
             Attached::Updated(dir)
+        };
+        return Ok(Attachment {
+            attached,
+            set,
+            loaded,
         });
     }
     // A new binding, or one running other programs (another build's set, or per-binding
@@ -181,15 +202,21 @@ pub fn attach(cgroup: &Cgroup, iface: &Interface, opts: &Options) -> anyhow::Res
         }
     }
     set.add_user(cgroup.id)?;
-    if !dir.exists() {
-        return Ok(Attached::Created(staging.publish()?));
-    }
-    let old = staging.exchange()?;
-    pins::remove_dir(&old)?;
-    if let Some(on) = on {
-        release(&on, cgroup.id);
-    }
-    Ok(Attached::Replaced(dir))
+    let attached = if dir.exists() {
+        let old = staging.exchange()?;
+        pins::remove_dir(&old)?;
+        if let Some(on) = on {
+            release(&on, cgroup.id);
+        }
+        Attached::Replaced(dir)
+    } else {
+        Attached::Created(staging.publish()?)
+    };
+    Ok(Attachment {
+        attached,
+        set,
+        loaded,
+    })
 }
 
 /// The binding of cgroup `id` no longer runs `old`'s programs: the set is unpinned when no
@@ -272,6 +299,26 @@ pub fn read_policy(dir: &Path) -> anyhow::Result<Policy> {
         .with_context(|| format!("no link in {} runs a pinned program set", dir.display()))?;
     set.read_policy(id)
         .with_context(|| format!("reading the policy of cgroup {id} in {}", set.dir.display()))
+}
+
+/// Who made the binding pinned at `dir` (None: no readable binding there).
+pub fn maker(dir: &Path) -> Option<Maker> {
+    read_policy(dir).ok().map(|p| Maker::of(&p))
+}
+
+/// The hooks the binding pinned at `dir`, whose policy is `policy`, should have linked: its
+/// mode's, of those its program set holds (what the kernel could load when it was made),
+/// the LSM ones only where the binding was made with them.
+pub fn expected_hooks(dir: &Path, policy: &Policy) -> Vec<&'static Hook> {
+    hooks_of_binding(policy, progset::set_of_binding(dir).as_deref())
+}
+
+/// [`expected_hooks`] with the binding's set already found (None: a binding of programs
+/// loaded per binding, or one whose set is gone: every hook of its mode).
+pub fn hooks_of_binding(policy: &Policy, set: Option<&progset::Set>) -> Vec<&'static Hook> {
+    let lsm = policy.has(bindguard_common::flags::LSM);
+    crate::binding::policy::mode_of(policy)
+        .hooks(|h| set.is_none_or(|s| s.has(h)) && (!h.is_lsm() || lsm))
 }
 
 /// The binding's counters, summed over CPUs.

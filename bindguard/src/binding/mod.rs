@@ -5,7 +5,9 @@
 //! - [`policy`]: the user's options ([`policy::Options`], [`policy::Mode`]), their parsers,
 //!   and the policy value the programs read.
 //! - [`annotations`]: the `io.bindguard.*` keys containers and pods ask with (oci-hook, nri).
-//! - [`enforcer`]: attach, detach, remove_stale; reading a binding's policy and counters.
+//! - [`bind()`]: the one door a binding is made through; every caller renders its [`Bound`].
+//! - [`enforcer`]: linking and pinning (behind [`bind()`]), detach, remove_stale; reading a
+//!   binding's policy and counters.
 //! - [`audit`], [`sockreset`]: sockets the programs never saw (listed, or destroyed).
 //! - [`unbound`]: configured bindings the daemon could not make, for `status`.
 //!
@@ -13,6 +15,8 @@
 
 pub mod annotations;
 pub mod audit;
+mod bind;
+pub use bind::{Bound, SocketPass, bind};
 pub mod cgroup;
 pub mod enforcer;
 pub mod netdev;

@@ -13,7 +13,7 @@ use crate::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
-    /// The binding plus guards that close the known escapes (README, "Escapes").
+    /// The binding plus guards that close the known escapes (docs/modes-and-escapes.md).
     #[default]
     Strict,
     /// Exactly SO_BINDTODEVICE semantics: new sockets are bound, nothing else.
@@ -172,12 +172,138 @@ pub struct Options {
     pub allow_ptrace_out: bool,
     /// Strict mode below a delegation boundary, accepted knowingly (row 19 left open).
     pub allow_delegated: bool,
-    /// The binding comes from a config file (recorded in the policy for `apply --prune`).
-    pub from_config: bool,
-    /// The binding is made by `oci-hook` (recorded in the policy for its poststop).
-    pub from_oci: bool,
-    /// The binding is made by `bindguard nri` (recorded for its Synchronize and removal).
-    pub from_nri: bool,
+    /// Who makes the binding, recorded in the policy so each maker removes only its own.
+    pub maker: Maker,
+    /// Strict mode: the resolvers every DNS query of the cgroup is sent to (`--dns`).
+    pub dns: Dns,
+}
+
+/// `--dns`: at most one resolver per address family. Every query of the cgroup to port 53
+/// goes to the resolver of its socket's family (an IPv6 socket uses the IPv4 one, mapped,
+/// when there is no IPv6 one), through the bound interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dns {
+    pub v4: Option<std::net::Ipv4Addr>,
+    pub v6: Option<std::net::Ipv6Addr>,
+}
+
+impl Dns {
+    /// From the addresses the user gave: one per family, each one a resolver can have.
+    pub fn from_addrs(addrs: &[std::net::IpAddr]) -> Result<Dns, Error> {
+        use std::net::IpAddr;
+        let mut dns = Dns::default();
+        for a in addrs {
+            if a.is_unspecified() || a.is_multicast() {
+                return Err(Error::InvalidInput {
+                    what: format!("--dns {a} is not a resolver's address; give a unicast address"),
+                });
+            }
+            let taken = match a {
+                IpAddr::V4(v4) => dns.v4.replace(*v4).is_some(),
+                IpAddr::V6(v6) => dns.v6.replace(*v6).is_some(),
+            };
+            if taken {
+                return Err(Error::InvalidInput {
+                    what: "--dns takes at most one IPv4 and one IPv6 address".into(),
+                });
+            }
+        }
+        Ok(dns)
+    }
+
+    /// Parses `ADDR[,ADDR]` (config and annotations).
+    pub fn parse(list: &str) -> Result<Dns, Error> {
+        let addrs = list
+            .split(',')
+            .map(str::trim)
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                a.parse().map_err(|_| Error::InvalidInput {
+                    what: format!("--dns '{a}' is not an IP address; give ADDR[,ADDR]"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Dns::from_addrs(&addrs)
+    }
+
+    /// The addresses, IPv4 first.
+    pub fn addrs(&self) -> Vec<std::net::IpAddr> {
+        self.v4
+            .map(std::net::IpAddr::V4)
+            .into_iter()
+            .chain(self.v6.map(std::net::IpAddr::V6))
+            .collect()
+    }
+
+    pub fn is_set(&self) -> bool {
+        self.v4.is_some() || self.v6.is_some()
+    }
+
+    /// The resolvers a policy names.
+    pub fn of(p: &Policy) -> Dns {
+        Dns {
+            v4: p
+                .has(flags::DNS4)
+                .then(|| std::net::Ipv4Addr::from(p.dns4.to_ne_bytes())),
+            v6: p.has(flags::DNS6).then(|| {
+                let mut b = [0u8; 16];
+                for (i, w) in p.dns6.iter().enumerate() {
+                    b[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+                }
+                std::net::Ipv6Addr::from(b)
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Dns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list: Vec<String> = self
+            .v4
+            .map(|a| a.to_string())
+            .into_iter()
+            .chain(self.v6.map(|a| a.to_string()))
+            .collect();
+        f.write_str(&list.join(","))
+    }
+}
+
+/// Who made a binding. Each maker that removes bindings on its own (`apply --prune`, the OCI
+/// hook's poststop, the NRI plugin's Synchronize) removes only those it made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Maker {
+    /// `attach` or `exec` from the command line.
+    #[default]
+    Command,
+    /// A config file (`apply`, the daemon).
+    Config,
+    /// `oci-hook` at createRuntime.
+    Oci,
+    /// `bindguard nri`.
+    Nri,
+    /// The daemon, for a user's `bindguard exec` allowed by a grant.
+    User,
+}
+
+impl Maker {
+    /// The policy flag recording this maker (none for a command).
+    pub fn flag(self) -> u32 {
+        match self {
+            Maker::Command => 0,
+            Maker::Config => flags::FROM_CONFIG,
+            Maker::Oci => flags::FROM_OCI,
+            Maker::Nri => flags::FROM_NRI,
+            Maker::User => flags::FROM_USER,
+        }
+    }
+
+    /// Who made the binding whose policy is `p`.
+    pub fn of(p: &Policy) -> Maker {
+        [Maker::Config, Maker::Oci, Maker::Nri, Maker::User]
+            .into_iter()
+            .find(|m| p.has(m.flag()))
+            .unwrap_or(Maker::Command)
+    }
 }
 
 impl Options {
@@ -199,6 +325,11 @@ impl Options {
                     ),
                 });
             }
+        }
+        if self.dns.is_set() && self.mode == Mode::Bind {
+            return Err(Error::InvalidInput {
+                what: "--dns needs --mode strict (its hooks are the strict ones)".into(),
+            });
         }
         if self.allow_loopback && self.mode == Mode::Bind {
             return Err(Error::InvalidInput {
@@ -226,14 +357,20 @@ pub fn policy_for(iface: &Interface, opts: &Options, cgroup_id: u64, lsm: bool) 
     if opts.mode == Mode::Strict {
         f |= flags::STRICT;
     }
-    if opts.from_config {
-        f |= flags::FROM_CONFIG;
+    f |= opts.maker.flag();
+    if opts.dns.v4.is_some() {
+        f |= flags::DNS4;
     }
-    if opts.from_oci {
-        f |= flags::FROM_OCI;
+    if opts.dns.v6.is_some() {
+        f |= flags::DNS6;
     }
-    if opts.from_nri {
-        f |= flags::FROM_NRI;
+    // In memory as the programs' context holds addresses: network byte order.
+    let dns4 = opts.dns.v4.map_or(0, |a| u32::from_ne_bytes(a.octets()));
+    let mut dns6 = [0u32; 4];
+    if let Some(a) = opts.dns.v6 {
+        for (w, b) in dns6.iter_mut().zip(a.octets().chunks_exact(4)) {
+            *w = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        }
     }
     if opts.allow_tun {
         f |= flags::ALLOW_TUN;
@@ -260,6 +397,9 @@ pub fn policy_for(iface: &Interface, opts: &Options, cgroup_id: u64, lsm: bool) 
         ifname: netdev::name_bytes(&iface.name),
         families: opts.allow_families,
         cgroup_id,
+        dns4,
+        dns6,
+        _pad: 0,
     }
 }
 
@@ -344,5 +484,35 @@ mod tests {
         assert_eq!(mode_of(&p), Mode::Strict);
         assert_eq!(netdev::name_from_bytes(&p.ifname), "eth3");
         assert_eq!(p.object_hash, object_hash());
+    }
+
+    #[test]
+    fn dns_round_trips_through_the_policy() {
+        let iface = Interface {
+            name: "wg0".into(),
+            ifindex: 7,
+            netns_cookie: 1,
+            netns_ino: 1,
+        };
+        let dns = Dns::parse("10.1.2.3, 2001:db8::53").unwrap();
+        let opts = Options {
+            dns,
+            ..Options::default()
+        };
+        let p = policy_for(&iface, &opts, 1, false);
+        assert!(p.has(flags::DNS4) && p.has(flags::DNS6));
+        // Network byte order in memory, as bpf_sock_addr.user_ip4 holds it.
+        assert_eq!(p.dns4.to_ne_bytes(), [10, 1, 2, 3]);
+        assert_eq!(Dns::of(&p), dns);
+        assert_eq!(dns.to_string(), "10.1.2.3,2001:db8::53");
+        assert!(Dns::parse("10.0.0.1,10.0.0.2").is_err());
+        assert!(Dns::parse("0.0.0.0").is_err());
+        assert!(Dns::parse("resolver").is_err());
+        let bind = Options {
+            dns,
+            mode: Mode::Bind,
+            ..Options::default()
+        };
+        assert!(bind.validate().is_err());
     }
 }

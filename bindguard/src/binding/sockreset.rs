@@ -50,7 +50,7 @@ pub struct Pass {
 impl Pass {
     /// How many sockets were ended, or an error naming every socket and task the pass could
     /// not reach (the binding stays; the pass already did all it could).
-    pub fn check(self) -> anyhow::Result<usize> {
+    pub fn check(&self) -> anyhow::Result<usize> {
         if self.unreached.is_empty() {
             return Ok(self.ended.len());
         }

@@ -1,12 +1,14 @@
-//! Configured bindings the daemon could not make, where `status` finds them.
+//! Bindings a service could not make, where `status` finds them.
 //!
 //! A binding that fails (a kernel refusal, a cgroup that cannot be opened, too few resources)
 //! has no pins, so the kernel alone cannot show it; the running daemon keeps this file, and
 //! `status` lists its entries as not bound. The file names the daemon's pid: a file left by a
-//! daemon that is gone (killed) is ignored.
+//! daemon that is gone (killed) is ignored. `bindguard nri` keeps its own file the same way,
+//! for annotated running containers its Synchronize could not bind (origin: the container).
 //!
 //! ```text
-//! /run/bindguard/unbound   {"pid": 1234, "unbound": [{"cgroup": "...", "origin": "file:line", "why": "..."}]}
+//! /run/bindguard/unbound      {"pid": 1234, "unbound": [{"cgroup": "...", "origin": "file:line", "why": "..."}]}
+//! /run/bindguard/unbound-nri  {"pid": 5678, "unbound": [{"cgroup": "...", "origin": "nri: container 'main' (ID) of pod NS/NAME", "why": "..."}]}
 //! ```
 
 use std::{
@@ -18,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 /// Where the running daemon keeps its list.
 pub const PATH: &str = "/run/bindguard/unbound";
+/// Where the running NRI plugin keeps its list.
+pub const NRI_PATH: &str = "/run/bindguard/unbound-nri";
 
 /// One configured binding that is not bound.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,8 @@ use crate::kernel::{
 pub struct Report {
     /// `uname -r`.
     pub kernel: String,
+    /// The architecture bindguard runs on (`x86_64`, `aarch64`).
+    pub arch: String,
     /// The active LSM list (`/sys/kernel/security/lsm`).
     pub lsm_list: String,
     pub bpf_lsm: String,
@@ -100,7 +102,7 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
                         .filter(|l| l.why != Why::NotNeeded)
                         .map(|l| format!("{}: {}", l.hook.name, l.detail))
                         .collect();
-                    let mut why = dedup_lsm(why);
+                    let mut why = crate::kernel::coverage::join_reasons(why);
                     if let Some(w) = e.workaround {
                         why += &format!("; meanwhile: {w}");
                     }
@@ -148,6 +150,7 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
         kernel: nix::sys::utsname::uname()
             .map(|u| u.release().to_string_lossy().into_owned())
             .unwrap_or_default(),
+        arch: crate::version::ARCH.into(),
         lsm_list: lsm::active_list(true),
         bpf_lsm: kernel.lsm.describe(),
         complete,
@@ -178,22 +181,12 @@ fn yama() -> String {
     format!("{scope}; /proc/PID/fd reaches them whatever Yama says")
 }
 
-/// The LSM programs all fail for one reason when the BPF LSM is off: say it once.
-fn dedup_lsm(why: Vec<String>) -> String {
-    let reason = |w: &String| w.split_once(": ").map(|(_, r)| r.to_string());
-    let first = why.first().and_then(reason);
-    if why.len() > 1 && why.iter().all(|w| reason(w) == first) {
-        let names: Vec<&str> = why.iter().filter_map(|w| w.split(": ").next()).collect();
-        return format!("{}: {}", names.join(", "), first.unwrap_or_default());
-    }
-    why.join("; ")
-}
-
 /// The text form: one line per row, then the notes.
 pub fn render(r: &Report, verbose: bool) -> String {
     let mut out = format!(
-        "kernel {}; LSMs: {}\n{}\n\nROW  STATE           ESCAPE\n",
+        "kernel {} ({}); LSMs: {}\n{}\n\nROW  STATE           ESCAPE\n",
         r.kernel,
+        r.arch,
         if r.lsm_list.is_empty() {
             "(unknown)"
         } else {
@@ -245,48 +238,4 @@ pub fn render(r: &Report, verbose: bool) -> String {
         }
     }
     out
-}
-
-/// attach's warning when strict mode's set lacks programs: one line naming the open rows
-/// and the reason, or None when every row is covered.
-pub fn attach_warning(set: &progset::Set) -> Option<String> {
-    let forced_off = lsm::forced_unavailable();
-    let open = set.open_rows(|h| !(h.is_lsm() && forced_off));
-    if open.is_empty() {
-        return None;
-    }
-    // This process loaded the set: the loader's own words. Otherwise the recorded reason.
-    let loaded_now = progset::left_out();
-    // Each read once (one directory listing per absent program), not once per open hook.
-    let absent = set.absent();
-    // As the loader recorded it: a probe here would parse the vmlinux BTF on every attach.
-    let recorded = set
-        .lsm_state()
-        .filter(|s| *s != lsm::State::Usable)
-        .map(|s| s.describe());
-    let mut reasons: Vec<String> = Vec::new();
-    for (_, hooks) in &open {
-        for h in hooks {
-            let why = match loaded_now.iter().find(|l| l.hook.name == h.name) {
-                _ if h.is_lsm() && forced_off => lsm::state(false).describe(),
-                Some(l) => l.detail.clone(),
-                None => match absent.iter().find(|(a, _)| a.name == h.name) {
-                    Some((_, Why::LsmUnavailable)) => recorded.clone().unwrap_or_else(|| {
-                        "the BPF LSM was not usable when this build's programs were loaded".into()
-                    }),
-                    Some((_, Why::BtfLacks)) => "the kernel's BTF lacks fields it reads".into(),
-                    _ => "the kernel refused it".into(),
-                },
-            };
-            let line = format!("{}: {why}", h.name);
-            if !reasons.contains(&line) {
-                reasons.push(line);
-            }
-        }
-    }
-    Some(format!(
-        "strict mode cannot cover escape rows {} on this kernel ({}); `bindguard doctor` lists every row",
-        crate::kernel::escapes::row_list(&open),
-        dedup_lsm(reasons)
-    ))
 }

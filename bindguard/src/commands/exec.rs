@@ -4,6 +4,10 @@
 //! joins it between fork and exec (so its first socket is already bound — static binaries
 //! included), signals sent to bindguard are forwarded, and when the command ends, however it
 //! ends, whatever it left in the cgroup is killed and the binding and the cgroup are removed.
+//!
+//! With `--dns`, where /etc/nsswitch.conf asks systemd-resolved (`resolve`, over a varlink
+//! socket no cgroup hook here can refuse: escape row 28), the command gets a mount namespace
+//! of its own whose nsswitch.conf lacks it, so glibc asks DNS, which the binding redirects.
 
 use std::{
     ffi::OsString,
@@ -19,6 +23,7 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
 
 use crate::{
     binding::{
+        SocketPass,
         cgroup::{self, Cgroup},
         enforcer, netdev,
         netns::Netns,
@@ -58,24 +63,8 @@ impl TransientCgroup {
 /// its next sockets unbound. A cgroup that cannot be emptied keeps its binding (fail closed).
 fn remove(path: &Path, id: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while populated(path) {
-        // cgroup.kill is 5.14+; before, every member is killed by pid (again, for late forks).
-        if fs::write(path.join("cgroup.kill"), "1").is_err() {
-            for pid in fs::read_to_string(path.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse::<i32>().ok())
-            {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-        if Instant::now() > deadline {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !cgroup::kill_all(path, Duration::from_secs(10)) {
+        return;
     }
     let pins = pins::binding_dir(id);
     if pins.exists() {
@@ -85,13 +74,6 @@ fn remove(path: &Path, id: u64) {
     while fs::remove_dir(path).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Whether processes still run in the cgroup at `path` (cgroup.events; a cgroup already gone
-/// is empty).
-fn populated(path: &Path) -> bool {
-    fs::read_to_string(path.join("cgroup.events"))
-        .is_ok_and(|e| e.lines().any(|l| l.trim() == "populated 1"))
 }
 
 impl Drop for TransientCgroup {
@@ -126,6 +108,7 @@ pub fn exec(
     dev: &str,
     netns: Option<&Path>,
     opts: &Options,
+    as_user: Option<&nix::unistd::User>,
     command: &[OsString],
 ) -> anyhow::Result<i32> {
     opts.validate()?;
@@ -139,7 +122,7 @@ pub fn exec(
     let mount = cgroup::cgroup2_mount()?;
     sweep_abandoned(&mount);
     let transient = TransientCgroup::create(&mount)?;
-    enforcer::attach(&transient.cgroup, &iface, opts)?;
+    crate::binding::bind(&transient.cgroup, &iface, opts, SocketPass::Now)?.unreached()?;
 
     // Signals wait in a queue for this thread to forward them; the child starts unblocked.
     let mut waited = SigSet::empty();
@@ -148,7 +131,19 @@ pub fn exec(
     }
     waited.add(Signal::SIGCHLD);
     pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&waited), None)?;
-    let result = run_child(&transient.cgroup.path, netns.map(|_| &ns), command, &waited);
+    let nsswitch = if opts.dns.is_set() {
+        nsswitch_without_resolve(Path::new(NSSWITCH))?
+    } else {
+        None
+    };
+    let result = run_child(
+        &transient.cgroup.path,
+        netns.map(|_| &ns),
+        nsswitch.as_deref(),
+        as_user,
+        command,
+        &waited,
+    );
     // The teardown runs with the signals still blocked, and they stay blocked: the caller
     // exits with the command's status next. A SIGTERM that arrives now (a supervisor
     // repeating its stop) must neither kill bindguard half-way, leaving the cgroup, nor
@@ -157,12 +152,100 @@ pub fn exec(
     result
 }
 
+const NSSWITCH: &str = "/etc/nsswitch.conf";
+
+/// The hosts line of an nsswitch.conf without systemd-resolved's module (`resolve` and the
+/// `[!UNAVAIL=return]` action after it): glibc then goes on to `dns`. None when the file
+/// does not name it.
+pub fn without_resolve(text: &str) -> Option<String> {
+    let mut changed = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|line| {
+            let Some(rest) = line.trim_start().strip_prefix("hosts:") else {
+                return line.to_string();
+            };
+            let mut out = Vec::new();
+            let mut skip_action = false;
+            for word in rest.split_whitespace() {
+                if word == "resolve" {
+                    changed = true;
+                    skip_action = true;
+                    continue;
+                }
+                if skip_action && word.starts_with('[') {
+                    continue;
+                }
+                skip_action = false;
+                out.push(word);
+            }
+            if out.is_empty() {
+                // resolve alone: what it would have asked, the classic way.
+                out = vec!["files", "dns"];
+            }
+            format!("hosts: {}", out.join(" "))
+        })
+        .collect();
+    changed.then(|| lines.join("\n") + "\n")
+}
+
+/// `path`'s nsswitch.conf without `resolve`, written under /run/bindguard to be bind-mounted
+/// over it in the command's own mount namespace (a memfd cannot be: the kernel refuses bind
+/// mounts from its internal mount); None when there is nothing to take out. The file is
+/// removed once the command runs: its mount keeps it.
+fn nsswitch_without_resolve(path: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(None);
+    };
+    let Some(text) = without_resolve(&text) else {
+        return Ok(None);
+    };
+    let dir = Path::new("/run/bindguard");
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file = dir.join(format!("exec-{}-nsswitch.conf", std::process::id()));
+    fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    Ok(Some(file))
+}
+
+/// `--user`: a user by name or uid.
+pub fn lookup_user(name: &str) -> anyhow::Result<nix::unistd::User> {
+    let found = match name.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(name),
+    };
+    found.ok().flatten().ok_or_else(|| {
+        crate::Error::InvalidInput {
+            what: format!(
+                "--user '{}': no such user; give a user name or uid from /etc/passwd",
+                crate::error::quote(name)
+            ),
+        }
+        .into()
+    })
+}
+
 fn run_child(
     cgroup: &Path,
     netns: Option<&Netns>,
+    nsswitch: Option<&Path>,
+    as_user: Option<&nix::unistd::User>,
     command: &[OsString],
     waited: &SigSet,
 ) -> anyhow::Result<i32> {
+    // --user: the user's uid, gid and groups, resolved before fork (nothing may allocate or
+    // read files between fork and exec), and the environment a login gives them.
+    let ids = match as_user {
+        Some(u) => {
+            let name = std::ffi::CString::new(u.name.as_bytes())?;
+            let groups: Vec<libc::gid_t> = nix::unistd::getgrouplist(&name, u.gid)
+                .with_context(|| format!("the groups of user {}", u.name))?
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect();
+            Some((u.uid.as_raw(), u.gid.as_raw(), groups))
+        }
+        None => None,
+    };
     let procs = fs::OpenOptions::new()
         .write(true)
         .open(cgroup.join("cgroup.procs"))?;
@@ -172,10 +255,21 @@ fn run_child(
         None => None,
     };
     let ns_fd = ns_file.as_ref().map(|f| f.as_raw_fd());
+    // Prepared before fork: between fork and exec nothing may allocate.
+    let nss_source = nsswitch
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
+        .transpose()?;
     let (program, args) = command.split_first().context("no command given")?;
     let mut cmd = Command::new(program);
     cmd.args(args);
-    // SAFETY: only write(2), setns(2) and sigprocmask(2) between fork and exec.
+    if let Some(u) = as_user {
+        cmd.env("HOME", &u.dir)
+            .env("USER", &u.name)
+            .env("LOGNAME", &u.name)
+            .env("SHELL", &u.shell);
+    }
+    // SAFETY: only write(2), setns(2), unshare(2), mount(2), setgroups(2), setgid(2),
+    // setuid(2) and sigprocmask(2) between fork and exec, on data made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             if libc::write(procs_fd, b"0".as_ptr().cast(), 1) != 1 {
@@ -186,13 +280,47 @@ fn run_child(
             {
                 return Err(std::io::Error::last_os_error());
             }
+            if let Some(source) = &nss_source {
+                // A mount namespace of the command's own, its mounts not shared back.
+                if libc::unshare(libc::CLONE_NEWNS) != 0
+                    || libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_SLAVE,
+                        std::ptr::null(),
+                    ) != 0
+                    || libc::mount(
+                        source.as_ptr(),
+                        c"/etc/nsswitch.conf".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND,
+                        std::ptr::null(),
+                    ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            // Last: groups, then gid, then uid (after setuid nothing else is allowed).
+            if let Some((uid, gid, groups)) = &ids
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             let mut none: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut none);
             libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
             Ok(())
         });
     }
-    let mut child = match cmd.spawn() {
+    let spawned = cmd.spawn();
+    // Mounted in the command's namespace by now (or never): the file is not needed.
+    if let Some(p) = nsswitch {
+        let _ = fs::remove_file(p);
+    }
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             eprintln!(
@@ -239,5 +367,24 @@ fn run_child(
             signal
         };
         let _ = nix::sys::signal::kill(pid, forward);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_resolve;
+
+    #[test]
+    fn resolve_and_its_action_leave_the_hosts_line() {
+        let ubuntu = "passwd: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] resolve [!UNAVAIL=return] dns myhostname\n";
+        assert_eq!(
+            without_resolve(ubuntu).unwrap(),
+            "passwd: files systemd\nhosts: files mdns4_minimal [NOTFOUND=return] dns myhostname\n"
+        );
+        assert_eq!(without_resolve("hosts: files dns\n"), None);
+        assert_eq!(
+            without_resolve("hosts: resolve\n").unwrap(),
+            "hosts: files dns\n"
+        );
     }
 }

@@ -87,6 +87,7 @@ fn hook_name(h: u32) -> &'static str {
         hook::TUN => "tun",
         hook::PTRACE => "ptrace",
         hook::TIOCSTI => "tiocsti",
+        hook::DNS_STUB => "dns_stub",
         _ => "unknown",
     }
 }
@@ -188,6 +189,10 @@ pub fn reason(event: &Event, dev: &str, ifindex: u32) -> String {
         hook::TIOCSTI => format!(
             "ioctl {:#x} refused (EPERM): typing into a terminal drives whatever reads it, outside the binding",
             event.value
+        ),
+        hook::DNS_STUB => format!(
+            "DNS to the local stub (loopback port 53, by {}) refused (EPERM): the local resolver would send the query by its own interface; use --dns to send lookups through {dev}",
+            hook_name(event.value)
         ),
         _ if event.value == ifindex => {
             format!(

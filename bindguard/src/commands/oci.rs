@@ -19,10 +19,11 @@ use oci_spec::runtime::{ContainerState, Spec, State};
 use crate::{
     Error,
     binding::{
+        SocketPass,
         cgroup::{self, Cgroup},
         enforcer, netdev,
         netns::Netns,
-        policy::Options,
+        policy::{Maker, Options},
     },
     kernel::pins,
 };
@@ -139,7 +140,7 @@ fn create(
     annotations: &HashMap<String, String>,
 ) -> anyhow::Result<Outcome> {
     let opts = Options {
-        from_oci: true,
+        maker: Maker::Oci,
         ..options_from(annotations)?
     };
     netdev::validate_name(dev)?;
@@ -166,7 +167,8 @@ fn create(
     let cg: Cgroup = cgroup::resolve(&path)?;
     let ns = Netns::open(Path::new(&format!("/proc/{pid}/ns/net")))?;
     let iface = netdev::resolve(dev, &ns)?;
-    enforcer::attach(&cg, &iface, &opts)
+    crate::binding::bind(&cg, &iface, &opts, SocketPass::Now)
+        .and_then(|bound| bound.unreached())
         .with_context(|| format!("binding container {} to {dev}", state.id()))?;
     // A container that failed after its createRuntime hook never reaches poststop, so its
     // binding outlives its cgroup: each start sweeps such leftovers (those the kernel already
@@ -198,10 +200,7 @@ fn poststop(state: &State) -> anyhow::Result<Outcome> {
         let candidate = mount.join(cgroups_path.strip_prefix("/").unwrap_or(&cgroups_path));
         if let Ok(cg) = cgroup::resolve(&candidate) {
             let dir = pins::binding_dir(cg.id);
-            let ours = |dir: &Path| {
-                enforcer::read_policy(dir).is_ok_and(|p| p.has(bindguard_common::flags::FROM_OCI))
-            };
-            if dir.exists() && ours(&dir) {
+            if dir.exists() && enforcer::maker(&dir) == Some(Maker::Oci) {
                 let _lock = pins::lock()?;
                 pins::remove_dir(&dir)?;
                 crate::kernel::progset::forget_user(cg.id);

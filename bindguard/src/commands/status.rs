@@ -36,6 +36,9 @@ pub struct Binding {
     #[serde(serialize_with = "crate::binding::cgroup::serialize_lossy_opt")]
     pub cgroup: Option<PathBuf>,
     pub cgroup_id: u64,
+    /// A user's `bindguard exec` made by the daemon (a grant): that user's uid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<u32>,
     pub pins: PathBuf,
     pub ifname: String,
     pub ifindex: u32,
@@ -48,6 +51,8 @@ pub struct Binding {
     pub allow_families: Vec<String>,
     /// Strict mode lets the cgroup attach tun/tap devices (`--allow-tun`).
     pub allow_tun: bool,
+    /// `--dns`: the resolvers every DNS query of the cgroup goes to (empty: none).
+    pub dns: Vec<std::net::IpAddr>,
     /// Strict mode lets the cgroup ptrace processes outside it (`--allow-ptrace-out`).
     pub allow_ptrace_out: bool,
     /// Strict mode was asked below a delegation boundary knowingly (`--allow-delegated`).
@@ -179,7 +184,13 @@ pub fn collect(opts: Options) -> Report {
     Report {
         version: JSON_VERSION,
         bindings,
-        unbound: crate::binding::unbound::read(Path::new(crate::binding::unbound::PATH)),
+        unbound: [
+            crate::binding::unbound::PATH,
+            crate::binding::unbound::NRI_PATH,
+        ]
+        .iter()
+        .flat_map(|p| crate::binding::unbound::read(Path::new(p)))
+        .collect(),
         links_checked: opts.links,
     }
 }
@@ -432,10 +443,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         Policy::default()
     });
     let mode = crate::binding::policy::mode_of(&policy);
-    // The hooks the binding's set holds: what the kernel could load when it was made.
-    let hooks = mode.hooks(|h| {
-        set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || policy.has(flags::LSM))
-    });
+    let hooks = crate::binding::enforcer::hooks_of_binding(&policy, set.as_deref());
     let mut links = Vec::with_capacity(hooks.len());
     let mut detached = false;
     for hook in hooks {
@@ -607,9 +615,14 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             _ => {}
         },
     }
+    let user = cgroup
+        .as_deref()
+        .filter(|_| policy.has(flags::FROM_USER))
+        .and_then(crate::binding::cgroup::user_of_exec_cgroup);
     Binding {
         cgroup,
         cgroup_id,
+        user,
         pins: dir,
         ifname,
         ifindex: policy.ifindex,
@@ -628,6 +641,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
         allow_families: crate::binding::policy::family_names(policy.families),
         allow_tun: policy.has(flags::ALLOW_TUN),
+        dns: crate::binding::policy::Dns::of(&policy).addrs(),
         allow_ptrace_out: policy.has(flags::ALLOW_PTRACE_OUT),
         allow_delegated: policy.has(flags::ALLOW_DELEGATED),
         lsm: policy.has(flags::LSM),
@@ -668,6 +682,7 @@ fn deleted_binding(cgroup_id: u64, dir: PathBuf, raw_links: &Links) -> Binding {
     Binding {
         cgroup: None,
         cgroup_id,
+        user: None,
         pins: dir,
         ifname: String::new(),
         ifindex: 0,
@@ -682,6 +697,7 @@ fn deleted_binding(cgroup_id: u64, dir: PathBuf, raw_links: &Links) -> Binding {
         allow_loopback: false,
         allow_families: Vec::new(),
         allow_tun: false,
+        dns: Vec::new(),
         allow_ptrace_out: false,
         allow_delegated: false,
         lsm: false,

@@ -3,7 +3,9 @@
 //! A probe process joins the cgroup and the binding's network namespace and, as a real member,
 //! creates sockets and reads back what the kernel did to them. Its routing decisions are
 //! compared with a reference socket bound the classic way (setsockopt SO_BINDTODEVICE) made by
-//! bindguard outside the cgroup. A UDP connect() only looks the route up: verify sends nothing.
+//! bindguard outside the cgroup. A UDP connect() only looks the route up: verify sends nothing,
+//! but for a binding with `--dns` one DNS query (the root's NS) to the first nameserver of
+//! /etc/resolv.conf, whose answer proves lookups work through the binding.
 //! Then every socket the cgroup's processes already hold is audited.
 
 use std::{
@@ -84,6 +86,9 @@ pub struct ProbeInput {
     pub strict: bool,
     pub allow_loopback: bool,
     pub targets: Vec<IpAddr>,
+    /// The binding's `--dns` resolvers (empty: none).
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
 }
 
 /// The route a UDP connect() took: the source address chosen, or the errno.
@@ -155,6 +160,131 @@ pub fn reference_route(ifname: &str, target: IpAddr) -> Route {
         return Route::Errno(e.raw_os_error().unwrap_or(0));
     }
     route_of(&sock, target)
+}
+
+/// The nameservers a resolv.conf names, in order.
+fn nameservers(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        // A scoped IPv6 address (fe80::1%eth0) keeps its address part.
+        .filter_map(|a| a.trim().split('%').next()?.parse().ok())
+        .collect()
+}
+
+/// Where the probe's lookups go. With `--dns`: one query for the root's NS records to the
+/// first nameserver, sent unconnected as musl does; it passes when an answer arrives from the
+/// address asked (the binding sent it to its resolver through the interface and gave the
+/// reply the source back). Without: where lookups would go, sending nothing.
+fn dns_check(input: &ProbeInput, resolv_conf: &Path) -> Check {
+    const NAME: &str = "dns";
+    let text = std::fs::read_to_string(resolv_conf).unwrap_or_default();
+    let Some(&ns) = nameservers(&text).first() else {
+        return Check::skip(
+            NAME,
+            format!("{} names no nameserver", resolv_conf.display()),
+        );
+    };
+    let stub = ns.is_loopback();
+    if input.dns.is_empty() {
+        // Strict mode refuses DNS to loopback without --dns, --allow-loopback or not (row 27).
+        return if stub && input.strict {
+            Check {
+                name: NAME.into(),
+                outcome: Outcome::Warn,
+                detail: format!(
+                    "lookups go to the local resolver {ns}, which strict mode refuses (and which would send them by its own interface); attach with --dns ADDR to send them through {}",
+                    input.ifname
+                ),
+            }
+        } else if stub {
+            Check {
+                name: NAME.into(),
+                outcome: Outcome::Warn,
+                detail: format!(
+                    "lookups go to the local resolver {ns}, which sends them by its own choice of interface, not necessarily {}; --dns ADDR sends them through the binding",
+                    input.ifname
+                ),
+            }
+        } else {
+            match udp_socket_for(ns).map(|s| route_of(&s, ns)) {
+                Ok(Route::Source(src)) => Check::new(
+                    NAME,
+                    true,
+                    format!("lookups go to {ns} through {} (source {src})", input.ifname),
+                ),
+                Ok(Route::Errno(e)) => Check {
+                    name: NAME.into(),
+                    outcome: Outcome::Warn,
+                    detail: format!(
+                        "lookups go to {ns}, which {} does not reach ({}): they fail; --dns ADDR names a resolver it reaches",
+                        input.ifname,
+                        std::io::Error::from_raw_os_error(e)
+                    ),
+                },
+                Err(e) => Check::new(NAME, false, format!("socket() failed: {e}")),
+            }
+        };
+    }
+    let nss_resolve = std::fs::read_to_string("/etc/nsswitch.conf")
+        .is_ok_and(|t| crate::commands::exec::without_resolve(&t).is_some());
+    match ask_root_ns(ns) {
+        // Answered through the binding, but glibc asks systemd-resolved first (row 28).
+        Ok(_) if nss_resolve => Check {
+            name: NAME.into(),
+            outcome: Outcome::Warn,
+            detail: "DNS goes through the binding, but /etc/nsswitch.conf asks systemd-resolved first (nss-resolve, escape row 28), which sends glibc's lookups by its own interface; give the workload an nsswitch.conf without `resolve` (`bindguard exec --dns` does)".into(),
+        },
+        Ok(ms) => Check::new(
+            NAME,
+            true,
+            format!(
+                "a query to {ns} was answered by the binding's resolver ({}) through {} in {ms} ms",
+                input
+                    .dns
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                input.ifname
+            ),
+        ),
+        Err(why) => Check::new(NAME, false, format!("a query to {ns} got no answer: {why}")),
+    }
+}
+
+/// Sends one query for the root's NS records to `ns` port 53, unconnected, and waits up to
+/// 2 s for a reply with its id from `ns`; returns the milliseconds it took.
+fn ask_root_ns(ns: IpAddr) -> Result<u128, String> {
+    let sock = udp_socket_for(ns).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .map_err(|e| e.to_string())?;
+    let id = (std::process::id() as u16).to_be_bytes();
+    // Header (id, RD, one question), then the root name, type NS, class IN.
+    let query = [
+        id[0], id[1], 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1,
+    ];
+    let started = Instant::now();
+    sock.send_to(&query, SocketAddr::new(ns, 53))
+        .map_err(|e| format!("sendto: {e}"))?;
+    let mut buf = [0u8; 512];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                "no reply within 2 s".to_string()
+            }
+            _ => e.to_string(),
+        })?;
+        // A reply (QR set) to this query, from the address asked.
+        if n >= 12 && buf[..2] == id && buf[2] & 0x80 != 0 {
+            if from.ip() != ns {
+                return Err(format!(
+                    "the reply came from {}, not {ns}: resolvers that check drop it",
+                    from.ip()
+                ));
+            }
+            return Ok(started.elapsed().as_millis());
+        }
+    }
 }
 
 /// Runs inside the cgroup and namespace (`bindguard __verify-probe`).
@@ -273,6 +403,7 @@ pub fn probe(input: &ProbeInput) -> ProbeOutput {
             "bind mode has none (see the escape table)",
         ));
     }
+    checks.push(dns_check(input, Path::new("/etc/resolv.conf")));
     // Last: this process leaves the binding's namespace for good.
     // SAFETY: unshare affects only this (single-threaded) probe process.
     let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0;
@@ -383,9 +514,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
     // The kernel's side: every link pinned and attached to this cgroup.
     let mut link_problems = Vec::new();
     let set = crate::kernel::progset::set_of_binding(&dir);
-    let hooks = mode.hooks(|h| {
-        set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || policy.has(flags::LSM))
-    });
+    let hooks = enforcer::hooks_of_binding(&policy, set.as_deref());
     for hook in &hooks {
         let path = dir.join(pins::link_name(hook.name));
         match link::pinned_state(&path) {
@@ -492,6 +621,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
         strict: policy.has(flags::STRICT),
         allow_loopback: policy.has(flags::ALLOW_LOOPBACK),
         targets: targets.clone(),
+        dns: crate::binding::policy::Dns::of(&policy).addrs(),
     };
     let probed = run_probe(&cg, &ns, &input)?;
     checks.extend(probed.checks);
@@ -619,4 +749,17 @@ pub fn render(report: &Report) -> String {
         report.elapsed_ms
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::nameservers;
+
+    #[test]
+    fn nameservers_are_read_in_order() {
+        let text = "# a comment\nsearch example\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nnameserver bogus\n";
+        let want: Vec<std::net::IpAddr> =
+            vec!["127.0.0.53".parse().unwrap(), "fe80::1".parse().unwrap()];
+        assert_eq!(nameservers(text), want);
+    }
 }

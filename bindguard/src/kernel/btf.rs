@@ -221,10 +221,11 @@ impl Btf {
     /// [`KernelLayout::MISSING`] (the programs then refuse: fail closed).
     pub fn kernel_layout(&self) -> KernelLayout {
         let get = |s: &str, p: &str| self.offset(s, p).unwrap_or(KernelLayout::MISSING);
-        // x86: thread_info is embedded in task_struct (CONFIG_THREAD_INFO_IN_TASK).
-        let task_status = match (
+        // thread_info is embedded in task_struct (CONFIG_THREAD_INFO_IN_TASK on x86 and arm64).
+        let (field, compat_mask) = COMPAT_MARKER;
+        let task_compat = match (
             self.offset("task_struct", "thread_info"),
-            self.offset("thread_info", "status"),
+            field.and_then(|f| self.offset("thread_info", f)),
         ) {
             (Some(a), Some(b)) => a + b,
             _ => KernelLayout::MISSING,
@@ -243,7 +244,8 @@ impl Btf {
             cgroup_ancestors: get("cgroup", "ancestors"),
             cgroup_kn: get("cgroup", "kn"),
             kernfs_node_id: get("kernfs_node", "id"),
-            task_status,
+            task_compat,
+            compat_mask,
             uring_cmd_op: get("io_uring_cmd", "cmd_op"),
             uring_cmd_sqe: get("io_uring_cmd", "sqe"),
             sqe_level: get("io_uring_sqe", "level"),
@@ -255,6 +257,25 @@ impl Btf {
         }
     }
 }
+
+/// The `thread_info` field and bits that mark a task in a 32-bit (compat) syscall on the
+/// architecture this binary runs on (the kernel's, since bindguard runs natively):
+/// x86's `status` & TS_COMPAT (arch/x86/include/asm/thread_info.h); arm64's `flags` &
+/// TIF_32BIT, bit 22 in 6.1 and 6.12 (arch/arm64/include/asm/thread_info.h; `flags` is an
+/// unsigned long, its low word first on little-endian). in_compat_syscall() tests exactly
+/// these. Elsewhere unknown: the program then treats every caller as 32-bit (fail closed).
+#[cfg(target_arch = "x86_64")]
+const COMPAT_MARKER: (Option<&str>, u32) = (Some("status"), 0x0002);
+#[cfg(target_arch = "aarch64")]
+const COMPAT_MARKER: (Option<&str>, u32) = (Some("flags"), 1 << 22);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const COMPAT_MARKER: (Option<&str>, u32) = (None, 0);
+
+/// The compat marker's name as `missing_fields` reports it.
+#[cfg(target_arch = "aarch64")]
+const COMPAT_FIELD: &str = "thread_info.flags";
+#[cfg(not(target_arch = "aarch64"))]
+const COMPAT_FIELD: &str = "thread_info.status";
 
 /// The fields the LSM program of hook `hook` reads that this kernel's BTF does not have.
 pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
@@ -271,7 +292,7 @@ pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
             "cgroup.kn",
             "kernfs_node.id",
         ],
-        "lsm_setsockopt" => &["thread_info.status"],
+        "lsm_setsockopt" => &[COMPAT_FIELD],
         "lsm_ptrace" => &[
             "task_struct.cgroups",
             "css_set.dfl_cgrp",
@@ -298,7 +319,7 @@ pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
 /// The fields the LSM programs need that this kernel's BTF does not have.
 pub fn missing_fields(k: &KernelLayout) -> Vec<&'static str> {
     let fields = [
-        ("thread_info.status", k.task_status),
+        (COMPAT_FIELD, k.task_compat),
         ("file.f_inode", k.file_f_inode),
         ("file.private_data", k.file_private_data),
         ("inode.i_mode", k.inode_i_mode),
@@ -413,6 +434,7 @@ mod tests {
         assert!(btf.func_id("bpf_lsm_socket_create").is_some());
         let k = btf.kernel_layout();
         assert_eq!(missing_fields(&k), Vec::<&str>::new(), "{k:?}");
-        assert_eq!(k.task_status % 4, 0, "{k:?}");
+        assert_eq!(k.task_compat % 4, 0, "{k:?}");
+        assert_ne!(k.compat_mask, 0, "{k:?}");
     }
 }

@@ -1,4 +1,4 @@
-//! The escape table (README, "Modes and the escapes they close") as data: each row, and what
+//! The escape table (docs/modes-and-escapes.md) as data: each row, and what
 //! closes it — programs of the hook table ([`super::hooks::HOOKS`], whose `rows` name them),
 //! bindguard's own userspace, or nothing bindguard can attach (then what to deny instead). `attach`, `status`, `verify` and `doctor` read coverage from
 //! here, so they cannot disagree about which rows a kernel leaves open.
@@ -136,12 +136,21 @@ pub const ESCAPES: &[Escape] = &[
     outside(
         25,
         "a service outside the cgroup sends for the workload (systemd --user, cron, at, sshd, D-Bus activation, systemd-resolved)",
-        "bindguard binds a cgroup, not a user: deny the workload the user bus, crontab, at and ssh to localhost (README, Threat model)",
+        "bindguard binds a cgroup, not a user: deny the workload the user bus, crontab, at and ssh to localhost (docs/modes-and-escapes.md, Threat model)",
     ),
     hooks_or(
         26,
         "TIOCSTI types into a terminal shared with a shell outside the binding",
         "set dev.tty.legacy_tiocsti to 0 (Linux 6.2+), or give the workload a terminal of its own",
+    ),
+    hooks(
+        27,
+        "a lookup through the local DNS stub (127.0.0.53) is sent by the host's resolver, by its own choice of interface",
+    ),
+    outside(
+        28,
+        "nss-resolve asks systemd-resolved over its varlink socket (/run/systemd/resolve/io.systemd.Resolve), which sends the lookup by its own choice of interface",
+        "cgroup/connect_unix (Linux 6.7) could refuse that connect, but bindguard's eBPF loader (aya 0.14) cannot load the program type yet: give the workload a mount namespace whose nsswitch.conf hosts line has no `resolve` (glibc then reads resolv.conf, and --dns applies), or hosts without systemd-resolved",
     ),
 ];
 
@@ -189,7 +198,7 @@ mod tests {
                 e.row
             );
         }
-        // Numbered 1, 2, ... with no gap: the README and doctor's JSON name them.
+        // Numbered 1, 2, ... with no gap: docs/modes-and-escapes.md and doctor's JSON name them.
         for (i, e) in ESCAPES.iter().enumerate() {
             assert_eq!(usize::from(e.row), i + 1);
         }

@@ -82,14 +82,14 @@ pub const HOOKS: &[Hook] = &[
         "guard_connect4",
         Kind::SockAddr,
         A::BPF_CGROUP_INET4_CONNECT,
-        &[2, 4],
+        &[2, 4, 27],
     ),
     hook(
         "connect6",
         "guard_connect6",
         Kind::SockAddr,
         A::BPF_CGROUP_INET6_CONNECT,
-        &[2, 4],
+        &[2, 4, 27],
     ),
     hook(
         "bind4",
@@ -110,14 +110,31 @@ pub const HOOKS: &[Hook] = &[
         "guard_sendmsg4",
         Kind::SockAddr,
         A::BPF_CGROUP_UDP4_SENDMSG,
-        &[2, 4],
+        &[2, 4, 27],
     ),
     hook(
         "sendmsg6",
         "guard_sendmsg6",
         Kind::SockAddr,
         A::BPF_CGROUP_UDP6_SENDMSG,
-        &[2, 4],
+        &[2, 4, 27],
+    ),
+    // `--dns`: a redirected query's reply gets the source it asked for. They close no row
+    // and refuse nothing; a binding without --dns links them all the same (they return at
+    // once), so adding --dns later is a policy write, not new links.
+    hook(
+        "recvmsg4",
+        "dns_reply4",
+        Kind::SockAddr,
+        A::BPF_CGROUP_UDP4_RECVMSG,
+        &[],
+    ),
+    hook(
+        "recvmsg6",
+        "dns_reply6",
+        Kind::SockAddr,
+        A::BPF_CGROUP_UDP6_RECVMSG,
+        &[],
     ),
     hook(
         "egress",
@@ -202,7 +219,7 @@ pub const HOOKS: &[Hook] = &[
 ];
 
 /// Index of the first BPF LSM hook in [`HOOKS`].
-pub const LSM_HOOKS_START: usize = 10;
+pub const LSM_HOOKS_START: usize = 12;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,10 @@
 //! CONFIG_BPF_LSM still loads LSM programs when `bpf` is missing from `lsm=`; they just never
 //! run, so the list of active LSMs is what counts.
 
-use std::path::Path;
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::Path,
+};
 
 pub const SECURITYFS: &str = "/sys/kernel/security";
 const LSM_LIST: &str = "/sys/kernel/security/lsm";
@@ -19,6 +22,10 @@ pub enum State {
     /// `bpf` is listed and lsm_cgroup exists, but the kernel refuses the program (some
     /// hardened kernels refuse every BTF-attached program).
     Refused(String),
+    /// The kernel loads lsm_cgroup programs but cannot link one (BPF_LINK_CREATE: ENOTSUPP):
+    /// its BPF trampoline cannot attach to kernel functions (arm64 before ftrace direct
+    /// calls, as Debian 12's 6.1; see docs/arm64.md).
+    Unlinkable,
 }
 
 impl State {
@@ -41,6 +48,7 @@ impl State {
             State::Refused(e) => format!(
                 "`bpf` is an active LSM but the kernel refuses to load BPF LSM programs ({e}; a lockdown or hardening setting): boot a kernel that allows them"
             ),
+            State::Unlinkable => "`bpf` is an active LSM and the kernel loads BPF LSM programs but cannot attach them (BPF_LINK_CREATE: ENOTSUPP, os error 524; its BPF trampoline cannot attach to kernel functions, as on arm64 kernels without ftrace direct calls such as Debian 12's 6.1): boot a newer kernel (Debian 13's arm64 6.12 attaches them)".into(),
         }
     }
 }
@@ -61,17 +69,24 @@ pub fn state(mount: bool) -> State {
     if !lists_bpf(&list) {
         return State::NotListed(list);
     }
-    match probe_load() {
+    match probe() {
         Ok(()) => State::Usable,
+        Err(Probe::Link(ENOTSUPP | libc::EOPNOTSUPP)) => State::Unlinkable,
+        // Any other link failure (no cgroup v2 to link to, ...) is the real attach's to say:
+        // the programs load, which is all this probe could tell.
+        Err(Probe::Link(_)) => State::Usable,
+        Err(Probe::Load(e)) => load_state(std::io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// The state a failed test load means.
+fn load_state(e: std::io::Error) -> State {
+    match e.raw_os_error() {
         // No such attach type (or no such LSM hook function in the BTF): before 6.0.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOENT)) => {
-            State::NoLsmCgroup
-        }
-        Err(e) => State::Refused(match e.raw_os_error() {
-            Some(libc::EPERM) => "EPERM".into(),
-            Some(libc::EACCES) => "EACCES".into(),
-            _ => e.to_string(),
-        }),
+        Some(libc::EINVAL) | Some(libc::ENOENT) => State::NoLsmCgroup,
+        Some(libc::EPERM) => State::Refused("EPERM".into()),
+        Some(libc::EACCES) => State::Refused("EACCES".into()),
+        _ => State::Refused(e.to_string()),
     }
 }
 
@@ -85,6 +100,7 @@ impl State {
             State::Usable => "lsm-usable".into(),
             State::NotListed(_) => "lsm-not-listed".into(),
             State::NoLsmCgroup => "lsm-no-cgroup".into(),
+            State::Unlinkable => "lsm-no-link".into(),
             State::Refused(e) => format!(
                 "lsm-refused-{}",
                 e.chars()
@@ -100,6 +116,7 @@ impl State {
             "lsm-usable" => State::Usable,
             "lsm-not-listed" => State::NotListed(active_list(mount)),
             "lsm-no-cgroup" => State::NoLsmCgroup,
+            "lsm-no-link" => State::Unlinkable,
             _ => State::Refused(code.strip_prefix("lsm-refused-")?.to_string()),
         })
     }
@@ -117,20 +134,74 @@ pub fn forced_unavailable() -> bool {
     std::env::var("BINDGUARD_LSM_LIST").is_ok_and(|l| !lists_bpf(&l))
 }
 
-/// Loads (and at once closes) the smallest lsm_cgroup program, `return 1`, on socket_create.
-pub fn probe_load() -> std::io::Result<()> {
-    static RESULT: std::sync::OnceLock<Result<(), i32>> = std::sync::OnceLock::new();
-    let result = RESULT.get_or_init(|| {
+/// The kernel's ENOTSUPP (include/linux/errno.h; not a userspace errno, so not in libc).
+const ENOTSUPP: i32 = 524;
+
+/// Which step of the probe failed, with the kernel's errno.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    Load(i32),
+    Link(i32),
+}
+
+/// Loads the smallest lsm_cgroup program, `return 1`, on socket_create, then links it for
+/// a moment to this process's own cgroup: some kernels load lsm_cgroup programs but cannot
+/// link them (arm64 6.1: ENOTSUPP), and strict mode must know before it attaches. The link
+/// allows every socket and is dropped at once. Without a cgroup v2 to link to, only the
+/// load is tested.
+fn probe() -> Result<(), Probe> {
+    static RESULT: std::sync::OnceLock<Result<(), Probe>> = std::sync::OnceLock::new();
+    *RESULT.get_or_init(|| {
         let btf_id = crate::kernel::btf::Btf::from_sys_fs()
             .ok()
             .and_then(|b| b.func_id("bpf_lsm_socket_create"))
-            .ok_or(libc::ENOENT)?;
+            .ok_or(Probe::Load(libc::ENOENT))?;
         // BPF_PROG_TYPE_LSM, BPF_LSM_CGROUP
-        crate::kernel::probe::load(29, 43, &crate::kernel::probe::RETURN_1, btf_id)
-            .map(drop)
-            .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
-    });
-    result.map_err(std::io::Error::from_raw_os_error)
+        let prog = crate::kernel::probe::load(29, 43, &crate::kernel::probe::RETURN_1, btf_id)
+            .map_err(|e| Probe::Load(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let Some(cgroup) = own_cgroup() else {
+            return Ok(());
+        };
+        crate::kernel::link::create_cgroup_link(
+            prog.as_fd(),
+            cgroup.as_fd(),
+            aya_obj::generated::bpf_attach_type::BPF_LSM_CGROUP,
+        )
+        .map(drop)
+        .map_err(|e| Probe::Link(e.raw_os_error().unwrap_or(libc::EIO)))
+    })
+}
+
+/// Loads (and at once closes) the smallest lsm_cgroup program and links it for a moment
+/// (see [`probe`]); the error is the kernel's errno of the step that failed.
+pub fn probe_load() -> std::io::Result<()> {
+    probe().map_err(|(Probe::Load(e) | Probe::Link(e))| std::io::Error::from_raw_os_error(e))
+}
+
+/// This process's cgroup (v2), or the cgroup v2 root when that cannot be opened.
+fn own_cgroup() -> Option<OwnedFd> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    // `id parent maj:min root mountpoint options ... - fstype source super-options`
+    let mount = mountinfo.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next()? == "cgroup2").then_some(())?;
+        left.split_whitespace().nth(4).map(str::to_string)
+    })?;
+    let own = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("0::").map(|p| p.trim().to_string()))
+        })
+        .unwrap_or_default();
+    let open = |p: &Path| {
+        std::fs::File::open(p)
+            .ok()
+            .filter(|f| f.metadata().is_ok_and(|m| m.is_dir()))
+            .map(OwnedFd::from)
+    };
+    let root = Path::new(&mount);
+    open(&root.join(own.trim_start_matches('/'))).or_else(|| open(root))
 }
 
 /// The active LSMs as the kernel lists them ("" if securityfs cannot be read).
@@ -162,5 +233,19 @@ mod tests {
         assert!(super::lists_bpf("lockdown,capability,landlock,bpf\n"));
         assert!(!super::lists_bpf("lockdown,capability,apparmor"));
         assert!(!super::lists_bpf("bpfx"));
+    }
+
+    #[test]
+    fn every_recorded_state_reads_back() {
+        use super::State;
+        for s in [
+            State::Usable,
+            State::NoLsmCgroup,
+            State::Unlinkable,
+            State::Refused("EPERM".into()),
+        ] {
+            assert_eq!(State::from_code(&s.code(), false), Some(s.clone()), "{s:?}");
+        }
+        assert!(State::Unlinkable.describe().contains("524"));
     }
 }

@@ -6,6 +6,7 @@
 //! - [`hooks`]: the hook table and the embedded eBPF object.
 //! - [`progset`]: the program set, loaded and verified once per build and pinned.
 //! - [`escapes`]: the escape table and which hooks close each row.
+//! - [`coverage`]: what a loaded set leaves open on this kernel, in one line.
 //! - [`btf`], [`lsm`], [`probe`]: what this kernel has (field offsets, the BPF LSM, features).
 //! - [`sockopt`]: raw socket calls (SOL_SOCKET options, the netns cookie).
 //!
@@ -13,6 +14,7 @@
 //! and [`crate::error`]. Never `binding`, `commands` or `service`: arrows only point down.
 
 pub mod btf;
+pub mod coverage;
 pub mod escapes;
 pub mod hooks;
 pub mod link;

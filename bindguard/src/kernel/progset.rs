@@ -770,19 +770,20 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
 }
 
 /// The running build's set: opened if pinned, else loaded, verified and pinned (the only step
-/// that parses the kernel's BTF). Call with the pins lock held.
-pub fn current(lock: &pins::Lock) -> anyhow::Result<Set> {
+/// that parses the kernel's BTF), with what that load left out (empty when the set was
+/// already pinned: its `absent/` records say why). Call with the pins lock held.
+pub fn current(lock: &pins::Lock) -> anyhow::Result<(Set, Vec<LeftOut>)> {
     // Linking a cgroup allocates its storage, charged to RLIMIT_MEMLOCK before 5.11.
     crate::kernel::probe::raise_memlock();
     let dir = root().join(dir_name(hooks::object_hash()));
     // A set is renamed into place whole, so an existing directory is a complete set.
     if dir.exists() {
         Rank::own().raise(&dir);
-        return Set::open(&dir);
+        return Ok((Set::open(&dir)?, Vec::new()));
     }
-    load(&dir, lock)?;
+    let left_out = load(&dir, lock)?;
     forget();
-    Set::open(&dir)
+    Ok((Set::open(&dir)?, left_out))
 }
 
 /// Removes set staging directories left by a load that was killed (with the lock held, any
@@ -795,7 +796,7 @@ pub fn sweep_abandoned(_lock: &pins::Lock) {
     }
 }
 
-fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
+fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
     fs::create_dir_all(root()).with_context(|| format!("creating {}", root().display()))?;
     let staging = root().join(format!(
         "{NEW_PREFIX}{}-{}",
@@ -806,22 +807,22 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<()> {
         remove_set_dir(&staging)?;
     }
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
-    let result = fill(&staging)
-        .and_then(|()| {
-            let stamp = staging.join(Rank::own().entry());
-            fs::create_dir(&stamp).with_context(|| format!("creating {}", stamp.display()))
-        })
-        .and_then(|()| {
-            // rustix, not nix: nix offers renameat2 only on glibc, and the release build is musl.
-            rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &staging,
-                rustix::fs::CWD,
-                dir,
-                rustix::fs::RenameFlags::NOREPLACE,
-            )
-            .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))
-        });
+    let fill = || -> anyhow::Result<Vec<LeftOut>> {
+        let left_out = load_programs(Some(&staging), &KernelTypes::probe())?;
+        let stamp = staging.join(Rank::own().entry());
+        fs::create_dir(&stamp).with_context(|| format!("creating {}", stamp.display()))?;
+        // rustix, not nix: nix offers renameat2 only on glibc, and the release build is musl.
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            &staging,
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .with_context(|| format!("renaming {} to {}", staging.display(), dir.display()))?;
+        Ok(left_out)
+    };
+    let result = fill();
     if result.is_err() {
         let _ = remove_set_dir(&staging);
     }
@@ -1017,21 +1018,6 @@ fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
         detail: format!("the kernel refused {}: {cause}", hook.program),
         log,
     }
-}
-
-/// What the loads of this process left out (for attach's warning; `doctor` probes anew).
-pub fn left_out() -> Vec<LeftOut> {
-    LEFT_OUT.lock().map(|l| l.clone()).unwrap_or_default()
-}
-
-static LEFT_OUT: std::sync::Mutex<Vec<LeftOut>> = std::sync::Mutex::new(Vec::new());
-
-fn fill(dir: &Path) -> anyhow::Result<()> {
-    let left = load_programs(Some(dir), &KernelTypes::probe())?;
-    if let Ok(mut l) = LEFT_OUT.lock() {
-        *l = left;
-    }
-    Ok(())
 }
 
 fn load_program(

@@ -18,7 +18,14 @@
 //! allow_tun = false         # strict mode: let the cgroup attach tun/tap devices
 //! allow_ptrace_out = false  # strict mode: let the cgroup ptrace processes outside it
 //! allow_delegated = false   # strict mode below a delegation boundary, accepted knowingly
+//! dns = ["10.8.0.1"]        # strict mode: every DNS query goes to this resolver (one per family)
 //! on_recreate = "keep-sockets"  # or "reset-sockets"
+//! ```
+//!
+//! One top-level key, outside `[[binding]]`, in at most one file:
+//!
+//! ```toml
+//! metrics = "127.0.0.1:9477"  # `daemon` serves /metrics, /healthz, /readyz here (default: off)
 //! ```
 //!
 //! Files: `/etc/bindguard/bindguard.toml`, then `/etc/bindguard/bindings.d/*.toml` in name
@@ -37,7 +44,7 @@ use crate::{
     Error,
     binding::{
         netdev,
-        policy::{Existing, Mode, Options},
+        policy::{Dns, Existing, Maker, Mode, Options},
     },
 };
 
@@ -87,6 +94,10 @@ pub struct Config {
     /// The files read, in order.
     pub files: Vec<PathBuf>,
     pub bindings: Vec<Binding>,
+    /// Who may have the daemon bind their own programs ([`super::grants`]).
+    pub grants: Vec<super::grants::Grant>,
+    /// Where `daemon` serves its metrics and probes (`metrics = "ADDR:PORT"`; None: off).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -94,6 +105,11 @@ pub struct Config {
 struct RawFile {
     #[serde(default)]
     binding: Vec<Spanned<RawBinding>>,
+    /// Read by [`super::grants::parse_file`]; named here so the file's other keys stay
+    /// checked.
+    #[serde(default, rename = "grant")]
+    _grant: Vec<toml::Value>,
+    metrics: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -124,6 +140,7 @@ struct RawBinding {
     allow_ptrace_out: bool,
     #[serde(default)]
     allow_delegated: bool,
+    dns: Option<Spanned<Vec<String>>>,
     on_recreate: Option<Spanned<String>>,
 }
 
@@ -214,8 +231,24 @@ pub fn load(path: Option<&Path>, cgroup_mount: &Path) -> anyhow::Result<Config> 
 /// Parses and validates several files as one config.
 pub fn parse_all(files: &[(PathBuf, String)], cgroup_mount: &Path) -> Result<Config, Error> {
     let mut bindings = Vec::new();
+    let mut grants = Vec::new();
+    let mut metrics: Option<(std::net::SocketAddr, PathBuf)> = None;
     for (file, text) in files {
         bindings.extend(parse_file(file, text, cgroup_mount)?);
+        grants.extend(super::grants::parse_file(file, text)?);
+        if let Some((addr, line)) = parse_metrics(file, text)? {
+            if let Some((_, first)) = &metrics {
+                return Err(Error::Config {
+                    file: file.clone(),
+                    line,
+                    why: format!(
+                        "metrics is already set in {}; set it in one file",
+                        first.display()
+                    ),
+                });
+            }
+            metrics = Some((addr, file.clone()));
+        }
     }
     let mut seen: HashMap<&Path, &Binding> = HashMap::new();
     for b in &bindings {
@@ -234,7 +267,30 @@ pub fn parse_all(files: &[(PathBuf, String)], cgroup_mount: &Path) -> Result<Con
     Ok(Config {
         files: files.iter().map(|(f, _)| f.clone()).collect(),
         bindings,
+        grants,
+        metrics: metrics.map(|(a, _)| a),
     })
+}
+
+/// The file's `metrics` key, if set: the address and its line.
+fn parse_metrics(file: &Path, text: &str) -> Result<Option<(std::net::SocketAddr, usize)>, Error> {
+    // parse_file has read the same text without error.
+    let Ok(RawFile {
+        metrics: Some(m), ..
+    }) = toml::from_str::<RawFile>(text)
+    else {
+        return Ok(None);
+    };
+    let line = line_of(text, m.span().start);
+    let addr = m.get_ref().parse().map_err(|_| Error::Config {
+        file: file.to_path_buf(),
+        line,
+        why: format!(
+            "metrics '{}' is not an address and port such as 127.0.0.1:9477 or [::]:9477",
+            crate::error::quote(m.get_ref())
+        ),
+    })?;
+    Ok(Some((addr, line)))
 }
 
 /// 1-based line of byte `offset` in `text`.
@@ -339,6 +395,11 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
                 ));
             }
         };
+        let dns = match &raw.dns {
+            None => Dns::default(),
+            Some(list) => Dns::parse(&list.get_ref().join(","))
+                .map_err(|e| at(list.span(), e.to_string().replace("--dns", "dns")))?,
+        };
         let options = Options {
             mark,
             priority,
@@ -349,9 +410,8 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
             allow_tun: raw.allow_tun,
             allow_ptrace_out: raw.allow_ptrace_out,
             allow_delegated: raw.allow_delegated,
-            from_config: true,
-            from_oci: false,
-            from_nri: false,
+            maker: Maker::Config,
+            dns,
         };
         options.validate().map_err(|e| {
             err_at(
@@ -360,6 +420,7 @@ pub fn parse_file(file: &Path, text: &str, cgroup_mount: &Path) -> Result<Vec<Bi
                     .replace("--allow-loopback", "allow_loopback")
                     .replace("--allow-tun", "allow_tun")
                     .replace("--allow-ptrace-out", "allow_ptrace_out")
+                    .replace("--dns", "dns")
                     .replace("--mode strict", "mode = \"strict\""),
             )
         })?;
@@ -429,6 +490,27 @@ mod tests {
     }
 
     #[test]
+    fn metrics_is_one_address_in_one_file() {
+        let files = |a: &str, b: &str| {
+            parse_all(
+                &[
+                    (PathBuf::from("/etc/a.toml"), a.to_string()),
+                    (PathBuf::from("/etc/b.toml"), b.to_string()),
+                ],
+                Path::new(MOUNT),
+            )
+        };
+        let c = files("metrics = \"127.0.0.1:9477\"\n", "").unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9477".parse().unwrap()));
+        assert_eq!(files("", "").unwrap().metrics, None);
+        let e = files("\nmetrics = \"localhost\"\n", "").unwrap_err();
+        assert_eq!(line(&e), 2);
+        assert!(e.to_string().contains("not an address and port"), "{e}");
+        let e = files("metrics = \"[::]:1\"", "metrics = \"[::]:2\"").unwrap_err();
+        assert!(e.to_string().contains("already set in /etc/a.toml"), "{e}");
+    }
+
+    #[test]
     fn a_full_binding_parses() {
         let b = parse(
             r#"
@@ -461,7 +543,7 @@ mode = "bind"
         assert_eq!(b[0].options.priority, Some(3));
         assert_eq!(b[0].options.existing, Existing::Destroy);
         assert_eq!(b[0].options.allow_families, (1 << 17) | (1 << 40));
-        assert!(b[0].options.from_config);
+        assert_eq!(b[0].options.maker, Maker::Config);
         assert_eq!(b[0].on_recreate, OnRecreate::ResetSockets);
         assert_eq!(b[1].line, 16);
         assert_eq!(b[1].options.mode, Mode::Bind);

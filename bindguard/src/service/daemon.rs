@@ -34,6 +34,11 @@
 //!   failed in the readiness report (sd_notify STATUS and the "ready:" line, with the first
 //!   reasons).
 //!
+//! - Metrics (`--metrics ADDR` or the config's `metrics` key, off by default): served from a
+//!   thread of their own ([`metrics`]), so that the probes answer while the loop works; the
+//!   daemon publishes its bindings after each change, and is ready once the config was
+//!   applied at start.
+//!
 //! Nothing is polled: between events the daemon sleeps in epoll with no timeout.
 
 use std::{
@@ -63,7 +68,7 @@ use tracing::{debug, error, info, warn};
 use crate::{
     Error,
     binding::{
-        cgroup, enforcer,
+        SocketPass, cgroup, enforcer,
         netdev::{self, Interface},
         policy::Existing,
         sockreset, unbound,
@@ -71,6 +76,7 @@ use crate::{
     kernel::{pins, progset},
     service::{
         config::{self, Config, OnRecreate},
+        metrics::{self, Metrics},
         reconcile::{self, Action, Namespaces},
     },
 };
@@ -126,13 +132,43 @@ enum State {
     Failed,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
+impl State {
+    fn label(self) -> &'static str {
+        match self {
+            State::Enforcing => "enforcing",
+            State::WaitingForInterface => "waiting-for-interface",
+            State::WaitingForCgroup => "waiting-for-cgroup",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT, answering users' exec requests at `socket`.
+/// `metrics_addr` (the command line's) overrides the config's `metrics` key.
+pub fn run(
+    config_path: Option<PathBuf>,
+    socket: Option<&Path>,
+    metrics_addr: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
     super::log_to_stderr();
     enforcer::require_privileges("daemon")?;
     raise_nofile();
     let mount = cgroup::cgroup2_mount()?;
     let config = config::load(config_path.as_deref(), &mount)?;
+    // Listening before the config is applied: /readyz answers "not ready" meanwhile, and a
+    // port in use fails the start instead of a silent daemon without metrics. On a thread of
+    // its own, not this loop's runtime: the loop does blocking work (an apply of thousands
+    // of bindings, socket audits), and the probes must answer meanwhile.
+    let metrics = match metrics_addr.or(config.metrics) {
+        Some(addr) => {
+            let m = Metrics::new();
+            m.serve_on_thread(addr)?;
+            Some(m)
+        }
+        None => None,
+    };
+    // Its own threads: a request never waits on the event loop, nor the loop on a request.
+    let exec = super::userexec::serve(socket, config.grants.clone(), mount.clone())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -164,12 +200,16 @@ pub fn run(config_path: Option<PathBuf>) -> anyhow::Result<()> {
             unbound: Vec::new(),
             event_at: None,
             loaded: false,
+            exec,
+            metrics,
         };
         daemon.main_loop(rx, stream).await
     })
 }
 
 struct Daemon {
+    /// Users' exec requests (grants replaced on reload); None where another daemon answers.
+    exec: Option<Arc<super::userexec::Server>>,
     path: Option<PathBuf>,
     mount: PathBuf,
     config: Config,
@@ -206,6 +246,8 @@ struct Daemon {
     event_at: Option<Instant>,
     /// Programs were loaded since the heap was last trimmed.
     loaded: bool,
+    /// The metrics endpoint, if served.
+    metrics: Option<Metrics>,
 }
 
 impl Daemon {
@@ -224,6 +266,10 @@ impl Daemon {
         self.apply_all("start");
         self.after_change();
         self.hold_bpffs();
+        if let Some(m) = &self.metrics {
+            m.reconciled(started.elapsed());
+            m.set_ready(true);
+        }
         let ready = format!(
             "ready: {} (config: {}; {:.0} ms from start)",
             self.counts(),
@@ -339,6 +385,30 @@ impl Daemon {
     fn publish_status(&mut self) {
         notify(&[sd_notify::NotifyState::Status(&self.counts())]);
         self.publish_unbound();
+        self.publish_metrics();
+    }
+
+    /// What `/metrics` exposes: every configured binding by mode and state, and the kernel
+    /// counters of those the daemon holds (labelled by their configured cgroup).
+    fn publish_metrics(&self) {
+        let Some(m) = &self.metrics else { return };
+        let mut snap = metrics::Snapshot::default();
+        for (i, b) in self.config.bindings.iter().enumerate() {
+            let state = self.states.get(&i).copied().unwrap_or(State::Failed);
+            *snap
+                .bindings
+                .entry((b.options.mode.as_str(), state.label()))
+                .or_default() += 1;
+            if matches!(state, State::Enforcing | State::WaitingForInterface)
+                && let Some((id, _)) = self.made.get(&i)
+            {
+                snap.bound.push(metrics::Bound {
+                    cgroup_id: *id,
+                    labels: vec![("cgroup", b.cgroup.display().to_string())],
+                });
+            }
+        }
+        m.publish(snap);
     }
 
     /// Keeps `status`'s list of configured bindings that are not bound
@@ -530,10 +600,18 @@ impl Daemon {
             // Up, down, carrier, MTU...: nothing a binding depends on.
             return;
         }
+        let kind = match (new, seen.contains_key(&index)) {
+            (false, _) => "deleted",
+            (true, true) => "renamed",
+            (true, false) => "new",
+        };
         if new {
             seen.insert(index, name.to_string());
         } else {
             seen.remove(&index);
+        }
+        if let Some(m) = &self.metrics {
+            m.interface_event(kind);
         }
         let (cookie, ino) = match self.namespaces.get(ns.as_deref()) {
             Ok((n, cookie)) => (*cookie, n.ino),
@@ -671,6 +749,11 @@ impl Daemon {
                 self.after_change();
             }
         }
+        if let Some(m) = &self.metrics
+            && (fast > 0 || slow_count > 0)
+        {
+            m.reconciled(at.elapsed());
+        }
     }
 
     /// Makes binding `i` what the config says, with `iface` when the caller knows it (a link
@@ -744,16 +827,20 @@ impl Daemon {
             }
             return false;
         }
-        if let Err(e) = enforcer::attach(&cg, &iface, &b.options) {
-            error!(
-                "{} {} -> {} failed: {e:#}",
-                action.symbol(),
-                cg.path.display(),
-                reconcile::describe(&iface)
-            );
-            self.fail(i, one_line(&e));
-            return false;
-        }
+        // The socket pass runs off the loop (below): a flap is not held up by a walk of /proc.
+        let bound = match crate::binding::bind(&cg, &iface, &b.options, SocketPass::Later) {
+            Ok(bound) => bound,
+            Err(e) => {
+                error!(
+                    "{} {} -> {} failed: {e:#}",
+                    action.symbol(),
+                    cg.path.display(),
+                    reconcile::describe(&iface)
+                );
+                self.fail(i, one_line(&e));
+                return false;
+            }
+        };
         self.states.insert(i, state);
         self.failures.remove(&i);
         self.made.insert(i, (cg.id, iface.ifindex));
@@ -788,15 +875,17 @@ impl Daemon {
         self.hold(cg.id, &b.cgroup);
         if b.options.existing == Existing::Destroy && iface.ifindex != 0 {
             let what = format!("ending the unbound sockets of {}", cg.path.display());
-            let (cg2, iface2) = (cg.clone(), iface.clone());
             self.off_loop(cg.path.clone(), what, move || {
                 // What the pass could not end is an error (logged; `status` shows
                 // sockets-unreached), the rest is done all the same.
-                let ended = crate::binding::sockreset::end_existing(&cg2, &iface2)?.check()?;
+                let ended = bound.end_existing()?.check()?;
                 Ok(if ended == 0 {
                     String::new()
                 } else {
-                    format!("ended {ended} unbound socket(s) of {}", cg2.path.display())
+                    format!(
+                        "ended {ended} unbound socket(s) of {}",
+                        bound.cgroup.path.display()
+                    )
                 })
             });
         }
@@ -1263,6 +1352,12 @@ impl Daemon {
             .filter(|b| !kept.contains(&b.cgroup))
             .map(|b| b.cgroup.clone())
             .collect();
+        if new.metrics != self.config.metrics {
+            warn!("the metrics address changed in the config; it takes effect at the next start");
+        }
+        if let Some(exec) = &self.exec {
+            exec.set_grants(new.grants.clone());
+        }
         self.config = new;
         // Indexes name bindings of the old config: forget what was known by them.
         self.states.clear();
@@ -1277,8 +1372,12 @@ impl Daemon {
             }
         }
         self.start_link_watchers();
+        let started = Instant::now();
         self.apply_all("reload");
         self.after_change();
+        if let Some(m) = &self.metrics {
+            m.reconciled(started.elapsed());
+        }
         info!("reloaded: {}", self.counts());
         notify(&[
             sd_notify::NotifyState::Ready,

@@ -1,14 +1,20 @@
 //! The long-running side: the [`config`] of `apply` and `daemon`, the [`reconcile`] plan
 //! (desired state against what the kernel holds) and the [`daemon`] that keeps it true; the
-//! [`nri`] plugin, which binds the containers a container runtime announces.
+//! [`nri`] plugin, which binds the containers a container runtime announces; the [`grants`]
+//! that let users have the daemon bind their own programs, and the daemon's socket that
+//! answers them ([`userexec`]); the [`metrics`] endpoint both services serve
+//! (`--metrics ADDR`).
 //!
 //! May import: [`crate::binding`], [`crate::kernel`] to hold link fds and watch bpffs, and
 //! [`crate::error`]. Never [`crate::commands`].
 
 pub mod config;
 pub mod daemon;
+pub mod grants;
+pub mod metrics;
 pub mod nri;
 pub mod reconcile;
+pub mod userexec;
 
 /// The services' log on stderr: one line per event, INFO and above, no colours.
 fn log_to_stderr() {

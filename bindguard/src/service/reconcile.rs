@@ -9,15 +9,16 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bindguard_common::{ABI_VERSION, Policy, flags};
+use bindguard_common::{ABI_VERSION, Policy};
 
 use crate::{
     Error,
     binding::{
         cgroup::{self, Cgroup},
-        enforcer::{self, Attached},
+        enforcer,
         netdev::{self, Interface},
         netns::Netns,
+        policy::Maker,
     },
     kernel::pins,
     service::config::{Binding, Config},
@@ -172,11 +173,7 @@ pub fn desired_interface(b: &Binding, namespaces: &mut Namespaces) -> anyhow::Re
 
 /// Whether every link of a binding is pinned and attached to its cgroup.
 pub fn links_healthy(dir: &Path, policy: &Policy, cgroup_id: u64) -> bool {
-    let set = crate::kernel::progset::set_of_binding(dir);
-    let lsm = policy.has(bindguard_common::flags::LSM);
-    let hooks = crate::binding::policy::mode_of(policy)
-        .hooks(|h| set.as_ref().is_none_or(|s| s.has(h)) && (!h.is_lsm() || lsm));
-    enforcer::links_complete(dir, cgroup_id, &hooks)
+    enforcer::links_complete(dir, cgroup_id, &enforcer::expected_hooks(dir, policy))
 }
 
 /// Compares one configured binding with the kernel.
@@ -330,8 +327,7 @@ fn prunable(config: &Config, steps: &[Step]) -> Vec<Step> {
         .into_iter()
         .filter(|(id, _)| !wanted.contains(id))
         .filter_map(|(id, dir)| {
-            let policy = enforcer::read_policy(&dir).ok()?;
-            if !policy.has(flags::FROM_CONFIG) {
+            if enforcer::maker(&dir) != Some(Maker::Config) {
                 return None;
             }
             let path = namer.path(id)?;
@@ -367,25 +363,15 @@ pub fn run_step(step: &Step, config: &Config) -> anyhow::Result<()> {
                     .with_context(|| format!("creating cgroup {}", b.cgroup.display()))?;
             }
             let cg = cgroup::resolve(&b.cgroup)?;
-            bind(&cg, iface, b)
+            // The door also repairs a binding missing links (make-before-break). What the
+            // socket pass could not end is an error, logged and shown by `status`
+            // (sockets-unreached); the binding stays.
+            crate::binding::bind(&cg, iface, &b.options, crate::binding::SocketPass::Now)
+                .and_then(|bound| bound.unreached())
                 .with_context(|| format!("binding cgroup {} to {}", cg.path.display(), b.dev))?;
             Ok(())
         }
     }
-}
-
-/// attach (which also repairs a binding missing links, make-before-break), then what the
-/// binding's `existing` asks for the sockets its processes already hold.
-pub fn bind(cg: &Cgroup, iface: &Interface, b: &Binding) -> anyhow::Result<Attached> {
-    let attached = enforcer::attach(cg, iface, &b.options)?;
-    if b.options.existing == crate::binding::policy::Existing::Destroy {
-        // The binding stays (it governs every new socket); what the pass could not end is an
-        // error, logged and shown by `status` (sockets-unreached).
-        crate::binding::sockreset::end_existing(cg, iface)?
-            .check()
-            .context("bound; ending the sockets it already held")?;
-    }
-    Ok(attached)
 }
 
 /// What `apply` did: the steps, each with its error if it failed.

@@ -17,6 +17,8 @@
 //!                                           unshare(CLONE_FILES)), zombie (the thread-group
 //!                                           leader has exited)
 //!   bg-probe loop SECONDS                   make sockets in a tight loop; count their bindings
+//!   bg-probe refuse-loop SECONDS IFNAME     one UDP socket, setsockopt(SO_BINDTODEVICE, IFNAME)
+//!                                           in a tight loop; prints `refused=N other=N`
 //!   bg-probe escape KIND ADDR PORT TOKEN [ARG]  try one known escape from a binding, then send
 //!       unspec          UDP connect, connect(AF_UNSPEC) (resets the binding), sendto
 //!       pktinfo IFINDEX IPv4 UDP sendmsg with IP_PKTINFO naming another interface
@@ -143,11 +145,16 @@ fn sockinfo() {
     std::process::exit(i32::from(failed));
 }
 
-fn tight_loop(seconds: f64) {
+/// Makes sockets for `seconds`, or until `stop` exists (looked for every 1,024 sockets), and
+/// prints how they were bound.
+fn tight_loop(seconds: f64, stop: Option<&std::path::Path>) {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut by_ifindex: BTreeMap<u32, u64> = BTreeMap::new();
     let (mut total, mut errors) = (0u64, 0u64);
     while Instant::now() < deadline {
+        if total % 1024 == 0 && stop.is_some_and(|p| p.exists()) {
+            break;
+        }
         total += 1;
         match new_socket(libc::AF_INET, libc::SOCK_DGRAM)
             .and_then(|s| get_int(s.as_raw_fd(), libc::SO_BINDTOIFINDEX))
@@ -162,6 +169,21 @@ fn tight_loop(seconds: f64) {
         by_ifindex.get(&0).copied().unwrap_or(0),
         spread.join(",")
     );
+}
+
+/// A flood of refusals for a bound cgroup: the same setsockopt again and again on one socket
+/// (strict mode refuses each with EPERM and counts it).
+fn refuse_loop(seconds: f64, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds);
+    let s = new_socket(libc::AF_INET, libc::SOCK_DGRAM).expect("socket");
+    let (mut refused, mut other) = (0u64, 0u64);
+    while Instant::now() < deadline {
+        match set_bindtodevice(s.as_raw_fd(), name) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => refused += 1,
+            _ => other += 1,
+        }
+    }
+    println!("refused={refused} other={other}");
 }
 
 /// A sockaddr for `ip:port` with an optional IPv6 scope id, as raw bytes for libc.
@@ -266,13 +288,12 @@ fn escape(kind: &str, addr: &str, port: &str, token: &str, arg: Option<&str>) {
             hdr.msg_iov = &mut iov;
             hdr.msg_iovlen = 1;
             hdr.msg_control = cbuf.as_mut_ptr().cast();
-            hdr.msg_controllen = space as usize;
+            hdr.msg_controllen = space as _;
             unsafe {
                 let c = libc::CMSG_FIRSTHDR(&hdr);
                 (*c).cmsg_level = libc::IPPROTO_IP;
                 (*c).cmsg_type = libc::IP_PKTINFO;
-                (*c).cmsg_len =
-                    libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as usize;
+                (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::in_pktinfo>() as u32) as _;
                 std::ptr::write(libc::CMSG_DATA(c).cast(), info);
             }
             let sent = step("sendmsg(IP_PKTINFO)", unsafe { libc::sendmsg(fd, &hdr, 0) }
@@ -479,13 +500,13 @@ fn send_marked(how: &str, value: &str, addr: &str, port: &str, token: &str) {
     match how {
         "somark" => {
             hdr.msg_control = cbuf.as_mut_ptr().cast();
-            hdr.msg_controllen = space;
+            hdr.msg_controllen = space as _;
             // SAFETY: the control buffer holds one cmsg with 4 bytes of data.
             unsafe {
                 let c = libc::CMSG_FIRSTHDR(&hdr);
                 (*c).cmsg_level = libc::SOL_SOCKET;
                 (*c).cmsg_type = libc::SO_MARK;
-                (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+                (*c).cmsg_len = libc::CMSG_LEN(4) as _;
                 std::ptr::write(libc::CMSG_DATA(c).cast(), value);
             }
         }
@@ -766,8 +787,8 @@ fn lock_udp(addr: &str, port: &str) {
         mode: u64,
         ioctls: u64,
     }
-    const UFFDIO_API: libc::c_ulong = 0xc018_aa3f;
-    const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+    const UFFDIO_API: libc::Ioctl = 0xc018_aa3f_u32 as _;
+    const UFFDIO_REGISTER: libc::Ioctl = 0xc020_aa00_u32 as _;
     // SAFETY: plain syscalls and ioctls with valid pointers; the page is ours.
     unsafe {
         let uffd = libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC) as libc::c_int;
@@ -852,7 +873,9 @@ fn main() {
         ["bench-send", addr, port, n] => bench_send(addr, port, n),
         ["bench-passfd", n] => bench_passfd(n),
         ["bench-join", n] => bench_join(n),
-        ["loop", secs] => tight_loop(secs.parse().expect("SECONDS")),
+        ["loop", secs] => tight_loop(secs.parse().expect("SECONDS"), None),
+        ["loop-until", path] => tight_loop(3600.0, Some(std::path::Path::new(path))),
+        ["refuse-loop", secs, name] => refuse_loop(secs.parse().expect("SECONDS"), name),
         ["escape", kind, addr, port, token] => escape(kind, addr, port, token, None),
         ["mcast", how, group, ifindex] => mcast(how, group, ifindex),
         ["mptcp"] => mptcp(),

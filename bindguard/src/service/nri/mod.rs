@@ -3,8 +3,8 @@
 //!
 //! A separate subcommand, not part of `bindguard daemon`: the daemon's state is a config file
 //! and follows interfaces by name; the plugin's state is whatever the runtime says over one
-//! socket, and its life is that socket's (it exits when the runtime closes it, and the
-//! DaemonSet restarts it). Both are clients of the same binding layer and mark their
+//! socket (when that socket goes, it reconnects and the runtime's Synchronize tells it the
+//! truth again). Both are clients of the same binding layer and mark their
 //! bindings (FROM_CONFIG, FROM_NRI), so neither ever removes the other's.
 //!
 //! **When a container is bound.** At CreateContainer the container has no process and no
@@ -18,11 +18,14 @@
 //! own filesystem; binding the pod's parent cgroup would bind every container the same way
 //! whatever its own annotations say, and the pause container too.
 //!
-//! **Fail-open edges (the runtime's, documented in the README).** A plugin that is not
+//! **Fail-open edges (the runtime's, documented in docs/operations.md).** A plugin that is not
 //! connected is not asked: containerd 2.1 (NRI 0.8) creates annotated containers unbound while
 //! bindguard is down, and it also drops a plugin that does not answer within its request
-//! timeout (2 s). On reconnect, Synchronize binds every annotated running container and
-//! destroys the sockets it made while unbound.
+//! timeout (2 s). When the connection ends (containerd restarts, or dropped the plugin) the
+//! plugin reconnects with backoff and registers again; the bindings stay in the kernel
+//! meanwhile. On reconnect, Synchronize binds every annotated running container and destroys
+//! the sockets it made while unbound; one it cannot bind is named in a log line and counted
+//! in `bindguard_bindings{state="unbound"}`.
 //!
 //! The wire ([`wire`]: mux and ttrpc frames over `bytes`, [`ttrpc`]: the envelope messages)
 //! carries the messages prost generates from the vendored `proto/nri/api.proto` ([`api`]).
@@ -41,13 +44,14 @@ use std::{
     io::{Read as _, Write as _},
     os::unix::net::UnixStream,
     path::PathBuf,
+    time::Duration,
 };
 
 use anyhow::{Context as _, bail};
 use bytes::BytesMut;
 use prost::Message as _;
 
-use crate::{Error, binding::enforcer};
+use crate::{Error, binding::enforcer, service::metrics::Metrics};
 use wire::{Message, PLUGIN_CONN, REQUEST, RESPONSE, RUNTIME_CONN};
 
 /// containerd's and CRI-O's default NRI socket.
@@ -60,6 +64,8 @@ pub struct Settings {
     pub name: String,
     /// Its index: two digits; plugins are called in ascending order.
     pub index: String,
+    /// Where to serve metrics and probes (None: off).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Settings {
@@ -84,21 +90,94 @@ impl Settings {
     }
 }
 
-/// Registers with the runtime and serves its requests until it closes the connection (an
-/// error: the plugin must be restarted to be asked again) or says it shuts down.
+/// How long to wait before reconnecting after the runtime went away: from the first value,
+/// doubled each failed try up to the last (a containerd restart takes about a second here).
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Registers with the runtime and serves its requests; when the runtime goes away (a
+/// containerd restart closes the socket), keeps reconnecting with backoff and registers
+/// again: Synchronize then brings the bindings back to what runs. The bindings stay in the
+/// kernel meanwhile (their pins hold them, not this process). A runtime that says it shuts
+/// down (Shutdown) is waited for the same way: a restart of containerd says so first. Ends
+/// with SIGTERM, or with an error before the first connection (bad input, no privilege).
 pub fn run(settings: &Settings) -> anyhow::Result<()> {
     settings.validate()?;
     super::log_to_stderr();
     enforcer::require_privileges("nri")?;
-    let mut stream = UnixStream::connect(&settings.socket).with_context(|| {
-        format!(
-            "connecting to the NRI socket {}; is NRI enabled in the runtime and the socket mounted here?",
-            settings.socket.display()
-        )
-    })?;
+    let metrics = match settings.metrics {
+        Some(addr) => {
+            let m = Metrics::new();
+            m.serve_on_thread(addr)?;
+            Some(m)
+        }
+        None => None,
+    };
+    let mut plugin: Option<plugin::Plugin> = None;
+    let mut backoff = BACKOFF_FIRST;
+    let mut down_since: Option<std::time::Instant> = None;
+    let mut warned = false;
+    loop {
+        let stream = match UnixStream::connect(&settings.socket) {
+            Ok(s) => s,
+            Err(e) => {
+                // One line when the runtime goes, not one per try.
+                if !warned {
+                    tracing::warn!(
+                        "cannot connect to the NRI socket {} ({e}); retrying every {} s at most. Is NRI enabled in the runtime and the socket mounted here?",
+                        settings.socket.display(),
+                        BACKOFF_MAX.as_secs()
+                    );
+                    warned = true;
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        if let Some(since) = down_since.take() {
+            tracing::info!(
+                "reconnected to {} after {:.1} s",
+                settings.socket.display(),
+                since.elapsed().as_secs_f64()
+            );
+        }
+        let plugin = match &mut plugin {
+            Some(p) => p,
+            None => plugin.insert(first_connection(&stream, metrics.clone())?),
+        };
+        let registered_at = std::time::Instant::now();
+        let why = match serve(stream, settings, plugin, metrics.as_ref()) {
+            Ok(()) => anyhow::anyhow!("the runtime shuts down"),
+            Err(e) => e,
+        };
+        if let Some(m) = &metrics {
+            m.set_ready(false);
+        }
+        plugin.synchronized = false;
+        tracing::warn!(
+            "{why:#}; every binding stays in the kernel; reconnecting (Synchronize will catch up)"
+        );
+        // A connection that served a while starts the backoff over.
+        if registered_at.elapsed() > BACKOFF_MAX {
+            backoff = BACKOFF_FIRST;
+        }
+        down_since = Some(std::time::Instant::now());
+        warned = false;
+        std::thread::sleep(backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// At the first connection: join the runtime's cgroup namespace and start the cleaner.
+fn first_connection(
+    stream: &UnixStream,
+    metrics: Option<Metrics>,
+) -> anyhow::Result<plugin::Plugin> {
     // The pods' cgroup paths are read in the runtime's cgroup namespace (the plugin's own is
-    // a container's), before any thread starts: the cleaner thread inherits it.
-    let runtime = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+    // a container's), before the cleaner thread starts: it inherits it. (The metrics thread
+    // reads counters by cgroup id: no path, no namespace.)
+    let runtime = nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)
         .context("asking the NRI socket for the runtime's pid (SO_PEERCRED)")?
         .pid();
     if crate::binding::cgroup::join_namespace_of(runtime).with_context(|| {
@@ -110,8 +189,17 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("cleaner".into())
         .spawn(move || plugin::cleaner(queue))?;
-    let mut plugin = plugin::Plugin::new(jobs);
+    Ok(plugin::Plugin::new(jobs, metrics))
+}
 
+/// Registers on `stream` and serves the runtime's requests until the connection ends: Ok
+/// when the runtime said it shuts down, else why it ended.
+fn serve(
+    mut stream: UnixStream,
+    settings: &Settings,
+    plugin: &mut plugin::Plugin,
+    metrics: Option<&Metrics>,
+) -> anyhow::Result<()> {
     let register = ttrpc::Request {
         service: RUNTIME_SERVICE.into(),
         method: "RegisterPlugin".into(),
@@ -131,14 +219,13 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
         register.encode_to_vec(),
     )?;
 
+    let mut registered = false;
     let mut demux = wire::Demux::default();
     let mut buf = vec![0u8; 64 << 10];
     loop {
         let n = stream.read(&mut buf).context("reading the NRI socket")?;
         if n == 0 {
-            bail!(
-                "the runtime closed the NRI connection; restart bindguard nri to be registered again"
-            );
+            bail!("the runtime closed the NRI connection");
         }
         demux.feed(&buf[..n]);
         while let Some((conn, msg)) = demux.next_message()? {
@@ -177,15 +264,22 @@ pub fn run(settings: &Settings) -> anyhow::Result<()> {
                         Some(s) if s.code != 0 => {
                             bail!("the runtime refused to register the plugin: {}", s.message)
                         }
-                        _ => tracing::info!(
-                            "registered as {}-{} on {}",
-                            settings.index,
-                            settings.name,
-                            settings.socket.display()
-                        ),
+                        _ => {
+                            registered = true;
+                            tracing::info!(
+                                "registered as {}-{} on {}",
+                                settings.index,
+                                settings.name,
+                                settings.socket.display()
+                            )
+                        }
                     }
                 }
                 _ => {}
+            }
+            // Ready: registered, and the runtime's view of every pod applied.
+            if let Some(m) = metrics {
+                m.set_ready(registered && plugin.synchronized);
             }
         }
     }

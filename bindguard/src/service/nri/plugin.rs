@@ -17,7 +17,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use bindguard_common::flags;
 use prost::Message as _;
 
 use super::{
@@ -27,13 +26,14 @@ use super::{
 use crate::{
     Error,
     binding::{
-        annotations, cgroup, enforcer, netdev,
+        SocketPass, annotations, cgroup, enforcer, netdev,
         netns::Netns,
-        policy::{Existing, Options},
-        sockreset,
+        policy::{Existing, Maker, Options},
+        unbound,
     },
     error::quote,
     kernel::pins,
+    service::metrics::{self, Metrics},
 };
 
 pub const SERVICE: &str = "nri.pkg.api.v1alpha1.Plugin";
@@ -94,7 +94,7 @@ fn who(pod: Option<&PodSandbox>, ctr: &Container) -> String {
 /// The options and interface name the annotations ask for; bad values are refused here.
 fn options(ann: &HashMap<String, String>, existing: Existing) -> Result<(Options, String), Error> {
     let opts = Options {
-        from_nri: true,
+        maker: Maker::Nri,
         existing,
         ..annotations::options_from(ann)?
     };
@@ -123,9 +123,36 @@ fn pod_netns(pod: Option<&PodSandbox>) -> anyhow::Result<Netns> {
     Netns::current()
 }
 
+/// A container the plugin bound: its cgroup, its mode and the labels its series carry.
+struct Bound {
+    cgroup_id: u64,
+    mode: &'static str,
+    labels: Vec<(&'static str, String)>,
+}
+
+/// The labels of a container's series: `namespace`, `pod`, `container`.
+fn labels(pod: Option<&PodSandbox>, ctr: &Container) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "namespace",
+            pod.map(|p| p.namespace.clone()).unwrap_or_default(),
+        ),
+        ("pod", pod.map(|p| p.name.clone()).unwrap_or_default()),
+        ("container", ctr.name.clone()),
+    ]
+}
+
 pub struct Plugin {
-    /// Container id → the cgroup id of the binding this plugin made for it.
-    bound: HashMap<String, u64>,
+    /// Container id → the binding this plugin made for it.
+    bound: HashMap<String, Bound>,
+    /// Container id → (mode, entry for `status`) of annotated running containers Synchronize
+    /// could not bind.
+    unbound: HashMap<String, (&'static str, unbound::Unbound)>,
+    /// The list last written to [`unbound::NRI_PATH`].
+    published: Vec<unbound::Unbound>,
+    /// Set once the first Synchronize was handled (with `/readyz`).
+    pub synchronized: bool,
+    metrics: Option<Metrics>,
     /// Synchronize requests marked `more`, collected until the last one.
     pending: Option<(Vec<PodSandbox>, Vec<Container>)>,
     cleanup: Sender<Cleanup>,
@@ -140,12 +167,43 @@ fn refuse(what: impl std::fmt::Display) -> Status {
 }
 
 impl Plugin {
-    pub fn new(cleanup: Sender<Cleanup>) -> Self {
+    pub fn new(cleanup: Sender<Cleanup>, metrics: Option<Metrics>) -> Self {
         Self {
             bound: HashMap::new(),
+            unbound: HashMap::new(),
+            published: Vec::new(),
+            synchronized: false,
+            metrics,
             pending: None,
             cleanup,
         }
+    }
+
+    /// What `/metrics` exposes: the bindings this plugin made (labelled by namespace, pod and
+    /// container) and the annotated containers that run unbound; those also for `status`.
+    fn publish(&mut self) {
+        let mut now: Vec<unbound::Unbound> =
+            self.unbound.values().map(|(_, u)| u.clone()).collect();
+        now.sort_by(|a, b| a.origin.cmp(&b.origin));
+        if now != self.published {
+            match unbound::publish(Path::new(unbound::NRI_PATH), &now) {
+                Ok(()) => self.published = now,
+                Err(e) => tracing::warn!("cannot write {}: {e}", unbound::NRI_PATH),
+            }
+        }
+        let Some(m) = &self.metrics else { return };
+        let mut snap = metrics::Snapshot::default();
+        for b in self.bound.values() {
+            *snap.bindings.entry((b.mode, "enforcing")).or_default() += 1;
+            snap.bound.push(metrics::Bound {
+                cgroup_id: b.cgroup_id,
+                labels: b.labels.clone(),
+            });
+        }
+        for (mode, _) in self.unbound.values() {
+            *snap.bindings.entry((mode, "unbound")).or_default() += 1;
+        }
+        m.publish(snap);
     }
 
     /// Answers one request of the runtime.
@@ -195,7 +253,12 @@ impl Plugin {
                 ctrs.extend(req.containers);
                 if !req.more {
                     let (pods, ctrs) = self.pending.take().unwrap_or_default();
+                    let started = Instant::now();
                     self.synchronize(&pods, &ctrs);
+                    self.synchronized = true;
+                    if let Some(m) = &self.metrics {
+                        m.reconciled(started.elapsed());
+                    }
                 }
                 Ok(api::SynchronizeResponse {
                     update: Vec::new(),
@@ -270,8 +333,12 @@ impl Plugin {
                 })
             }
             Ok(Event::RemoveContainer) => {
-                if let Some(id) = evt.container.and_then(|c| self.bound.remove(&c.id)) {
-                    let _ = self.cleanup.send(Cleanup::Container(id));
+                if let Some(c) = &evt.container {
+                    self.unbound.remove(&c.id);
+                    if let Some(b) = self.bound.remove(&c.id) {
+                        let _ = self.cleanup.send(Cleanup::Container(b.cgroup_id));
+                    }
+                    self.publish();
                 }
                 Ok(())
             }
@@ -317,7 +384,7 @@ impl Plugin {
         }
         let cg = cgroup::resolve(&path)?;
         let dir = pins::binding_dir(cg.id);
-        if dir.exists() && !enforcer::read_policy(&dir).is_ok_and(|p| p.has(flags::FROM_NRI)) {
+        if dir.exists() && enforcer::maker(&dir) != Some(Maker::Nri) {
             tracing::info!(
                 "{}: cgroup {} already has a binding bindguard nri did not make; left as it is",
                 who(pod, ctr),
@@ -327,25 +394,32 @@ impl Plugin {
         }
         let ns = Netns::open(Path::new(&format!("/proc/{pid}/ns/net")))?;
         let iface = netdev::resolve(&dev, &ns)?;
-        enforcer::attach(&cg, &iface, &opts)
+        let bound = crate::binding::bind(&cg, &iface, &opts, SocketPass::Now)
             .with_context(|| format!("binding cgroup {} to {dev}", path.display()))?;
-        if opts.existing == Existing::Destroy {
-            let pass = sockreset::end_existing(&cg, &iface)?;
-            for (s, _) in &pass.ended {
-                tracing::warn!(
-                    "{}: ended socket {} {} -> {} made while it ran unbound",
-                    who(pod, ctr),
-                    s.protocol,
-                    s.local,
-                    s.remote
-                );
-            }
-            // The binding stays (it governs every new socket); what could not be reached is
-            // an error the caller logs, and status shows sockets-unreached.
-            pass.check()
-                .with_context(|| format!("ending the sockets {} made unbound", who(pod, ctr)))?;
+        for (s, _) in bound.sockets.iter().flat_map(|p| &p.ended) {
+            tracing::warn!(
+                "{}: ended socket {} {} -> {} made while it ran unbound",
+                who(pod, ctr),
+                s.protocol,
+                s.local,
+                s.remote
+            );
         }
-        self.bound.insert(ctr.id.clone(), cg.id);
+        // The binding stays (it governs every new socket); what could not be reached is an
+        // error the caller logs, and status shows sockets-unreached.
+        bound
+            .unreached()
+            .with_context(|| format!("ending the sockets {} made unbound", who(pod, ctr)))?;
+        self.bound.insert(
+            ctr.id.clone(),
+            Bound {
+                cgroup_id: cg.id,
+                mode: opts.mode.as_str(),
+                labels: labels(pod, ctr),
+            },
+        );
+        self.unbound.remove(&ctr.id);
+        self.publish();
         tracing::info!(
             "bound {} (cgroup {}) to {dev} in {:.1} ms",
             who(pod, ctr),
@@ -361,6 +435,7 @@ impl Plugin {
     fn synchronize(&mut self, pods: &[PodSandbox], ctrs: &[Container]) {
         let pods: HashMap<&str, &PodSandbox> = pods.iter().map(|p| (p.id.as_str(), p)).collect();
         self.bound.clear();
+        self.unbound.clear();
         let mut keep = HashSet::new();
         let live = [
             ContainerState::ContainerCreated,
@@ -385,23 +460,33 @@ impl Plugin {
             };
             match self.bind(pod, ctr, &ann, existing) {
                 Ok(()) => {}
-                // A running container cannot be refused; it stays as it is, and says so.
-                Err(e) => tracing::error!(
-                    "{} runs UNBOUND: {}",
-                    who(pod, ctr),
-                    crate::error::one_line(&e)
-                ),
+                // A running container cannot be refused; it stays as it is, and says so (log,
+                // and bindguard_bindings{state="unbound"}).
+                Err(e) => {
+                    tracing::error!(
+                        "{} runs UNBOUND: {}",
+                        who(pod, ctr),
+                        crate::error::one_line(&e)
+                    );
+                    let mode =
+                        annotations::options_from(&ann).map_or("strict", |o| o.mode.as_str());
+                    let entry = unbound::Unbound {
+                        cgroup: cgroup::of_process(ctr.pid as i32).unwrap_or_default(),
+                        origin: format!("nri: {}", who(pod, ctr)),
+                        why: crate::error::one_line(&e),
+                    };
+                    self.unbound.insert(ctr.id.clone(), (mode, entry));
+                }
             }
             if let Some((id, _)) = bound_before {
                 keep.insert(id);
             }
         }
-        keep.extend(self.bound.values().copied());
+        keep.extend(self.bound.values().map(|b| b.cgroup_id));
+        self.publish();
         let mut namer = cgroup::Namer::new();
         for (id, dir) in pins::list() {
-            if keep.contains(&id)
-                || !enforcer::read_policy(&dir).is_ok_and(|p| p.has(flags::FROM_NRI))
-            {
+            if keep.contains(&id) || enforcer::maker(&dir) != Some(Maker::Nri) {
                 continue;
             }
             // A deleted cgroup's pins go with the cleaner's sweep.
@@ -432,8 +517,7 @@ pub fn cleaner(jobs: std::sync::mpsc::Receiver<Cleanup>) {
             if let Some(path) = namer.path(id) {
                 // The cgroup outlived its container (runc removes it at delete): the binding
                 // is removed if this plugin made it.
-                let ours = enforcer::read_policy(&pins::binding_dir(id))
-                    .is_ok_and(|p| p.has(flags::FROM_NRI));
+                let ours = enforcer::maker(&pins::binding_dir(id)) == Some(Maker::Nri);
                 if ours && let Err(e) = enforcer::detach(&path) {
                     tracing::warn!(
                         "detaching {}: {}",
@@ -514,7 +598,7 @@ mod tests {
     #[test]
     fn bad_annotations_refuse_the_container_at_create() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let mut p = Plugin::new(tx);
+        let mut p = Plugin::new(tx, None);
         let ctr = Container {
             name: "c".into(),
             id: "0123456789abcdef".into(),

@@ -124,7 +124,7 @@ fn control(cmsgs: &[Cmsg]) -> Vec<u8> {
             let c = buf.as_mut_ptr().add(off).cast::<libc::cmsghdr>();
             (*c).cmsg_level = *level;
             (*c).cmsg_type = *kind;
-            (*c).cmsg_len = libc::CMSG_LEN(data.len() as u32) as usize;
+            (*c).cmsg_len = libc::CMSG_LEN(data.len() as u32) as _;
             std::ptr::copy_nonoverlapping(data.as_ptr(), libc::CMSG_DATA(c), data.len());
             off += libc::CMSG_SPACE(data.len() as u32) as usize;
         }
@@ -155,7 +155,7 @@ fn send_msg(
     hdr.msg_iovlen = 1;
     if !cbuf.is_empty() {
         hdr.msg_control = cbuf.as_mut_ptr().cast();
-        hdr.msg_controllen = cbuf.len();
+        hdr.msg_controllen = cbuf.len() as _;
     }
     // SAFETY: sendmsg on our fd with the header built above.
     unsafe { libc::sendmsg(fd, &hdr, flags) as libc::c_long }
@@ -384,7 +384,14 @@ const SOCKET_URING_OP_SETSOCKOPT: u32 = 3;
 const SYS_IO_URING_SETUP: i64 = 425;
 const SYS_IO_URING_ENTER: i64 = 426;
 /// i386's setsockopt(2), entered with int 0x80 from this 64-bit process.
+#[cfg(target_arch = "x86_64")]
 const SYS32_SETSOCKOPT: i64 = 366;
+/// Memory below 4 GiB for the i386 entry's 32-bit pointers; elsewhere (arm64: no 32-bit
+/// entry from a 64-bit process, the compat attacks report ENOSYS) any address does.
+#[cfg(target_arch = "x86_64")]
+const LOW_4G: libc::c_int = libc::MAP_32BIT;
+#[cfg(not(target_arch = "x86_64"))]
+const LOW_4G: libc::c_int = 0;
 
 /// A syscall through the 32-bit entry (int 0x80): the kernel treats it as a compat syscall.
 /// Pointers must lie below 4 GiB.
@@ -420,7 +427,7 @@ fn low_memory(len: usize) -> *mut u8 {
             std::ptr::null_mut(),
             len,
             libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | LOW_4G,
             -1,
             0,
         )
@@ -576,7 +583,7 @@ fn ring_sendmsg(
     hdr.msg_iovlen = 1;
     if !cbuf.is_empty() {
         hdr.msg_control = cbuf.as_mut_ptr().cast();
-        hdr.msg_controllen = cbuf.len();
+        hdr.msg_controllen = cbuf.len() as _;
     }
     let mut s = sqe(IORING_OP_SENDMSG, fd);
     put(
@@ -824,7 +831,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
                     m.msg_hdr.msg_iov = &mut iovs[i];
                     m.msg_hdr.msg_iovlen = 1;
                     m.msg_hdr.msg_control = cbufs[i].as_mut_ptr().cast();
-                    m.msg_hdr.msg_controllen = cbufs[i].len();
+                    m.msg_hdr.msg_controllen = cbufs[i].len() as _;
                     m
                 })
                 .collect();
@@ -1126,7 +1133,10 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
                 ],
             );
             #[cfg(not(target_arch = "x86_64"))]
-            let rc = -38;
+            let rc = {
+                drop(s);
+                -38
+            };
             let ok = ring_step("join", rc as i32) >= 0;
             std::thread::sleep(Duration::from_millis(600));
             ok
@@ -1149,7 +1159,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             hdr.msg_iov = &mut iov;
             hdr.msg_iovlen = 1;
             hdr.msg_control = cbuf.as_mut_ptr().cast();
-            hdr.msg_controllen = cbuf.len();
+            hdr.msg_controllen = cbuf.len() as _;
             // SAFETY: sendmsg with the header built above.
             step(
                 "sendmsg(SCM_RIGHTS)",
@@ -1184,7 +1194,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             hdr.msg_iov = &mut iov;
             hdr.msg_iovlen = 1;
             hdr.msg_control = cbuf.as_mut_ptr().cast();
-            hdr.msg_controllen = cbuf.len();
+            hdr.msg_controllen = cbuf.len() as _;
             // SAFETY: recvmsg into the buffers above.
             let got = unsafe { libc::recvmsg(unix.as_raw_fd(), &mut hdr, 0) };
             step("recvmsg", got as _);
@@ -1240,7 +1250,7 @@ pub fn attack(kind: &str, addr: &str, port: &str, token: &str, args: &[&str]) {
             let mut ifr = [0u8; 40];
             ifr[..arg(1).len()].copy_from_slice(arg(1).as_bytes());
             ifr[16..18].copy_from_slice(&(0x0001u16 | 0x1000).to_ne_bytes());
-            const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+            const TUNSETIFF: libc::Ioctl = 0x4004_54ca;
             // SAFETY: ioctl on our fd with a 40-byte ifreq.
             if !step(
                 "TUNSETIFF",
