@@ -33,6 +33,7 @@ mod skb;
 mod sock;
 mod sock_addr;
 mod sockopt;
+mod unix;
 mod uapi;
 
 #[cfg(not(test))]

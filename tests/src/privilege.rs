@@ -57,3 +57,28 @@ pub fn uring() -> Uring {
         setsockopt: has("io_uring_sqe", "optname"),
     }
 }
+
+/// Whether the kernel under test must have cgroup/connect_unix (Linux 6.7, escape row 28).
+/// In the VM matrix the boot's name says it (so a kernel that quietly lost the hook fails);
+/// on the host the kernel's BTF, as the loader reads it.
+pub fn unix_connect_expected() -> bool {
+    match std::env::var("BINDGUARD_VM").as_deref() {
+        Ok(vm) if !vm.is_empty() => vm.contains("6.12"),
+        _ => bindguard::kernel::btf::Btf::from_sys_fs().is_ok_and(|b| b.has_unix_sock_addr()),
+    }
+}
+
+/// The escape rows strict mode leaves open on this kernel when the BPF LSM programs are
+/// absent, as attach, status and verify list them ("7, 12, 14, 20, 21, 26").
+pub fn rows_open_without_lsm() -> &'static str {
+    if unix_connect_expected() {
+        "7, 12, 14, 20, 21, 26"
+    } else {
+        "7, 12, 14, 20, 21, 26, 28"
+    }
+}
+
+/// How many programs strict mode links on this kernel when the BPF LSM ones are absent.
+pub fn strict_programs_without_lsm() -> usize {
+    bindguard::kernel::hooks::LSM_HOOKS_START - usize::from(!unix_connect_expected())
+}

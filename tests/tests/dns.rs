@@ -409,3 +409,97 @@ fn exec_with_dns_takes_resolve_out_of_nsswitch() {
     );
     assert_eq!(d.a.queries(), 0);
 }
+
+/// A stand-in for systemd-resolved's varlink socket, and a client that connects to it as
+/// nss-resolve does, as uid 65534 with no capabilities: once with the path's NUL in the
+/// address (systemd's own clients) and once without (the length alone ends it). Prints the
+/// client's result per connect, then how many connections the stand-in accepted.
+const VARLINK_STANDIN: &str = r#"
+import os, socket, sys, time
+path = "/run/systemd/resolve/io.systemd.Resolve"
+os.makedirs(os.path.dirname(path), exist_ok=True)
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+srv.bind(path)
+os.chmod(path, 0o666)
+srv.listen(8)
+other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+other.bind(path + ".Monitor")
+os.chmod(path + ".Monitor", 0o666)
+other.listen(8)
+pid = os.fork()
+if pid == 0:
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    for addr in (path.encode() + b"\0", path):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            c.connect(addr)
+            print("connected", flush=True)
+        except OSError as e:
+            print("refused", e.errno, flush=True)
+        c.close()
+    # A socket whose path only starts like it is the workload's own business.
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    c.connect(path + ".Monitor")
+    print("other connected", flush=True)
+    os._exit(0)
+os.waitpid(pid, 0)
+srv.setblocking(False)
+n = 0
+while True:
+    try:
+        srv.accept()[0].close(); n += 1
+    except BlockingIOError:
+        break
+print("accepted", n)
+"#;
+
+/// Runs [`VARLINK_STANDIN`] inside the scenario's cgroup, with a /run of its own.
+fn varlink_connects(s: &Scenario) -> String {
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && exec /usr/bin/python3 -c '{}'",
+        VARLINK_STANDIN.replace('\'', "\"")
+    );
+    let (code, out, err) = Cmd::new("unshare")
+        .args(["-m", "--propagation", "private", "/bin/sh", "-c"])
+        .arg(script)
+        .in_cgroup(&s.cg)
+        .in_netns(&s.topo.host)
+        .run();
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
+/// Escape row 28: nss-resolve (first in nsswitch.conf where systemd-resolved runs) asks
+/// systemd-resolved over varlink, which sends the lookup by its own interface. Strict mode's
+/// cgroup/connect_unix program (Linux 6.7) refuses that connect with EPERM, so nss-resolve
+/// reports UNAVAIL and glibc asks DNS, which the binding keeps on its interface. In bind mode
+/// (no such program) the same connects reach the stand-in: the test can fail.
+#[test]
+fn strict_mode_refuses_nss_resolves_varlink_socket() {
+    root_or_skip!();
+    if !bindguard_tests::privilege::unix_connect_expected() {
+        bindguard_tests::skip(
+            "dns::strict_mode_refuses_nss_resolves_varlink_socket",
+            "this kernel has no cgroup/connect_unix hook (Linux 6.7): escape row 28 is NOT COVERED (doctor says so)",
+        );
+        return;
+    }
+    let s = Scenario::new();
+    s.attach(UPLINK_B, &["--mode", "bind"]);
+    let out = varlink_connects(&s);
+    assert_eq!(
+        out,
+        "connected\nconnected\nother connected\naccepted 2\n",
+        "bind mode: the stand-in should see both connects"
+    );
+    s.attach(UPLINK_B, &["--dns", RESOLVER4]);
+    let out = varlink_connects(&s);
+    assert_eq!(
+        out,
+        format!(
+            "refused {e}\nrefused {e}\nother connected\naccepted 0\n",
+            e = libc::EPERM
+        ),
+        "strict mode let nss-resolve's connect through"
+    );
+}

@@ -101,7 +101,7 @@ fn an_upgrade_moves_the_binding_without_an_unbound_socket_and_drops_the_old_set(
     );
     // The kernel releases unpinned links from a workqueue, which lags under load.
     // Strict mode's programs without the BPF LSM ones (this host's kernel refuses those).
-    let want = bindguard::kernel::hooks::LSM_HOOKS_START;
+    let want = bindguard_tests::privilege::strict_programs_without_lsm();
     let count = bindguard_tests::scenario::settled_program_count(&s.cg.path, want);
     let attached = bindguard_tests::scenario::attached_programs(&s.cg.path);
     assert_eq!(

@@ -209,6 +209,13 @@ impl Btf {
         Some(total)
     }
 
+    /// Whether the kernel has cgroup/connect_unix (its context gained `uaddrlen` with it, in
+    /// 6.7) with the layout the program reads: the address at 8, its length at 32.
+    pub fn has_unix_sock_addr(&self) -> bool {
+        self.offset("bpf_sock_addr_kern", "uaddr") == Some(8)
+            && self.offset("bpf_sock_addr_kern", "uaddrlen") == Some(32)
+    }
+
     /// The type id of the function `name` (kind FUNC), as BPF_PROG_LOAD's attach_btf_id.
     pub fn func_id(&self, name: &str) -> Option<u32> {
         (1..self.types.len() as u32).find(|&id| {

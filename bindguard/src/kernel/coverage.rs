@@ -33,6 +33,9 @@ pub fn open_rows_warning(set: &Set, loaded_now: &[LeftOut]) -> Option<String> {
                         "the BPF LSM was not usable when this build's programs were loaded".into()
                     }),
                     Some((_, Why::BtfLacks)) => "the kernel's BTF lacks fields it reads".into(),
+                    Some((a, Why::KernelLacks)) => {
+                        format!("this kernel has no {} hook", a.needs().unwrap_or(a.name))
+                    }
                     _ => "the kernel refused it".into(),
                 },
             };

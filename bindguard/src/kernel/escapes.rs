@@ -147,10 +147,10 @@ pub const ESCAPES: &[Escape] = &[
         27,
         "a lookup through the local DNS stub (127.0.0.53) is sent by the host's resolver, by its own choice of interface",
     ),
-    outside(
+    hooks_or(
         28,
         "nss-resolve asks systemd-resolved over its varlink socket (/run/systemd/resolve/io.systemd.Resolve), which sends the lookup by its own choice of interface",
-        "cgroup/connect_unix (Linux 6.7) could refuse that connect, but bindguard's eBPF loader (aya 0.14) cannot load the program type yet: give the workload a mount namespace whose nsswitch.conf hosts line has no `resolve` (glibc then reads resolv.conf, and --dns applies), or hosts without systemd-resolved",
+        "give the workload a mount namespace whose nsswitch.conf hosts line has no `resolve` (`bindguard exec --dns` does; glibc then reads resolv.conf, and --dns applies), or a host without systemd-resolved",
     ),
 ];
 

@@ -23,6 +23,8 @@ pub enum Kind {
     Skb,
     /// A BPF LSM program attached per cgroup (lsm_cgroup); the string is the LSM hook.
     Lsm(&'static str),
+    /// cgroup/connect_unix (Linux 6.7): loaded by [`crate::kernel::rawload`], aya cannot.
+    Unix,
 }
 
 /// One program of a binding and where its link is pinned.
@@ -58,6 +60,14 @@ impl Hook {
     /// A BPF LSM program (needs the BPF LSM active and lsm_cgroup, 6.0).
     pub fn is_lsm(&self) -> bool {
         matches!(self.kind, Kind::Lsm(_))
+    }
+
+    /// The hook a kernel must have for this program, where older supported kernels lack it.
+    pub fn needs(&self) -> Option<&'static str> {
+        match self.kind {
+            Kind::Unix => Some("cgroup/connect_unix (Linux 6.7)"),
+            _ => None,
+        }
     }
 }
 
@@ -135,6 +145,14 @@ pub const HOOKS: &[Hook] = &[
         Kind::SockAddr,
         A::BPF_CGROUP_UDP6_RECVMSG,
         &[],
+    ),
+    // Strict mode: nss-resolve's varlink connect is refused, so glibc asks DNS (row 28).
+    hook(
+        "connect_unix",
+        "refuse_resolved_unix",
+        Kind::Unix,
+        A::BPF_CGROUP_UNIX_CONNECT,
+        &[28],
     ),
     hook(
         "egress",
@@ -219,7 +237,7 @@ pub const HOOKS: &[Hook] = &[
 ];
 
 /// Index of the first BPF LSM hook in [`HOOKS`].
-pub const LSM_HOOKS_START: usize = 12;
+pub const LSM_HOOKS_START: usize = 13;
 
 #[cfg(test)]
 mod tests {

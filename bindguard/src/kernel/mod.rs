@@ -5,6 +5,7 @@
 //! - [`pins`]: bpffs: mounting it, the pins lock, staging directories, pin names.
 //! - [`hooks`]: the hook table and the embedded eBPF object.
 //! - [`progset`]: the program set, loaded and verified once per build and pinned.
+//! - [`rawload`]: BPF_PROG_LOAD for the one program aya cannot load (cgroup/connect_unix).
 //! - [`escapes`]: the escape table and which hooks close each row.
 //! - [`coverage`]: what a loaded set leaves open on this kernel, in one line.
 //! - [`btf`], [`lsm`], [`probe`]: what this kernel has (field offsets, the BPF LSM, features).
@@ -22,4 +23,5 @@ pub mod lsm;
 pub mod pins;
 pub mod probe;
 pub mod progset;
+pub mod rawload;
 pub mod sockopt;

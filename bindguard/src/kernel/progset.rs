@@ -481,6 +481,8 @@ pub enum Why {
     BtfLacks,
     /// The kernel refused the program (verifier or attach type).
     Refused,
+    /// The kernel has no such hook ([`Hook::needs`]): a newer kernel closes the row.
+    KernelLacks,
 }
 
 impl Why {
@@ -490,6 +492,7 @@ impl Why {
             Why::LsmUnavailable => "lsm-unavailable",
             Why::BtfLacks => "btf-lacks",
             Why::Refused => "refused",
+            Why::KernelLacks => "kernel-lacks",
         }
     }
 
@@ -499,6 +502,7 @@ impl Why {
             Why::LsmUnavailable,
             Why::BtfLacks,
             Why::Refused,
+            Why::KernelLacks,
         ]
         .into_iter()
         .find(|w| w.code() == code)
@@ -848,6 +852,9 @@ pub struct KernelTypes {
     pub layout: KernelLayout,
     /// Whether the kernel has the file_ioctl_compat LSM hook (6.8 and stable backports).
     pub has_ioctl_compat: bool,
+    /// Whether the kernel has cgroup/connect_unix with the context layout its program reads
+    /// (None: the BTF cannot be read).
+    pub unix_connect: Option<bool>,
 }
 
 impl KernelTypes {
@@ -861,6 +868,7 @@ impl KernelTypes {
         let has_ioctl_compat = vmlinux
             .as_ref()
             .is_some_and(|b| b.func_id("bpf_lsm_file_ioctl_compat").is_some());
+        let unix_connect = vmlinux.as_ref().map(|b| b.has_unix_sock_addr());
         layout.features = crate::kernel::probe::features();
         let btf = if lsm == crate::kernel::lsm::State::Usable {
             aya::Btf::from_sys_fs().ok()
@@ -872,6 +880,7 @@ impl KernelTypes {
             btf,
             layout,
             has_ioctl_compat,
+            unix_connect,
         }
     }
 
@@ -883,6 +892,16 @@ impl KernelTypes {
             detail,
             log: None,
         };
+        if hook.kind == Kind::Unix {
+            return match self.unix_connect {
+                Some(true) => None,
+                Some(false) => Some(left(
+                    Why::KernelLacks,
+                    format!("this kernel has no {} hook", hook.needs().unwrap_or(hook.name)),
+                )),
+                None => Some(left(Why::BtfLacks, "the kernel's BTF cannot be read".into())),
+            };
+        }
         if !hook.is_lsm() {
             return None;
         }
@@ -987,11 +1006,17 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
 fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
     let log = e
         .chain()
-        .find_map(|c| match c.downcast_ref::<aya::programs::ProgramError>() {
-            Some(aya::programs::ProgramError::LoadError { verifier_log, .. }) => {
-                Some(verifier_log.to_string())
+        .find_map(|c| {
+            if let Some(crate::kernel::rawload::LoadError::Refused { log, .. }) = c.downcast_ref()
+            {
+                return Some(log.clone());
             }
-            _ => None,
+            match c.downcast_ref::<aya::programs::ProgramError>() {
+                Some(aya::programs::ProgramError::LoadError { verifier_log, .. }) => {
+                    Some(verifier_log.to_string())
+                }
+                _ => None,
+            }
         })
         .filter(|l| !l.trim().is_empty());
     let cause = log
@@ -1043,5 +1068,10 @@ fn load_program(
             p.load(lsm_hook, btf)?;
             p.fd()?.as_fd().try_clone_to_owned()?
         }
+        Kind::Unix => crate::kernel::rawload::load_sock_addr(
+            hooks::EBPF_OBJECT,
+            hook.program,
+            hook.attach_type,
+        )?,
     })
 }
