@@ -33,8 +33,8 @@ mod skb;
 mod sock;
 mod sock_addr;
 mod sockopt;
-mod unix;
 mod uapi;
+mod unix;
 
 #[cfg(not(test))]
 #[panic_handler]

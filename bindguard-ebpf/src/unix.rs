@@ -16,7 +16,9 @@
 //! Fails open for anything it cannot read: the row is about a well-behaved resolver library,
 //! and a refused connect of any other unix socket would break the workload.
 
-use aya_ebpf::{helpers::bpf_probe_read_kernel, macros::cgroup_sock_addr, programs::SockAddrContext};
+use aya_ebpf::{
+    helpers::bpf_probe_read_kernel, macros::cgroup_sock_addr, programs::SockAddrContext,
+};
 
 use crate::uapi::{ALLOW, REFUSE};
 
@@ -70,8 +72,7 @@ const HEAD_WORDS: usize = 5;
 pub fn refuse_resolved_unix(ctx: SockAddrContext) -> i32 {
     // SAFETY: both reads go through bpf_probe_read_kernel, which fails cleanly on a bad
     // address; ctx is the kernel's struct bpf_sock_addr_kern.
-    let Ok(head) =
-        (unsafe { bpf_probe_read_kernel(ctx.sock_addr as *const [u64; HEAD_WORDS]) })
+    let Ok(head) = (unsafe { bpf_probe_read_kernel(ctx.sock_addr as *const [u64; HEAD_WORDS]) })
     else {
         return ALLOW;
     };

@@ -319,6 +319,11 @@ pub fn attached_programs(cgroup: &std::path::Path) -> String {
         (32, "getsockname6"),
         (34, "sock_release"),
         (43, "lsm_cgroup"),
+        (49, "connect_unix"),
+        (50, "sendmsg_unix"),
+        (51, "recvmsg_unix"),
+        (52, "getpeername_unix"),
+        (53, "getsockname_unix"),
     ];
     /// `bpf_attr.query` up to prog_attach_flags (6.0), which a BPF_LSM_CGROUP query must
     /// give with its prog_ids; for every other type it stays zero, as 5.10 requires.

@@ -488,8 +488,7 @@ fn strict_mode_refuses_nss_resolves_varlink_socket() {
     s.attach(UPLINK_B, &["--mode", "bind"]);
     let out = varlink_connects(&s);
     assert_eq!(
-        out,
-        "connected\nconnected\nother connected\naccepted 2\n",
+        out, "connected\nconnected\nother connected\naccepted 2\n",
         "bind mode: the stand-in should see both connects"
     );
     s.attach(UPLINK_B, &["--dns", RESOLVER4]);

@@ -897,9 +897,15 @@ impl KernelTypes {
                 Some(true) => None,
                 Some(false) => Some(left(
                     Why::KernelLacks,
-                    format!("this kernel has no {} hook", hook.needs().unwrap_or(hook.name)),
+                    format!(
+                        "this kernel has no {} hook",
+                        hook.needs().unwrap_or(hook.name)
+                    ),
                 )),
-                None => Some(left(Why::BtfLacks, "the kernel's BTF cannot be read".into())),
+                None => Some(left(
+                    Why::BtfLacks,
+                    "the kernel's BTF cannot be read".into(),
+                )),
             };
         }
         if !hook.is_lsm() {
@@ -1007,8 +1013,7 @@ fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
     let log = e
         .chain()
         .find_map(|c| {
-            if let Some(crate::kernel::rawload::LoadError::Refused { log, .. }) = c.downcast_ref()
-            {
+            if let Some(crate::kernel::rawload::LoadError::Refused { log, .. }) = c.downcast_ref() {
                 return Some(log.clone());
             }
             match c.downcast_ref::<aya::programs::ProgramError>() {
