@@ -1,19 +1,15 @@
 //! The bindguard command line: parses arguments, calls the library, prints, maps exit codes.
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use bindguard::{
     binding::{
-        self, SocketPass, cgroup,
-        enforcer::{self, Detached},
-        netdev,
-        netns::Netns,
+        cgroup, enforcer, netdev,
         policy::{self, Mode, Options},
-        sockreset,
     },
-    commands::{exec, monitor, oci, status, verify},
-    error::{self, printable, printable_path},
+    commands::{attach, detach, exec, monitor, oci, status, verify},
+    error,
     service::{config, daemon, grants, nri, reconcile, userexec},
 };
 use clap::{Args, Parser, Subcommand};
@@ -278,13 +274,6 @@ impl BindingArgs {
             ..Options::default()
         })
     }
-
-    fn netns(&self) -> anyhow::Result<Netns> {
-        match &self.netns {
-            Some(p) => Netns::open(p),
-            None => Netns::current(),
-        }
-    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -311,68 +300,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Attach { cgroup, binding } => {
             let opts = binding.options()?;
-            netdev::validate_name(&binding.dev)?;
-            let cg = cgroup::resolve(&cgroup::expand_self(&cgroup)?)?;
-            let ns = binding.netns()?;
-            let iface = netdev::resolve(&binding.dev, &ns)?;
-            if let Some(w) = netdev::rp_filter(&iface.name, &ns)
-                .ok()
-                .and_then(|v| netdev::rp_filter_warning(&iface.name, v))
-            {
-                eprintln!("bindguard: warning: {w}");
-            }
-            let bound = binding::bind(&cg, &iface, &opts, SocketPass::Now).with_context(|| {
-                format!(
-                    "attaching cgroup {} to {}",
-                    printable_path(&cg.path),
-                    iface.name
-                )
-            })?;
-            if let Some(w) = bound.open_rows() {
-                eprintln!("bindguard: warning: {w}");
-            }
-            if verbose {
-                for (program, log) in bound.refused_logs() {
-                    eprintln!("--- verifier log of {program} ---\n{log}");
-                }
-            }
-            if let Some(d) = bound.escapable() {
-                eprintln!(
-                    "bindguard: warning: cgroup {} is {}: its processes can move themselves out of the binding; bind {} itself to cover them",
-                    printable_path(&cg.path),
-                    d.describe(),
-                    printable_path(&d.boundary)
-                );
-            }
-            for (s, fate) in bound.sockets.iter().flat_map(|p| &p.ended) {
-                let verb = match fate {
-                    sockreset::Fate::Destroyed => "destroyed".to_string(),
-                    sockreset::Fate::Bound => format!("bound to {}", iface.name),
-                };
-                eprintln!(
-                    "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
-                    s.protocol,
-                    s.local,
-                    s.remote,
-                    s.pid,
-                    printable(&s.command),
-                    s.bound_ifindex
-                );
-            }
-            // A partial pass still reports: the binding stays (it governs every new socket,
-            // and sockets already ended cannot be given back); the command fails after.
-            let unreached = bound.sockets.as_ref().map_or(&[][..], |p| &p.unreached[..]);
-            for u in unreached {
-                eprintln!("bindguard: not ended: {u}");
-            }
-            println!("{}", bound.summary());
-            if !unreached.is_empty() {
-                anyhow::bail!(
-                    "{} of the sockets cgroup {} already held could not be ended (listed above); the binding is in place and governs every new socket; `bindguard status` reports sockets-unreached until the next attach",
-                    unreached.len(),
-                    printable_path(&cg.path)
-                );
-            }
+            attach::run(
+                &cgroup,
+                &binding.dev,
+                binding.netns.as_deref(),
+                &opts,
+                verbose,
+            )?;
         }
         Command::Apply {
             config,
@@ -386,21 +320,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             daemon::run(config, socket.as_deref(), metrics)?;
         }
-        Command::OciHook { stage } => {
-            let stage = stage.map(|s| s.parse::<oci::Stage>()).transpose()?;
-            match oci::hook(std::io::stdin().lock(), stage)? {
-                oci::Outcome::NotAnnotated => {}
-                oci::Outcome::Bound { cgroup, dev } => {
-                    eprintln!(
-                        "bindguard: bound container cgroup {} to {dev}",
-                        printable_path(&cgroup)
-                    )
-                }
-                oci::Outcome::Cleaned { removed } => {
-                    eprintln!("bindguard: removed {removed} container binding(s)")
-                }
-            }
-        }
+        Command::OciHook { stage } => oci::run(stage.as_deref())?,
         Command::Nri {
             socket,
             name,
@@ -518,20 +438,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
-            // The path detached, not the argument: `self` names the caller's cgroup.
-            Detached::Removed { cgroup, pins } => {
-                println!(
-                    "detached {} (removed {})",
-                    printable_path(&cgroup),
-                    pins.display()
-                )
-            }
-            Detached::Stale(n) => println!(
-                "cgroup {} no longer exists; removed {n} binding(s) of deleted cgroups",
-                printable_path(&cgroup)
-            ),
-        },
+        Command::Detach { cgroup } => detach::run(&cgroup)?,
         Command::Monitor { json, duration } => {
             enforcer::require_privileges("monitor")?;
             monitor::run(
@@ -584,36 +491,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Status { json, links } => {
-            // The pins root is root-only (0700): for anyone else "no bindings" would be a lie.
-            if let Err(e) = std::fs::read_dir(bindguard::kernel::pins::root())
-                && e.kind() == std::io::ErrorKind::PermissionDenied
-            {
-                eprintln!(
-                    "bindguard: warning: cannot read {} ({e}), so bindings are not shown; run status as root",
-                    bindguard::kernel::pins::root().display()
-                );
-            }
-            let report = status::collect(status::Options { links });
-            // Indented for a person at a terminal; compact otherwise, where programs read it
-            // and indenting 10,000 bindings costs more than reading them.
-            let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            if json {
-                if pretty {
-                    serde_json::to_writer_pretty(&mut out, &report)?;
-                } else {
-                    serde_json::to_writer(&mut out, &report)?;
-                }
-                writeln!(out)?;
-            } else {
-                out.write_all(status::render_table(&report).as_bytes())?;
-            }
-            out.flush()?;
-            // The process ends here: freeing 10,000 bindings one allocation at a time would
-            // only add to the command's time.
-            std::mem::forget(report);
-        }
+        Command::Status { json, links } => status::print(json, status::Options { links })?,
     }
     Ok(ExitCode::SUCCESS)
 }
