@@ -5,12 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use bindguard::{
     binding::{
-        cgroup, enforcer, netdev,
+        cgroup, enforcer,
         policy::{self, Mode, Options},
     },
     commands::{attach, detach, exec, monitor, oci, status, verify},
     error,
-    service::{config, daemon, grants, nri, reconcile, userexec},
+    service::{apply, config, daemon, grants, nri, sessions},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -312,7 +312,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             config,
             dry_run,
             prune,
-        } => return apply(config.as_deref(), dry_run, prune),
+        } => {
+            return Ok(ExitCode::from(apply::run(
+                config.as_deref(),
+                dry_run,
+                prune,
+            )?));
+        }
         Command::Daemon {
             config,
             socket,
@@ -333,57 +339,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics,
         })?,
         Command::Grants { config, user, json } => {
-            let mount = cgroup::cgroup2_mount()?;
-            let config = config::load(config.as_deref(), &mount)?;
-            let user = user.unwrap_or_else(|| nix::unistd::getuid().as_raw().to_string());
-            let who = grants::Caller::lookup(&user)?;
-            let theirs: Vec<&grants::Grant> =
-                config.grants.iter().filter(|g| g.covers(&who)).collect();
-            if json {
-                let doc: Vec<serde_json::Value> = theirs
-                    .iter()
-                    .map(|g| {
-                        serde_json::json!({
-                            "dev": g.dev,
-                            "modes": g.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-                            "options": g.options.iter().map(|o| o.name()).collect::<Vec<_>>(),
-                            "origin": format!("{}:{}", g.file.display(), g.line),
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "uid": who.uid,
-                        "grants": doc
-                    }))?
-                );
-            } else if theirs.is_empty() {
-                println!(
-                    "uid {} has no grant: `bindguard exec` without root is refused",
-                    who.uid
-                );
-            } else {
-                for g in theirs {
-                    let options: Vec<&str> = g.options.iter().map(|o| o.name()).collect();
-                    println!(
-                        "dev {}; modes {}; options {} ({}:{})",
-                        g.dev.join(", "),
-                        g.modes
-                            .iter()
-                            .map(|m| m.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if options.is_empty() {
-                            "none".to_string()
-                        } else {
-                            options.join(", ")
-                        },
-                        g.file.display(),
-                        g.line
-                    );
-                }
-            }
+            let config = config::load(config.as_deref(), &cgroup::cgroup2_mount()?)?;
+            grants::print(&config.grants, user.as_deref(), json)?;
         }
         Command::Sessions {
             end,
@@ -391,53 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dev,
             dns,
             json,
-        } => {
-            let socket = std::env::var_os("BINDGUARD_SOCKET")
-                .map_or_else(|| PathBuf::from(userexec::DEFAULT_SOCKET), PathBuf::from);
-            if let Some(d) = &dev {
-                netdev::validate_name(d)?;
-            }
-            let req = userexec::Request {
-                op: if move_pid.is_some() {
-                    userexec::Op::Move
-                } else if end.is_some() {
-                    userexec::Op::End
-                } else {
-                    userexec::Op::List
-                },
-                end: end.clone(),
-                pid: move_pid,
-                dev: dev.unwrap_or_default(),
-                mode: Mode::Strict.as_str().into(),
-                dns: policy::Dns::from_addrs(&dns)?.addrs(),
-                ..Default::default()
-            };
-            let reply = userexec::ask(&socket, &req)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reply)?);
-            } else if let Some(pid) = move_pid {
-                println!(
-                    "bound pid {pid} in {}",
-                    reply.cgroup.as_deref().unwrap_or("?")
-                );
-            } else if let Some(name) = end {
-                println!("ended {name}");
-            } else if reply.sessions.is_empty() {
-                println!("no exec bindings of yours");
-            } else {
-                println!("{:<24} {:<16} {:<7} PIDS", "NAME", "DEV", "MODE");
-                for s in &reply.sessions {
-                    let pids: Vec<String> = s.pids.iter().map(|p| p.to_string()).collect();
-                    println!(
-                        "{:<24} {:<16} {:<7} {}",
-                        s.name,
-                        s.dev,
-                        s.mode,
-                        pids.join(",")
-                    );
-                }
-            }
-        }
+        } => sessions::sessions(end, move_pid, dev, &dns, json)?,
         Command::Detach { cgroup } => detach::run(&cgroup)?,
         Command::Monitor { json, duration } => {
             enforcer::require_privileges("monitor")?;
@@ -496,9 +407,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bindguard exec` without root: the daemon binds this process as a grant allows (only the
-/// interface, mode, --allow-loopback and --dns are the user's to choose), then the command
-/// replaces it: same uid, environment, directory and terminal, no root process in between.
+/// `bindguard exec` without root: refuses the options only root may use (only the interface,
+/// mode, --allow-loopback and --dns are the user's to choose, as a grant allows), then has
+/// the daemon bind this process and runs the command in place ([`sessions::exec`]).
 fn exec_as_user(
     binding: &BindingArgs,
     opts: &Options,
@@ -527,33 +438,7 @@ fn exec_as_user(
         }
         .into());
     }
-    netdev::validate_name(&binding.dev)?;
-    let socket = std::env::var_os("BINDGUARD_SOCKET")
-        .map_or_else(|| PathBuf::from(userexec::DEFAULT_SOCKET), PathBuf::from);
-    userexec::ask(
-        &socket,
-        &userexec::Request {
-            dev: binding.dev.clone(),
-            mode: opts.mode.as_str().into(),
-            allow_loopback: opts.allow_loopback,
-            dns: opts.dns.addrs(),
-            ..Default::default()
-        },
-    )?;
-    let (program, args) = command.split_first().context("no command given")?;
-    use std::os::unix::process::CommandExt as _;
-    let e = std::process::Command::new(program).args(args).exec();
-    eprintln!(
-        "bindguard: {}: {e}",
-        std::path::Path::new(program).display()
-    );
-    Ok(ExitCode::from(
-        if e.kind() == std::io::ErrorKind::NotFound {
-            127
-        } else {
-            126
-        },
-    ))
+    Ok(ExitCode::from(sessions::exec(&binding.dev, opts, command)?))
 }
 
 /// Writes bindguard.1 and a bindguard-SUBCOMMAND.1 for every subcommand but the hidden ones
@@ -579,41 +464,6 @@ fn write_manpages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
                 .with_context(|| format!("writing {}", dir.join(man.get_filename()).display()))
         })
         .collect()
-}
-
-/// `bindguard apply`: the plan, printed as it runs.
-fn apply(path: Option<&std::path::Path>, dry_run: bool, prune: bool) -> anyhow::Result<ExitCode> {
-    let mount = cgroup::cgroup2_mount()?;
-    let config = config::load(path, &mount)?;
-    if !dry_run {
-        enforcer::require_privileges("apply")?;
-    }
-    let steps = reconcile::plan(&config, prune)?;
-    if steps.is_empty() {
-        println!("no bindings in the config");
-    }
-    if dry_run {
-        for s in &steps {
-            println!("{s}");
-        }
-        // Exit as the run would when the plan already shows that it fails.
-        if let Some((code, why)) = reconcile::foreseen_failure(&steps) {
-            eprintln!("bindguard: {why}");
-            return Ok(ExitCode::from(code as u8));
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let outcome = reconcile::execute(steps, &config);
-    for (step, err) in &outcome.steps {
-        match err {
-            None => println!("{step}"),
-            Some(e) => {
-                println!("{step}: FAILED");
-                eprintln!("bindguard: {}", one_line(e));
-            }
-        }
-    }
-    Ok(ExitCode::from(outcome.exit_code() as u8))
 }
 
 fn main() -> ExitCode {
