@@ -84,8 +84,7 @@ use crate::{
     },
 };
 
-/// What the link watchers and the loop's own timers and threads report.
-/// What the link watchers report.
+/// What the link watchers, and the loop's own timers and threads, report.
 #[derive(Debug)]
 enum Msg {
     Link {
