@@ -11,19 +11,19 @@ use crate::{
     error::{printable, printable_path},
 };
 
-/// Binds `cgroup` (`self`: bindguard's own) to `dev` in network namespace `netns` (None:
-/// bindguard's own) with `opts`. With `verbose`, the verifier's log of each program the kernel
-/// refused. Fails after printing when the socket pass could not end every socket it had to:
-/// the binding stays.
+/// Binds the cgroup at `path` (`self`: bindguard's own) to `dev` in network namespace `netns`
+/// (None: bindguard's own) with `opts`. With `verbose`, the verifier's log of each program the
+/// kernel refused. Fails after printing when the socket pass could not end every socket it
+/// had to: the binding stays.
 pub fn run(
-    cgroup: &Path,
+    path: &Path,
     dev: &str,
     netns: Option<&Path>,
     opts: &Options,
     verbose: bool,
 ) -> anyhow::Result<()> {
     netdev::validate_name(dev)?;
-    let cg = cgroup::resolve(&cgroup::expand_self(cgroup)?)?;
+    let cg = cgroup::resolve(&cgroup::expand_self(path)?)?;
     let ns = match netns {
         Some(p) => Netns::open(p)?,
         None => Netns::current()?,

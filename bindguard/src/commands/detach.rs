@@ -10,10 +10,10 @@ use crate::{
     error::printable_path,
 };
 
-/// Detaches the binding of `cgroup` (`self`: bindguard's own); when the cgroup is gone, the
-/// bindings of every deleted cgroup.
-pub fn run(cgroup: &Path) -> anyhow::Result<()> {
-    match enforcer::detach(&cgroup::expand_self(cgroup)?)? {
+/// Detaches the binding of the cgroup at `path` (`self`: bindguard's own); when the cgroup is
+/// gone, the bindings of every deleted cgroup.
+pub fn run(path: &Path) -> anyhow::Result<()> {
+    match enforcer::detach(&cgroup::expand_self(path)?)? {
         // The path detached, not the argument: `self` names the caller's cgroup.
         Detached::Removed { cgroup, pins } => {
             println!(
@@ -24,7 +24,7 @@ pub fn run(cgroup: &Path) -> anyhow::Result<()> {
         }
         Detached::Stale(n) => println!(
             "cgroup {} no longer exists; removed {n} binding(s) of deleted cgroups",
-            printable_path(cgroup)
+            printable_path(path)
         ),
     }
     Ok(())
