@@ -1,20 +1,16 @@
 //! The bindguard command line: parses arguments, calls the library, prints, maps exit codes.
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use bindguard::{
     binding::{
-        self, SocketPass, cgroup,
-        enforcer::{self, Detached},
-        netdev,
-        netns::Netns,
+        cgroup, enforcer,
         policy::{self, Mode, Options},
-        sockreset,
     },
-    commands::{exec, monitor, oci, status, verify},
-    error::{self, printable, printable_path},
-    service::{config, daemon, grants, nri, reconcile, userexec},
+    commands::{attach, detach, exec, monitor, oci, status, verify},
+    error,
+    service::{apply, config, daemon, grants, nri, sessions},
 };
 use clap::{Args, Parser, Subcommand};
 
@@ -278,13 +274,6 @@ impl BindingArgs {
             ..Options::default()
         })
     }
-
-    fn netns(&self) -> anyhow::Result<Netns> {
-        match &self.netns {
-            Some(p) => Netns::open(p),
-            None => Netns::current(),
-        }
-    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -311,74 +300,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Attach { cgroup, binding } => {
             let opts = binding.options()?;
-            netdev::validate_name(&binding.dev)?;
-            let cg = cgroup::resolve(&cgroup::expand_self(&cgroup)?)?;
-            let ns = binding.netns()?;
-            let iface = netdev::resolve(&binding.dev, &ns)?;
-            if let Some(w) = netdev::rp_filter(&iface.name, &ns)
-                .ok()
-                .and_then(|v| netdev::rp_filter_warning(&iface.name, v))
-            {
-                eprintln!("bindguard: warning: {w}");
-            }
-            let bound = binding::bind(&cg, &iface, &opts, SocketPass::Now).with_context(|| {
-                format!(
-                    "attaching cgroup {} to {}",
-                    printable_path(&cg.path),
-                    iface.name
-                )
-            })?;
-            if let Some(w) = bound.open_rows() {
-                eprintln!("bindguard: warning: {w}");
-            }
-            if verbose {
-                for (program, log) in bound.refused_logs() {
-                    eprintln!("--- verifier log of {program} ---\n{log}");
-                }
-            }
-            if let Some(d) = bound.escapable() {
-                eprintln!(
-                    "bindguard: warning: cgroup {} is {}: its processes can move themselves out of the binding; bind {} itself to cover them",
-                    printable_path(&cg.path),
-                    d.describe(),
-                    printable_path(&d.boundary)
-                );
-            }
-            for (s, fate) in bound.sockets.iter().flat_map(|p| &p.ended) {
-                let verb = match fate {
-                    sockreset::Fate::Destroyed => "destroyed".to_string(),
-                    sockreset::Fate::Bound => format!("bound to {}", iface.name),
-                };
-                eprintln!(
-                    "bindguard: {verb}: {} {} -> {} of pid {} ({}), was on ifindex {}",
-                    s.protocol,
-                    s.local,
-                    s.remote,
-                    s.pid,
-                    printable(&s.command),
-                    s.bound_ifindex
-                );
-            }
-            // A partial pass still reports: the binding stays (it governs every new socket,
-            // and sockets already ended cannot be given back); the command fails after.
-            let unreached = bound.sockets.as_ref().map_or(&[][..], |p| &p.unreached[..]);
-            for u in unreached {
-                eprintln!("bindguard: not ended: {u}");
-            }
-            println!("{}", bound.summary());
-            if !unreached.is_empty() {
-                anyhow::bail!(
-                    "{} of the sockets cgroup {} already held could not be ended (listed above); the binding is in place and governs every new socket; `bindguard status` reports sockets-unreached until the next attach",
-                    unreached.len(),
-                    printable_path(&cg.path)
-                );
-            }
+            attach::run(
+                &cgroup,
+                &binding.dev,
+                binding.netns.as_deref(),
+                &opts,
+                verbose,
+            )?;
         }
         Command::Apply {
             config,
             dry_run,
             prune,
-        } => return apply(config.as_deref(), dry_run, prune),
+        } => {
+            return Ok(ExitCode::from(apply::run(
+                config.as_deref(),
+                dry_run,
+                prune,
+            )?));
+        }
         Command::Daemon {
             config,
             socket,
@@ -386,21 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             daemon::run(config, socket.as_deref(), metrics)?;
         }
-        Command::OciHook { stage } => {
-            let stage = stage.map(|s| s.parse::<oci::Stage>()).transpose()?;
-            match oci::hook(std::io::stdin().lock(), stage)? {
-                oci::Outcome::NotAnnotated => {}
-                oci::Outcome::Bound { cgroup, dev } => {
-                    eprintln!(
-                        "bindguard: bound container cgroup {} to {dev}",
-                        printable_path(&cgroup)
-                    )
-                }
-                oci::Outcome::Cleaned { removed } => {
-                    eprintln!("bindguard: removed {removed} container binding(s)")
-                }
-            }
-        }
+        Command::OciHook { stage } => oci::run(stage.as_deref())?,
         Command::Nri {
             socket,
             name,
@@ -413,57 +339,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metrics,
         })?,
         Command::Grants { config, user, json } => {
-            let mount = cgroup::cgroup2_mount()?;
-            let config = config::load(config.as_deref(), &mount)?;
-            let user = user.unwrap_or_else(|| nix::unistd::getuid().as_raw().to_string());
-            let who = grants::Caller::lookup(&user)?;
-            let theirs: Vec<&grants::Grant> =
-                config.grants.iter().filter(|g| g.covers(&who)).collect();
-            if json {
-                let doc: Vec<serde_json::Value> = theirs
-                    .iter()
-                    .map(|g| {
-                        serde_json::json!({
-                            "dev": g.dev,
-                            "modes": g.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
-                            "options": g.options.iter().map(|o| o.name()).collect::<Vec<_>>(),
-                            "origin": format!("{}:{}", g.file.display(), g.line),
-                        })
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "uid": who.uid,
-                        "grants": doc
-                    }))?
-                );
-            } else if theirs.is_empty() {
-                println!(
-                    "uid {} has no grant: `bindguard exec` without root is refused",
-                    who.uid
-                );
-            } else {
-                for g in theirs {
-                    let options: Vec<&str> = g.options.iter().map(|o| o.name()).collect();
-                    println!(
-                        "dev {}; modes {}; options {} ({}:{})",
-                        g.dev.join(", "),
-                        g.modes
-                            .iter()
-                            .map(|m| m.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        if options.is_empty() {
-                            "none".to_string()
-                        } else {
-                            options.join(", ")
-                        },
-                        g.file.display(),
-                        g.line
-                    );
-                }
-            }
+            let config = config::load(config.as_deref(), &cgroup::cgroup2_mount()?)?;
+            grants::print(&config.grants, user.as_deref(), json)?;
         }
         Command::Sessions {
             end,
@@ -471,67 +348,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dev,
             dns,
             json,
-        } => {
-            let socket = std::env::var_os("BINDGUARD_SOCKET")
-                .map_or_else(|| PathBuf::from(userexec::DEFAULT_SOCKET), PathBuf::from);
-            if let Some(d) = &dev {
-                netdev::validate_name(d)?;
-            }
-            let req = userexec::Request {
-                op: if move_pid.is_some() {
-                    userexec::Op::Move
-                } else if end.is_some() {
-                    userexec::Op::End
-                } else {
-                    userexec::Op::List
-                },
-                end: end.clone(),
-                pid: move_pid,
-                dev: dev.unwrap_or_default(),
-                mode: Mode::Strict.as_str().into(),
-                dns: policy::Dns::from_addrs(&dns)?.addrs(),
-                ..Default::default()
-            };
-            let reply = userexec::ask(&socket, &req)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reply)?);
-            } else if let Some(pid) = move_pid {
-                println!(
-                    "bound pid {pid} in {}",
-                    reply.cgroup.as_deref().unwrap_or("?")
-                );
-            } else if let Some(name) = end {
-                println!("ended {name}");
-            } else if reply.sessions.is_empty() {
-                println!("no exec bindings of yours");
-            } else {
-                println!("{:<24} {:<16} {:<7} PIDS", "NAME", "DEV", "MODE");
-                for s in &reply.sessions {
-                    let pids: Vec<String> = s.pids.iter().map(|p| p.to_string()).collect();
-                    println!(
-                        "{:<24} {:<16} {:<7} {}",
-                        s.name,
-                        s.dev,
-                        s.mode,
-                        pids.join(",")
-                    );
-                }
-            }
-        }
-        Command::Detach { cgroup } => match enforcer::detach(&cgroup::expand_self(&cgroup)?)? {
-            // The path detached, not the argument: `self` names the caller's cgroup.
-            Detached::Removed { cgroup, pins } => {
-                println!(
-                    "detached {} (removed {})",
-                    printable_path(&cgroup),
-                    pins.display()
-                )
-            }
-            Detached::Stale(n) => println!(
-                "cgroup {} no longer exists; removed {n} binding(s) of deleted cgroups",
-                printable_path(&cgroup)
-            ),
-        },
+        } => sessions::sessions(end, move_pid, dev, &dns, json)?,
+        Command::Detach { cgroup } => detach::run(&cgroup)?,
         Command::Monitor { json, duration } => {
             enforcer::require_privileges("monitor")?;
             monitor::run(
@@ -584,43 +402,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Status { json, links } => {
-            // The pins root is root-only (0700): for anyone else "no bindings" would be a lie.
-            if let Err(e) = std::fs::read_dir(bindguard::kernel::pins::root())
-                && e.kind() == std::io::ErrorKind::PermissionDenied
-            {
-                eprintln!(
-                    "bindguard: warning: cannot read {} ({e}), so bindings are not shown; run status as root",
-                    bindguard::kernel::pins::root().display()
-                );
-            }
-            let report = status::collect(status::Options { links });
-            // Indented for a person at a terminal; compact otherwise, where programs read it
-            // and indenting 10,000 bindings costs more than reading them.
-            let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
-            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-            if json {
-                if pretty {
-                    serde_json::to_writer_pretty(&mut out, &report)?;
-                } else {
-                    serde_json::to_writer(&mut out, &report)?;
-                }
-                writeln!(out)?;
-            } else {
-                out.write_all(status::render_table(&report).as_bytes())?;
-            }
-            out.flush()?;
-            // The process ends here: freeing 10,000 bindings one allocation at a time would
-            // only add to the command's time.
-            std::mem::forget(report);
-        }
+        Command::Status { json, links } => status::print(json, status::Options { links })?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bindguard exec` without root: the daemon binds this process as a grant allows (only the
-/// interface, mode, --allow-loopback and --dns are the user's to choose), then the command
-/// replaces it: same uid, environment, directory and terminal, no root process in between.
+/// `bindguard exec` without root: refuses the options only root may use (only the interface,
+/// mode, --allow-loopback and --dns are the user's to choose, as a grant allows), then has
+/// the daemon bind this process and runs the command in place ([`sessions::exec`]).
 fn exec_as_user(
     binding: &BindingArgs,
     opts: &Options,
@@ -649,33 +438,7 @@ fn exec_as_user(
         }
         .into());
     }
-    netdev::validate_name(&binding.dev)?;
-    let socket = std::env::var_os("BINDGUARD_SOCKET")
-        .map_or_else(|| PathBuf::from(userexec::DEFAULT_SOCKET), PathBuf::from);
-    userexec::ask(
-        &socket,
-        &userexec::Request {
-            dev: binding.dev.clone(),
-            mode: opts.mode.as_str().into(),
-            allow_loopback: opts.allow_loopback,
-            dns: opts.dns.addrs(),
-            ..Default::default()
-        },
-    )?;
-    let (program, args) = command.split_first().context("no command given")?;
-    use std::os::unix::process::CommandExt as _;
-    let e = std::process::Command::new(program).args(args).exec();
-    eprintln!(
-        "bindguard: {}: {e}",
-        std::path::Path::new(program).display()
-    );
-    Ok(ExitCode::from(
-        if e.kind() == std::io::ErrorKind::NotFound {
-            127
-        } else {
-            126
-        },
-    ))
+    Ok(ExitCode::from(sessions::exec(&binding.dev, opts, command)?))
 }
 
 /// Writes bindguard.1 and a bindguard-SUBCOMMAND.1 for every subcommand but the hidden ones
@@ -701,41 +464,6 @@ fn write_manpages(dir: &std::path::Path) -> anyhow::Result<Vec<PathBuf>> {
                 .with_context(|| format!("writing {}", dir.join(man.get_filename()).display()))
         })
         .collect()
-}
-
-/// `bindguard apply`: the plan, printed as it runs.
-fn apply(path: Option<&std::path::Path>, dry_run: bool, prune: bool) -> anyhow::Result<ExitCode> {
-    let mount = cgroup::cgroup2_mount()?;
-    let config = config::load(path, &mount)?;
-    if !dry_run {
-        enforcer::require_privileges("apply")?;
-    }
-    let steps = reconcile::plan(&config, prune)?;
-    if steps.is_empty() {
-        println!("no bindings in the config");
-    }
-    if dry_run {
-        for s in &steps {
-            println!("{s}");
-        }
-        // Exit as the run would when the plan already shows that it fails.
-        if let Some((code, why)) = reconcile::foreseen_failure(&steps) {
-            eprintln!("bindguard: {why}");
-            return Ok(ExitCode::from(code as u8));
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let outcome = reconcile::execute(steps, &config);
-    for (step, err) in &outcome.steps {
-        match err {
-            None => println!("{step}"),
-            Some(e) => {
-                println!("{step}: FAILED");
-                eprintln!("bindguard: {}", one_line(e));
-            }
-        }
-    }
-    Ok(ExitCode::from(outcome.exit_code() as u8))
 }
 
 fn main() -> ExitCode {

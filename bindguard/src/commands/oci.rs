@@ -74,6 +74,25 @@ fn invalid(what: String) -> Error {
     Error::InvalidInput { what }
 }
 
+/// `bindguard oci-hook [--stage STAGE]`: runs the hook on the state on stdin, and says on
+/// stderr what it did.
+pub fn run(stage: Option<&str>) -> anyhow::Result<()> {
+    let stage = stage.map(|s| s.parse::<Stage>()).transpose()?;
+    match hook(std::io::stdin().lock(), stage)? {
+        Outcome::NotAnnotated => {}
+        Outcome::Bound { cgroup, dev } => {
+            eprintln!(
+                "bindguard: bound container cgroup {} to {dev}",
+                crate::error::printable_path(&cgroup)
+            )
+        }
+        Outcome::Cleaned { removed } => {
+            eprintln!("bindguard: removed {removed} container binding(s)")
+        }
+    }
+    Ok(())
+}
+
 /// Runs the hook on the state read from `input`.
 pub fn hook(input: impl Read, stage: Option<Stage>) -> anyhow::Result<Outcome> {
     let mut text = String::new();

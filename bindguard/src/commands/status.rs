@@ -722,6 +722,41 @@ fn attached_links(dir: &Path, cgroup_id: u64) -> usize {
         .count()
 }
 
+/// `bindguard status`: collects the report and prints it on stdout, as JSON with `json`, else
+/// as the table. Meant to end the process: the report is not freed.
+pub fn print(json: bool, opts: Options) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    // The pins root is root-only (0700): for anyone else "no bindings" would be a lie.
+    if let Err(e) = std::fs::read_dir(pins::root())
+        && e.kind() == std::io::ErrorKind::PermissionDenied
+    {
+        eprintln!(
+            "bindguard: warning: cannot read {} ({e}), so bindings are not shown; run status as root",
+            pins::root().display()
+        );
+    }
+    let report = collect(opts);
+    // Indented for a person at a terminal; compact otherwise, where programs read it and
+    // indenting 10,000 bindings costs more than reading them.
+    let pretty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        if pretty {
+            serde_json::to_writer_pretty(&mut out, &report)?;
+        } else {
+            serde_json::to_writer(&mut out, &report)?;
+        }
+        writeln!(out)?;
+    } else {
+        out.write_all(render_table(&report).as_bytes())?;
+    }
+    out.flush()?;
+    // The process ends here: freeing 10,000 bindings one allocation at a time would only add
+    // to the command's time.
+    std::mem::forget(report);
+    Ok(())
+}
+
 /// The table `status` prints for people: one row per binding, then the configured bindings
 /// the daemon could not make.
 pub fn render_table(report: &Report) -> String {

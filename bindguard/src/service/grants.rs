@@ -315,6 +315,63 @@ pub fn parse_file(file: &Path, text: &str) -> Result<Vec<Grant>, Error> {
     Ok(out)
 }
 
+/// `bindguard grants`: which of `grants` cover `user` (name or uid; None: the caller), printed
+/// one line each, or as one JSON document with `json`.
+pub fn print(grants: &[Grant], user: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let user = user.map_or_else(
+        || nix::unistd::getuid().as_raw().to_string(),
+        str::to_string,
+    );
+    let who = Caller::lookup(&user)?;
+    let theirs: Vec<&Grant> = grants.iter().filter(|g| g.covers(&who)).collect();
+    if json {
+        let doc: Vec<serde_json::Value> = theirs
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "dev": g.dev,
+                    "modes": g.modes.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+                    "options": g.options.iter().map(|o| o.name()).collect::<Vec<_>>(),
+                    "origin": format!("{}:{}", g.file.display(), g.line),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "uid": who.uid,
+                "grants": doc
+            }))?
+        );
+    } else if theirs.is_empty() {
+        println!(
+            "uid {} has no grant: `bindguard exec` without root is refused",
+            who.uid
+        );
+    } else {
+        for g in theirs {
+            let options: Vec<&str> = g.options.iter().map(|o| o.name()).collect();
+            println!(
+                "dev {}; modes {}; options {} ({}:{})",
+                g.dev.join(", "),
+                g.modes
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if options.is_empty() {
+                    "none".to_string()
+                } else {
+                    options.join(", ")
+                },
+                g.file.display(),
+                g.line
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

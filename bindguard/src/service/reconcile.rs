@@ -243,6 +243,63 @@ fn left_to(newer: crate::kernel::progset::Rank) -> String {
     format!("runs the programs of a newer bindguard build ({newer}): left to it")
 }
 
+/// How the policy the kernel holds stands against the one wanted. The rules [`compare`] and
+/// the daemon's link events share: said once, here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drift {
+    /// The kernel holds the wanted policy (`unreached`, the last socket pass's result, aside:
+    /// it is not something the config asks for).
+    None,
+    /// Same programs, mode and namespace; another interface or other options: one map write.
+    Retarget,
+    /// Only a new set of programs gives the wanted policy.
+    Replace(Outdated),
+}
+
+/// Why a binding's programs must be replaced rather than its policy rewritten.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outdated {
+    /// Another build's programs (or another policy layout).
+    Programs,
+    /// Strict and bind mode attach different programs.
+    Mode,
+    /// The programs check the namespace's cookie.
+    Namespace,
+}
+
+impl Outdated {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outdated::Programs => "programs outdated",
+            Outdated::Mode => "mode changed",
+            Outdated::Namespace => "network namespace changed",
+        }
+    }
+}
+
+/// `have` (the kernel's) against `want` ([`policy_for`](crate::binding::policy::policy_for)
+/// of the config). Pure: reads nothing.
+pub fn drift(have: &Policy, want: &Policy) -> Drift {
+    use crate::binding::policy::mode_of;
+    if have.abi != ABI_VERSION || have.object_hash != want.object_hash {
+        return Drift::Replace(Outdated::Programs);
+    }
+    if mode_of(have) != mode_of(want) {
+        return Drift::Replace(Outdated::Mode);
+    }
+    if have.netns_cookie != want.netns_cookie {
+        return Drift::Replace(Outdated::Namespace);
+    }
+    if (Policy {
+        unreached: 0,
+        ..*have
+    }) == *want
+    {
+        return Drift::None;
+    }
+    Drift::Retarget
+}
+
 /// What the kernel holds for `cg` against what `b` wants, with `iface` resolved.
 pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) {
     let dir = pins::binding_dir(cg.id);
@@ -260,27 +317,19 @@ pub fn compare(cg: &Cgroup, iface: &Interface, b: &Binding) -> (Action, String) 
     // config's: compare with the same.
     let lsm = have.has(bindguard_common::flags::LSM);
     let want = crate::binding::policy::policy_for(iface, &b.options, cg.id, lsm);
-    if have.abi != ABI_VERSION || have.object_hash != want.object_hash {
-        if let Some(newer) = newer_build(&dir, cg.id) {
+    let drift = drift(&have, &want);
+    if let Drift::Replace(why) = drift {
+        if why == Outdated::Programs
+            && let Some(newer) = newer_build(&dir, cg.id)
+        {
             return (Action::Unchanged, left_to(newer));
         }
-        return (Action::Replace, "programs outdated".into());
-    }
-    if crate::binding::policy::mode_of(&have) != b.options.mode {
-        return (Action::Replace, "mode changed".into());
-    }
-    if have.netns_cookie != want.netns_cookie {
-        return (Action::Replace, "network namespace changed".into());
+        return (Action::Replace, why.as_str().into());
     }
     if !links_healthy(&dir, &have, cg.id) {
         return (Action::Replace, "links missing: repairing".into());
     }
-    // `unreached` is the last socket pass's result, not something the config asks for.
-    if (bindguard_common::Policy {
-        unreached: 0,
-        ..have
-    }) == want
-    {
+    if drift == Drift::None {
         return (Action::Unchanged, String::new());
     }
     let was = netdev::name_from_bytes(&have.ifname);
@@ -447,6 +496,67 @@ mod tests {
             iface: None,
             why: String::new(),
         }
+    }
+
+    fn policy(ifindex: u32, mode: crate::binding::policy::Mode) -> Policy {
+        let iface = Interface {
+            name: "eth3".into(),
+            ifindex,
+            netns_cookie: 4096,
+            netns_ino: 4026531840,
+        };
+        let opts = crate::binding::policy::Options {
+            mode,
+            ..Default::default()
+        };
+        crate::binding::policy::policy_for(&iface, &opts, 77, false)
+    }
+
+    /// The rules `compare` and the daemon's link events share, one per branch.
+    #[test]
+    fn drift_says_unchanged_retarget_or_replace_and_why() {
+        use crate::binding::policy::Mode::{Bind, Strict};
+        let want = policy(4, Strict);
+        assert_eq!(drift(&want, &want), Drift::None);
+        // the last socket pass's result is not something the config asks for
+        let unreached = Policy {
+            unreached: 2,
+            ..want
+        };
+        assert_eq!(drift(&unreached, &want), Drift::None);
+        assert_eq!(drift(&policy(9, Strict), &want), Drift::Retarget);
+        assert_eq!(drift(&policy(0, Strict), &want), Drift::Retarget);
+        let mark = Policy { mark: 1, ..want };
+        assert_eq!(drift(&mark, &want), Drift::Retarget);
+        let other_build = Policy {
+            object_hash: want.object_hash ^ 1,
+            ..want
+        };
+        assert_eq!(
+            drift(&other_build, &want),
+            Drift::Replace(Outdated::Programs)
+        );
+        let other_abi = Policy {
+            abi: ABI_VERSION + 1,
+            ..want
+        };
+        assert_eq!(drift(&other_abi, &want), Drift::Replace(Outdated::Programs));
+        // outdated programs win over every other difference
+        let both = Policy {
+            ifindex: 9,
+            ..other_build
+        };
+        assert_eq!(drift(&both, &want), Drift::Replace(Outdated::Programs));
+        assert_eq!(
+            drift(&policy(4, Bind), &want),
+            Drift::Replace(Outdated::Mode)
+        );
+        let other_ns = Policy {
+            netns_cookie: 1,
+            ..want
+        };
+        assert_eq!(drift(&other_ns, &want), Drift::Replace(Outdated::Namespace));
+        assert_eq!(Outdated::Mode.as_str(), "mode changed");
     }
 
     /// `apply --dry-run` exits as `apply` would when the plan already shows the failure.
