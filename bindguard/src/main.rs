@@ -731,7 +731,7 @@ fn apply(path: Option<&std::path::Path>, dry_run: bool, prune: bool) -> anyhow::
             None => println!("{step}"),
             Some(e) => {
                 println!("{step}: FAILED");
-                eprintln!("bindguard: {}", one_line(e));
+                eprintln!("bindguard: {}", error::one_line(e));
             }
         }
     }
@@ -779,15 +779,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bindguard: {}", one_line(&e));
+            eprintln!("bindguard: {}", error::one_line(&e));
             ExitCode::from(error::exit_code(&e) as u8)
         }
     }
-}
-
-/// A typed error already says what to do; context only helps for the untyped ones.
-fn one_line(e: &anyhow::Error) -> String {
-    error::one_line(e)
 }
 
 #[cfg(test)]

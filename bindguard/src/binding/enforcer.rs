@@ -359,7 +359,7 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     require_privileges("detach")?;
     let cgroup = match crate::binding::cgroup::resolve(arg) {
         Ok(c) => c,
-        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
+        Err(e) if Error::is_cgroup_missing(&e) => {
             let removed = remove_stale()?;
             return if removed > 0 {
                 Ok(Detached::Stale(removed))

@@ -762,7 +762,7 @@ impl Daemon {
         let b = self.config.bindings[i].clone();
         let cg = match cgroup::resolve(&b.cgroup) {
             Ok(cg) => cg,
-            Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
+            Err(e) if Error::is_cgroup_missing(&e) => {
                 if b.create {
                     if let Err(e) = fs::create_dir_all(&b.cgroup) {
                         error!("cannot create cgroup {}: {e}", b.cgroup.display());
@@ -774,7 +774,7 @@ impl Daemon {
                         Ok(cg) => cg,
                         Err(e) => {
                             error!("{e:#}");
-                            self.fail(i, one_line(&e));
+                            self.fail(i, crate::error::one_line(&e));
                             return false;
                         }
                     }
@@ -795,7 +795,7 @@ impl Daemon {
             }
             Err(e) => {
                 error!("binding at {}: {e:#}", b.origin());
-                self.fail(i, one_line(&e));
+                self.fail(i, crate::error::one_line(&e));
                 return false;
             }
         };
@@ -805,7 +805,7 @@ impl Daemon {
                 Ok(i) => i,
                 Err(e) => {
                     error!("binding at {}: {e:#}", b.origin());
-                    self.fail(i, one_line(&e));
+                    self.fail(i, crate::error::one_line(&e));
                     return false;
                 }
             },
@@ -837,7 +837,7 @@ impl Daemon {
                     cg.path.display(),
                     reconcile::describe(&iface)
                 );
-                self.fail(i, one_line(&e));
+                self.fail(i, crate::error::one_line(&e));
                 return false;
             }
         };
@@ -1335,7 +1335,7 @@ impl Daemon {
             Err(e) => {
                 error!(
                     "reload refused, the running bindings are kept: {}",
-                    one_line(&e)
+                    crate::error::one_line(&e)
                 );
                 notify(&[
                     sd_notify::NotifyState::Ready,
@@ -1367,8 +1367,12 @@ impl Daemon {
             self.held.retain(|_, p| *p != path);
             match enforcer::detach(&path) {
                 Ok(_) => info!("- detach    {} (no longer in the config)", path.display()),
-                Err(e) if crate::error::exit_code(&e) == 2 || is_not_bound(&e) => {}
-                Err(e) => error!("- detach    {} failed: {}", path.display(), one_line(&e)),
+                Err(e) if crate::error::exit_code(&e) == 2 || Error::is_not_bound(&e) => {}
+                Err(e) => error!(
+                    "- detach    {} failed: {}",
+                    path.display(),
+                    crate::error::one_line(&e)
+                ),
             }
         }
         self.start_link_watchers();
@@ -1386,10 +1390,6 @@ impl Daemon {
     }
 }
 
-fn is_not_bound(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<Error>(), Some(Error::NotBound { .. }))
-}
-
 fn pin_dir_mask() -> WatchMask {
     WatchMask::DELETE | WatchMask::MOVED_FROM | WatchMask::DELETE_SELF | WatchMask::ONLYDIR
 }
@@ -1399,10 +1399,6 @@ fn ns_label(key: &Option<PathBuf>) -> String {
         Some(p) => format!("network namespace {}", p.display()),
         None => "the daemon's network namespace".into(),
     }
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    crate::error::one_line(e)
 }
 
 /// Raises the soft limit of open files to the hard one (systemd's advice to programs that need
