@@ -167,7 +167,7 @@ pub(crate) fn attach(
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
             crate::kernel::link::pin(link.as_fd(), &pin)
-                .with_context(|| format!("pinning {}", pin.display()))?;
+                .map_err(|source| crate::kernel::Error::Pin { path: pin, source })?;
             changed = true;
         }
         set.add_user(cgroup.id)?;
@@ -198,7 +198,7 @@ pub(crate) fn attach(
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
             let path = staging.dir.join(pins::link_name(hook.name));
             crate::kernel::link::pin(link.as_fd(), &path)
-                .with_context(|| format!("pinning {}", path.display()))?;
+                .map_err(|source| crate::kernel::Error::Pin { path, source })?;
         }
     }
     set.add_user(cgroup.id)?;
