@@ -90,8 +90,8 @@ enum Command {
     OciHook {
         /// The stage (default: from the state's status: creating/created = createRuntime,
         /// stopped = poststop).
-        #[arg(long, value_name = "STAGE")]
-        stage: Option<String>,
+        #[arg(long, value_name = "STAGE", value_enum)]
+        stage: Option<oci::Stage>,
     },
     /// NRI plugin for containerd 2.x and CRI-O: binds pods and containers annotated
     /// io.bindguard.dev before their first instruction runs; refuses those it cannot bind.
@@ -386,21 +386,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             daemon::run(config, socket.as_deref(), metrics)?;
         }
-        Command::OciHook { stage } => {
-            let stage = stage.map(|s| s.parse::<oci::Stage>()).transpose()?;
-            match oci::hook(std::io::stdin().lock(), stage)? {
-                oci::Outcome::NotAnnotated => {}
-                oci::Outcome::Bound { cgroup, dev } => {
-                    eprintln!(
-                        "bindguard: bound container cgroup {} to {dev}",
-                        printable_path(&cgroup)
-                    )
-                }
-                oci::Outcome::Cleaned { removed } => {
-                    eprintln!("bindguard: removed {removed} container binding(s)")
-                }
+        Command::OciHook { stage } => match oci::hook(std::io::stdin().lock(), stage)? {
+            oci::Outcome::NotAnnotated => {}
+            oci::Outcome::Bound { cgroup, dev } => {
+                eprintln!(
+                    "bindguard: bound container cgroup {} to {dev}",
+                    printable_path(&cgroup)
+                )
             }
-        }
+            oci::Outcome::Cleaned { removed } => {
+                eprintln!("bindguard: removed {removed} container binding(s)")
+            }
+        },
         Command::Nri {
             socket,
             name,
