@@ -149,7 +149,8 @@ pub(crate) fn attach(
         for (name, _) in &have {
             if !hooks.iter().any(|h| h.name == name) {
                 let pin = dir.join(pins::link_name(name));
-                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+                fs::remove_file(&pin)
+                    .map_err(|source| crate::kernel::Error::Unpin { path: pin, source })?;
                 changed = true;
             }
         }

@@ -65,6 +65,14 @@ pub enum Error {
         source: aya::pin::PinError,
     },
 
+    /// Removing a pin (the last reference to a link: its program is detached).
+    #[error("unpinning {}", path.display())]
+    Unpin {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// BPF_OBJ_GET of a pinned program, map or link.
     #[error("opening {}", path.display())]
     OpenPin {
