@@ -133,6 +133,29 @@ pub enum Error {
 }
 
 impl Error {
+    /// The typed error `err` is, for a caller that branches on what the function it called
+    /// said (`Error::is_cgroup_missing(&e)` and its siblings use it). Only `err` itself
+    /// (or the error under its outermost context) is looked at, not every cause in its chain:
+    /// [`find`] does that, for the exit code and message at the edge.
+    pub fn of(err: &anyhow::Error) -> Option<&Error> {
+        err.downcast_ref::<Error>()
+    }
+
+    /// Whether `err` says the cgroup does not exist ([`Error::CgroupMissing`]).
+    pub fn is_cgroup_missing(err: &anyhow::Error) -> bool {
+        matches!(Error::of(err), Some(Error::CgroupMissing { .. }))
+    }
+
+    /// Whether `err` says the cgroup has no binding ([`Error::NotBound`]).
+    pub fn is_not_bound(err: &anyhow::Error) -> bool {
+        matches!(Error::of(err), Some(Error::NotBound { .. }))
+    }
+
+    /// Whether `err` says no interface has the name ([`Error::UnknownInterface`]).
+    pub fn is_unknown_interface(err: &anyhow::Error) -> bool {
+        matches!(Error::of(err), Some(Error::UnknownInterface { .. }))
+    }
+
     /// 2 for bad input the user can correct, 1 for an operation the system refused.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -205,18 +228,25 @@ pub fn printable_path(p: &std::path::Path) -> String {
     printable(&p.to_string_lossy())
 }
 
+/// The first error of type `E` in `err`'s chain, however deep under context (a
+/// [`crate::kernel::Error`] under "attaching cgroup ...", this module's [`Error`] anywhere).
+pub fn find<E>(err: &anyhow::Error) -> Option<&E>
+where
+    E: std::error::Error + 'static,
+{
+    err.chain().find_map(|e| e.downcast_ref::<E>())
+}
+
 /// The exit code for any error that reached the edge: typed errors know theirs, anything else
 /// is an operation that failed.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    err.chain()
-        .find_map(|e| e.downcast_ref::<Error>())
-        .map_or(1, Error::exit_code)
+    find::<Error>(err).map_or(1, Error::exit_code)
 }
 
 /// An error that reached the edge, as one line: a typed error's own message (it says what
 /// to do), else the whole context chain.
 pub fn one_line(err: &anyhow::Error) -> String {
-    match err.chain().find_map(|c| c.downcast_ref::<Error>()) {
+    match find::<Error>(err) {
         Some(typed) => typed.to_string(),
         None => format!("{err:#}"),
     }
@@ -243,6 +273,30 @@ mod tests {
             len: long.len(),
         };
         assert!(e.to_string().len() < 300);
+    }
+
+    #[test]
+    fn typed_errors_are_found_under_context() {
+        use anyhow::Context as _;
+        let missing = || -> anyhow::Result<()> {
+            Err(Error::CgroupMissing {
+                path: "/sys/fs/cgroup/x".into(),
+            }
+            .into())
+        };
+        let e = missing().unwrap_err();
+        assert!(Error::is_cgroup_missing(&e));
+        assert!(!Error::is_not_bound(&e));
+        let e = missing().context("attaching").unwrap_err();
+        assert!(Error::is_cgroup_missing(&e));
+        let e = missing().context("attaching").context("apply").unwrap_err();
+        assert!(find::<Error>(&e).is_some());
+        assert_eq!(exit_code(&e), 2);
+        assert!(one_line(&e).starts_with("cgroup /sys/fs/cgroup/x does not exist"));
+        let untyped = anyhow::anyhow!("EPERM").context("linking");
+        assert!(Error::of(&untyped).is_none());
+        assert_eq!(exit_code(&untyped), 1);
+        assert_eq!(one_line(&untyped), "linking: EPERM");
     }
 
     #[test]

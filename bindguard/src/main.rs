@@ -86,8 +86,8 @@ enum Command {
     OciHook {
         /// The stage (default: from the state's status: creating/created = createRuntime,
         /// stopped = poststop).
-        #[arg(long, value_name = "STAGE")]
-        stage: Option<String>,
+        #[arg(long, value_name = "STAGE", value_enum)]
+        stage: Option<oci::Stage>,
     },
     /// NRI plugin for containerd 2.x and CRI-O: binds pods and containers annotated
     /// io.bindguard.dev before their first instruction runs; refuses those it cannot bind.
@@ -221,8 +221,8 @@ struct BindingArgs {
     priority: Option<u32>,
     /// strict: the binding plus guards that close the known escapes; bind: exactly
     /// SO_BINDTODEVICE semantics.
-    #[arg(long, value_name = "MODE", default_value = "strict", value_parser = ["strict", "bind"])]
-    mode: String,
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = Mode::Strict)]
+    mode: Mode,
     /// Strict mode: let TCP and UDP to 127.0.0.0/8 and ::1 work (sockets are pinned on first
     /// use: to lo for loopback, to --dev for everything else).
     #[arg(long)]
@@ -237,8 +237,8 @@ struct BindingArgs {
     /// What to do with sockets the cgroup's processes already hold (made before the binding,
     /// or before they moved in): keep them (verify lists them) or destroy those not bound to
     /// the interface, as `ss -K` does.
-    #[arg(long, value_name = "WHAT", default_value = "keep", value_parser = ["keep", "destroy"])]
-    existing: String,
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = policy::Existing::Keep)]
+    existing: policy::Existing,
     /// Strict mode: let the cgroup attach tun/tap devices (a VPN client or tunnel that must
     /// open its own). What it writes there is forwarded by the host, outside the binding.
     #[arg(long)]
@@ -263,10 +263,10 @@ impl BindingArgs {
         Ok(Options {
             mark: self.mark,
             priority: self.priority,
-            mode: self.mode.parse::<Mode>()?,
+            mode: self.mode,
             allow_loopback: self.allow_loopback,
             allow_families: self.allow_family.iter().fold(0, |m, f| m | f),
-            existing: self.existing.parse()?,
+            existing: self.existing,
             allow_tun: self.allow_tun,
             allow_ptrace_out: self.allow_ptrace_out,
             allow_delegated: self.allow_delegated,
@@ -326,7 +326,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             daemon::run(config, socket.as_deref(), metrics)?;
         }
-        Command::OciHook { stage } => oci::run(stage.as_deref())?,
+        Command::OciHook { stage } => oci::run(stage)?,
         Command::Nri {
             socket,
             name,
@@ -507,15 +507,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("bindguard: {}", one_line(&e));
+            eprintln!("bindguard: {}", error::one_line(&e));
             ExitCode::from(error::exit_code(&e) as u8)
         }
     }
-}
-
-/// A typed error already says what to do; context only helps for the untyped ones.
-fn one_line(e: &anyhow::Error) -> String {
-    error::one_line(e)
 }
 
 #[cfg(test)]

@@ -149,7 +149,8 @@ pub(crate) fn attach(
         for (name, _) in &have {
             if !hooks.iter().any(|h| h.name == name) {
                 let pin = dir.join(pins::link_name(name));
-                fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+                fs::remove_file(&pin)
+                    .map_err(|source| crate::kernel::Error::Unpin { path: pin, source })?;
                 changed = true;
             }
         }
@@ -167,7 +168,7 @@ pub(crate) fn attach(
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
             crate::kernel::link::pin(link.as_fd(), &pin)
-                .with_context(|| format!("pinning {}", pin.display()))?;
+                .map_err(|source| crate::kernel::Error::Pin { path: pin, source })?;
             changed = true;
         }
         set.add_user(cgroup.id)?;
@@ -198,7 +199,7 @@ pub(crate) fn attach(
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
             let path = staging.dir.join(pins::link_name(hook.name));
             crate::kernel::link::pin(link.as_fd(), &path)
-                .with_context(|| format!("pinning {}", path.display()))?;
+                .map_err(|source| crate::kernel::Error::Pin { path, source })?;
         }
     }
     set.add_user(cgroup.id)?;
@@ -359,7 +360,7 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     require_privileges("detach")?;
     let cgroup = match crate::binding::cgroup::resolve(arg) {
         Ok(c) => c,
-        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
+        Err(e) if Error::is_cgroup_missing(&e) => {
             let removed = remove_stale()?;
             return if removed > 0 {
                 Ok(Detached::Stale(removed))

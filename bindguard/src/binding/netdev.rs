@@ -120,14 +120,7 @@ pub fn name_from_bytes(bytes: &[u8; 16]) -> String {
 /// interface appears and the binding is re-targeted.
 pub fn resolve_or_closed(name: &str, netns: &Netns) -> anyhow::Result<Interface> {
     match resolve(name, netns) {
-        Err(e)
-            if matches!(
-                e.downcast_ref::<Error>(),
-                Some(Error::UnknownInterface { .. })
-            ) =>
-        {
-            Ok(closed(name, netns.cookie()?, netns.ino))
-        }
+        Err(e) if Error::is_unknown_interface(&e) => Ok(closed(name, netns.cookie()?, netns.ino)),
         other => other,
     }
 }

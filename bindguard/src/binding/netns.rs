@@ -158,13 +158,19 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
 
     use aya_obj::generated::bpf_func_id as F;
 
-    use crate::kernel::probe::{ADD64_IMM, CALL, EXIT, MOV64_IMM, MOV64_REG, insn, load};
+    use crate::kernel::{
+        Error as KernelError,
+        probe::{ADD64_IMM, CALL, EXIT, MOV64_IMM, MOV64_REG, insn, load},
+    };
     crate::kernel::probe::raise_memlock();
     // BPF_MAP_CREATE: array, 4-byte key, 8-byte value, one entry.
     let mut map_attr = [2u32, 4, 8, 1, 0, 0, 0, 0];
     let map =
         crate::kernel::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_CREATE, &mut map_attr)
-            .context("creating a one-slot array map (BPF_MAP_CREATE)")?;
+            .map_err(|source| KernelError::CreateMap {
+                map: "a one-slot array map",
+                source,
+            })?;
     // SAFETY: a new fd the kernel gave us.
     let map = unsafe { OwnedFd::from_raw_fd(map as i32) };
     let fd = map.as_raw_fd();
@@ -185,7 +191,10 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
         insn(MOV64_IMM, 0, 0, 0, 1),
         insn(EXIT, 0, 0, 0, 0),
     ];
-    let prog = load(9, 2, &insns, 0).context("loading the cookie reader (BPF_PROG_LOAD)")?;
+    let prog = load(9, 2, &insns, 0).map_err(|source| KernelError::LoadInsns {
+        program: "the cookie reader",
+        source,
+    })?;
     let dir = crate::binding::cgroup::cgroup2_mount()?
         .join(format!("bindguard-cookie-{}", std::process::id()));
     fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -202,7 +211,10 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
         cgroup.as_fd(),
         aya_obj::generated::bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
     )
-    .context("linking the cookie reader (BPF_LINK_CREATE)")?;
+    .map_err(|source| KernelError::Link {
+        program: "the cookie reader",
+        source,
+    })?;
     let procs = fs::OpenOptions::new()
         .write(true)
         .open(dir.join("cgroup.procs"))?;
@@ -243,7 +255,11 @@ fn cookie_from_a_program(netns: &Netns) -> anyhow::Result<u64> {
         value: (&mut value as *mut u64) as u64,
         flags: 0,
     };
-    crate::kernel::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)?;
+    crate::kernel::link::sys_bpf(aya_obj::generated::bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr)
+        .map_err(|source| KernelError::ReadMap {
+            map: "the cookie reader's map",
+            source,
+        })?;
     if value == 0 {
         anyhow::bail!("the cookie reader saw no socket");
     }

@@ -10,7 +10,7 @@ use crate::{
 };
 
 /// What a binding enforces beyond SO_BINDTODEVICE.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// The binding plus guards that close the known escapes (docs/modes-and-escapes.md).
@@ -133,7 +133,7 @@ pub fn parse_u32(s: &str) -> Result<u32, String> {
 
 /// What `attach` does with the sockets the cgroup's processes already hold (made before the
 /// binding, or before they were moved in): the programs never see those.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Existing {
     /// Leave them; `verify` reports them.

@@ -69,7 +69,7 @@ pub fn run() -> anyhow::Result<Report> {
             let p = b
                 .problems
                 .iter()
-                .find(|p| p.kind == "escapable-by-migration")?;
+                .find(|p| p.kind == crate::commands::status::ProblemKind::EscapableByMigration)?;
             Some(Escapable {
                 cgroup: b.cgroup.as_ref()?.display().to_string(),
                 mode: b.mode.clone(),

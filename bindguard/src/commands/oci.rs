@@ -34,25 +34,26 @@ pub use crate::binding::annotations::{
 /// Larger state on stdin is refused: no runtime sends that much, and errors must not echo it.
 const STATE_MAX: u64 = 1 << 20;
 
-/// Which half of the hook runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which half of the hook runs (`--stage`, named as the OCI runtime spec names hooks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Stage {
-    /// createRuntime (also accepted: createContainer, prestart): attach.
+    /// Attach (also accepted: createContainer, prestart).
+    #[value(name = "createRuntime", aliases = ["createContainer", "prestart"])]
     Create,
-    /// poststop: remove the pins.
+    /// Remove the pins.
+    #[value(name = "poststop")]
     Poststop,
 }
 
+/// The names `--stage` takes (clap's), for callers that read a stage from text.
 impl std::str::FromStr for Stage {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self, Error> {
-        match s {
-            "createRuntime" | "createContainer" | "prestart" => Ok(Stage::Create),
-            "poststop" => Ok(Stage::Poststop),
-            _ => Err(invalid(format!(
+        <Self as clap::ValueEnum>::from_str(s, false).map_err(|_| {
+            invalid(format!(
                 "stage '{s}' is not one bindguard runs at; use createRuntime or poststop"
-            ))),
-        }
+            ))
+        })
     }
 }
 
@@ -76,8 +77,7 @@ fn invalid(what: String) -> Error {
 
 /// `bindguard oci-hook [--stage STAGE]`: runs the hook on the state on stdin, and says on
 /// stderr what it did.
-pub fn run(stage: Option<&str>) -> anyhow::Result<()> {
-    let stage = stage.map(|s| s.parse::<Stage>()).transpose()?;
+pub fn run(stage: Option<Stage>) -> anyhow::Result<()> {
     match hook(std::io::stdin().lock(), stage)? {
         Outcome::NotAnnotated => {}
         Outcome::Bound { cgroup, dev } => {
@@ -312,7 +312,10 @@ mod tests {
             assert!(format!("{e:#}").contains(needle), "{input}: {e:#}");
             assert_eq!(crate::error::exit_code(&e), 2, "{input}");
         }
-        assert!("poststop".parse::<Stage>().is_ok());
-        assert!("poststart".parse::<Stage>().is_err());
+        assert_eq!("poststop".parse::<Stage>().unwrap(), Stage::Poststop);
+        for create in ["createRuntime", "createContainer", "prestart"] {
+            assert_eq!(create.parse::<Stage>().unwrap(), Stage::Create);
+        }
+        assert_eq!("poststart".parse::<Stage>().unwrap_err().exit_code(), 2);
     }
 }

@@ -98,16 +98,68 @@ pub struct Options {
 
 #[derive(Debug, Serialize, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// One of: cgroup-gone, interface-missing, interface-renamed, netns-gone, link-missing,
-    /// pins-unreadable, programs-outdated (the links run another build's program set, or
-    /// programs an older bindguard loaded for this binding alone), rows-open (strict mode on a
-    /// kernel that cannot run some guards), sockets-unreached (the last `--existing destroy`
-    /// or `reset-sockets` pass could not end some sockets, or could not see some tasks'),
-    /// stray-programs, waiting-for-interface (a closed binding), escapable-by-migration (an
-    /// ancestor's cgroup.procs is writable by a user other than root: their processes can
-    /// move out of the binding).
-    pub kind: &'static str,
+    pub kind: ProblemKind,
     pub message: String,
+}
+
+/// What is wrong with a binding: the `kind` of a problem in `status --json` (its serde name,
+/// as docs/status-and-monitor.md lists them) and in the table's PROBLEMS column.
+#[derive(Debug, Serialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemKind {
+    /// The binding's policy cannot be read from its program set.
+    PinsUnreadable,
+    /// A hook the mode uses has no link pinned, or its pin cannot be opened.
+    LinkMissing,
+    /// The cgroup was deleted and the kernel detached its programs.
+    CgroupGone,
+    /// Links left by an interrupted attach or detach are attached besides the binding's own.
+    StrayPrograms,
+    /// The links run another build's program set, or programs an older bindguard loaded for
+    /// this binding alone.
+    ProgramsOutdated,
+    /// Strict mode on a kernel that cannot run some guards.
+    RowsOpen,
+    /// An ancestor's cgroup.procs is writable by a user other than root: their processes can
+    /// move out of the binding.
+    EscapableByMigration,
+    /// The last `--existing destroy` or `reset-sockets` pass could not end some sockets, or
+    /// could not see some tasks'.
+    SocketsUnreached,
+    /// The binding's network namespace no longer exists.
+    NetnsGone,
+    /// A closed binding: its interface does not exist yet.
+    WaitingForInterface,
+    /// The interface the binding names is gone.
+    InterfaceMissing,
+    /// The binding's ifindex now has another name.
+    InterfaceRenamed,
+}
+
+impl ProblemKind {
+    /// The name `status` prints and `--json` carries (the serde name).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemKind::PinsUnreadable => "pins-unreadable",
+            ProblemKind::LinkMissing => "link-missing",
+            ProblemKind::CgroupGone => "cgroup-gone",
+            ProblemKind::StrayPrograms => "stray-programs",
+            ProblemKind::ProgramsOutdated => "programs-outdated",
+            ProblemKind::RowsOpen => "rows-open",
+            ProblemKind::EscapableByMigration => "escapable-by-migration",
+            ProblemKind::SocketsUnreached => "sockets-unreached",
+            ProblemKind::NetnsGone => "netns-gone",
+            ProblemKind::WaitingForInterface => "waiting-for-interface",
+            ProblemKind::InterfaceMissing => "interface-missing",
+            ProblemKind::InterfaceRenamed => "interface-renamed",
+        }
+    }
+}
+
+impl std::fmt::Display for ProblemKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Reads every binding. Read-only: never mounts bpffs or changes a pin.
@@ -437,7 +489,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     let mut problems = Vec::new();
     let policy = policy.unwrap_or_else(|e| {
         problems.push(Problem {
-            kind: "pins-unreadable",
+            kind: ProblemKind::PinsUnreadable,
             message: format!("policy cannot be read ({e:#})"),
         });
         Policy::default()
@@ -448,7 +500,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     let mut detached = false;
     for hook in hooks {
         let missing = |why: String| Problem {
-            kind: "link-missing",
+            kind: ProblemKind::LinkMissing,
             message: format!(
                 "{} {why}: this hook is not enforced; re-attach",
                 dir.join(pins::link_name(hook.name)).display()
@@ -496,7 +548,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     }
     if detached || cgroup.is_none() {
         problems.push(Problem {
-            kind: "cgroup-gone",
+            kind: ProblemKind::CgroupGone,
             message: format!(
                 "cgroup {cgroup_id} was deleted; `bindguard detach --cgroup <its old path>` removes these pins"
             ),
@@ -519,7 +571,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     };
     if stray > 0 {
         problems.push(Problem {
-            kind: "stray-programs",
+            kind: ProblemKind::StrayPrograms,
             message: format!(
                 "{stray} program(s) left by an interrupted attach or detach are attached besides this binding's own; the next attach or detach removes them"
             ),
@@ -529,7 +581,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         && problems.is_empty()
     {
         problems.push(Problem {
-            kind: "programs-outdated",
+            kind: ProblemKind::ProgramsOutdated,
             message: "the binding runs programs from another bindguard build; attach again to replace them".into(),
         });
     }
@@ -539,7 +591,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         let open = set.open_rows(|h| !h.is_lsm() || policy.has(flags::LSM));
         if !open.is_empty() {
             problems.push(Problem {
-                kind: "rows-open",
+                kind: ProblemKind::RowsOpen,
                 message: format!(
                     "this kernel cannot run {}: escape rows {} are not covered; `bindguard doctor` says why and how to close them",
                     open.iter()
@@ -557,7 +609,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         && let Some(d) = crate::binding::cgroup::delegation(path, &mut cache.writers)
     {
         problems.push(Problem {
-            kind: "escapable-by-migration",
+            kind: ProblemKind::EscapableByMigration,
             message: format!(
                 "{}: its processes can move themselves out of the binding (no program sees a migration); bind {} itself to cover them",
                 d.describe(),
@@ -567,7 +619,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
     }
     if policy.unreached > 0 {
         problems.push(Problem {
-            kind: "sockets-unreached",
+            kind: ProblemKind::SocketsUnreached,
             message: format!(
                 "the last pass over the sockets the cgroup already held left {} socket(s) or task(s) it could not end or see (the log of the attach or daemon names them): they may still use another interface",
                 policy.unreached
@@ -581,14 +633,14 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
         .or_insert_with(|| netns::find_by_ino(policy.netns_ino));
     match &*ns {
         None => problems.push(Problem {
-            kind: "netns-gone",
+            kind: ProblemKind::NetnsGone,
             message: format!(
                 "network namespace (inode {}) no longer exists: sockets are refused (fail-closed)",
                 policy.netns_ino
             ),
         }),
         Some(_) if policy.ifindex == 0 && !ifname.is_empty() => problems.push(Problem {
-            kind: "waiting-for-interface",
+            kind: ProblemKind::WaitingForInterface,
             message: format!(
                 "interface {ifname} does not exist: every new socket is refused (fail-closed) until it appears and the binding is re-targeted"
             ),
@@ -599,14 +651,14 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             .or_insert_with(|| netdev::name_of(policy.ifindex, ns))
         {
             Ok(None) => problems.push(Problem {
-                kind: "interface-missing",
+                kind: ProblemKind::InterfaceMissing,
                 message: format!(
                     "interface {ifname} (ifindex {}) is gone: sends fail with ENODEV (fail-closed); re-attach to use a new interface",
                     policy.ifindex
                 ),
             }),
             Ok(Some(now)) if *now != ifname => problems.push(Problem {
-                kind: "interface-renamed",
+                kind: ProblemKind::InterfaceRenamed,
                 message: format!(
                     "ifindex {} is now named {now} (was {ifname}); sockets still use ifindex {}",
                     policy.ifindex, policy.ifindex
@@ -704,7 +756,7 @@ fn deleted_binding(cgroup_id: u64, dir: PathBuf, raw_links: &Links) -> Binding {
         links,
         counters: Counters::default(),
         problems: vec![Problem {
-            kind: "cgroup-gone",
+            kind: ProblemKind::CgroupGone,
             message: format!(
                 "cgroup {cgroup_id} was deleted and the kernel detached its programs; its pins are leftovers: `bindguard detach --cgroup <any deleted cgroup's path>` removes every such binding (so does the next oci-hook call)"
             ),
@@ -798,7 +850,7 @@ fn render_bindings(report: &Report) -> String {
         } else {
             b.problems
                 .iter()
-                .map(|p| p.kind)
+                .map(|p| p.kind.as_str())
                 .collect::<Vec<_>>()
                 .join(",")
         };
@@ -849,7 +901,11 @@ fn render_bindings(report: &Report) -> String {
             "pinned links (program)"
         };
         let _ = writeln!(out, "cgroup {} {what}: {}", b.cgroup_id, links.join(" "));
-        for p in b.problems.iter().filter(|p| p.kind != "rows-open") {
+        for p in b
+            .problems
+            .iter()
+            .filter(|p| p.kind != ProblemKind::RowsOpen)
+        {
             let _ = writeln!(out, "cgroup {}: {}", b.cgroup_id, p.message);
         }
         if b.counters.events_dropped > 0 {
@@ -864,7 +920,11 @@ fn render_bindings(report: &Report) -> String {
     // the bindings it concerns.
     let mut open: Vec<(&str, Vec<String>)> = Vec::new();
     for b in &report.bindings {
-        for p in b.problems.iter().filter(|p| p.kind == "rows-open") {
+        for p in b
+            .problems
+            .iter()
+            .filter(|p| p.kind == ProblemKind::RowsOpen)
+        {
             match open.iter_mut().find(|(m, _)| *m == p.message) {
                 Some((_, ids)) => ids.push(b.cgroup_id.to_string()),
                 None => open.push((&p.message, vec![b.cgroup_id.to_string()])),
@@ -876,4 +936,35 @@ fn render_bindings(report: &Report) -> String {
         let _ = writeln!(out, "{which} {}: {message}", ids.join(", "));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON carries the same names the table prints, as docs/status-and-monitor.md lists.
+    #[test]
+    fn problem_kinds_serialize_as_their_names() {
+        use ProblemKind::*;
+        let all = [
+            PinsUnreadable,
+            LinkMissing,
+            CgroupGone,
+            StrayPrograms,
+            ProgramsOutdated,
+            RowsOpen,
+            EscapableByMigration,
+            SocketsUnreached,
+            NetnsGone,
+            WaitingForInterface,
+            InterfaceMissing,
+            InterfaceRenamed,
+        ];
+        let docs = include_str!("../../../docs/status-and-monitor.md");
+        for kind in all {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert!(docs.contains(kind.as_str()), "{kind} is not in the docs");
+        }
+    }
 }

@@ -10,12 +10,14 @@
 //! - [`coverage`]: what a loaded set leaves open on this kernel, in one line.
 //! - [`btf`], [`lsm`], [`probe`]: what this kernel has (field offsets, the BPF LSM, features).
 //! - [`sockopt`]: raw socket calls (SOL_SOCKET options, the netns cookie).
+//! - [`error`]: [`Error`], one variant per kernel operation that failed, keeping its cause.
 //!
 //! May import: std, aya, bindguard-common and other external crates, siblings in this folder
 //! and [`crate::error`]. Never `binding`, `commands` or `service`: arrows only point down.
 
 pub mod btf;
 pub mod coverage;
+pub mod error;
 pub mod escapes;
 pub mod hooks;
 pub mod link;
@@ -25,3 +27,5 @@ pub mod probe;
 pub mod progset;
 pub mod rawload;
 pub mod sockopt;
+
+pub use error::Error;

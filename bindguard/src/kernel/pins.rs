@@ -341,7 +341,10 @@ pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
             .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
     });
     for entry in entries {
-        fs::remove_file(&entry).with_context(|| format!("unpinning {}", entry.display()))?;
+        fs::remove_file(&entry).map_err(|source| crate::kernel::Error::Unpin {
+            path: entry,
+            source,
+        })?;
     }
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }

@@ -43,6 +43,7 @@ use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_map_info, bpf_prog_info};
 use bindguard_common::{Counters, KernelLayout, Policy};
 
 use crate::kernel::{
+    Error,
     hooks::{self, HOOKS, Hook, Kind},
     link, pins,
 };
@@ -151,6 +152,15 @@ fn prog_pin(name: &str) -> String {
     format!("prog_{name}")
 }
 
+/// The storage holder: linked first to every cgroup a set binds ([`Set::hold`]).
+static HOLD_HOOK: Hook = Hook {
+    name: HOLD,
+    program: "hold_storage",
+    kind: Kind::Sock,
+    attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
+    rows: &[],
+};
+
 /// One pinned program set, with its per-binding maps open.
 #[derive(Debug)]
 pub struct Set {
@@ -212,16 +222,19 @@ impl Set {
             .with_context(|| format!("{} is not a program set", dir.display()))?;
         // The kernel copies the map's value size into the buffer a lookup is given: a set of a
         // build with another Policy or Counters layout is refused here, never read into ours.
-        let open = |name: &str, value: usize| -> anyhow::Result<OwnedFd> {
-            let p = dir.join(name);
-            let fd = link::open_pinned(&p).with_context(|| format!("opening {}", p.display()))?;
-            let sizes =
-                map_sizes(fd.as_fd()).with_context(|| format!("reading {}", p.display()))?;
-            if sizes != (8, value as u32) {
-                anyhow::bail!(
-                    "{} has key/value sizes {sizes:?}, not (8, {value}): a set of a bindguard with another policy layout",
-                    p.display()
-                );
+        let open = |name: &str, value: usize| -> Result<OwnedFd, Error> {
+            let path = dir.join(name);
+            let fd = match link::open_pinned(&path) {
+                Ok(fd) => fd,
+                Err(source) => return Err(Error::OpenPin { path, source }),
+            };
+            let found = match map_sizes(fd.as_fd()) {
+                Ok(sizes) => sizes,
+                Err(source) => return Err(Error::Info { path, source }),
+            };
+            let value = value as u32;
+            if found != (8, value) {
+                return Err(Error::MapLayout { path, found, value });
             }
             Ok(fd)
         };
@@ -281,9 +294,9 @@ impl Set {
     }
 
     /// The pinned program of `hook`.
-    pub fn program(&self, hook: &str) -> anyhow::Result<OwnedFd> {
-        let p = self.dir.join(prog_pin(hook));
-        link::open_pinned(&p).with_context(|| format!("opening {}", p.display()))
+    pub fn program(&self, hook: &str) -> Result<OwnedFd, Error> {
+        let path = self.dir.join(prog_pin(hook));
+        link::open_pinned(&path).map_err(|source| Error::OpenPin { path, source })
     }
 
     /// Every program id of the set.
@@ -331,26 +344,24 @@ impl Set {
     /// Links the set's storage-holding program to `cgroup`: from then on the cgroup has its
     /// (zeroed) policy and counters in this set, and [`Set::write_policy`] works, while no
     /// enforcing program of the set runs yet. The storage outlives the returned link.
-    pub fn hold(&self, cgroup: BorrowedFd<'_>) -> anyhow::Result<OwnedFd> {
-        let prog = self.program(HOLD)?;
-        link::create_cgroup_link(
-            prog.as_fd(),
-            cgroup,
-            bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
-        )
-        .context("linking the storage holder (BPF_LINK_CREATE)")
+    pub fn hold(&self, cgroup: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+        self.link(&HOLD_HOOK, cgroup)
     }
 
     /// Links the program of `hook` to `cgroup`.
-    pub fn link(&self, hook: &Hook, cgroup: BorrowedFd<'_>) -> anyhow::Result<OwnedFd> {
+    pub fn link(&self, hook: &Hook, cgroup: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
         let prog = self.program(hook.name)?;
-        link::create_cgroup_link(prog.as_fd(), cgroup, hook.attach_type)
-            .with_context(|| format!("linking {} (BPF_LINK_CREATE)", hook.program))
+        link::create_cgroup_link(prog.as_fd(), cgroup, hook.attach_type).map_err(|source| {
+            Error::Link {
+                program: hook.program,
+                source,
+            }
+        })
     }
 
     /// Writes the policy of cgroup `cgroup_id`: one map update, so every socket sees the old
     /// policy or the new one. Fails (ENOENT) if no program of the set is linked to the cgroup.
-    pub fn write_policy(&self, cgroup_id: u64, policy: &Policy) -> anyhow::Result<()> {
+    pub fn write_policy(&self, cgroup_id: u64, policy: &Policy) -> Result<(), Error> {
         let mut value = *policy;
         map_elem(
             bpf_cmd::BPF_MAP_UPDATE_ELEM,
@@ -358,11 +369,10 @@ impl Set {
             &cgroup_id,
             (&mut value as *mut Policy).cast(),
         )
-        .with_context(|| {
-            format!(
-                "writing the policy of cgroup {cgroup_id} into {}",
-                self.dir.display()
-            )
+        .map_err(|source| Error::WritePolicy {
+            cgroup_id,
+            set: self.dir.clone(),
+            source,
         })
     }
 
@@ -950,25 +960,18 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
     let mut ebpf = EbpfLoader::new()
         .override_global("KERNEL", &kernel.layout, true)
         .load(hooks::EBPF_OBJECT)
-        .context("loading bindguard's eBPF object")?;
+        .map_err(Error::Object)?;
     if let Some(dir) = pin {
         for (name, pin) in [("POLICY", POLICY), ("STATS", STATS), ("EVENTS", EVENTS)] {
             let path = dir.join(pin);
             ebpf.map_mut(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))?
                 .pin(&path)
-                .with_context(|| format!("pinning {}", path.display()))?;
+                .map_err(|source| Error::PinMap { path, source })?;
         }
         fs::create_dir(dir.join(USERS))
             .with_context(|| format!("creating {}", dir.join(USERS).display()))?;
     }
-    static HOLD_HOOK: Hook = Hook {
-        name: HOLD,
-        program: "hold_storage",
-        kind: Kind::Sock,
-        attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
-        rows: &[],
-    };
     let mut left_out = Vec::new();
     for (i, hook) in std::iter::once(&HOLD_HOOK).chain(HOOKS).enumerate() {
         if let Some(l) = kernel.ruled_out(hook) {
@@ -981,9 +984,7 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
         let fd = match load_program(program, hook, kernel.btf.as_ref()) {
             Ok(fd) => fd,
             // The binding itself (sock_create and its storage holder) is required.
-            Err(e) if i < 2 => {
-                return Err(e).with_context(|| format!("loading {} (verifier)", hook.program));
-            }
+            Err(e) if i < 2 => return Err(e.into()),
             Err(e) => {
                 left_out.push(refused(hook, &e));
                 continue;
@@ -991,7 +992,7 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
         };
         if let Some(dir) = pin {
             let path = dir.join(prog_pin(hook.name));
-            link::pin(fd.as_fd(), &path).with_context(|| format!("pinning {}", path.display()))?;
+            link::pin(fd.as_fd(), &path).map_err(|source| Error::Pin { path, source })?;
         }
     }
     if let Some(dir) = pin {
@@ -1009,21 +1010,8 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
 }
 
 /// A refusal in one line (the verifier's last words), the log kept apart.
-fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
-    let log = e
-        .chain()
-        .find_map(|c| {
-            if let Some(crate::kernel::rawload::LoadError::Refused { log, .. }) = c.downcast_ref() {
-                return Some(log.clone());
-            }
-            match c.downcast_ref::<aya::programs::ProgramError>() {
-                Some(aya::programs::ProgramError::LoadError { verifier_log, .. }) => {
-                    Some(verifier_log.to_string())
-                }
-                _ => None,
-            }
-        })
-        .filter(|l| !l.trim().is_empty());
+fn refused(hook: &'static Hook, e: &Error) -> LeftOut {
+    let log = e.verifier_log();
     let cause = log
         .as_deref()
         .and_then(|l| {
@@ -1041,7 +1029,7 @@ fn refused(hook: &'static Hook, e: &anyhow::Error) -> LeftOut {
                 .find(|l| !l.is_empty() && !STATS.iter().any(|s| l.starts_with(s)))
         })
         .map(str::to_string)
-        .unwrap_or_else(|| e.chain().last().map(|c| c.to_string()).unwrap_or_default());
+        .unwrap_or_else(|| e.root_cause());
     LeftOut {
         hook,
         why: Why::Refused,
@@ -1054,12 +1042,20 @@ fn load_program(
     program: &mut Program,
     hook: &Hook,
     btf: Option<&aya::Btf>,
-) -> anyhow::Result<OwnedFd> {
+) -> Result<OwnedFd, Error> {
+    let load_error = |source: aya::programs::ProgramError| Error::Load {
+        program: hook.program,
+        source,
+    };
     macro_rules! load {
-        ($ty:ty) => {{
-            let p: &mut $ty = program.try_into()?;
-            p.load()?;
-            p.fd()?.as_fd().try_clone_to_owned()?
+        ($ty:ty $(, $arg:expr)*) => {{
+            let p: &mut $ty = program.try_into().map_err(load_error)?;
+            p.load($($arg),*).map_err(load_error)?;
+            p.fd()
+                .map_err(load_error)?
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(|e| load_error(e.into()))?
         }};
     }
     Ok(match hook.kind {
@@ -1068,15 +1064,19 @@ fn load_program(
         Kind::SockAddr => load!(CgroupSockAddr),
         Kind::Skb => load!(CgroupSkb),
         Kind::Lsm(lsm_hook) => {
-            let p: &mut LsmCgroup = program.try_into()?;
-            let btf = btf.context("the LSM programs need the kernel's BTF")?;
-            p.load(lsm_hook, btf)?;
-            p.fd()?.as_fd().try_clone_to_owned()?
+            let btf = btf.ok_or(Error::NoBtf {
+                program: hook.program,
+            })?;
+            load!(LsmCgroup, lsm_hook, btf)
         }
         Kind::Unix => crate::kernel::rawload::load_sock_addr(
             hooks::EBPF_OBJECT,
             hook.program,
             hook.attach_type,
-        )?,
+        )
+        .map_err(|source| Error::LoadRaw {
+            program: hook.program,
+            source,
+        })?,
     })
 }

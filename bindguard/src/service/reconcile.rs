@@ -193,7 +193,7 @@ pub fn plan_binding(
     };
     let cg = match cgroup::resolve(&b.cgroup) {
         Ok(cg) => cg,
-        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
+        Err(e) if Error::is_cgroup_missing(&e) => {
             if b.create {
                 step.why = "creating the cgroup".into();
             } else {

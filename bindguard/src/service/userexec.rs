@@ -625,7 +625,7 @@ fn release(path: &Path) {
     }
     match enforcer::detach(path) {
         Ok(_) => {}
-        Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::NotBound { .. })) => {}
+        Err(e) if Error::is_not_bound(&e) => {}
         Err(e) => warn!(
             "detaching {}: {}",
             path.display(),

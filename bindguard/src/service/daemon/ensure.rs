@@ -7,7 +7,8 @@ use std::fs;
 
 use tracing::{debug, error, info};
 
-use super::{Daemon, one_line};
+use super::Daemon;
+use crate::error::one_line;
 use crate::{
     Error,
     binding::{SocketPass, cgroup, enforcer, netdev::Interface, policy::Existing},
@@ -25,7 +26,7 @@ impl Daemon {
         let b = self.config.bindings[i].clone();
         let cg = match cgroup::resolve(&b.cgroup) {
             Ok(cg) => cg,
-            Err(e) if matches!(e.downcast_ref::<Error>(), Some(Error::CgroupMissing { .. })) => {
+            Err(e) if Error::is_cgroup_missing(&e) => {
                 if b.create {
                     if let Err(e) = fs::create_dir_all(&b.cgroup) {
                         error!("cannot create cgroup {}: {e}", b.cgroup.display());

@@ -229,7 +229,7 @@ impl Daemon {
             };
             // One map update: each new socket meets the old policy or the new one.
             let written = match &set {
-                Some(set) => set.write_policy(id, &want),
+                Some(set) => set.write_policy(id, &want).map_err(anyhow::Error::from),
                 None => Err(anyhow::anyhow!("no program set")),
             };
             if let Err(e) = written {

@@ -357,7 +357,7 @@ impl Daemon {
             Err(e) => {
                 error!(
                     "reload refused, the running bindings are kept: {}",
-                    one_line(&e)
+                    crate::error::one_line(&e)
                 );
                 notify(&[
                     sd_notify::NotifyState::Ready,
@@ -388,8 +388,12 @@ impl Daemon {
             self.held.retain(|_, p| *p != path);
             match enforcer::detach(&path) {
                 Ok(_) => info!("- detach    {} (no longer in the config)", path.display()),
-                Err(e) if crate::error::exit_code(&e) == 2 || is_not_bound(&e) => {}
-                Err(e) => error!("- detach    {} failed: {}", path.display(), one_line(&e)),
+                Err(e) if crate::error::exit_code(&e) == 2 || Error::is_not_bound(&e) => {}
+                Err(e) => error!(
+                    "- detach    {} failed: {}",
+                    path.display(),
+                    crate::error::one_line(&e)
+                ),
             }
         }
         self.start_link_watchers();
@@ -405,14 +409,6 @@ impl Daemon {
             sd_notify::NotifyState::Status(&self.counts()),
         ]);
     }
-}
-
-fn is_not_bound(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<Error>(), Some(Error::NotBound { .. }))
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    crate::error::one_line(e)
 }
 
 /// Raises the soft limit of open files to the hard one (systemd's advice to programs that need
