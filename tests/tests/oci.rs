@@ -14,6 +14,14 @@ use bindguard_tests::{
     topology::UPLINK_B,
 };
 
+/// The tests of this file one at a time: every hook call (and attach) sweeps the bindings of
+/// deleted cgroups, so one test's sweep would take the dead binding another is looking at
+/// half-removed (seen under load: its link pins gone, its directory not yet).
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Waits for the container's cgroup to appear; returns its id.
 fn cgroup_id(c: &Container) -> u64 {
     for _ in 0..500 {
@@ -28,6 +36,7 @@ fn cgroup_id(c: &Container) -> u64 {
 #[test]
 fn annotated_container_leaves_by_the_annotated_interface() {
     root_or_skip!();
+    let _serial = serial();
     let s = Scenario::new();
     for v6 in [false, true] {
         let tok = token("oci");
@@ -57,6 +66,7 @@ fn annotated_container_leaves_by_the_annotated_interface() {
 #[test]
 fn unannotated_container_follows_the_routing_table() {
     root_or_skip!();
+    let _serial = serial();
     let s = Scenario::new();
     let tok = token("oci-plain");
     let c = Container::new(
@@ -78,6 +88,7 @@ fn unannotated_container_follows_the_routing_table() {
 #[test]
 fn container_asking_for_a_missing_interface_does_not_start() {
     root_or_skip!();
+    let _serial = serial();
     let s = Scenario::new();
     for annotations in [
         &[("io.bindguard.dev", "nosuch0")][..],
@@ -113,6 +124,7 @@ fn container_asking_for_a_missing_interface_does_not_start() {
 #[test]
 fn hook_refuses_malformed_state() {
     root_or_skip!();
+    let _serial = serial();
     for (input, needle) in [
         ("{", "not valid JSON"),
         (
@@ -154,6 +166,7 @@ fn hook(state: &serde_json::Value) -> (Option<i32>, String) {
 #[test]
 fn poststop_removes_only_bindings_the_hook_made() {
     root_or_skip!();
+    let _serial = serial();
     let s = Scenario::new();
     let mount = bindguard::binding::cgroup::cgroup2_mount().unwrap();
     let name = |cg: &bindguard_tests::topology::TestCgroup| {
@@ -216,6 +229,7 @@ fn poststop_removes_only_bindings_the_hook_made() {
 #[test]
 fn a_dead_containers_binding_is_reported_truthfully_and_swept_at_the_next_start() {
     root_or_skip!();
+    let _serial = serial();
     let s = Scenario::new();
     let dead = bindguard_tests::topology::TestCgroup::new();
     let (code, out, err) = s.attach_to(Cmd::bindguard(), &dead.path, UPLINK_B).run();
