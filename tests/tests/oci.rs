@@ -265,6 +265,24 @@ fn a_dead_containers_binding_is_reported_truthfully_and_swept_at_the_next_start(
         "{b}"
     );
 
+    // The next container's createRuntime sweeps what the kernel has released: wait for the
+    // kernel to detach the links (cgroup_bpf_release runs from a workqueue after the cgroup's
+    // last reference goes: seconds under load), asking each link pin as the sweep does.
+    let released = || {
+        std::fs::read_dir(&pins).unwrap().flatten().all(|e| {
+            !e.file_name().to_string_lossy().starts_with("link_")
+                || bindguard::kernel::link::pinned_state(&e.path())
+                    .is_ok_and(|l| l.cgroup_id.is_none())
+        })
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !released() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kernel never detached the dead cgroup's links"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The next container's createRuntime sweeps it.
     let cg = bindguard_tests::topology::TestCgroup::new();
     let mut sleeper = Cmd::new("sleep")
@@ -284,7 +302,8 @@ fn a_dead_containers_binding_is_reported_truthfully_and_swept_at_the_next_start(
     assert!(cg.pins().exists(), "createRuntime bound the container");
     assert!(
         !pins.exists(),
-        "createRuntime left the dead binding {}",
-        pins.display()
+        "createRuntime left the dead binding {} ({}): {err}",
+        pins.display(),
+        s.status_json()
     );
 }

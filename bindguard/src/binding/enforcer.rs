@@ -149,6 +149,8 @@ pub(crate) fn attach(
         for (name, _) in &have {
             if !hooks.iter().any(|h| h.name == name) {
                 let pin = dir.join(pins::link_name(name));
+                // Detached now, not when the kernel's workqueue frees the unpinned link.
+                let _ = crate::kernel::link::detach_pinned(&pin);
                 fs::remove_file(&pin)
                     .map_err(|source| crate::kernel::Error::Unpin { path: pin, source })?;
                 changed = true;

@@ -85,6 +85,23 @@ pub fn create_cgroup_link(
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+#[repr(C)]
+struct LinkDetachAttr {
+    link_fd: u32,
+}
+
+/// BPF_LINK_DETACH (5.9) of the link pinned at `path`: the kernel detaches it from its cgroup
+/// before returning. Unpinning alone drops the last reference, and the kernel frees (and so
+/// detaches) a link from a workqueue: under load the programs ran on for a while after
+/// `detach` had returned.
+pub fn detach_pinned(path: &Path) -> std::io::Result<()> {
+    let fd = open_pinned(path)?;
+    let mut attr = LinkDetachAttr {
+        link_fd: fd.as_raw_fd() as u32,
+    };
+    sys_bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(|_| ())
+}
+
 fn c_path(path: &Path) -> std::io::Result<CString> {
     CString::new(path.as_os_str().as_bytes())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))

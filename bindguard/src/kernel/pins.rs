@@ -341,6 +341,13 @@ pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
             .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
     });
     for entry in entries {
+        if entry
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+        {
+            // A link whose cgroup is gone is detached already: the unpin is what matters.
+            let _ = crate::kernel::link::detach_pinned(&entry);
+        }
         fs::remove_file(&entry).map_err(|source| crate::kernel::Error::Unpin {
             path: entry,
             source,
