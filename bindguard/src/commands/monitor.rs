@@ -459,6 +459,38 @@ mod tests {
         e
     }
 
+    /// `monitor --json`'s `hook` for every event code (docs/status-and-monitor.md): the
+    /// hook's own name where a program reports it, the reason's otherwise.
+    #[test]
+    fn every_event_code_has_its_documented_name() {
+        let names = [
+            "unknown",
+            "sock_create",
+            "setsockopt",
+            "bind4",
+            "bind6",
+            "connect4",
+            "connect6",
+            "sendmsg4",
+            "sendmsg6",
+            "egress",
+            "ingress",
+            "mptcp",
+            "socket_family",
+            "file_receive",
+            "multicast",
+            "mark",
+            "tun",
+            "ptrace",
+            "tiocsti",
+            "dns_stub",
+            "unknown",
+        ];
+        for (code, name) in names.into_iter().enumerate() {
+            assert_eq!(hook_name(code as u32), name, "code {code}");
+        }
+    }
+
     /// A refused rebind names what was asked and what holds (issue 31: "asked for another
     /// interface than vB" did not say which).
     #[test]

@@ -301,6 +301,9 @@ impl Hook {
     }
 }
 
+// Every hook has a bit: `Hold` is the last variant.
+const _: () = assert!((Hook::Hold as u32) < u64::BITS);
+
 #[cfg(test)]
 mod tests {
     use super::*;

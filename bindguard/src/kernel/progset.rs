@@ -257,9 +257,7 @@ impl Set {
         let absent = self.absent();
         crate::kernel::escapes::open_rows(|h| {
             (self.has(h) && linked(h))
-                || absent
-                    .iter()
-                    .any(|&(a, ref w)| a == h && *w == Why::NotNeeded)
+                || absent.iter().any(|(a, w)| *a == h && *w == Why::NotNeeded)
         })
     }
 
