@@ -1,5 +1,6 @@
-//! The hook table: every program of bindguard's eBPF object, how it is loaded and attached,
-//! where its link is pinned and which escape rows it closes; and the object itself. It sits
+//! The hook table, as [`Hook`]: every program of bindguard's eBPF object, how it is loaded
+//! and attached, where its link is pinned and which escape rows it closes; and the object
+//! itself. It sits
 //! below the program set (which loads the programs) and the enforcer (which links them), so
 //! neither has to import the other for it.
 
@@ -29,7 +30,8 @@ pub enum Kind {
 
 /// One program of bindguard's eBPF object. Everything known about a program is one
 /// exhaustive `match` below, so a new program is a compile error until every fact about it is
-/// written down. The discriminant is the hook's bit in a [`u64`] set ([`Hook::bit`]).
+/// written down (and a unit test fails until it is in [`Hook::ALL`]). The discriminant is the
+/// hook's bit in a [`u64`] set ([`Hook::bit`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Hook {
     SockCreate,
