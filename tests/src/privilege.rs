@@ -80,5 +80,9 @@ pub fn rows_open_without_lsm() -> &'static str {
 
 /// How many programs strict mode links on this kernel when the BPF LSM ones are absent.
 pub fn strict_programs_without_lsm() -> usize {
-    bindguard::kernel::hooks::LSM_HOOKS_START - usize::from(!unix_connect_expected())
+    let non_lsm = bindguard::kernel::hooks::Hook::ALL
+        .iter()
+        .filter(|h| !h.is_lsm())
+        .count();
+    non_lsm - usize::from(!unix_connect_expected())
 }

@@ -88,7 +88,7 @@ impl Bound {
     pub fn refused_logs(&self) -> impl Iterator<Item = (&'static str, &str)> {
         self.loaded
             .iter()
-            .filter_map(|l| Some((l.hook.program, l.log.as_deref()?)))
+            .filter_map(|l| Some((l.hook.program(), l.log.as_deref()?)))
     }
 
     /// The delegation boundary the cgroup's processes can cross (row 19) where the binding

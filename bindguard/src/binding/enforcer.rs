@@ -147,7 +147,7 @@ pub(crate) fn attach(
         let have = progset::binding_links(&dir);
         let mut changed = false;
         for (name, _) in &have {
-            if !hooks.iter().any(|h| h.name == name) {
+            if Hook::from_name(name).is_none_or(|h| !hooks.contains(&h)) {
                 let pin = dir.join(pins::link_name(name));
                 // Detached now, not when the kernel's workqueue frees the unpinned link.
                 let _ = crate::kernel::link::detach_pinned(&pin);
@@ -160,11 +160,11 @@ pub(crate) fn attach(
         for &hook in &hooks {
             let linked = have
                 .iter()
-                .any(|(n, s)| n == hook.name && s.cgroup_id == Some(cgroup.id));
+                .any(|(n, s)| n == hook.name() && s.cgroup_id == Some(cgroup.id));
             if linked {
                 continue;
             }
-            let pin = dir.join(pins::link_name(hook.name));
+            let pin = dir.join(pins::link_name(hook.name()));
             let _ = fs::remove_file(&pin);
             let link = set
                 .link(hook, cgroup_fd)
@@ -199,7 +199,7 @@ pub(crate) fn attach(
             let link = set
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
-            let path = staging.dir.join(pins::link_name(hook.name));
+            let path = staging.dir.join(pins::link_name(hook.name()));
             crate::kernel::link::pin(link.as_fd(), &path)
                 .map_err(|source| crate::kernel::Error::Pin { path, source })?;
         }
@@ -268,9 +268,9 @@ pub fn set_unreached(cgroup_id: u64, n: u32) -> anyhow::Result<()> {
 }
 
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
-pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[&Hook]) -> bool {
+pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[Hook]) -> bool {
     hooks.iter().all(|h| {
-        crate::kernel::link::pinned_state(&dir.join(pins::link_name(h.name)))
+        crate::kernel::link::pinned_state(&dir.join(pins::link_name(h.name())))
             .is_ok_and(|s| s.cgroup_id == Some(cgroup_id))
     })
 }
@@ -312,13 +312,13 @@ pub fn maker(dir: &Path) -> Option<Maker> {
 /// The hooks the binding pinned at `dir`, whose policy is `policy`, should have linked: its
 /// mode's, of those its program set holds (what the kernel could load when it was made),
 /// the LSM ones only where the binding was made with them.
-pub fn expected_hooks(dir: &Path, policy: &Policy) -> Vec<&'static Hook> {
+pub fn expected_hooks(dir: &Path, policy: &Policy) -> Vec<Hook> {
     hooks_of_binding(policy, progset::set_of_binding(dir).as_deref())
 }
 
 /// [`expected_hooks`] with the binding's set already found (None: a binding of programs
 /// loaded per binding, or one whose set is gone: every hook of its mode).
-pub fn hooks_of_binding(policy: &Policy, set: Option<&progset::Set>) -> Vec<&'static Hook> {
+pub fn hooks_of_binding(policy: &Policy, set: Option<&progset::Set>) -> Vec<Hook> {
     let lsm = policy.has(bindguard_common::flags::LSM);
     crate::binding::policy::mode_of(policy)
         .hooks(|h| set.is_none_or(|s| s.has(h)) && (!h.is_lsm() || lsm))

@@ -6,7 +6,7 @@ use bindguard_common::{ABI_VERSION, Policy, flags};
 use crate::{
     Error,
     binding::netdev::{self, Interface},
-    kernel::hooks::{HOOKS, Hook, object_hash},
+    kernel::hooks::{Hook, object_hash},
 };
 
 /// What a binding enforces beyond SO_BINDTODEVICE.
@@ -36,19 +36,24 @@ impl Mode {
         }
     }
 
-    /// Every program this mode uses, sock_create first so that a binding exists before the
-    /// guards that check it.
-    pub fn wants(self) -> &'static [Hook] {
+    /// Whether this mode uses the program of `hook`: strict mode every one, bind mode the
+    /// required ones (sock_create, which makes the binding).
+    pub fn wants(self, hook: Hook) -> bool {
         match self {
-            Mode::Strict => HOOKS,
-            Mode::Bind => &HOOKS[..1],
+            Mode::Strict => true,
+            Mode::Bind => hook.required(),
         }
     }
 
     /// The programs this mode attaches where `available` says the kernel has them (the
-    /// program set holds what the kernel loaded; `doctor` says why the rest is missing).
-    pub fn hooks(self, available: impl Fn(&Hook) -> bool) -> Vec<&'static Hook> {
-        self.wants().iter().filter(|h| available(h)).collect()
+    /// program set holds what the kernel loaded; `doctor` says why the rest is missing), in
+    /// attach order: sock_create first so that a binding exists before the guards that check
+    /// it.
+    pub fn hooks(self, available: impl Fn(Hook) -> bool) -> Vec<Hook> {
+        Hook::ALL
+            .into_iter()
+            .filter(|&h| self.wants(h) && available(h))
+            .collect()
     }
 }
 
@@ -411,7 +416,6 @@ pub fn mode_of(policy: &Policy) -> Mode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::hooks::LSM_HOOKS_START;
 
     #[test]
     fn numbers_are_decimal_or_hex() {
@@ -447,9 +451,12 @@ mod tests {
         };
         assert!(opts.validate().is_err());
         assert!(Options::default().validate().is_ok());
-        assert_eq!(Mode::Strict.hooks(|_| true).len(), HOOKS.len());
-        assert_eq!(Mode::Strict.hooks(|h| !h.is_lsm()).len(), LSM_HOOKS_START);
-        assert_eq!(Mode::Bind.hooks(|_| true), [&HOOKS[0]]);
+        assert_eq!(Mode::Strict.hooks(|_| true), Hook::ALL);
+        assert_eq!(
+            Mode::Strict.hooks(|h| !h.is_lsm()).len(),
+            Hook::ALL.iter().filter(|h| !h.is_lsm()).count()
+        );
+        assert_eq!(Mode::Bind.hooks(|_| true), [Hook::SockCreate]);
     }
 
     #[test]

@@ -82,16 +82,20 @@ pub fn run() -> anyhow::Result<Report> {
 }
 
 fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
-    let absent = |h: &Hook| left_out.iter().find(|l| l.hook.name == h.name);
+    let absent = |h: Hook| left_out.iter().find(|l| l.hook == h);
     let mut rows = Vec::new();
     for e in ESCAPES {
         let (state, by, why) = match e.closed_by {
             Closer::Userspace(how) => ("covered", how.to_string(), None),
             Closer::Outside(advice) => ("outside", String::new(), Some(advice.to_string())),
             Closer::Hooks => {
-                let hooks: Vec<&Hook> = hooks_of(e.row).collect();
-                let by = hooks.iter().map(|h| h.name).collect::<Vec<_>>().join(", ");
-                let missing: Vec<&LeftOut> = hooks.iter().filter_map(|h| absent(h)).collect();
+                let hooks: Vec<Hook> = hooks_of(e.row).collect();
+                let by = hooks
+                    .iter()
+                    .map(|h| h.name())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let missing: Vec<&LeftOut> = hooks.iter().filter_map(|&h| absent(h)).collect();
                 if missing.is_empty() {
                     ("covered", by, None)
                 } else if missing.iter().all(|l| l.why == Why::NotNeeded) {
@@ -100,7 +104,7 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
                     let why: Vec<String> = missing
                         .iter()
                         .filter(|l| l.why != Why::NotNeeded)
-                        .map(|l| format!("{}: {}", l.hook.name, l.detail))
+                        .map(|l| format!("{}: {}", l.hook.name(), l.detail))
                         .collect();
                     let mut why = crate::kernel::coverage::join_reasons(why);
                     if let Some(w) = e.workaround {
@@ -159,7 +163,7 @@ fn report(kernel: &KernelTypes, left_out: &[LeftOut]) -> Report {
         escapable: Vec::new(),
         logs: left_out
             .iter()
-            .filter_map(|l| Some((l.hook.program.to_string(), l.log.clone()?)))
+            .filter_map(|l| Some((l.hook.program().to_string(), l.log.clone()?)))
             .collect(),
     }
 }

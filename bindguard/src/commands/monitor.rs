@@ -28,7 +28,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use crate::{
     binding::{enforcer, netdev},
     error::{printable, printable_path},
-    kernel::{pins, progset},
+    kernel::{hooks::Hook, pins, progset},
 };
 
 /// One event as `monitor --json` prints it (one object per line).
@@ -67,18 +67,13 @@ fn events_dropped(id: u64) -> u64 {
     enforcer::read_counters(&pins::binding_dir(id)).map_or(0, |c| c.events_dropped)
 }
 
+/// The name an event code shows as: the hook's whose program reports it
+/// ([`Hook::from_event`]), or the reason's.
 fn hook_name(h: u32) -> &'static str {
+    if let Some(hook) = Hook::from_event(h) {
+        return hook.name();
+    }
     match h {
-        hook::SOCK_CREATE => "sock_create",
-        hook::SETSOCKOPT => "setsockopt",
-        hook::BIND4 => "bind4",
-        hook::BIND6 => "bind6",
-        hook::CONNECT4 => "connect4",
-        hook::CONNECT6 => "connect6",
-        hook::SENDMSG4 => "sendmsg4",
-        hook::SENDMSG6 => "sendmsg6",
-        hook::EGRESS => "egress",
-        hook::INGRESS => "ingress",
         hook::MPTCP => "mptcp",
         hook::SOCKET_FAMILY => "socket_family",
         hook::FILE_RECEIVE => "file_receive",
@@ -462,6 +457,38 @@ mod tests {
         let mut e = event(hook, value);
         e.asked[..asked.len()].copy_from_slice(asked);
         e
+    }
+
+    /// `monitor --json`'s `hook` for every event code (docs/status-and-monitor.md): the
+    /// hook's own name where a program reports it, the reason's otherwise.
+    #[test]
+    fn every_event_code_has_its_documented_name() {
+        let names = [
+            "unknown",
+            "sock_create",
+            "setsockopt",
+            "bind4",
+            "bind6",
+            "connect4",
+            "connect6",
+            "sendmsg4",
+            "sendmsg6",
+            "egress",
+            "ingress",
+            "mptcp",
+            "socket_family",
+            "file_receive",
+            "multicast",
+            "mark",
+            "tun",
+            "ptrace",
+            "tiocsti",
+            "dns_stub",
+            "unknown",
+        ];
+        for (code, name) in names.into_iter().enumerate() {
+            assert_eq!(hook_name(code as u32), name, "code {code}");
+        }
     }
 
     /// A refused rebind names what was asked and what holds (issue 31: "asked for another

@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{
     binding::{enforcer, netdev, netns},
     error::printable_path,
-    kernel::{link, pins, progset},
+    kernel::{hooks::Hook, link, pins, progset},
 };
 
 /// Version of the JSON document `status --json` prints; bumped on incompatible changes.
@@ -327,31 +327,24 @@ impl Sets {
 /// Which link pins a binding directory has, from its listing alone.
 #[derive(Default)]
 struct Pinned {
-    /// Bit i: `HOOKS[i]` is pinned.
+    /// The pinned hooks' [`Hook::bit`]s.
     hooks: u64,
     /// The first pin of a hook this build does not know, if any.
     other: Option<String>,
 }
 
 impl Pinned {
-    fn has(&self, hook: &str) -> bool {
-        hook_bit(hook).is_some_and(|b| self.hooks & b != 0)
+    fn has(&self, hook: Hook) -> bool {
+        self.hooks & hook.bit() != 0
     }
 
     fn names(&self) -> impl Iterator<Item = &str> {
-        crate::kernel::hooks::HOOKS
-            .iter()
-            .map(|h| h.name)
-            .filter(|n| self.has(n))
+        Hook::ALL
+            .into_iter()
+            .filter(move |&h| self.has(h))
+            .map(|h| h.name())
             .chain(self.other.as_deref())
     }
-}
-
-fn hook_bit(hook: &str) -> Option<u64> {
-    let i = crate::kernel::hooks::HOOKS
-        .iter()
-        .position(|h| h.name == hook)?;
-    (i < 64).then(|| 1 << i)
 }
 
 /// A binding's link pins as `status` read them.
@@ -389,8 +382,8 @@ impl Raw {
         // One directory listing; the maps are the set's. A binding made by a bindguard that
         // loaded programs per binding has no set to ask: its links are, as with --links.
         let mut pinned = Pinned::default();
-        let mut add = |hook: &str| match hook_bit(hook) {
-            Some(bit) => pinned.hooks |= bit,
+        let mut add = |hook: &str| match Hook::from_name(hook) {
+            Some(hook) => pinned.hooks |= hook.bit(),
             None => {
                 pinned.other.get_or_insert_with(|| hook.to_string());
             }
@@ -503,30 +496,30 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             kind: ProblemKind::LinkMissing,
             message: format!(
                 "{} {why}: this hook is not enforced; re-attach",
-                dir.join(pins::link_name(hook.name)).display()
+                dir.join(pins::link_name(hook.name())).display()
             ),
         };
         let mut info = LinkInfo {
-            hook: hook.name,
+            hook: hook.name(),
             pinned: false,
             link_id: None,
             program_id: None,
             attached: false,
         };
         let asked = match &raw_links {
-            Links::Listed(pinned, _) if !pinned.has(hook.name) => None,
+            Links::Listed(pinned, _) if !pinned.has(hook) => None,
             // Not asked: the pin stands for its link, the set says which program it runs.
             Links::Listed(_, set) => {
                 info.pinned = true;
                 info.attached = true;
                 info.program_id = set
                     .as_ref()
-                    .and_then(|s| s.programs.get(hook.name).copied());
+                    .and_then(|s| s.programs.get(hook.name()).copied());
                 Some(None)
             }
             Links::Asked(links) => links
                 .iter()
-                .find(|(n, _)| n == hook.name)
+                .find(|(n, _)| n == hook.name())
                 .map(|(_, s)| Some(s)),
         };
         match asked {
@@ -595,7 +588,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
                 message: format!(
                     "this kernel cannot run {}: escape rows {} are not covered; `bindguard doctor` says why and how to close them",
                     open.iter()
-                        .flat_map(|(_, hooks)| hooks.iter().map(|h| h.name))
+                        .flat_map(|(_, hooks)| hooks.iter().map(|h| h.name()))
                         .collect::<std::collections::BTreeSet<_>>()
                         .into_iter()
                         .collect::<Vec<_>>()
@@ -708,15 +701,17 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
 /// is the pin directory. Its mode is told by the pins (bind mode pins sock_create alone), and
 /// none of its links is attached.
 fn deleted_binding(cgroup_id: u64, dir: PathBuf, raw_links: &Links) -> Binding {
-    let pinned: Vec<&'static str> = crate::kernel::hooks::HOOKS
-        .iter()
-        .map(|h| h.name)
-        .filter(|name| match raw_links {
-            Links::Listed(pinned, _) => pinned.has(name),
-            Links::Asked(links) => links.iter().any(|(n, _)| n == name),
+    let pinned: Vec<Hook> = Hook::ALL
+        .into_iter()
+        .filter(|&h| match raw_links {
+            Links::Listed(pinned, _) => pinned.has(h),
+            Links::Asked(links) => links.iter().any(|(n, _)| n == h.name()),
         })
         .collect();
-    let mode = if pinned.iter().any(|h| *h != "sock_create") {
+    let mode = if pinned
+        .iter()
+        .any(|h| !crate::binding::policy::Mode::Bind.wants(*h))
+    {
         crate::binding::policy::Mode::Strict
     } else {
         crate::binding::policy::Mode::Bind
@@ -724,7 +719,7 @@ fn deleted_binding(cgroup_id: u64, dir: PathBuf, raw_links: &Links) -> Binding {
     let links = pinned
         .into_iter()
         .map(|hook| LinkInfo {
-            hook,
+            hook: hook.name(),
             pinned: true,
             link_id: None,
             program_id: None,

@@ -8,6 +8,8 @@
 use anyhow::{Context as _, bail};
 use bindguard_common::KernelLayout;
 
+use crate::kernel::hooks::Hook;
+
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
 
 const MAGIC: u16 = 0xeb9f;
@@ -285,9 +287,9 @@ const COMPAT_FIELD: &str = "thread_info.flags";
 const COMPAT_FIELD: &str = "thread_info.status";
 
 /// The fields the LSM program of hook `hook` reads that this kernel's BTF does not have.
-pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
+pub fn missing_fields_for(k: &KernelLayout, hook: Hook) -> Vec<&'static str> {
     let needs: &[&str] = match hook {
-        "lsm_file_receive" => &[
+        Hook::LsmFileReceive => &[
             "file.f_inode",
             "file.private_data",
             "inode.i_mode",
@@ -299,8 +301,8 @@ pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
             "cgroup.kn",
             "kernfs_node.id",
         ],
-        "lsm_setsockopt" => &[COMPAT_FIELD],
-        "lsm_ptrace" => &[
+        Hook::LsmSetsockopt => &[COMPAT_FIELD],
+        Hook::LsmPtrace => &[
             "task_struct.cgroups",
             "css_set.dfl_cgrp",
             "task_struct.tgid",
@@ -309,13 +311,32 @@ pub fn missing_fields_for(k: &KernelLayout, hook: &str) -> Vec<&'static str> {
             "cgroup.kn",
             "kernfs_node.id",
         ],
-        "lsm_uring_cmd" => &[
+        Hook::LsmUringCmd => &[
             "io_uring_cmd.cmd_op",
             "io_uring_cmd.sqe",
             "io_uring_sqe.level",
             "io_uring_sqe.optname",
         ],
-        _ => &[],
+        // None of the fields `missing_fields` checks (the non-LSM ones are not BTF-typed).
+        Hook::LsmSocketCreate
+        | Hook::LsmTunOpen
+        | Hook::LsmTunQueue
+        | Hook::LsmIoctl
+        | Hook::LsmIoctlCompat
+        | Hook::SockCreate
+        | Hook::Setsockopt
+        | Hook::Connect4
+        | Hook::Connect6
+        | Hook::Bind4
+        | Hook::Bind6
+        | Hook::Sendmsg4
+        | Hook::Sendmsg6
+        | Hook::Recvmsg4
+        | Hook::Recvmsg6
+        | Hook::ConnectUnix
+        | Hook::Egress
+        | Hook::Ingress
+        | Hook::Hold => &[],
     };
     missing_fields(k)
         .into_iter()

@@ -25,21 +25,21 @@ pub fn open_rows_warning(set: &Set, loaded_now: &[LeftOut]) -> Option<String> {
     let mut reasons: Vec<String> = Vec::new();
     for (_, hooks) in &open {
         for h in hooks {
-            let why = match loaded_now.iter().find(|l| l.hook.name == h.name) {
+            let why = match loaded_now.iter().find(|l| l.hook == *h) {
                 _ if h.is_lsm() && forced_off => lsm::state(false).describe(),
                 Some(l) => l.detail.clone(),
-                None => match absent.iter().find(|(a, _)| a.name == h.name) {
+                None => match absent.iter().find(|(a, _)| a == h) {
                     Some((_, Why::LsmUnavailable)) => recorded.clone().unwrap_or_else(|| {
                         "the BPF LSM was not usable when this build's programs were loaded".into()
                     }),
                     Some((_, Why::BtfLacks)) => "the kernel's BTF lacks fields it reads".into(),
                     Some((a, Why::KernelLacks)) => {
-                        format!("this kernel has no {} hook", a.needs().unwrap_or(a.name))
+                        format!("this kernel has no {} hook", a.needs().unwrap_or(a.name()))
                     }
                     _ => "the kernel refused it".into(),
                 },
             };
-            let line = format!("{}: {why}", h.name);
+            let line = format!("{}: {why}", h.name());
             if !reasons.contains(&line) {
                 reasons.push(line);
             }

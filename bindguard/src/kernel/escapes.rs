@@ -1,9 +1,9 @@
 //! The escape table (docs/modes-and-escapes.md) as data: each row, and what
-//! closes it — programs of the hook table ([`super::hooks::HOOKS`], whose `rows` name them),
+//! closes it — programs of the hook table ([`Hook::ALL`], whose [`Hook::rows`] name them),
 //! bindguard's own userspace, or nothing bindguard can attach (then what to deny instead). `attach`, `status`, `verify` and `doctor` read coverage from
 //! here, so they cannot disagree about which rows a kernel leaves open.
 
-use crate::kernel::hooks::{HOOKS, Hook};
+use crate::kernel::hooks::Hook;
 
 /// What closes a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,25 +159,27 @@ pub fn row(n: u8) -> Option<&'static Escape> {
 }
 
 /// The programs that close `row`.
-pub fn hooks_of(row: u8) -> impl Iterator<Item = &'static Hook> {
-    HOOKS.iter().filter(move |h| h.rows.contains(&row))
+pub fn hooks_of(row: u8) -> impl Iterator<Item = Hook> {
+    Hook::ALL
+        .into_iter()
+        .filter(move |h| h.rows().contains(&row))
 }
 
 /// The rows strict mode leaves open when only the hooks `available` says are there attach:
 /// each with the hooks it lacks. A row is covered when every program naming it is there.
-pub fn open_rows(available: impl Fn(&Hook) -> bool) -> Vec<(&'static Escape, Vec<&'static Hook>)> {
+pub fn open_rows(available: impl Fn(Hook) -> bool) -> Vec<(&'static Escape, Vec<Hook>)> {
     ESCAPES
         .iter()
         .filter(|e| e.closed_by == Closer::Hooks)
         .filter_map(|e| {
-            let missing: Vec<_> = hooks_of(e.row).filter(|h| !available(h)).collect();
+            let missing: Vec<_> = hooks_of(e.row).filter(|&h| !available(h)).collect();
             (!missing.is_empty()).then_some((e, missing))
         })
         .collect()
 }
 
 /// "7, 12, 14": the row numbers of `open`, for one-line messages.
-pub fn row_list(open: &[(&Escape, Vec<&Hook>)]) -> String {
+pub fn row_list(open: &[(&Escape, Vec<Hook>)]) -> String {
     open.iter()
         .map(|(e, _)| e.row.to_string())
         .collect::<Vec<_>>()

@@ -39,12 +39,12 @@ use aya::{
     EbpfLoader,
     programs::{CgroupSkb, CgroupSock, CgroupSockAddr, CgroupSockopt, LsmCgroup, Program},
 };
-use aya_obj::generated::{bpf_attach_type, bpf_cmd, bpf_map_info, bpf_prog_info};
+use aya_obj::generated::{bpf_cmd, bpf_map_info, bpf_prog_info};
 use bindguard_common::{Counters, KernelLayout, Policy};
 
 use crate::kernel::{
     Error,
-    hooks::{self, HOOKS, Hook, Kind},
+    hooks::{self, Hook, Kind},
     link, pins,
 };
 
@@ -53,7 +53,6 @@ pub const STATS: &str = "stats";
 pub const EVENTS: &str = "events";
 const USERS: &str = "users";
 const ABSENT: &str = "absent";
-const HOLD: &str = "hold";
 const NEW_PREFIX: &str = "new-";
 const BUILD_PREFIX: &str = "build-";
 
@@ -152,22 +151,13 @@ fn prog_pin(name: &str) -> String {
     format!("prog_{name}")
 }
 
-/// The storage holder: linked first to every cgroup a set binds ([`Set::hold`]).
-static HOLD_HOOK: Hook = Hook {
-    name: HOLD,
-    program: "hold_storage",
-    kind: Kind::Sock,
-    attach_type: bpf_attach_type::BPF_CGROUP_INET_SOCK_CREATE,
-    rows: &[],
-};
-
 /// One pinned program set, with its per-binding maps open.
 #[derive(Debug)]
 pub struct Set {
     pub hash: u64,
     pub dir: PathBuf,
-    /// The hooks whose programs the set holds (bit i: `HOOKS[i]`).
-    present: u32,
+    /// The hooks whose programs the set holds ([`Hook::bit`]).
+    present: u64,
     policy: OwnedFd,
     stats: OwnedFd,
 }
@@ -253,11 +243,8 @@ impl Set {
     }
 
     /// Whether the set holds the program of `hook` (the kernel loaded it).
-    pub fn has(&self, hook: &Hook) -> bool {
-        HOOKS
-            .iter()
-            .position(|h| h.name == hook.name)
-            .is_some_and(|i| self.present & (1 << i) != 0)
+    pub fn has(&self, hook: Hook) -> bool {
+        self.present & hook.bit() != 0
     }
 
     /// The escape rows strict mode leaves open with this set's programs, of which a binding
@@ -265,19 +252,17 @@ impl Set {
     /// before io_uring has setsockopt, leaves none).
     pub fn open_rows(
         &self,
-        linked: impl Fn(&Hook) -> bool,
-    ) -> Vec<(&'static crate::kernel::escapes::Escape, Vec<&'static Hook>)> {
+        linked: impl Fn(Hook) -> bool,
+    ) -> Vec<(&'static crate::kernel::escapes::Escape, Vec<Hook>)> {
         let absent = self.absent();
         crate::kernel::escapes::open_rows(|h| {
             (self.has(h) && linked(h))
-                || absent
-                    .iter()
-                    .any(|(a, w)| a.name == h.name && *w == Why::NotNeeded)
+                || absent.iter().any(|(a, w)| *a == h && *w == Why::NotNeeded)
         })
     }
 
     /// Why the set lacks the programs it lacks, as the loader recorded it.
-    pub fn absent(&self) -> Vec<(&'static Hook, Why)> {
+    pub fn absent(&self) -> Vec<(Hook, Why)> {
         absent_hooks(&self.dir)
     }
 
@@ -345,15 +330,15 @@ impl Set {
     /// (zeroed) policy and counters in this set, and [`Set::write_policy`] works, while no
     /// enforcing program of the set runs yet. The storage outlives the returned link.
     pub fn hold(&self, cgroup: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
-        self.link(&HOLD_HOOK, cgroup)
+        self.link(Hook::Hold, cgroup)
     }
 
     /// Links the program of `hook` to `cgroup`.
-    pub fn link(&self, hook: &Hook, cgroup: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
-        let prog = self.program(hook.name)?;
-        link::create_cgroup_link(prog.as_fd(), cgroup, hook.attach_type).map_err(|source| {
+    pub fn link(&self, hook: Hook, cgroup: BorrowedFd<'_>) -> Result<OwnedFd, Error> {
+        let prog = self.program(hook.name())?;
+        link::create_cgroup_link(prog.as_fd(), cgroup, hook.attach_type()).map_err(|source| {
             Error::Link {
-                program: hook.program,
+                program: hook.program(),
                 source,
             }
         })
@@ -466,14 +451,14 @@ impl Set {
     }
 }
 
-/// Which of [`HOOKS`] have a program pinned in the set at `dir` (one listing).
-fn present_hooks(dir: &Path) -> u32 {
+/// Which hooks have a program pinned in the set at `dir` (one listing), as [`Hook::bit`]s.
+fn present_hooks(dir: &Path) -> u64 {
     let mut bits = 0;
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
         if let Some(hook) = e.file_name().to_str().and_then(|n| n.strip_prefix("prog_"))
-            && let Some(i) = HOOKS.iter().position(|h| h.name == hook)
+            && let Some(hook) = Hook::from_name(hook)
         {
-            bits |= 1 << i;
+            bits |= hook.bit();
         }
     }
     bits
@@ -519,18 +504,14 @@ impl Why {
     }
 }
 
-fn absent_hooks(dir: &Path) -> Vec<(&'static Hook, Why)> {
+fn absent_hooks(dir: &Path) -> Vec<(Hook, Why)> {
     let mut out = Vec::new();
     for e in fs::read_dir(dir.join(ABSENT))
         .into_iter()
         .flatten()
         .flatten()
     {
-        let Some(hook) = e
-            .file_name()
-            .to_str()
-            .and_then(|n| HOOKS.iter().find(|h| h.name == n))
-        else {
+        let Some(hook) = e.file_name().to_str().and_then(Hook::from_name) else {
             continue;
         };
         let why = fs::read_dir(e.path())
@@ -846,7 +827,7 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
 /// A program of the set the kernel did not load, and why.
 #[derive(Debug, Clone)]
 pub struct LeftOut {
-    pub hook: &'static Hook,
+    pub hook: Hook,
     pub why: Why,
     /// One line: what the kernel lacks or said.
     pub detail: String,
@@ -895,21 +876,21 @@ impl KernelTypes {
     }
 
     /// Why `hook` cannot be loaded here before trying, if something already says so.
-    fn ruled_out(&self, hook: &'static Hook) -> Option<LeftOut> {
+    fn ruled_out(&self, hook: Hook) -> Option<LeftOut> {
         let left = |why, detail: String| LeftOut {
             hook,
             why,
             detail,
             log: None,
         };
-        if hook.kind == Kind::Unix {
+        if hook.kind() == Kind::Unix {
             return match self.unix_connect {
                 Some(true) => None,
                 Some(false) => Some(left(
                     Why::KernelLacks,
                     format!(
                         "this kernel has no {} hook",
-                        hook.needs().unwrap_or(hook.name)
+                        hook.needs().unwrap_or(hook.name())
                     ),
                 )),
                 None => Some(left(
@@ -930,18 +911,21 @@ impl KernelTypes {
                 "the kernel's BTF cannot be read".into(),
             ));
         }
-        let missing = crate::kernel::btf::missing_fields_for(&self.layout, hook.name);
-        if hook.name == "lsm_ioctl_compat" && !self.has_ioctl_compat {
-            return Some(left(
-                Why::NotNeeded,
-                "this kernel has no file_ioctl_compat LSM hook (6.8): its 32-bit ioctls go through file_ioctl".into(),
-            ));
-        }
-        if hook.name == "lsm_uring_cmd" && self.layout.sqe_optname == KernelLayout::MISSING {
-            return Some(left(
-                Why::NotNeeded,
-                "this kernel's io_uring has no setsockopt (SOCKET_URING_OP_SETSOCKOPT, Linux 6.7): nothing to guard".into(),
-            ));
+        let missing = crate::kernel::btf::missing_fields_for(&self.layout, hook);
+        match hook {
+            Hook::LsmIoctlCompat if !self.has_ioctl_compat => {
+                return Some(left(
+                    Why::NotNeeded,
+                    "this kernel has no file_ioctl_compat LSM hook (6.8): its 32-bit ioctls go through file_ioctl".into(),
+                ));
+            }
+            Hook::LsmUringCmd if self.layout.sqe_optname == KernelLayout::MISSING => {
+                return Some(left(
+                    Why::NotNeeded,
+                    "this kernel's io_uring has no setsockopt (SOCKET_URING_OP_SETSOCKOPT, Linux 6.7): nothing to guard".into(),
+                ));
+            }
+            _ => {}
         }
         (!missing.is_empty()).then(|| {
             left(
@@ -973,35 +957,35 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
             .with_context(|| format!("creating {}", dir.join(USERS).display()))?;
     }
     let mut left_out = Vec::new();
-    for (i, hook) in std::iter::once(&HOLD_HOOK).chain(HOOKS).enumerate() {
+    for hook in Hook::loaded() {
         if let Some(l) = kernel.ruled_out(hook) {
             left_out.push(l);
             continue;
         }
         let program = ebpf
-            .program_mut(hook.program)
-            .with_context(|| format!("program {} missing from the eBPF object", hook.program))?;
+            .program_mut(hook.program())
+            .with_context(|| format!("program {} missing from the eBPF object", hook.program()))?;
         let fd = match load_program(program, hook, kernel.btf.as_ref()) {
             Ok(fd) => fd,
             // The binding itself (sock_create and its storage holder) is required.
-            Err(e) if i < 2 => return Err(e.into()),
+            Err(e) if hook.required() => return Err(e.into()),
             Err(e) => {
                 left_out.push(refused(hook, &e));
                 continue;
             }
         };
         if let Some(dir) = pin {
-            let path = dir.join(prog_pin(hook.name));
+            let path = dir.join(prog_pin(hook.name()));
             link::pin(fd.as_fd(), &path).map_err(|source| Error::Pin { path, source })?;
         }
     }
     if let Some(dir) = pin {
         for l in &left_out {
-            let p = dir.join(ABSENT).join(l.hook.name).join(l.why.code());
+            let p = dir.join(ABSENT).join(l.hook.name()).join(l.why.code());
             fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
             if l.why == Why::LsmUnavailable {
                 // Why the BPF LSM was not usable, so attach can say it without a probe.
-                let p = dir.join(ABSENT).join(l.hook.name).join(kernel.lsm.code());
+                let p = dir.join(ABSENT).join(l.hook.name()).join(kernel.lsm.code());
                 fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
             }
         }
@@ -1010,7 +994,7 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
 }
 
 /// A refusal in one line (the verifier's last words), the log kept apart.
-fn refused(hook: &'static Hook, e: &Error) -> LeftOut {
+fn refused(hook: Hook, e: &Error) -> LeftOut {
     let log = e.verifier_log();
     let cause = log
         .as_deref()
@@ -1033,18 +1017,18 @@ fn refused(hook: &'static Hook, e: &Error) -> LeftOut {
     LeftOut {
         hook,
         why: Why::Refused,
-        detail: format!("the kernel refused {}: {cause}", hook.program),
+        detail: format!("the kernel refused {}: {cause}", hook.program()),
         log,
     }
 }
 
 fn load_program(
     program: &mut Program,
-    hook: &Hook,
+    hook: Hook,
     btf: Option<&aya::Btf>,
 ) -> Result<OwnedFd, Error> {
     let load_error = |source: aya::programs::ProgramError| Error::Load {
-        program: hook.program,
+        program: hook.program(),
         source,
     };
     macro_rules! load {
@@ -1058,24 +1042,24 @@ fn load_program(
                 .map_err(|e| load_error(e.into()))?
         }};
     }
-    Ok(match hook.kind {
+    Ok(match hook.kind() {
         Kind::Sock => load!(CgroupSock),
         Kind::Sockopt => load!(CgroupSockopt),
         Kind::SockAddr => load!(CgroupSockAddr),
         Kind::Skb => load!(CgroupSkb),
         Kind::Lsm(lsm_hook) => {
             let btf = btf.ok_or(Error::NoBtf {
-                program: hook.program,
+                program: hook.program(),
             })?;
             load!(LsmCgroup, lsm_hook, btf)
         }
         Kind::Unix => crate::kernel::rawload::load_sock_addr(
             hooks::EBPF_OBJECT,
-            hook.program,
-            hook.attach_type,
+            hook.program(),
+            hook.attach_type(),
         )
         .map_err(|source| Error::LoadRaw {
-            program: hook.program,
+            program: hook.program(),
             source,
         })?,
     })
