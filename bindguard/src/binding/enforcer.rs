@@ -22,7 +22,8 @@ use crate::{
     },
     kernel::{
         hooks::{Hook, object_hash},
-        pins, progset,
+        pins::{self, names::LegacyPin},
+        progset,
     },
 };
 
@@ -148,7 +149,7 @@ pub(crate) fn attach(
         let mut changed = false;
         for (name, _) in &have {
             if !hooks.iter().any(|h| h.name == name) {
-                let pin = dir.join(pins::link_name(name));
+                let pin = dir.join(pins::names::link(name));
                 fs::remove_file(&pin)
                     .map_err(|source| crate::kernel::Error::Unpin { path: pin, source })?;
                 changed = true;
@@ -162,7 +163,7 @@ pub(crate) fn attach(
             if linked {
                 continue;
             }
-            let pin = dir.join(pins::link_name(hook.name));
+            let pin = dir.join(pins::names::link(hook.name));
             let _ = fs::remove_file(&pin);
             let link = set
                 .link(hook, cgroup_fd)
@@ -197,7 +198,7 @@ pub(crate) fn attach(
             let link = set
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
-            let path = staging.dir.join(pins::link_name(hook.name));
+            let path = staging.dir.join(pins::names::link(hook.name));
             crate::kernel::link::pin(link.as_fd(), &path)
                 .map_err(|source| crate::kernel::Error::Pin { path, source })?;
         }
@@ -268,7 +269,7 @@ pub fn set_unreached(cgroup_id: u64, n: u32) -> anyhow::Result<()> {
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
 pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[&Hook]) -> bool {
     hooks.iter().all(|h| {
-        crate::kernel::link::pinned_state(&dir.join(pins::link_name(h.name)))
+        crate::kernel::link::pinned_state(&dir.join(pins::names::link(h.name)))
             .is_ok_and(|s| s.cgroup_id == Some(cgroup_id))
     })
 }
@@ -281,7 +282,7 @@ fn pinned_map(path: &Path) -> anyhow::Result<Map> {
 
 /// Whether `dir` is a binding made by a bindguard that loaded programs per binding.
 pub fn legacy_layout(dir: &Path) -> bool {
-    dir.join(pins::POLICY).exists()
+    dir.join(LegacyPin::Policy.to_string()).exists()
 }
 
 fn cgroup_id_of(dir: &Path) -> anyhow::Result<u64> {
@@ -292,7 +293,8 @@ fn cgroup_id_of(dir: &Path) -> anyhow::Result<u64> {
 /// its links run, by cgroup id.
 pub fn read_policy(dir: &Path) -> anyhow::Result<Policy> {
     if legacy_layout(dir) {
-        let map: Array<_, Policy> = Array::try_from(pinned_map(&dir.join(pins::POLICY))?)?;
+        let map: Array<_, Policy> =
+            Array::try_from(pinned_map(&dir.join(LegacyPin::Policy.to_string()))?)?;
         return map.get(&0, 0).context("reading the policy");
     }
     let id = cgroup_id_of(dir)?;
@@ -326,7 +328,7 @@ pub fn hooks_of_binding(policy: &Policy, set: Option<&progset::Set>) -> Vec<&'st
 pub fn read_counters(dir: &Path) -> anyhow::Result<Counters> {
     if legacy_layout(dir) {
         let map: PerCpuArray<_, Counters> =
-            PerCpuArray::try_from(pinned_map(&dir.join(pins::STATS))?)?;
+            PerCpuArray::try_from(pinned_map(&dir.join(LegacyPin::Stats.to_string()))?)?;
         let per_cpu = map.get(&0, 0).context("reading the counters")?;
         return Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
             sum += *c;
@@ -484,7 +486,8 @@ pub fn cgroup_gone(dir: &Path) -> bool {
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| pins::names::parse_link(n).is_some())
         })
         .collect();
     !links.is_empty()
