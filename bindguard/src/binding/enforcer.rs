@@ -149,9 +149,7 @@ pub(crate) fn attach(
         let mut changed = false;
         for (name, _) in &have {
             if !hooks.iter().any(|h| h.name == name) {
-                let pin = dir.join(pins::names::link(name));
-                fs::remove_file(&pin)
-                    .map_err(|source| crate::kernel::Error::Unpin { path: pin, source })?;
+                pins::unpin(&dir.join(pins::names::link(name)), &lock)?;
                 changed = true;
             }
         }
@@ -164,7 +162,7 @@ pub(crate) fn attach(
                 continue;
             }
             let pin = dir.join(pins::names::link(hook.name));
-            let _ = fs::remove_file(&pin);
+            let _ = pins::unpin(&pin, &lock);
             let link = set
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
@@ -206,9 +204,9 @@ pub(crate) fn attach(
     set.add_user(cgroup.id)?;
     let attached = if dir.exists() {
         let old = staging.exchange()?;
-        pins::remove_dir(&old)?;
+        pins::remove_dir(&old, &lock)?;
         if let Some(on) = on {
-            release(&on, cgroup.id);
+            release(&on, cgroup.id, &lock);
         }
         Attached::Replaced(dir)
     } else {
@@ -224,11 +222,11 @@ pub(crate) fn attach(
 /// The binding of cgroup `id` no longer runs `old`'s programs: the set is unpinned when no
 /// binding uses it any more, unless it is the running build's own (kept so the next attach
 /// loads nothing).
-fn release(old: &progset::Set, id: u64) {
-    old.remove_user(id);
+fn release(old: &progset::Set, id: u64, lock: &pins::Lock) {
+    old.remove_user(id, lock);
     if old.hash != object_hash() && !old.in_use() {
         if let Ok(set) = progset::Set::open(&old.dir) {
-            let _ = set.remove();
+            let _ = set.remove(lock);
         }
         progset::forget();
     }
@@ -394,7 +392,7 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     let on = progset::set_of_binding(&dir);
     pins::remove_binding(&dir, &lock)?;
     if let Some(on) = on {
-        release(&on, cgroup.id);
+        release(&on, cgroup.id, &lock);
     }
     Ok(Detached::Removed {
         cgroup: cgroup.path,
@@ -409,8 +407,11 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
 /// up to 2 s to be detached. Only the kernel's word (detached links) removes pins. The daemon
 /// takes the same path one binding at a time ([`release_stale`]) and waits with timers.
 pub fn remove_stale() -> anyhow::Result<usize> {
-    remove_stale_within(std::time::Duration::from_secs(2))
+    remove_stale_within(STALE_GRACE)
 }
+
+/// How long [`remove_stale`] gives a just-deleted cgroup's links to be detached.
+pub const STALE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// [`remove_stale`], giving a just-deleted cgroup's links `grace` to be detached. With no
 /// grace it removes what the kernel has already released, without waiting: what a
@@ -419,8 +420,13 @@ pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> 
     if !pins::bpffs_mounted() {
         return Ok(0);
     }
-    let lock = pins::lock()?;
-    sweep_abandoned(&lock);
+    remove_stale_locked(grace, &pins::lock()?)
+}
+
+/// [`remove_stale_within`] for a caller that already holds the pins lock (taking it again
+/// would wait for itself).
+pub fn remove_stale_locked(grace: std::time::Duration, lock: &pins::Lock) -> anyhow::Result<usize> {
+    sweep_abandoned(lock);
     let mut cgroups = crate::binding::cgroup::Namer::new();
     let deadline = std::time::Instant::now() + grace;
     let mut removed = 0;
@@ -432,7 +438,7 @@ pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> 
             continue;
         }
         loop {
-            match release_stale(id, &lock)? {
+            match release_stale(id, lock)? {
                 Stale::Removed => removed += 1,
                 Stale::Attached if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
@@ -444,7 +450,7 @@ pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> 
         }
     }
     if removed > 0 {
-        progset::remove_unused_old_sets(&lock);
+        progset::remove_unused_old_sets(lock);
     }
     Ok(removed)
 }
@@ -464,7 +470,7 @@ pub enum Stale {
 /// Removes the pins of the binding of cgroup `id` if the kernel has auto-detached its links
 /// (its cgroup was removed), and its entry in the program sets' users; never waits. The
 /// caller sweeps old sets that lost their last user ([`progset::remove_unused_old_sets`]).
-pub fn release_stale(id: u64, _lock: &pins::Lock) -> anyhow::Result<Stale> {
+pub fn release_stale(id: u64, lock: &pins::Lock) -> anyhow::Result<Stale> {
     let dir = pins::binding_dir(id);
     if !dir.exists() {
         return Ok(Stale::NoPins);
@@ -472,8 +478,8 @@ pub fn release_stale(id: u64, _lock: &pins::Lock) -> anyhow::Result<Stale> {
     if !cgroup_gone(&dir) {
         return Ok(Stale::Attached);
     }
-    pins::remove_dir(&dir)?;
-    progset::forget_user(id);
+    pins::remove_dir(&dir, lock)?;
+    progset::forget_user(id, lock);
     Ok(Stale::Removed)
 }
 

@@ -193,21 +193,23 @@ pub fn list() -> Vec<(u64, PathBuf)> {
 }
 
 /// A pin directory being filled for a new binding; removed (detaching what it holds) unless
-/// [`Staging::publish`] renames it into place.
-pub struct Staging {
+/// [`Staging::publish`] renames it into place. It borrows the lock it was made under, so the
+/// lock outlives it, its removal in `Drop` included.
+pub struct Staging<'l> {
     pub dir: PathBuf,
     cgroup_id: u64,
     target: PathBuf,
     published: bool,
+    lock: &'l Lock,
 }
 
-impl Staging {
-    pub fn new(cgroup_id: u64, _lock: &Lock) -> anyhow::Result<Self> {
+impl<'l> Staging<'l> {
+    pub fn new(cgroup_id: u64, lock: &'l Lock) -> anyhow::Result<Self> {
         let work = work();
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
         let dir = work.join(WorkDir::own(Stage::New, cgroup_id).to_string());
         if dir.exists() {
-            remove_dir(&dir)?;
+            remove_dir(&dir, lock)?;
         }
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
@@ -215,6 +217,7 @@ impl Staging {
             cgroup_id,
             target: binding_dir(cgroup_id),
             published: false,
+            lock,
         })
     }
 
@@ -300,16 +303,26 @@ fn rename_path(from: &Path, to: &Path) -> anyhow::Result<()> {
     .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
 }
 
-impl Drop for Staging {
+impl Drop for Staging<'_> {
     fn drop(&mut self) {
         if !self.published {
-            let _ = remove_dir(&self.dir);
+            let _ = remove_dir(&self.dir, self.lock);
         }
     }
 }
 
-/// Removes a pin directory. Unpinning the last reference to a link detaches its program.
-pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+/// Removes one pin. Unpinning the last reference to a link detaches its program. Takes the
+/// lock's token: nothing is unpinned under another bindguard's feet.
+pub fn unpin(pin: &Path, _lock: &Lock) -> Result<(), crate::kernel::Error> {
+    fs::remove_file(pin).map_err(|source| crate::kernel::Error::Unpin {
+        path: pin.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes a pin directory (a binding's, or a program set's once its subdirectories are
+/// gone). Unpinning the last reference to a link detaches its program.
+pub fn remove_dir(dir: &Path, lock: &Lock) -> anyhow::Result<()> {
     // Links first, so the programs stop before their maps lose their pins.
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -323,16 +336,13 @@ pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
             .is_none()
     });
     for entry in entries {
-        fs::remove_file(&entry).map_err(|source| crate::kernel::Error::Unpin {
-            path: entry,
-            source,
-        })?;
+        unpin(&entry, lock)?;
     }
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// Detaches a published binding: renamed away first (atomic), then its pins removed.
-pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
+pub fn remove_binding(dir: &Path, lock: &Lock) -> anyhow::Result<()> {
     let id = match dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -346,7 +356,7 @@ pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
     let dead = work.join(WorkDir::own(Stage::Dead, id).to_string());
     fs::rename(dir, &dead)
         .with_context(|| format!("renaming {} to {}", dir.display(), dead.display()))?;
-    remove_dir(&dead)
+    remove_dir(&dead, lock)
 }
 
 /// Every staging or dying binding directory in work/, with its path.
@@ -403,7 +413,7 @@ pub fn sweep_abandoned(lock: &Lock) {
         if is_ready(&dir) && rename_path(&dir, &binding_dir(id)).is_ok() {
             continue;
         }
-        let _ = remove_dir(&dir);
+        let _ = remove_dir(&dir, lock);
     }
 }
 

@@ -441,7 +441,7 @@ impl Set {
         }
     }
 
-    pub fn remove_user(&self, id: u64) {
+    pub fn remove_user(&self, id: u64, _lock: &pins::Lock) {
         let _ = fs::remove_dir(user(&self.dir, id));
     }
 
@@ -471,9 +471,9 @@ impl Set {
     }
 
     /// Unpins the set. Programs still linked somewhere keep running until their links go.
-    pub fn remove(self) -> anyhow::Result<()> {
+    pub fn remove(self, lock: &pins::Lock) -> anyhow::Result<()> {
         let Self { dir, .. } = self;
-        remove_set_dir(&dir)
+        remove_set_dir(&dir, lock)
     }
 }
 
@@ -555,7 +555,7 @@ fn absent_hooks(dir: &Path) -> Vec<(&'static Hook, Why)> {
     out
 }
 
-fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
+fn remove_set_dir(dir: &Path, lock: &pins::Lock) -> anyhow::Result<()> {
     for e in fs::read_dir(dir.join(SetEntry::Absent.to_string()))
         .into_iter()
         .flatten()
@@ -582,7 +582,7 @@ fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
             let _ = fs::remove_dir(e.path());
         }
     }
-    pins::remove_dir(dir)
+    pins::remove_dir(dir, lock)
 }
 
 /// The link pins of a binding directory and what the kernel says about each (pins that cannot
@@ -659,7 +659,7 @@ fn list_pins(fd: OwnedFd, mut f: impl FnMut(&str)) -> bool {
 /// Unpins every set of another build that no binding uses any more (after bindings were
 /// removed without moving off their set: deleted cgroups, exec and oci-hook cleanup). The
 /// running build's set is kept. Call with the pins lock held.
-pub fn remove_unused_old_sets(_lock: &pins::Lock) {
+pub fn remove_unused_old_sets(lock: &pins::Lock) {
     let current = dir_name(hooks::object_hash());
     for dir in list() {
         if dir.file_name().is_some_and(|n| *n == *current) {
@@ -668,7 +668,7 @@ pub fn remove_unused_old_sets(_lock: &pins::Lock) {
         if let Ok(set) = Set::open(&dir)
             && !set.in_use()
         {
-            let _ = set.remove();
+            let _ = set.remove(lock);
             forget();
         }
     }
@@ -677,7 +677,7 @@ pub fn remove_unused_old_sets(_lock: &pins::Lock) {
 /// Drops the `users/<id>` entry of cgroup `id` from every set: for callers that remove a
 /// binding's pins without a detach (exec and oci-hook cleanup, stale bindings). An entry left
 /// behind only costs an inode, and delays removing an old set.
-pub fn forget_user(id: u64) {
+pub fn forget_user(id: u64, _lock: &pins::Lock) {
     for dir in list() {
         let _ = fs::remove_dir(user(&dir, id));
     }
@@ -819,19 +819,19 @@ pub fn current(lock: &pins::Lock) -> anyhow::Result<(Set, Vec<LeftOut>)> {
 
 /// Removes set staging directories left by a load that was killed (with the lock held, any
 /// staging directory is abandoned: its maker would hold the lock).
-pub fn sweep_abandoned(_lock: &pins::Lock) {
+pub fn sweep_abandoned(lock: &pins::Lock) {
     for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
         if is_staging(&entry.file_name()) {
-            let _ = remove_set_dir(&entry.path());
+            let _ = remove_set_dir(&entry.path(), lock);
         }
     }
 }
 
-fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
+fn load(dir: &Path, lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
     fs::create_dir_all(root()).with_context(|| format!("creating {}", root().display()))?;
     let staging = root().join(SetsEntry::own_staging(hooks::object_hash()).to_string());
     if staging.exists() {
-        remove_set_dir(&staging)?;
+        remove_set_dir(&staging, lock)?;
     }
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let fill = || -> anyhow::Result<Vec<LeftOut>> {
@@ -851,7 +851,7 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
     };
     let result = fill();
     if result.is_err() {
-        let _ = remove_set_dir(&staging);
+        let _ = remove_set_dir(&staging, lock);
     }
     result
 }

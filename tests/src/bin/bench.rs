@@ -355,7 +355,8 @@ fn main() {
                 if set.in_use() {
                     break;
                 }
-                set.remove().expect("unpinning the unused program set");
+                let lock = bindguard::kernel::pins::lock().expect("the pins lock");
+                set.remove(&lock).expect("unpinning the unused program set");
             }
             let cg = TestCgroup::new();
             first_attach.push(timed(attach_cmd(&cg.path, UPLINK_B, &host, &[])));
@@ -1157,7 +1158,9 @@ fn scale_phase(report: &mut String, scale: usize, started: Instant) {
         poststop_ms.push(start.elapsed().as_secs_f64() * 1e3);
         assert!(o.status.success(), "oci-hook poststop: {o:?}");
         if pins.exists() {
-            let _ = bindguard::kernel::pins::remove_dir(&pins);
+            if let Ok(lock) = bindguard::kernel::pins::lock() {
+                let _ = bindguard::kernel::pins::remove_dir(&pins, &lock);
+            }
             panic!("oci-hook poststop left {}", pins.display());
         }
     }
@@ -1808,9 +1811,11 @@ impl Drop for ScaleCgroups {
     fn drop(&mut self) {
         for (p, id) in self.paths.iter().zip(&self.ids) {
             let pins = bindguard::kernel::pins::binding_dir(*id);
-            if pins.exists() {
-                let _ = bindguard::kernel::pins::remove_dir(&pins);
-                bindguard::kernel::progset::forget_user(*id);
+            if pins.exists()
+                && let Ok(lock) = bindguard::kernel::pins::lock()
+            {
+                let _ = bindguard::kernel::pins::remove_dir(&pins, &lock);
+                bindguard::kernel::progset::forget_user(*id, &lock);
             }
             let _ = fs::remove_dir(p);
         }
@@ -2309,10 +2314,15 @@ fn nri_sync_bench(s: &Scenario, n: usize, started: Instant) -> String {
     struct Pins(Vec<u64>);
     impl Drop for Pins {
         fn drop(&mut self) {
+            let Ok(lock) = bindguard::kernel::pins::lock() else {
+                return;
+            };
             for &id in &self.0 {
-                let _ =
-                    bindguard::kernel::pins::remove_dir(&bindguard::kernel::pins::binding_dir(id));
-                bindguard::kernel::progset::forget_user(id);
+                let _ = bindguard::kernel::pins::remove_dir(
+                    &bindguard::kernel::pins::binding_dir(id),
+                    &lock,
+                );
+                bindguard::kernel::progset::forget_user(id, &lock);
             }
         }
     }
