@@ -224,7 +224,7 @@ pub(crate) fn attach(
 /// loads nothing).
 fn release(old: &progset::Set, id: u64, lock: &pins::Lock) {
     old.remove_user(id, lock);
-    if old.hash != object_hash() && !old.in_use() {
+    if old.hash != object_hash() && !old.in_use(lock) {
         if let Ok(set) = progset::Set::open(&old.dir) {
             let _ = set.remove(lock);
         }

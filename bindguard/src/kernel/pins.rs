@@ -343,13 +343,12 @@ pub fn remove_dir(dir: &Path, lock: &Lock) -> anyhow::Result<()> {
 
 /// Detaches a published binding: renamed away first (atomic), then its pins removed.
 pub fn remove_binding(dir: &Path, lock: &Lock) -> anyhow::Result<()> {
-    let id = match dir
+    let name = dir
         .file_name()
         .and_then(|n| n.to_str())
-        .map(RootEntry::parse)
-    {
-        Some(Some(RootEntry::Binding(id))) => id,
-        _ => anyhow::bail!("{} is not a binding directory", dir.display()),
+        .context("binding directory without a name")?;
+    let Some(RootEntry::Binding(id)) = RootEntry::parse(name) else {
+        anyhow::bail!("{} is not a binding directory", dir.display());
     };
     let work = work();
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;

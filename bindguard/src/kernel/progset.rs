@@ -447,8 +447,8 @@ impl Set {
 
     /// Whether some binding still links this set's programs. Entries of bindings that moved
     /// away, were detached by an interrupted command or whose cgroup is gone are dropped on the
-    /// way; the first live one ends the search.
-    pub fn in_use(&self) -> bool {
+    /// way (hence the lock's token); the first live one ends the search.
+    pub fn in_use(&self, _lock: &pins::Lock) -> bool {
         let ids = self.program_ids();
         for entry in fs::read_dir(users(&self.dir))
             .into_iter()
@@ -666,7 +666,7 @@ pub fn remove_unused_old_sets(lock: &pins::Lock) {
             continue;
         }
         if let Ok(set) = Set::open(&dir)
-            && !set.in_use()
+            && !set.in_use(lock)
         {
             let _ = set.remove(lock);
             forget();

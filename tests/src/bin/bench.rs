@@ -352,10 +352,11 @@ fn main() {
                 bindguard::kernel::progset::dir_name(bindguard::kernel::hooks::object_hash()),
             );
             if let Ok(set) = bindguard::kernel::progset::Set::open(&dir) {
-                if set.in_use() {
+                // Released before the attach below, which takes it in another process.
+                let lock = bindguard::kernel::pins::lock().expect("the pins lock");
+                if set.in_use(&lock) {
                     break;
                 }
-                let lock = bindguard::kernel::pins::lock().expect("the pins lock");
                 set.remove(&lock).expect("unpinning the unused program set");
             }
             let cg = TestCgroup::new();
