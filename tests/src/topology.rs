@@ -286,9 +286,11 @@ impl Default for TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         let pins = self.pins();
-        if pins.exists() {
-            let _ = bindguard::kernel::pins::remove_dir(&pins);
-            bindguard::kernel::progset::forget_user(self.id);
+        if pins.exists()
+            && let Ok(lock) = bindguard::kernel::pins::lock()
+        {
+            let _ = bindguard::kernel::pins::remove_dir(&pins, &lock);
+            bindguard::kernel::progset::forget_user(self.id, &lock);
         }
         let _ = fs::write(self.path.join("cgroup.kill"), "1");
         let deadline = Instant::now() + Duration::from_secs(5);

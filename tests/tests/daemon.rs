@@ -900,7 +900,7 @@ fn removed_pins_are_repaired_and_a_recreated_cgroup_is_bound_again() {
     // emptied file by file.
     let aside = bindguard::kernel::pins::root().join(format!("gone-{}", s.cg.id));
     fs::rename(s.cg.pins(), &aside).unwrap();
-    bindguard::kernel::pins::remove_dir(&aside).unwrap();
+    bindguard::kernel::pins::remove_dir(&aside, &bindguard::kernel::pins::lock().unwrap()).unwrap();
     assert!(
         wait_until(Duration::from_secs(2), || entry(&s, s.cg.id)
             .is_some_and(|e| problems(&e).is_empty())),
@@ -1479,9 +1479,11 @@ impl Drop for Cgroups {
         for p in paths {
             let Ok(m) = fs::metadata(&p) else { continue };
             let pins = bindguard::kernel::pins::binding_dir(m.ino());
-            if pins.exists() {
-                let _ = bindguard::kernel::pins::remove_dir(&pins);
-                bindguard::kernel::progset::forget_user(m.ino());
+            if pins.exists()
+                && let Ok(lock) = bindguard::kernel::pins::lock()
+            {
+                let _ = bindguard::kernel::pins::remove_dir(&pins, &lock);
+                bindguard::kernel::progset::forget_user(m.ino(), &lock);
             }
             let _ = fs::write(p.join("cgroup.kill"), "1");
             let deadline = Instant::now() + Duration::from_secs(5);

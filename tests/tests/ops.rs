@@ -401,9 +401,11 @@ impl Drop for PodPins {
     fn drop(&mut self) {
         for id in self.0.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
             let dir = bindguard::kernel::pins::binding_dir(id);
-            if dir.exists() {
-                let _ = bindguard::kernel::pins::remove_dir(&dir);
-                bindguard::kernel::progset::forget_user(id);
+            if dir.exists()
+                && let Ok(lock) = bindguard::kernel::pins::lock()
+            {
+                let _ = bindguard::kernel::pins::remove_dir(&dir, &lock);
+                bindguard::kernel::progset::forget_user(id, &lock);
             }
         }
     }

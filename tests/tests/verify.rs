@@ -64,7 +64,8 @@ fn verify_fails_when_pins_are_removed() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("FAIL links: not enforced"), "{out}");
     // All pins gone: there is no binding any more.
-    bindguard::kernel::pins::remove_dir(&s.cg.pins()).unwrap();
+    bindguard::kernel::pins::remove_dir(&s.cg.pins(), &bindguard::kernel::pins::lock().unwrap())
+        .unwrap();
     let (code, out, err) = verify(&s, &[]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("has no bindguard binding"), "{err}");

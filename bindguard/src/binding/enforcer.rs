@@ -22,7 +22,8 @@ use crate::{
     },
     kernel::{
         hooks::{Hook, object_hash},
-        pins, progset,
+        pins::{self, names::LegacyPin},
+        progset,
     },
 };
 
@@ -148,11 +149,7 @@ pub(crate) fn attach(
         let mut changed = false;
         for (name, _) in &have {
             if Hook::from_name(name).is_none_or(|h| !hooks.contains(&h)) {
-                let pin = dir.join(pins::link_name(name));
-                // Detached now, not when the kernel's workqueue frees the unpinned link.
-                let _ = crate::kernel::link::detach_pinned(&pin);
-                fs::remove_file(&pin)
-                    .map_err(|source| crate::kernel::Error::Unpin { path: pin, source })?;
+                pins::unpin(&dir.join(pins::names::link(name)), &lock)?;
                 changed = true;
             }
         }
@@ -164,8 +161,8 @@ pub(crate) fn attach(
             if linked {
                 continue;
             }
-            let pin = dir.join(pins::link_name(hook.name()));
-            let _ = fs::remove_file(&pin);
+            let pin = dir.join(pins::names::link(hook.name()));
+            let _ = pins::unpin(&pin, &lock);
             let link = set
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
@@ -199,7 +196,7 @@ pub(crate) fn attach(
             let link = set
                 .link(hook, cgroup_fd)
                 .with_context(|| format!("cgroup {}", cgroup.path.display()))?;
-            let path = staging.dir.join(pins::link_name(hook.name()));
+            let path = staging.dir.join(pins::names::link(hook.name()));
             crate::kernel::link::pin(link.as_fd(), &path)
                 .map_err(|source| crate::kernel::Error::Pin { path, source })?;
         }
@@ -207,9 +204,9 @@ pub(crate) fn attach(
     set.add_user(cgroup.id)?;
     let attached = if dir.exists() {
         let old = staging.exchange()?;
-        pins::remove_dir(&old)?;
+        pins::remove_dir(&old, &lock)?;
         if let Some(on) = on {
-            release(&on, cgroup.id);
+            release(&on, cgroup.id, &lock);
         }
         Attached::Replaced(dir)
     } else {
@@ -225,11 +222,11 @@ pub(crate) fn attach(
 /// The binding of cgroup `id` no longer runs `old`'s programs: the set is unpinned when no
 /// binding uses it any more, unless it is the running build's own (kept so the next attach
 /// loads nothing).
-fn release(old: &progset::Set, id: u64) {
-    old.remove_user(id);
-    if old.hash != object_hash() && !old.in_use() {
+fn release(old: &progset::Set, id: u64, lock: &pins::Lock) {
+    old.remove_user(id, lock);
+    if old.hash != object_hash() && !old.in_use(lock) {
         if let Ok(set) = progset::Set::open(&old.dir) {
-            let _ = set.remove();
+            let _ = set.remove(lock);
         }
         progset::forget();
     }
@@ -270,7 +267,7 @@ pub fn set_unreached(cgroup_id: u64, n: u32) -> anyhow::Result<()> {
 /// Whether every link of `hooks` is pinned in `dir` and attached to cgroup `cgroup_id`.
 pub fn links_complete(dir: &Path, cgroup_id: u64, hooks: &[Hook]) -> bool {
     hooks.iter().all(|h| {
-        crate::kernel::link::pinned_state(&dir.join(pins::link_name(h.name())))
+        crate::kernel::link::pinned_state(&dir.join(pins::names::link(h.name())))
             .is_ok_and(|s| s.cgroup_id == Some(cgroup_id))
     })
 }
@@ -283,7 +280,7 @@ fn pinned_map(path: &Path) -> anyhow::Result<Map> {
 
 /// Whether `dir` is a binding made by a bindguard that loaded programs per binding.
 pub fn legacy_layout(dir: &Path) -> bool {
-    dir.join(pins::POLICY).exists()
+    dir.join(LegacyPin::Policy.to_string()).exists()
 }
 
 fn cgroup_id_of(dir: &Path) -> anyhow::Result<u64> {
@@ -294,7 +291,8 @@ fn cgroup_id_of(dir: &Path) -> anyhow::Result<u64> {
 /// its links run, by cgroup id.
 pub fn read_policy(dir: &Path) -> anyhow::Result<Policy> {
     if legacy_layout(dir) {
-        let map: Array<_, Policy> = Array::try_from(pinned_map(&dir.join(pins::POLICY))?)?;
+        let map: Array<_, Policy> =
+            Array::try_from(pinned_map(&dir.join(LegacyPin::Policy.to_string()))?)?;
         return map.get(&0, 0).context("reading the policy");
     }
     let id = cgroup_id_of(dir)?;
@@ -328,7 +326,7 @@ pub fn hooks_of_binding(policy: &Policy, set: Option<&progset::Set>) -> Vec<Hook
 pub fn read_counters(dir: &Path) -> anyhow::Result<Counters> {
     if legacy_layout(dir) {
         let map: PerCpuArray<_, Counters> =
-            PerCpuArray::try_from(pinned_map(&dir.join(pins::STATS))?)?;
+            PerCpuArray::try_from(pinned_map(&dir.join(LegacyPin::Stats.to_string()))?)?;
         let per_cpu = map.get(&0, 0).context("reading the counters")?;
         return Ok(per_cpu.iter().fold(Counters::default(), |mut sum, c| {
             sum += *c;
@@ -394,7 +392,7 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
     let on = progset::set_of_binding(&dir);
     pins::remove_binding(&dir, &lock)?;
     if let Some(on) = on {
-        release(&on, cgroup.id);
+        release(&on, cgroup.id, &lock);
     }
     Ok(Detached::Removed {
         cgroup: cgroup.path,
@@ -409,8 +407,11 @@ pub fn detach(arg: &Path) -> anyhow::Result<Detached> {
 /// up to 2 s to be detached. Only the kernel's word (detached links) removes pins. The daemon
 /// takes the same path one binding at a time ([`release_stale`]) and waits with timers.
 pub fn remove_stale() -> anyhow::Result<usize> {
-    remove_stale_within(std::time::Duration::from_secs(2))
+    remove_stale_within(STALE_GRACE)
 }
+
+/// How long [`remove_stale`] gives a just-deleted cgroup's links to be detached.
+pub const STALE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// [`remove_stale`], giving a just-deleted cgroup's links `grace` to be detached. With no
 /// grace it removes what the kernel has already released, without waiting: what a
@@ -419,8 +420,13 @@ pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> 
     if !pins::bpffs_mounted() {
         return Ok(0);
     }
-    let lock = pins::lock()?;
-    sweep_abandoned(&lock);
+    remove_stale_locked(grace, &pins::lock()?)
+}
+
+/// [`remove_stale_within`] for a caller that already holds the pins lock (taking it again
+/// would wait for itself).
+pub fn remove_stale_locked(grace: std::time::Duration, lock: &pins::Lock) -> anyhow::Result<usize> {
+    sweep_abandoned(lock);
     let mut cgroups = crate::binding::cgroup::Namer::new();
     let deadline = std::time::Instant::now() + grace;
     let mut removed = 0;
@@ -432,7 +438,7 @@ pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> 
             continue;
         }
         loop {
-            match release_stale(id, &lock)? {
+            match release_stale(id, lock)? {
                 Stale::Removed => removed += 1,
                 Stale::Attached if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
@@ -444,7 +450,7 @@ pub fn remove_stale_within(grace: std::time::Duration) -> anyhow::Result<usize> 
         }
     }
     if removed > 0 {
-        progset::remove_unused_old_sets(&lock);
+        progset::remove_unused_old_sets(lock);
     }
     Ok(removed)
 }
@@ -464,7 +470,7 @@ pub enum Stale {
 /// Removes the pins of the binding of cgroup `id` if the kernel has auto-detached its links
 /// (its cgroup was removed), and its entry in the program sets' users; never waits. The
 /// caller sweeps old sets that lost their last user ([`progset::remove_unused_old_sets`]).
-pub fn release_stale(id: u64, _lock: &pins::Lock) -> anyhow::Result<Stale> {
+pub fn release_stale(id: u64, lock: &pins::Lock) -> anyhow::Result<Stale> {
     let dir = pins::binding_dir(id);
     if !dir.exists() {
         return Ok(Stale::NoPins);
@@ -472,8 +478,8 @@ pub fn release_stale(id: u64, _lock: &pins::Lock) -> anyhow::Result<Stale> {
     if !cgroup_gone(&dir) {
         return Ok(Stale::Attached);
     }
-    pins::remove_dir(&dir)?;
-    progset::forget_user(id);
+    pins::remove_dir(&dir, lock)?;
+    progset::forget_user(id, lock);
     Ok(Stale::Removed)
 }
 
@@ -486,7 +492,8 @@ pub fn cgroup_gone(dir: &Path) -> bool {
         .map(|e| e.path())
         .filter(|p| {
             p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| pins::names::parse_link(n).is_some())
         })
         .collect();
     !links.is_empty()

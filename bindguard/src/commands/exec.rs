@@ -59,8 +59,9 @@ impl TransientCgroup {
 }
 
 /// Kills what is left in `path`, waits until the cgroup is empty, then removes its binding's
-/// pins and the cgroup. In that order: a process still running when the pins went would make
-/// its next sockets unbound. A cgroup that cannot be emptied keeps its binding (fail closed).
+/// pins (under the pins lock, which nothing in this process holds here) and the cgroup. In
+/// that order: a process still running when the pins went would make its next sockets
+/// unbound. A cgroup that cannot be emptied keeps its binding (fail closed).
 fn remove(path: &Path, id: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     if !cgroup::kill_all(path, Duration::from_secs(10)) {
@@ -68,8 +69,18 @@ fn remove(path: &Path, id: u64) {
     }
     let pins = pins::binding_dir(id);
     if pins.exists() {
-        let _ = pins::remove_dir(&pins);
-        crate::kernel::progset::forget_user(id);
+        match pins::lock() {
+            Ok(lock) => {
+                let _ = pins::remove_dir(&pins, &lock);
+                crate::kernel::progset::forget_user(id, &lock);
+            }
+            // The pins stay: once the cgroup is removed below, the kernel detaches their links
+            // and `bindguard detach` (or the next sweep of deleted cgroups) removes them.
+            Err(e) => eprintln!(
+                "bindguard: warning: leaving the pins of {}: {e:#}",
+                path.display()
+            ),
+        }
     }
     while fs::remove_dir(path).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));

@@ -6,7 +6,7 @@
 //! May import: [`crate::binding`], [`crate::kernel`] to read (pins, links, the program set)
 //! and [`crate::error`]. Never [`crate::service`]. Two cleanups still write below the binding
 //! layer: `exec` and `oci` remove their own binding's pins with `pins::remove_dir` and
-//! `progset::forget_user`.
+//! `progset::forget_user`, holding the pins lock (both take its token).
 
 pub mod attach;
 pub mod detach;

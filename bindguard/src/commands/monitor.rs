@@ -28,7 +28,14 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use crate::{
     binding::{enforcer, netdev},
     error::{printable, printable_path},
-    kernel::{hooks::Hook, pins, progset},
+    kernel::{
+        hooks::Hook,
+        pins::{
+            self,
+            names::{LegacyPin, SetMap},
+        },
+        progset,
+    },
 };
 
 /// One event as `monitor --json` prints it (one object per line).
@@ -239,7 +246,7 @@ fn open_ring(path: &Path) -> anyhow::Result<RingBuf<MapData>> {
 
 fn open_set(dir: &Path) -> anyhow::Result<Ring> {
     Ok(Ring {
-        ring: open_ring(&dir.join(progset::EVENTS))?,
+        ring: open_ring(&dir.join(SetMap::Events.to_string()))?,
         source: Source::Set(std::sync::Arc::new(progset::Set::open(dir)?)),
     })
 }
@@ -247,7 +254,7 @@ fn open_set(dir: &Path) -> anyhow::Result<Ring> {
 fn open_legacy(id: u64, dir: &Path) -> anyhow::Result<Ring> {
     let policy = enforcer::read_policy(dir)?;
     Ok(Ring {
-        ring: open_ring(&dir.join(pins::EVENTS))?,
+        ring: open_ring(&dir.join(LegacyPin::Events.to_string()))?,
         source: Source::Binding {
             id,
             dev: netdev::name_from_bytes(&policy.ifname),

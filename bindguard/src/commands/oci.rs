@@ -203,6 +203,12 @@ fn create(
 }
 
 fn poststop(state: &State) -> anyhow::Result<Outcome> {
+    if !pins::bpffs_mounted() {
+        return Ok(Outcome::Cleaned { removed: 0 });
+    }
+    // One lock for both steps: the sweep below is given it rather than taking it again (a
+    // second flock of the root from this process would wait for this one forever).
+    let lock = pins::lock()?;
     let mut removed = 0;
     // The runtime may remove the container's cgroup before poststop (runc does): the kernel
     // then detached the programs and the pins are leftovers, removed with every other such.
@@ -220,14 +226,13 @@ fn poststop(state: &State) -> anyhow::Result<Outcome> {
         if let Ok(cg) = cgroup::resolve(&candidate) {
             let dir = pins::binding_dir(cg.id);
             if dir.exists() && enforcer::maker(&dir) == Some(Maker::Oci) {
-                let _lock = pins::lock()?;
-                pins::remove_dir(&dir)?;
-                crate::kernel::progset::forget_user(cg.id);
+                pins::remove_dir(&dir, &lock)?;
+                crate::kernel::progset::forget_user(cg.id, &lock);
                 removed += 1;
             }
         }
     }
-    removed += enforcer::remove_stale()?;
+    removed += enforcer::remove_stale_locked(enforcer::STALE_GRACE, &lock)?;
     Ok(Outcome::Cleaned { removed })
 }
 

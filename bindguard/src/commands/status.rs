@@ -304,7 +304,7 @@ impl Sets {
             return Some(self.sets[*i].clone());
         }
         let program = pinned.names().find_map(|name| {
-            link::pinned_state(&dir.join(pins::link_name(name)))
+            link::pinned_state(&dir.join(pins::names::link(name)))
                 .ok()
                 .map(|s| s.program_id)
         })?;
@@ -496,7 +496,7 @@ fn read_binding(raw: Raw, cache: &mut Cache) -> Binding {
             kind: ProblemKind::LinkMissing,
             message: format!(
                 "{} {why}: this hook is not enforced; re-attach",
-                dir.join(pins::link_name(hook.name())).display()
+                dir.join(pins::names::link(hook.name())).display()
             ),
         };
         let mut info = LinkInfo {

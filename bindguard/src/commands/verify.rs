@@ -516,7 +516,7 @@ pub fn verify(arg: &Path, to: Option<IpAddr>) -> anyhow::Result<Report> {
     let set = crate::kernel::progset::set_of_binding(&dir);
     let hooks = enforcer::hooks_of_binding(&policy, set.as_deref());
     for hook in &hooks {
-        let path = dir.join(pins::link_name(hook.name()));
+        let path = dir.join(pins::names::link(hook.name()));
         match link::pinned_state(&path) {
             Ok(s) if s.cgroup_id == Some(binding_id) => {}
             Ok(s) => link_problems.push(format!("{} attached to {:?}", hook.name(), s.cgroup_id)),

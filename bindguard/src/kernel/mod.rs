@@ -2,7 +2,8 @@
 //! is for.
 //!
 //! - [`link`]: bpf(2) attributes, one function per command (link create, pin, info by fd).
-//! - [`pins`]: bpffs: mounting it, the pins lock, staging directories, pin names.
+//! - [`pins`]: bpffs: mounting it, the pins lock, staging directories; [`pins::names`]: every
+//!   name bindguard writes there, formatted and parsed in one place.
 //! - [`hooks`]: the hook table and the embedded eBPF object.
 //! - [`progset`]: the program set, loaded and verified once per build and pinned.
 //! - [`rawload`]: BPF_PROG_LOAD for the one program aya cannot load (cgroup/connect_unix).

@@ -14,6 +14,8 @@
 //!
 //! Bindings made by bindguard builds before the shared set also have `policy`, `stats` and
 //! `events` pins of their own; they are read as such and replaced on the next attach.
+//!
+//! Every name in this layout is written and read back by [`names`], nowhere else.
 
 use std::{
     fs,
@@ -29,22 +31,11 @@ use nix::{
 
 use crate::Error;
 
+pub mod names;
+
+use names::{RootEntry, Stage, WorkDir};
+
 pub const BPFFS: &str = "/sys/fs/bpf";
-pub const POLICY: &str = "policy";
-pub const STATS: &str = "stats";
-pub const EVENTS: &str = "events";
-const ROOT: &str = "bindguard";
-const WORK: &str = "work";
-// bpffs refuses names with a dot, so staging dirs are told apart by not being a number.
-const NEW_PREFIX: &str = "new-";
-/// A binding being detached is first renamed to `dead-<cgroup-id>-<pid>`, so a detach killed
-/// half-way leaves a directory the next command finishes, never a half binding under the
-/// binding's own name.
-const DEAD_PREFIX: &str = "dead-";
-/// A complete staging directory waiting to replace a binding on a bpffs without
-/// RENAME_EXCHANGE (before Linux 5.15): if the replacement is killed half-way, the next sweep
-/// publishes it when the binding is missing and removes it otherwise.
-const READY_PREFIX: &str = "ready-";
 
 /// Makes sure bpffs is mounted at /sys/fs/bpf, mounting it if needed.
 pub fn ensure_bpffs() -> anyhow::Result<()> {
@@ -79,35 +70,26 @@ pub fn bpffs_mounted() -> bool {
 
 /// /sys/fs/bpf/bindguard
 pub fn root() -> PathBuf {
-    Path::new(BPFFS).join(ROOT)
+    Path::new(BPFFS).join(names::ROOT)
 }
 
 /// /sys/fs/bpf/bindguard/work: staging and dying bindings.
 pub fn work() -> PathBuf {
-    root().join(WORK)
+    root().join(RootEntry::Work.to_string())
 }
 
 /// The cgroup id a binding directory is for: its name, or the id in a staging/dead name.
 pub fn cgroup_id_of(dir: &Path) -> Option<u64> {
     let name = dir.file_name()?.to_str()?;
-    if let Ok(id) = name.parse() {
+    if let Some(RootEntry::Binding(id)) = RootEntry::parse(name) {
         return Some(id);
     }
-    let rest = name
-        .strip_prefix(NEW_PREFIX)
-        .or_else(|| name.strip_prefix(DEAD_PREFIX))
-        .or_else(|| name.strip_prefix(READY_PREFIX))?;
-    rest.rsplit_once('-')?.0.parse().ok()
+    WorkDir::parse(name).map(|w| w.cgroup_id)
 }
 
 /// The pin directory of the binding of cgroup `id`.
 pub fn binding_dir(cgroup_id: u64) -> PathBuf {
-    root().join(cgroup_id.to_string())
-}
-
-/// The pin name of the link of one hook.
-pub fn link_name(hook: &str) -> String {
-    format!("link_{hook}")
+    root().join(RootEntry::Binding(cgroup_id).to_string())
 }
 
 /// Exclusive lock over all bindings, held while one is created, changed or removed, so two
@@ -158,12 +140,11 @@ fn trusted_root(root: &Path) -> anyhow::Result<()> {
             return Ok(());
         }
         Ok(_) => {
-            let aside = root.with_file_name(format!(
-                "{ROOT}-untrusted-{}-{}",
+            let aside = root.with_file_name(names::aside(
                 std::process::id(),
                 std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos())
+                    .map_or(0, |d| d.as_nanos()),
             ));
             fs::rename(root, &aside).with_context(|| {
                 format!(
@@ -202,9 +183,9 @@ pub fn list() -> Vec<(u64, PathBuf)> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| {
-            let id = e.file_name().to_str()?.parse::<u64>().ok()?;
-            Some((id, e.path()))
+        .filter_map(|e| match RootEntry::parse(e.file_name().to_str()?)? {
+            RootEntry::Binding(id) => Some((id, e.path())),
+            _ => None,
         })
         .collect();
     out.sort();
@@ -212,21 +193,23 @@ pub fn list() -> Vec<(u64, PathBuf)> {
 }
 
 /// A pin directory being filled for a new binding; removed (detaching what it holds) unless
-/// [`Staging::publish`] renames it into place.
-pub struct Staging {
+/// [`Staging::publish`] renames it into place. It borrows the lock it was made under, so the
+/// lock outlives it, its removal in `Drop` included.
+pub struct Staging<'l> {
     pub dir: PathBuf,
     cgroup_id: u64,
     target: PathBuf,
     published: bool,
+    lock: &'l Lock,
 }
 
-impl Staging {
-    pub fn new(cgroup_id: u64, _lock: &Lock) -> anyhow::Result<Self> {
+impl<'l> Staging<'l> {
+    pub fn new(cgroup_id: u64, lock: &'l Lock) -> anyhow::Result<Self> {
         let work = work();
         fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-        let dir = work.join(format!("{NEW_PREFIX}{cgroup_id}-{}", std::process::id()));
+        let dir = work.join(WorkDir::own(Stage::New, cgroup_id).to_string());
         if dir.exists() {
-            remove_dir(&dir)?;
+            remove_dir(&dir, lock)?;
         }
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self {
@@ -234,6 +217,7 @@ impl Staging {
             cgroup_id,
             target: binding_dir(cgroup_id),
             published: false,
+            lock,
         })
     }
 
@@ -279,11 +263,10 @@ impl Staging {
     /// next sweep publishes the ready directory (see [`sweep_abandoned`]).
     fn replace_in_steps(mut self) -> anyhow::Result<PathBuf> {
         let work = work();
-        let tag = format!("{}-{}", self.cgroup_id, std::process::id());
-        let ready = work.join(format!("{READY_PREFIX}{tag}"));
+        let ready = work.join(WorkDir::own(Stage::Ready, self.cgroup_id).to_string());
         rename_path(&self.dir, &ready)?;
         self.dir = ready.clone();
-        let dead = work.join(format!("{DEAD_PREFIX}{tag}"));
+        let dead = work.join(WorkDir::own(Stage::Dead, self.cgroup_id).to_string());
         rename_path(&self.target, &dead)?;
         if let Err(e) = rename_path(&ready, &self.target) {
             // Put the old binding back; the staged links go with `self`.
@@ -320,16 +303,37 @@ fn rename_path(from: &Path, to: &Path) -> anyhow::Result<()> {
     .with_context(|| format!("renaming {} to {}", from.display(), to.display()))
 }
 
-impl Drop for Staging {
+impl Drop for Staging<'_> {
     fn drop(&mut self) {
         if !self.published {
-            let _ = remove_dir(&self.dir);
+            let _ = remove_dir(&self.dir, self.lock);
         }
     }
 }
 
-/// Removes a pin directory. Unpinning the last reference to a link detaches its program.
-pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+/// Removes one pin; a link's program is detached before this returns. Takes the lock's
+/// token: nothing is unpinned under another bindguard's feet.
+pub fn unpin(pin: &Path, _lock: &Lock) -> Result<(), crate::kernel::Error> {
+    // A link is detached first: unpinned, the kernel frees it (and so detaches its program)
+    // from a workqueue, and under load the program ran on after the command had returned. A
+    // link whose cgroup is gone is detached already: the unpin is what matters then.
+    if pin
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(names::parse_link)
+        .is_some()
+    {
+        let _ = crate::kernel::link::detach_pinned(pin);
+    }
+    fs::remove_file(pin).map_err(|source| crate::kernel::Error::Unpin {
+        path: pin.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes a pin directory (a binding's, or a program set's once its subdirectories are
+/// gone). Unpinning the last reference to a link detaches its program.
+pub fn remove_dir(dir: &Path, lock: &Lock) -> anyhow::Result<()> {
     // Links first, so the programs stop before their maps lose their pins.
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
@@ -337,58 +341,42 @@ pub fn remove_dir(dir: &Path) -> anyhow::Result<()> {
         .map(|e| e.path())
         .collect();
     entries.sort_by_key(|p| {
-        !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(names::parse_link)
+            .is_none()
     });
     for entry in entries {
-        if entry
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
-        {
-            // A link whose cgroup is gone is detached already: the unpin is what matters.
-            let _ = crate::kernel::link::detach_pinned(&entry);
-        }
-        fs::remove_file(&entry).map_err(|source| crate::kernel::Error::Unpin {
-            path: entry,
-            source,
-        })?;
+        unpin(&entry, lock)?;
     }
     fs::remove_dir(dir).with_context(|| format!("removing {}", dir.display()))
 }
 
 /// Detaches a published binding: renamed away first (atomic), then its pins removed.
-pub fn remove_binding(dir: &Path, _lock: &Lock) -> anyhow::Result<()> {
-    let id = dir
+pub fn remove_binding(dir: &Path, lock: &Lock) -> anyhow::Result<()> {
+    let name = dir
         .file_name()
         .and_then(|n| n.to_str())
         .context("binding directory without a name")?;
+    let Some(RootEntry::Binding(id)) = RootEntry::parse(name) else {
+        anyhow::bail!("{} is not a binding directory", dir.display());
+    };
     let work = work();
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let dead = work.join(format!("{DEAD_PREFIX}{id}-{}", std::process::id()));
+    let dead = work.join(WorkDir::own(Stage::Dead, id).to_string());
     fs::rename(dir, &dead)
         .with_context(|| format!("renaming {} to {}", dir.display(), dead.display()))?;
-    remove_dir(&dead)
+    remove_dir(&dead, lock)
 }
 
-/// Every staging or dying binding directory in work/: (cgroup id, pid of its maker, path).
-fn work_entries() -> Vec<(u64, Option<i32>, PathBuf)> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(work()).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| {
-            n.strip_prefix(NEW_PREFIX)
-                .or_else(|| n.strip_prefix(DEAD_PREFIX))
-                .or_else(|| n.strip_prefix(READY_PREFIX))
-        }) else {
-            continue;
-        };
-        let mut parts = rest.rsplitn(2, '-');
-        let pid = parts.next().and_then(|p| p.parse::<i32>().ok());
-        if let Some(id) = parts.next().and_then(|i| i.parse::<u64>().ok()) {
-            out.push((id, pid, entry.path()));
-        }
-    }
-    out
+/// Every staging or dying binding directory in work/, with its path.
+fn work_entries() -> Vec<(WorkDir, PathBuf)> {
+    fs::read_dir(work())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((WorkDir::parse(e.file_name().to_str()?)?, e.path())))
+        .collect()
 }
 
 /// A directory left by an attach (staging) or detach that was killed before it finished:
@@ -403,10 +391,13 @@ pub fn abandoned() -> Vec<(u64, PathBuf)> {
         .and_then(|f| Flock::lock(f, FlockArg::LockSharedNonblock).ok());
     work_entries()
         .into_iter()
-        .filter(|(_, pid, _)| {
-            idle.is_some() || !pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        .filter(|(w, _)| {
+            idle.is_some()
+                || !w
+                    .pid
+                    .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
         })
-        .map(|(id, _, path)| (id, path))
+        .map(|(w, path)| (w.cgroup_id, path))
         .collect()
 }
 
@@ -415,7 +406,7 @@ pub fn abandoned() -> Vec<(u64, PathBuf)> {
 pub fn abandoned_locked(_lock: &Lock) -> Vec<(u64, PathBuf)> {
     work_entries()
         .into_iter()
-        .map(|(id, _, path)| (id, path))
+        .map(|(w, path)| (w.cgroup_id, path))
         .collect()
 }
 
@@ -432,12 +423,12 @@ pub fn sweep_abandoned(lock: &Lock) {
         if is_ready(&dir) && rename_path(&dir, &binding_dir(id)).is_ok() {
             continue;
         }
-        let _ = remove_dir(&dir);
+        let _ = remove_dir(&dir, lock);
     }
 }
 
 fn is_ready(dir: &Path) -> bool {
     dir.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with(READY_PREFIX))
+        .and_then(|n| WorkDir::parse(n.to_str()?))
+        .is_some_and(|w| w.stage == Stage::Ready)
 }

@@ -45,16 +45,12 @@ use bindguard_common::{Counters, KernelLayout, Policy};
 use crate::kernel::{
     Error,
     hooks::{self, Hook, Kind},
-    link, pins,
+    link,
+    pins::{
+        self,
+        names::{self, BindingPin, Build, LegacyPin, RootEntry, SetEntry, SetMap, SetsEntry, User},
+    },
 };
-
-pub const POLICY: &str = "policy";
-pub const STATS: &str = "stats";
-pub const EVENTS: &str = "events";
-const USERS: &str = "users";
-const ABSENT: &str = "absent";
-const NEW_PREFIX: &str = "new-";
-const BUILD_PREFIX: &str = "build-";
 
 /// A build's place in the upgrade order: two daemons of different builds (an upgrade overlap)
 /// agree on which one's programs a binding should run — the newer build's — so the older one
@@ -86,10 +82,13 @@ impl Rank {
         }
     }
 
-    /// The set directory entry that records it (bpffs refuses dots).
+    /// The set directory entry that records it.
     fn entry(&self) -> String {
-        let (a, b, c) = self.version;
-        format!("{BUILD_PREFIX}{a}_{b}_{c}-{}", self.commit_time)
+        SetEntry::Build(Build {
+            version: self.version,
+            commit_time: self.commit_time,
+        })
+        .to_string()
     }
 
     /// Records in set directory `dir` (this build's own set) that this build uses it: builds
@@ -107,14 +106,9 @@ impl Rank {
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| {
-                let name = e.file_name();
-                let (version, time) = name.to_str()?.strip_prefix(BUILD_PREFIX)?.split_once('-')?;
-                let mut v = version.split('_').map(|p| p.parse::<u64>().ok());
-                Some((
-                    (v.next()??, v.next()??, v.next()??),
-                    time.parse::<u64>().ok()?,
-                ))
+            .filter_map(|e| match SetEntry::parse(e.file_name().to_str()?)? {
+                SetEntry::Build(b) => Some((b.version, b.commit_time)),
+                _ => None,
             })
             .max();
         let (version, commit_time) = recorded.unwrap_or(((0, 0, 0), 0));
@@ -139,16 +133,36 @@ impl std::fmt::Display for Rank {
 
 /// /sys/fs/bpf/bindguard/programs
 pub fn root() -> PathBuf {
-    pins::root().join("programs")
+    pins::root().join(RootEntry::Programs.to_string())
 }
 
-/// Directory name of the set of the object with this hash (bpffs refuses dots; hex is short).
+/// Directory name of the set of the object with this hash.
 pub fn dir_name(hash: u64) -> String {
-    format!("{hash:016x}")
+    SetsEntry::Set(hash).to_string()
 }
 
-fn prog_pin(name: &str) -> String {
-    format!("prog_{name}")
+/// The hash of the set directory named `name` (None: not a set, or one being loaded).
+fn hash_of(name: &std::ffi::OsStr) -> Option<u64> {
+    match SetsEntry::parse(name.to_str()?)? {
+        SetsEntry::Set(hash) => Some(hash),
+        SetsEntry::Staging { .. } => None,
+    }
+}
+
+fn is_staging(name: &std::ffi::OsStr) -> bool {
+    name.to_str()
+        .and_then(SetsEntry::parse)
+        .is_some_and(|e| matches!(e, SetsEntry::Staging { .. }))
+}
+
+/// The `users/` directory of the set at `dir`.
+fn users(dir: &Path) -> PathBuf {
+    dir.join(SetEntry::Users.to_string())
+}
+
+/// The entry in the set at `dir` that records the binding of cgroup `id` as a user.
+fn user(dir: &Path, id: u64) -> PathBuf {
+    users(dir).join(User(id).to_string())
 }
 
 /// One pinned program set, with its per-binding maps open.
@@ -207,13 +221,12 @@ impl Set {
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
         let hash = dir
             .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| u64::from_str_radix(n, 16).ok())
+            .and_then(hash_of)
             .with_context(|| format!("{} is not a program set", dir.display()))?;
         // The kernel copies the map's value size into the buffer a lookup is given: a set of a
         // build with another Policy or Counters layout is refused here, never read into ours.
-        let open = |name: &str, value: usize| -> Result<OwnedFd, Error> {
-            let path = dir.join(name);
+        let open = |map: SetMap, value: usize| -> Result<OwnedFd, Error> {
+            let path = dir.join(map.to_string());
             let fd = match link::open_pinned(&path) {
                 Ok(fd) => fd,
                 Err(source) => return Err(Error::OpenPin { path, source }),
@@ -232,8 +245,8 @@ impl Set {
             hash,
             dir: dir.to_path_buf(),
             present: present_hooks(dir),
-            policy: open(POLICY, std::mem::size_of::<Policy>())?,
-            stats: open(STATS, std::mem::size_of::<Counters>())?,
+            policy: open(SetMap::Policy, std::mem::size_of::<Policy>())?,
+            stats: open(SetMap::Stats, std::mem::size_of::<Counters>())?,
         })
     }
 
@@ -270,7 +283,7 @@ impl Set {
     /// with the programs it left out (None: usable, or a set of a build that did not record
     /// it).
     pub fn lsm_state(&self) -> Option<crate::kernel::lsm::State> {
-        fs::read_dir(self.dir.join(ABSENT))
+        fs::read_dir(self.dir.join(SetEntry::Absent.to_string()))
             .into_iter()
             .flatten()
             .flatten()
@@ -280,7 +293,7 @@ impl Set {
 
     /// The pinned program of `hook`.
     pub fn program(&self, hook: &str) -> Result<OwnedFd, Error> {
-        let path = self.dir.join(prog_pin(hook));
+        let path = self.dir.join(names::prog(hook));
         link::open_pinned(&path).map_err(|source| Error::OpenPin { path, source })
     }
 
@@ -296,7 +309,7 @@ impl Set {
             .flatten()
             .flatten()
             .filter_map(|e| {
-                let hook = e.file_name().to_str()?.strip_prefix("prog_")?.to_string();
+                let hook = names::parse_prog(e.file_name().to_str()?)?.to_string();
                 let fd = link::open_pinned(&e.path()).ok()?;
                 Some((hook, program_id(fd.as_fd()).ok()?))
             })
@@ -308,7 +321,7 @@ impl Set {
     /// command), so callers check it against the binding's pins.
     pub fn users(&self) -> Vec<u64> {
         let mut ids = Vec::new();
-        let Ok(fd) = rustix::fs::open(self.dir.join(USERS), DIR_FLAGS, rustix::fs::Mode::empty())
+        let Ok(fd) = rustix::fs::open(users(&self.dir), DIR_FLAGS, rustix::fs::Mode::empty())
         else {
             return ids;
         };
@@ -316,9 +329,9 @@ impl Set {
         let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
         let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
         while let Some(Ok(entry)) = dir.next() {
-            if let Some(id) = std::str::from_utf8(entry.file_name().to_bytes())
+            if let Some(User(id)) = std::str::from_utf8(entry.file_name().to_bytes())
                 .ok()
-                .and_then(|n| n.parse().ok())
+                .and_then(User::parse)
             {
                 ids.push(id);
             }
@@ -402,7 +415,7 @@ impl Set {
 
     /// Records that the binding of cgroup `id` runs this set's programs.
     pub fn add_user(&self, id: u64) -> anyhow::Result<()> {
-        let p = self.dir.join(USERS).join(id.to_string());
+        let p = user(&self.dir, id);
         match fs::create_dir(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
                 Err(e).with_context(|| format!("creating {}", p.display()))
@@ -411,25 +424,21 @@ impl Set {
         }
     }
 
-    pub fn remove_user(&self, id: u64) {
-        let _ = fs::remove_dir(self.dir.join(USERS).join(id.to_string()));
+    pub fn remove_user(&self, id: u64, _lock: &pins::Lock) {
+        let _ = fs::remove_dir(user(&self.dir, id));
     }
 
     /// Whether some binding still links this set's programs. Entries of bindings that moved
     /// away, were detached by an interrupted command or whose cgroup is gone are dropped on the
-    /// way; the first live one ends the search.
-    pub fn in_use(&self) -> bool {
+    /// way (hence the lock's token); the first live one ends the search.
+    pub fn in_use(&self, _lock: &pins::Lock) -> bool {
         let ids = self.program_ids();
-        for entry in fs::read_dir(self.dir.join(USERS))
+        for entry in fs::read_dir(users(&self.dir))
             .into_iter()
             .flatten()
             .flatten()
         {
-            let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u64>().ok())
-            else {
+            let Some(User(id)) = entry.file_name().to_str().and_then(User::parse) else {
                 continue;
             };
             let dir = pins::binding_dir(id);
@@ -445,9 +454,9 @@ impl Set {
     }
 
     /// Unpins the set. Programs still linked somewhere keep running until their links go.
-    pub fn remove(self) -> anyhow::Result<()> {
+    pub fn remove(self, lock: &pins::Lock) -> anyhow::Result<()> {
         let Self { dir, .. } = self;
-        remove_set_dir(&dir)
+        remove_set_dir(&dir, lock)
     }
 }
 
@@ -455,7 +464,7 @@ impl Set {
 fn present_hooks(dir: &Path) -> u64 {
     let mut bits = 0;
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if let Some(hook) = e.file_name().to_str().and_then(|n| n.strip_prefix("prog_"))
+        if let Some(hook) = e.file_name().to_str().and_then(names::parse_prog)
             && let Some(hook) = Hook::from_name(hook)
         {
             bits |= hook.bit();
@@ -506,7 +515,7 @@ impl Why {
 
 fn absent_hooks(dir: &Path) -> Vec<(Hook, Why)> {
     let mut out = Vec::new();
-    for e in fs::read_dir(dir.join(ABSENT))
+    for e in fs::read_dir(dir.join(SetEntry::Absent.to_string()))
         .into_iter()
         .flatten()
         .flatten()
@@ -525,8 +534,8 @@ fn absent_hooks(dir: &Path) -> Vec<(Hook, Why)> {
     out
 }
 
-fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
-    for e in fs::read_dir(dir.join(ABSENT))
+fn remove_set_dir(dir: &Path, lock: &pins::Lock) -> anyhow::Result<()> {
+    for e in fs::read_dir(dir.join(SetEntry::Absent.to_string()))
         .into_iter()
         .flatten()
         .flatten()
@@ -536,18 +545,23 @@ fn remove_set_dir(dir: &Path) -> anyhow::Result<()> {
         }
         let _ = fs::remove_dir(e.path());
     }
-    let _ = fs::remove_dir(dir.join(ABSENT));
-    let users = dir.join(USERS);
+    let _ = fs::remove_dir(dir.join(SetEntry::Absent.to_string()));
+    let users = users(dir);
     for e in fs::read_dir(&users).into_iter().flatten().flatten() {
         let _ = fs::remove_dir(e.path());
     }
     let _ = fs::remove_dir(&users);
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(BUILD_PREFIX) {
+        let build = e
+            .file_name()
+            .to_str()
+            .and_then(SetEntry::parse)
+            .is_some_and(|e| matches!(e, SetEntry::Build(_)));
+        if build {
             let _ = fs::remove_dir(e.path());
         }
     }
-    pins::remove_dir(dir)
+    pins::remove_dir(dir, lock)
 }
 
 /// The link pins of a binding directory and what the kernel says about each (pins that cannot
@@ -568,7 +582,7 @@ pub fn read_binding_dir(dir: &Path) -> (Vec<(String, std::io::Result<link::LinkS
     let links = names
         .into_iter()
         .map(|name| {
-            let state = link::pinned_state(&dir.join(pins::link_name(&name)));
+            let state = link::pinned_state(&dir.join(names::link(&name)));
             (name, state)
         })
         .collect();
@@ -609,12 +623,13 @@ fn list_pins(fd: OwnedFd, mut f: impl FnMut(&str)) -> bool {
     let mut dir = rustix::fs::RawDir::new(fd, &mut buf);
     let mut legacy = false;
     while let Some(Ok(entry)) = dir.next() {
-        let file = entry.file_name().to_bytes();
-        legacy |= file == pins::POLICY.as_bytes();
-        if let Some(hook) = file.strip_prefix(b"link_")
-            && let Ok(hook) = std::str::from_utf8(hook)
+        match std::str::from_utf8(entry.file_name().to_bytes())
+            .ok()
+            .and_then(BindingPin::parse)
         {
-            f(hook);
+            Some(BindingPin::Link(hook)) => f(hook),
+            Some(BindingPin::Legacy(LegacyPin::Policy)) => legacy = true,
+            _ => {}
         }
     }
     legacy
@@ -623,16 +638,16 @@ fn list_pins(fd: OwnedFd, mut f: impl FnMut(&str)) -> bool {
 /// Unpins every set of another build that no binding uses any more (after bindings were
 /// removed without moving off their set: deleted cgroups, exec and oci-hook cleanup). The
 /// running build's set is kept. Call with the pins lock held.
-pub fn remove_unused_old_sets(_lock: &pins::Lock) {
+pub fn remove_unused_old_sets(lock: &pins::Lock) {
     let current = dir_name(hooks::object_hash());
     for dir in list() {
         if dir.file_name().is_some_and(|n| *n == *current) {
             continue;
         }
         if let Ok(set) = Set::open(&dir)
-            && !set.in_use()
+            && !set.in_use(lock)
         {
-            let _ = set.remove();
+            let _ = set.remove(lock);
             forget();
         }
     }
@@ -641,9 +656,9 @@ pub fn remove_unused_old_sets(_lock: &pins::Lock) {
 /// Drops the `users/<id>` entry of cgroup `id` from every set: for callers that remove a
 /// binding's pins without a detach (exec and oci-hook cleanup, stale bindings). An entry left
 /// behind only costs an inode, and delays removing an old set.
-pub fn forget_user(id: u64) {
+pub fn forget_user(id: u64, _lock: &pins::Lock) {
     for dir in list() {
-        let _ = fs::remove_dir(dir.join(USERS).join(id.to_string()));
+        let _ = fs::remove_dir(user(&dir, id));
     }
 }
 
@@ -653,7 +668,7 @@ pub fn list() -> Vec<PathBuf> {
         .into_iter()
         .flatten()
         .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with(NEW_PREFIX))
+        .filter(|e| !is_staging(&e.file_name()))
         .map(|e| e.path())
         .collect();
     out.sort();
@@ -722,10 +737,10 @@ pub fn rank_of_binding(id: u64) -> Option<Rank> {
     list()
         .into_iter()
         .filter_map(|d| {
-            if !d.join(USERS).join(id.to_string()).exists() {
+            if !user(&d, id).exists() {
                 return None;
             }
-            let hash = u64::from_str_radix(d.file_name()?.to_str()?, 16).ok()?;
+            let hash = hash_of(d.file_name()?)?;
             Some(Rank::of_set(&d, hash))
         })
         .max()
@@ -738,7 +753,7 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
         .flatten()
         .flatten()
         .find_map(|e| {
-            let name = e.file_name().to_str()?.strip_prefix("link_")?.to_string();
+            let name = names::parse_link(e.file_name().to_str()?)?.to_string();
             Some((name, link::pinned_state(&e.path()).ok()?))
         })?;
     // Usually the running build's set: asking its program of the same hook is two calls,
@@ -752,7 +767,7 @@ pub fn set_of_binding(dir: &Path) -> Option<std::sync::Arc<Set>> {
     }
     if let Some((set, ids)) = cached.as_mut() {
         let id = *ids.entry(name).or_insert_with_key(|name| {
-            link::open_pinned(&current.join(prog_pin(name)))
+            link::open_pinned(&current.join(names::prog(name)))
                 .ok()
                 .and_then(|fd| program_id(fd.as_fd()).ok())
         });
@@ -783,23 +798,19 @@ pub fn current(lock: &pins::Lock) -> anyhow::Result<(Set, Vec<LeftOut>)> {
 
 /// Removes set staging directories left by a load that was killed (with the lock held, any
 /// staging directory is abandoned: its maker would hold the lock).
-pub fn sweep_abandoned(_lock: &pins::Lock) {
+pub fn sweep_abandoned(lock: &pins::Lock) {
     for entry in fs::read_dir(root()).into_iter().flatten().flatten() {
-        if entry.file_name().to_string_lossy().starts_with(NEW_PREFIX) {
-            let _ = remove_set_dir(&entry.path());
+        if is_staging(&entry.file_name()) {
+            let _ = remove_set_dir(&entry.path(), lock);
         }
     }
 }
 
-fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
+fn load(dir: &Path, lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
     fs::create_dir_all(root()).with_context(|| format!("creating {}", root().display()))?;
-    let staging = root().join(format!(
-        "{NEW_PREFIX}{}-{}",
-        dir_name(hooks::object_hash()),
-        std::process::id()
-    ));
+    let staging = root().join(SetsEntry::own_staging(hooks::object_hash()).to_string());
     if staging.exists() {
-        remove_set_dir(&staging)?;
+        remove_set_dir(&staging, lock)?;
     }
     fs::create_dir(&staging).with_context(|| format!("creating {}", staging.display()))?;
     let fill = || -> anyhow::Result<Vec<LeftOut>> {
@@ -819,7 +830,7 @@ fn load(dir: &Path, _lock: &pins::Lock) -> anyhow::Result<Vec<LeftOut>> {
     };
     let result = fill();
     if result.is_err() {
-        let _ = remove_set_dir(&staging);
+        let _ = remove_set_dir(&staging, lock);
     }
     result
 }
@@ -946,15 +957,14 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
         .load(hooks::EBPF_OBJECT)
         .map_err(Error::Object)?;
     if let Some(dir) = pin {
-        for (name, pin) in [("POLICY", POLICY), ("STATS", STATS), ("EVENTS", EVENTS)] {
-            let path = dir.join(pin);
+        for map in SetMap::ALL {
+            let (name, path) = (map.symbol(), dir.join(map.to_string()));
             ebpf.map_mut(name)
                 .with_context(|| format!("map {name} missing from the eBPF object"))?
                 .pin(&path)
                 .map_err(|source| Error::PinMap { path, source })?;
         }
-        fs::create_dir(dir.join(USERS))
-            .with_context(|| format!("creating {}", dir.join(USERS).display()))?;
+        fs::create_dir(users(dir)).with_context(|| format!("creating {}", users(dir).display()))?;
     }
     let mut left_out = Vec::new();
     for hook in Hook::loaded() {
@@ -975,17 +985,18 @@ pub fn load_programs(pin: Option<&Path>, kernel: &KernelTypes) -> anyhow::Result
             }
         };
         if let Some(dir) = pin {
-            let path = dir.join(prog_pin(hook.name()));
+            let path = dir.join(names::prog(hook.name()));
             link::pin(fd.as_fd(), &path).map_err(|source| Error::Pin { path, source })?;
         }
     }
     if let Some(dir) = pin {
         for l in &left_out {
-            let p = dir.join(ABSENT).join(l.hook.name()).join(l.why.code());
+            let absent = dir.join(SetEntry::Absent.to_string());
+            let p = absent.join(l.hook.name()).join(l.why.code());
             fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
             if l.why == Why::LsmUnavailable {
                 // Why the BPF LSM was not usable, so attach can say it without a probe.
-                let p = dir.join(ABSENT).join(l.hook.name()).join(kernel.lsm.code());
+                let p = absent.join(l.hook.name()).join(kernel.lsm.code());
                 fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
             }
         }

@@ -352,10 +352,12 @@ fn main() {
                 bindguard::kernel::progset::dir_name(bindguard::kernel::hooks::object_hash()),
             );
             if let Ok(set) = bindguard::kernel::progset::Set::open(&dir) {
-                if set.in_use() {
+                // Released before the attach below, which takes it in another process.
+                let lock = bindguard::kernel::pins::lock().expect("the pins lock");
+                if set.in_use(&lock) {
                     break;
                 }
-                set.remove().expect("unpinning the unused program set");
+                set.remove(&lock).expect("unpinning the unused program set");
             }
             let cg = TestCgroup::new();
             first_attach.push(timed(attach_cmd(&cg.path, UPLINK_B, &host, &[])));
@@ -1157,7 +1159,9 @@ fn scale_phase(report: &mut String, scale: usize, started: Instant) {
         poststop_ms.push(start.elapsed().as_secs_f64() * 1e3);
         assert!(o.status.success(), "oci-hook poststop: {o:?}");
         if pins.exists() {
-            let _ = bindguard::kernel::pins::remove_dir(&pins);
+            if let Ok(lock) = bindguard::kernel::pins::lock() {
+                let _ = bindguard::kernel::pins::remove_dir(&pins, &lock);
+            }
             panic!("oci-hook poststop left {}", pins.display());
         }
     }
@@ -1808,9 +1812,11 @@ impl Drop for ScaleCgroups {
     fn drop(&mut self) {
         for (p, id) in self.paths.iter().zip(&self.ids) {
             let pins = bindguard::kernel::pins::binding_dir(*id);
-            if pins.exists() {
-                let _ = bindguard::kernel::pins::remove_dir(&pins);
-                bindguard::kernel::progset::forget_user(*id);
+            if pins.exists()
+                && let Ok(lock) = bindguard::kernel::pins::lock()
+            {
+                let _ = bindguard::kernel::pins::remove_dir(&pins, &lock);
+                bindguard::kernel::progset::forget_user(*id, &lock);
             }
             let _ = fs::remove_dir(p);
         }
@@ -2309,10 +2315,15 @@ fn nri_sync_bench(s: &Scenario, n: usize, started: Instant) -> String {
     struct Pins(Vec<u64>);
     impl Drop for Pins {
         fn drop(&mut self) {
+            let Ok(lock) = bindguard::kernel::pins::lock() else {
+                return;
+            };
             for &id in &self.0 {
-                let _ =
-                    bindguard::kernel::pins::remove_dir(&bindguard::kernel::pins::binding_dir(id));
-                bindguard::kernel::progset::forget_user(id);
+                let _ = bindguard::kernel::pins::remove_dir(
+                    &bindguard::kernel::pins::binding_dir(id),
+                    &lock,
+                );
+                bindguard::kernel::progset::forget_user(id, &lock);
             }
         }
     }
