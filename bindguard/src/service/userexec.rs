@@ -625,7 +625,8 @@ fn release(path: &Path) {
     }
     match enforcer::detach(path) {
         Ok(_) => {}
-        Err(e) if Error::is_not_bound(&e) => {}
+        // Not bound, or already removed (by its daemon, or another that adopted it).
+        Err(e) if Error::is_not_bound(&e) || Error::is_cgroup_missing(&e) => {}
         Err(e) => warn!(
             "detaching {}: {}",
             path.display(),
