@@ -318,25 +318,7 @@ pub fn missing_fields_for(k: &KernelLayout, hook: Hook) -> Vec<&'static str> {
             "io_uring_sqe.optname",
         ],
         // None of the fields `missing_fields` checks (the non-LSM ones are not BTF-typed).
-        Hook::LsmSocketCreate
-        | Hook::LsmTunOpen
-        | Hook::LsmTunQueue
-        | Hook::LsmIoctl
-        | Hook::LsmIoctlCompat
-        | Hook::SockCreate
-        | Hook::Setsockopt
-        | Hook::Connect4
-        | Hook::Connect6
-        | Hook::Bind4
-        | Hook::Bind6
-        | Hook::Sendmsg4
-        | Hook::Sendmsg6
-        | Hook::Recvmsg4
-        | Hook::Recvmsg6
-        | Hook::ConnectUnix
-        | Hook::Egress
-        | Hook::Ingress
-        | Hook::Hold => &[],
+        _ => &[],
     };
     missing_fields(k)
         .into_iter()

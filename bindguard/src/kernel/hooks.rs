@@ -207,15 +207,8 @@ impl Hook {
             Hook::ConnectUnix => A::BPF_CGROUP_UNIX_CONNECT,
             Hook::Egress => A::BPF_CGROUP_INET_EGRESS,
             Hook::Ingress => A::BPF_CGROUP_INET_INGRESS,
-            Hook::LsmSocketCreate
-            | Hook::LsmFileReceive
-            | Hook::LsmSetsockopt
-            | Hook::LsmUringCmd
-            | Hook::LsmTunOpen
-            | Hook::LsmTunQueue
-            | Hook::LsmPtrace
-            | Hook::LsmIoctl
-            | Hook::LsmIoctlCompat => A::BPF_LSM_CGROUP,
+            // The BPF LSM programs, as `kind` lists them (a unit test holds the two together).
+            _ => A::BPF_LSM_CGROUP,
         }
     }
 
@@ -259,19 +252,7 @@ impl Hook {
             Hook::Sendmsg6 => Some(hook::SENDMSG6),
             Hook::Egress => Some(hook::EGRESS),
             Hook::Ingress => Some(hook::INGRESS),
-            Hook::Recvmsg4
-            | Hook::Recvmsg6
-            | Hook::ConnectUnix
-            | Hook::LsmSocketCreate
-            | Hook::LsmFileReceive
-            | Hook::LsmSetsockopt
-            | Hook::LsmUringCmd
-            | Hook::LsmTunOpen
-            | Hook::LsmTunQueue
-            | Hook::LsmPtrace
-            | Hook::LsmIoctl
-            | Hook::LsmIoctlCompat
-            | Hook::Hold => None,
+            _ => None,
         }
     }
 
@@ -329,6 +310,18 @@ mod tests {
                 h.rows()
                     .iter()
                     .all(|r| crate::kernel::escapes::row(*r).is_some()),
+                "{}",
+                h.name()
+            );
+        }
+    }
+
+    #[test]
+    fn the_lsm_attach_type_is_the_lsm_programs_and_theirs_only() {
+        for h in Hook::loaded() {
+            assert_eq!(
+                h.attach_type() == A::BPF_LSM_CGROUP,
+                h.is_lsm(),
                 "{}",
                 h.name()
             );
